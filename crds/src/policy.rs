@@ -1,0 +1,328 @@
+//! The attestation policy: what a verifier accepts as the right code on the
+//! right platform. Embedded in `ConfidentialModel.spec.attestation` and read
+//! from client policy files, so there is exactly one schema.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::Sha256Digest;
+
+/// PCR that `aver-enclave` extends with workload events unless told otherwise.
+/// PCR 15 is unused by firmware and boot loaders and resettable only by reboot.
+pub const DEFAULT_WORKLOAD_PCR: u8 = 15;
+
+/// Highest PCR index a TPM 2.0 PC-client platform has.
+pub const MAX_PCR: u8 = 23;
+
+/// What a verifier requires of an endpoint before any request data is sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AttestationPolicy {
+    /// Boot-time PCRs (sha256 bank) and the values a hardened node image may
+    /// produce in them. Each listed PCR must be quoted and hold one of its
+    /// values; PCRs not listed are not checked.
+    #[serde(default)]
+    pub reference_pcrs: Vec<ReferencePcr>,
+
+    /// PCR into which aver-enclave extends its workload events (default 15).
+    #[serde(default = "default_workload_pcr")]
+    pub workload_pcr: u8,
+
+    /// Workload measurements the latest launch of aver-enclave must carry.
+    pub allowed: AllowedWorkload,
+
+    /// Which attestation keys (and, later, which TPM manufacturers) are trusted.
+    pub trust: TrustRoots,
+
+    /// How often the controller re-attests every endpoint, e.g. "30s", "5m".
+    #[serde(default = "default_interval")]
+    pub interval: String,
+
+    /// How long verified evidence may be relied on (pinned) before it must be
+    /// fetched and verified again, e.g. "5m".
+    #[serde(default = "default_max_evidence_age")]
+    pub max_evidence_age: String,
+}
+
+/// One boot PCR and its acceptable values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReferencePcr {
+    /// PCR index, 0 to 23.
+    pub pcr: u8,
+    /// Acceptable values of this PCR in the sha256 bank; any one matches.
+    pub values: Vec<Sha256Digest>,
+}
+
+/// Workload digests that the enclave's latest launch sequence must match.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AllowedWorkload {
+    /// Allowed inference-engine image digests.
+    pub engine_digests: Vec<Sha256Digest>,
+    /// Allowed model digests (SHA-256 over the model files in canonical order,
+    /// as `aver digest model DIR` computes it).
+    pub model_digests: Vec<Sha256Digest>,
+    /// Allowed serving-configuration digests. Absent means any configuration
+    /// is accepted; an empty list accepts none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_digests: Option<Vec<Sha256Digest>>,
+}
+
+/// Roots of trust for the platform.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrustRoots {
+    /// TPM names (hex, nameAlg-prefixed, e.g. "000b…") of attestation keys
+    /// trusted directly by their public key.
+    #[serde(default)]
+    pub ak_names: Vec<String>,
+}
+
+/// A policy that cannot be enforced as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy is not valid YAML/JSON for the attestation policy schema: {0}")]
+    Syntax(String),
+    #[error("policy PCR {0} is out of range (0..={MAX_PCR})")]
+    PcrOutOfRange(u8),
+    #[error("policy lists PCR {0} more than once in referencePcrs")]
+    DuplicatePcr(u8),
+    #[error("policy reference PCR {0} has no acceptable values")]
+    EmptyPcrValues(u8),
+    #[error("policy workloadPcr {0} must not also be a reference (boot) PCR")]
+    WorkloadPcrIsReference(u8),
+    #[error("policy allows no {0}: list at least one digest")]
+    NothingAllowed(&'static str),
+    #[error("policy trusts no attestation key: set trust.akNames")]
+    NoTrustRoot,
+    #[error("policy akName {0:?} is not a hex TPM name with a SHA-256 nameAlg (000b + 64 hex)")]
+    BadAkName(String),
+    #[error("policy {field} {value:?} is not a duration like \"30s\" or \"5m\"")]
+    BadDuration { field: &'static str, value: String },
+    #[error("policy interval must be at least 5s, got {0:?}")]
+    IntervalTooShort(String),
+}
+
+fn default_workload_pcr() -> u8 {
+    DEFAULT_WORKLOAD_PCR
+}
+
+fn default_interval() -> String {
+    "30s".to_owned()
+}
+
+fn default_max_evidence_age() -> String {
+    "5m".to_owned()
+}
+
+impl AttestationPolicy {
+    /// Parses a policy file (YAML, which includes JSON) and validates it, so
+    /// that a policy that cannot be enforced is refused before it is used.
+    pub fn from_yaml(text: &str) -> Result<Self, PolicyError> {
+        let policy: Self =
+            serde_norway::from_str(text).map_err(|e| PolicyError::Syntax(e.to_string()))?;
+        policy.validate()?;
+        Ok(policy)
+    }
+
+    pub fn to_yaml(&self) -> String {
+        // Serialising plain data structs to YAML cannot fail.
+        serde_norway::to_string(self).unwrap_or_default()
+    }
+
+    /// Checks what the schema alone cannot: ranges, uniqueness, non-empty
+    /// allow-lists. An empty allow-list would silently reject everything (or,
+    /// worse, be read as "anything"), so it is an error.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        let mut seen = BTreeSet::new();
+        for reference in &self.reference_pcrs {
+            if reference.pcr > MAX_PCR {
+                return Err(PolicyError::PcrOutOfRange(reference.pcr));
+            }
+            if !seen.insert(reference.pcr) {
+                return Err(PolicyError::DuplicatePcr(reference.pcr));
+            }
+            if reference.values.is_empty() {
+                return Err(PolicyError::EmptyPcrValues(reference.pcr));
+            }
+        }
+        if self.workload_pcr > MAX_PCR {
+            return Err(PolicyError::PcrOutOfRange(self.workload_pcr));
+        }
+        if seen.contains(&self.workload_pcr) {
+            return Err(PolicyError::WorkloadPcrIsReference(self.workload_pcr));
+        }
+        if self.allowed.engine_digests.is_empty() {
+            return Err(PolicyError::NothingAllowed("engine digests"));
+        }
+        if self.allowed.model_digests.is_empty() {
+            return Err(PolicyError::NothingAllowed("model digests"));
+        }
+        if self.trust.ak_names.is_empty() {
+            return Err(PolicyError::NoTrustRoot);
+        }
+        for name in &self.trust.ak_names {
+            let ok = name.len() == 68
+                && name.starts_with("000b")
+                && name.bytes().all(|b| b.is_ascii_hexdigit());
+            if !ok {
+                return Err(PolicyError::BadAkName(name.clone()));
+            }
+        }
+        let interval = self.interval()?;
+        if interval < Duration::from_secs(5) {
+            return Err(PolicyError::IntervalTooShort(self.interval.clone()));
+        }
+        self.max_evidence_age()?;
+        Ok(())
+    }
+
+    pub fn interval(&self) -> Result<Duration, PolicyError> {
+        parse_duration("interval", &self.interval)
+    }
+
+    pub fn max_evidence_age(&self) -> Result<Duration, PolicyError> {
+        parse_duration("maxEvidenceAge", &self.max_evidence_age)
+    }
+
+    /// The PCRs a quote must cover for this policy: every reference PCR and
+    /// the workload PCR, in ascending order.
+    pub fn required_pcrs(&self) -> BTreeSet<u8> {
+        self.reference_pcrs
+            .iter()
+            .map(|r| r.pcr)
+            .chain(std::iter::once(self.workload_pcr))
+            .collect()
+    }
+}
+
+/// Durations are written as an integer and a unit (`ms`, `s`, `m`, `h`), the
+/// subset of Go/Kubernetes duration syntax that operators actually write.
+fn parse_duration(field: &'static str, text: &str) -> Result<Duration, PolicyError> {
+    let bad = || PolicyError::BadDuration {
+        field,
+        value: text.to_owned(),
+    };
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let millis = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => None,
+    }
+    .ok_or_else(bad)?;
+    Ok(Duration::from_millis(millis))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(byte: u8) -> Sha256Digest {
+        Sha256Digest([byte; 32])
+    }
+
+    fn sample() -> AttestationPolicy {
+        AttestationPolicy {
+            reference_pcrs: vec![ReferencePcr {
+                pcr: 0,
+                values: vec![digest(0)],
+            }],
+            workload_pcr: DEFAULT_WORKLOAD_PCR,
+            allowed: AllowedWorkload {
+                engine_digests: vec![digest(1)],
+                model_digests: vec![digest(2)],
+                config_digests: None,
+            },
+            trust: TrustRoots {
+                ak_names: vec![format!("000b{}", "cd".repeat(32))],
+            },
+            interval: "30s".into(),
+            max_evidence_age: "5m".into(),
+        }
+    }
+
+    #[test]
+    fn yaml_round_trip_keeps_the_policy() {
+        let policy = sample();
+        let parsed = AttestationPolicy::from_yaml(&policy.to_yaml()).unwrap();
+        assert_eq!(parsed, policy);
+        assert_eq!(parsed.required_pcrs().into_iter().collect::<Vec<_>>(), [0, 15]);
+    }
+
+    #[test]
+    fn defaults_apply_when_omitted() {
+        let yaml = format!(
+            "allowed:\n  engineDigests: [{e}]\n  modelDigests: [{m}]\ntrust:\n  akNames: [\"000b{n}\"]\n",
+            e = digest(1),
+            m = digest(2),
+            n = "cd".repeat(32)
+        );
+        let p = AttestationPolicy::from_yaml(&yaml).unwrap();
+        assert_eq!(p.workload_pcr, 15);
+        assert_eq!(p.interval().unwrap(), Duration::from_secs(30));
+        assert_eq!(p.max_evidence_age().unwrap(), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn unenforceable_policies_are_refused() {
+        let mut p = sample();
+        p.allowed.model_digests.clear();
+        assert_eq!(p.validate(), Err(PolicyError::NothingAllowed("model digests")));
+
+        let mut p = sample();
+        p.trust.ak_names.clear();
+        assert_eq!(p.validate(), Err(PolicyError::NoTrustRoot));
+
+        let mut p = sample();
+        p.reference_pcrs.push(ReferencePcr { pcr: 0, values: vec![digest(3)] });
+        assert_eq!(p.validate(), Err(PolicyError::DuplicatePcr(0)));
+
+        let mut p = sample();
+        p.reference_pcrs[0].pcr = 15;
+        assert_eq!(p.validate(), Err(PolicyError::WorkloadPcrIsReference(15)));
+
+        let mut p = sample();
+        p.reference_pcrs[0].pcr = 24;
+        assert_eq!(p.validate(), Err(PolicyError::PcrOutOfRange(24)));
+
+        let mut p = sample();
+        p.interval = "2s".into();
+        assert!(matches!(p.validate(), Err(PolicyError::IntervalTooShort(_))));
+
+        let mut p = sample();
+        p.max_evidence_age = "soon".into();
+        assert!(matches!(p.validate(), Err(PolicyError::BadDuration { .. })));
+
+        let mut p = sample();
+        p.trust.ak_names = vec!["0004abcd".into()];
+        assert!(matches!(p.validate(), Err(PolicyError::BadAkName(_))));
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_digests_are_syntax_errors() {
+        let mut yaml = sample().to_yaml();
+        yaml.push_str("surprise: true\n");
+        assert!(matches!(AttestationPolicy::from_yaml(&yaml), Err(PolicyError::Syntax(_))));
+        let yaml = sample().to_yaml().replace("sha256:", "sha1:");
+        assert!(matches!(AttestationPolicy::from_yaml(&yaml), Err(PolicyError::Syntax(_))));
+    }
+
+    #[test]
+    fn durations_parse_and_overflow_is_rejected() {
+        assert_eq!(parse_duration("f", "250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("f", "2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("f", "").is_err());
+        assert!(parse_duration("f", "5").is_err());
+        assert!(parse_duration("f", "s").is_err());
+        assert!(parse_duration("f", "99999999999999999999h").is_err());
+        assert!(parse_duration("f", &format!("{}h", u64::MAX)).is_err());
+    }
+}
