@@ -49,7 +49,10 @@ impl Sha256Digest {
         let lowercase_hex = hex_part
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if hex_part.len() != 64 || !lowercase_hex || hex::decode_to_slice(hex_part, &mut out).is_err() {
+        if hex_part.len() != 64
+            || !lowercase_hex
+            || hex::decode_to_slice(hex_part, &mut out).is_err()
+        {
             return Err(DigestParseError::BadHex(text.to_owned()));
         }
         Ok(Self(out))

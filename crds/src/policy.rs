@@ -254,7 +254,10 @@ mod tests {
         let policy = sample();
         let parsed = AttestationPolicy::from_yaml(&policy.to_yaml()).unwrap();
         assert_eq!(parsed, policy);
-        assert_eq!(parsed.required_pcrs().into_iter().collect::<Vec<_>>(), [0, 15]);
+        assert_eq!(
+            parsed.required_pcrs().into_iter().collect::<Vec<_>>(),
+            [0, 15]
+        );
     }
 
     #[test]
@@ -275,14 +278,20 @@ mod tests {
     fn unenforceable_policies_are_refused() {
         let mut p = sample();
         p.allowed.model_digests.clear();
-        assert_eq!(p.validate(), Err(PolicyError::NothingAllowed("model digests")));
+        assert_eq!(
+            p.validate(),
+            Err(PolicyError::NothingAllowed("model digests"))
+        );
 
         let mut p = sample();
         p.trust.ak_names.clear();
         assert_eq!(p.validate(), Err(PolicyError::NoTrustRoot));
 
         let mut p = sample();
-        p.reference_pcrs.push(ReferencePcr { pcr: 0, values: vec![digest(3)] });
+        p.reference_pcrs.push(ReferencePcr {
+            pcr: 0,
+            values: vec![digest(3)],
+        });
         assert_eq!(p.validate(), Err(PolicyError::DuplicatePcr(0)));
 
         let mut p = sample();
@@ -295,7 +304,10 @@ mod tests {
 
         let mut p = sample();
         p.interval = "2s".into();
-        assert!(matches!(p.validate(), Err(PolicyError::IntervalTooShort(_))));
+        assert!(matches!(
+            p.validate(),
+            Err(PolicyError::IntervalTooShort(_))
+        ));
 
         let mut p = sample();
         p.max_evidence_age = "soon".into();
@@ -310,9 +322,15 @@ mod tests {
     fn unknown_fields_and_bad_digests_are_syntax_errors() {
         let mut yaml = sample().to_yaml();
         yaml.push_str("surprise: true\n");
-        assert!(matches!(AttestationPolicy::from_yaml(&yaml), Err(PolicyError::Syntax(_))));
+        assert!(matches!(
+            AttestationPolicy::from_yaml(&yaml),
+            Err(PolicyError::Syntax(_))
+        ));
         let yaml = sample().to_yaml().replace("sha256:", "sha1:");
-        assert!(matches!(AttestationPolicy::from_yaml(&yaml), Err(PolicyError::Syntax(_))));
+        assert!(matches!(
+            AttestationPolicy::from_yaml(&yaml),
+            Err(PolicyError::Syntax(_))
+        ));
     }
 
     #[test]

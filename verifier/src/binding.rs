@@ -179,7 +179,11 @@ impl MerkleTree {
 
     pub fn root(&self) -> [u8; 32] {
         // `new` guarantees at least one level with at least one node.
-        self.levels.last().and_then(|l| l.first()).copied().unwrap_or_default()
+        self.levels
+            .last()
+            .and_then(|l| l.first())
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Proof for leaf `index`; `None` when out of range.
@@ -227,12 +231,24 @@ mod tests {
         let tree = MerkleTree::new(nonces.iter().map(|n| leaf(n, &spki(1))).collect()).unwrap();
         let root = tree.root();
         let proof = tree.proof(3).unwrap();
-        assert_eq!(qualifying_data(&nonces[3], &spki(1), Some(&proof)), Some(root));
-        assert_ne!(qualifying_data(&nonces[2], &spki(1), Some(&proof)), Some(root));
-        assert_ne!(qualifying_data(&nonces[3], &spki(2), Some(&proof)), Some(root));
+        assert_eq!(
+            qualifying_data(&nonces[3], &spki(1), Some(&proof)),
+            Some(root)
+        );
+        assert_ne!(
+            qualifying_data(&nonces[2], &spki(1), Some(&proof)),
+            Some(root)
+        );
+        assert_ne!(
+            qualifying_data(&nonces[3], &spki(2), Some(&proof)),
+            Some(root)
+        );
         let mut moved = proof.clone();
         moved.leaf_index = 2;
-        assert_ne!(qualifying_data(&nonces[3], &spki(1), Some(&moved)), Some(root));
+        assert_ne!(
+            qualifying_data(&nonces[3], &spki(1), Some(&moved)),
+            Some(root)
+        );
         let mut too_far = proof;
         too_far.leaf_index = 8;
         assert_eq!(qualifying_data(&nonces[3], &spki(1), Some(&too_far)), None);

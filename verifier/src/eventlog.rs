@@ -169,7 +169,11 @@ pub enum EventLogError {
     #[error("event log is empty: the enclave never measured a workload into PCR {0}")]
     Empty(u8),
     #[error("event log entry {index} is for PCR {found}, but the workload PCR is {expected}")]
-    WrongPcr { index: usize, found: u8, expected: u8 },
+    WrongPcr {
+        index: usize,
+        found: u8,
+        expected: u8,
+    },
     #[error(
         "event log entry {index} ({found}) is outside a launch sequence: expected {expected} there"
     )]
@@ -356,7 +360,10 @@ mod tests {
             Err(EventLogError::WrongPcr { index: 3, .. })
         ));
 
-        assert_eq!(latest_launch(&[], 15, &quoted), Err(EventLogError::Empty(15)));
+        assert_eq!(
+            latest_launch(&[], 15, &quoted),
+            Err(EventLogError::Empty(15))
+        );
     }
 
     #[test]

@@ -140,3 +140,87 @@ impl Evidence {
         serde_json::to_vec_pretty(self).unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn minimal() -> Evidence {
+        Evidence {
+            version: EVIDENCE_VERSION,
+            nonce: Nonce([1; 32]),
+            spki_sha256: Sha256Digest([2; 32]),
+            quote: Quote {
+                attest: Base64Bytes(vec![1, 2, 3]),
+                signature: Base64Bytes(vec![4]),
+            },
+            pcrs: vec![PcrValue {
+                pcr: 15,
+                value: Sha256Digest([0; 32]),
+            }],
+            ak_public: Base64Bytes(vec![5, 6]),
+            event_log: vec![],
+            batch: None,
+        }
+    }
+
+    #[test]
+    fn round_trips_and_rejects_other_versions() {
+        let e = minimal();
+        let json = e.to_json();
+        assert_eq!(Evidence::from_json(&json), Ok(e));
+        let v2 = String::from_utf8(json)
+            .unwrap()
+            .replace("\"version\": 1", "\"version\": 2");
+        assert_eq!(
+            Evidence::from_json(v2.as_bytes()),
+            Err(EvidenceError::UnsupportedVersion { found: 2 })
+        );
+        // A future version with fields this verifier does not know is still
+        // reported as a version problem, not a syntax one.
+        let v3 = v2.replace("\"version\": 2", "\"version\": 3, \"newField\": true");
+        assert_eq!(
+            Evidence::from_json(v3.as_bytes()),
+            Err(EvidenceError::UnsupportedVersion { found: 3 })
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_oversize_input_are_malformed() {
+        let json = String::from_utf8(minimal().to_json()).unwrap();
+        let extra = json.replacen('{', "{\"extra\": 1,", 1);
+        assert!(matches!(
+            Evidence::from_json(extra.as_bytes()),
+            Err(EvidenceError::Malformed(_))
+        ));
+        let huge = vec![b' '; MAX_EVIDENCE_BYTES + 1];
+        assert!(matches!(
+            Evidence::from_json(&huge),
+            Err(EvidenceError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn every_truncation_is_malformed() {
+        let json = minimal().to_json();
+        for len in 0..json.len() - 1 {
+            assert!(
+                Evidence::from_json(&json[..len]).is_err(),
+                "prefix {len} parsed"
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Evidence::from_json(&bytes);
+        }
+
+        #[test]
+        fn random_text_never_panics(text in "\\PC{0,300}") {
+            let _ = Evidence::from_json(text.as_bytes());
+        }
+    }
+}

@@ -5,11 +5,20 @@
 //! types so that code cannot mistake "received" for "checked".
 
 pub mod binding;
+pub mod clock;
+pub mod error;
 pub mod eventlog;
 pub mod evidence;
 pub mod measurement;
+pub mod policy_init;
+pub mod report;
 pub mod tpm;
+pub mod verify;
 
 pub use aver_crds::{AttestationPolicy, Sha256Digest};
 pub use binding::Nonce;
+pub use clock::ClockHistory;
+pub use error::VerifyError;
 pub use evidence::{Evidence, EvidenceError, EVIDENCE_VERSION};
+pub use report::VerifiedReport;
+pub use verify::{verify, Challenge};

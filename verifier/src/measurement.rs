@@ -137,18 +137,33 @@ mod tests {
 
     #[test]
     fn digest_is_independent_of_creation_order() {
-        let a = model(&[("b.bin", b"two"), ("a/config.json", b"{}"), ("a.bin", b"one")]);
-        let b = model(&[("a.bin", b"one"), ("b.bin", b"two"), ("a/config.json", b"{}")]);
-        assert_eq!(model_digest(a.path()).unwrap(), model_digest(b.path()).unwrap());
+        let a = model(&[
+            ("b.bin", b"two"),
+            ("a/config.json", b"{}"),
+            ("a.bin", b"one"),
+        ]);
+        let b = model(&[
+            ("a.bin", b"one"),
+            ("b.bin", b"two"),
+            ("a/config.json", b"{}"),
+        ]);
+        assert_eq!(
+            model_digest(a.path()).unwrap(),
+            model_digest(b.path()).unwrap()
+        );
     }
 
     #[test]
     fn one_byte_rename_or_move_changes_the_digest() {
-        let base = model_digest(model(&[("w.bin", b"weights"), ("t.json", b"tok")]).path()).unwrap();
-        let edited = model_digest(model(&[("w.bin", b"weighty"), ("t.json", b"tok")]).path()).unwrap();
-        let renamed = model_digest(model(&[("x.bin", b"weights"), ("t.json", b"tok")]).path()).unwrap();
+        let base =
+            model_digest(model(&[("w.bin", b"weights"), ("t.json", b"tok")]).path()).unwrap();
+        let edited =
+            model_digest(model(&[("w.bin", b"weighty"), ("t.json", b"tok")]).path()).unwrap();
+        let renamed =
+            model_digest(model(&[("x.bin", b"weights"), ("t.json", b"tok")]).path()).unwrap();
         // Moving bytes across the file boundary must not collide either.
-        let shifted = model_digest(model(&[("w.bin", b"weightst"), ("t.json", b"ok")]).path()).unwrap();
+        let shifted =
+            model_digest(model(&[("w.bin", b"weightst"), ("t.json", b"ok")]).path()).unwrap();
         assert_ne!(base, edited);
         assert_ne!(base, renamed);
         assert_ne!(base, shifted);
@@ -157,7 +172,10 @@ mod tests {
     #[test]
     fn empty_or_missing_directory_is_an_error() {
         let empty = tempfile::tempdir().unwrap();
-        assert!(matches!(model_digest(empty.path()), Err(MeasureError::EmptyModel(_))));
+        assert!(matches!(
+            model_digest(empty.path()),
+            Err(MeasureError::EmptyModel(_))
+        ));
         assert!(matches!(
             model_digest(&empty.path().join("absent")),
             Err(MeasureError::Walk { .. })

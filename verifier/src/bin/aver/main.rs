@@ -1,1 +1,51 @@
-fn main() {}
+//! `aver`: the client side of aver. Verifies evidence before anything is
+//! sent, and derives policies and reference digests.
+
+mod commands;
+mod logging;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Verify that an LLM endpoint runs the expected code on a genuine TPM-backed
+/// node before any prompt leaves this machine.
+#[derive(Parser, Debug)]
+#[command(name = "aver", version, propagate_version = true)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "AVER_LOG_FORMAT", value_enum, default_value_t = logging::LogFormat::Text)]
+    log_format: logging::LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Verify a saved evidence document offline against a policy.
+    VerifyEvidence(commands::verify_evidence::Args),
+    /// Create policies.
+    #[command(subcommand)]
+    Policy(commands::policy::PolicyCommand),
+    /// Compute reference digests for a policy.
+    #[command(subcommand)]
+    Digest(commands::digest::DigestCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    let result = match cli.command {
+        Command::VerifyEvidence(args) => commands::verify_evidence::run(args),
+        Command::Policy(cmd) => commands::policy::run(cmd),
+        Command::Digest(cmd) => commands::digest::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("aver: {failure}");
+            failure.exit_code()
+        }
+    }
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what aver needs on a fresh Debian machine: the TPM 2.0 software
+# stack (swtpm, tpm2-tools, the TSS libraries tss-esapi links against) and the
+# Rust components used by the checks. Idempotent: skips what is present.
+set -euo pipefail
+
+need=()
+command -v swtpm >/dev/null 2>&1 || need+=(swtpm)
+command -v swtpm_setup >/dev/null 2>&1 || need+=(swtpm-tools)
+command -v tpm2_pcrread >/dev/null 2>&1 || need+=(tpm2-tools)
+pkg-config --exists tss2-esys 2>/dev/null || need+=(libtss2-dev)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+command -v cc >/dev/null 2>&1 || need+=(build-essential)
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo not found; install Rust (https://rustup.rs) first" >&2
+  exit 1
+fi
+if command -v rustup >/dev/null 2>&1; then
+  rustup component add rustfmt clippy >/dev/null 2>&1 || true
+fi

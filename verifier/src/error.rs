@@ -1,0 +1,92 @@
+//! Every reason verification can fail, each with one clear message.
+
+use aver_crds::{PolicyError, Sha256Digest};
+
+use crate::eventlog::EventLogError;
+use crate::evidence::EvidenceError;
+use crate::tpm::TpmParseError;
+
+/// Why evidence was not accepted. Callers match on the variant to count
+/// failures by reason; users read the message, which names what failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Evidence(#[from] EvidenceError),
+    #[error("invalid policy: {0}")]
+    Policy(#[from] PolicyError),
+    #[error("evidence answers nonce {found}, not the nonce this verifier sent: replayed or misrouted evidence")]
+    NonceMismatch { found: String },
+    #[error("evidence is bound to TLS key {found}, but this connection's key is {expected}: possible man-in-the-middle")]
+    SpkiMismatch {
+        expected: Sha256Digest,
+        found: Sha256Digest,
+    },
+    #[error("malformed {part}: {source}")]
+    Tpm {
+        part: &'static str,
+        source: TpmParseError,
+    },
+    #[error("attestation key {name} is not a restricted, TPM-resident signing key")]
+    NotAnAttestationKey { name: String },
+    #[error("attestation key {name} is not trusted by the policy (trust.akNames)")]
+    UntrustedAk { name: String },
+    #[error("quote signature does not verify with attestation key {name}")]
+    BadSignature { name: String },
+    #[error("quote qualifying data does not commit to this nonce and TLS key: replayed quote or evidence for another connection")]
+    QualifyingDataMismatch,
+    #[error("PCR values in the evidence do not match the quoted PCR selection: {0}")]
+    PcrSetMismatch(String),
+    #[error(
+        "PCR values in the evidence do not hash to the quoted PCR digest: a PCR value was altered"
+    )]
+    PcrDigestMismatch,
+    #[error("policy needs PCR {0}, but the quote does not cover it")]
+    PcrNotQuoted(u8),
+    #[error("boot PCR {pcr} is {value}, which is not a reference value of the policy")]
+    BootPcrMismatch { pcr: u8, value: Sha256Digest },
+    #[error("workload event log rejected: {0}")]
+    EventLog(#[from] EventLogError),
+    #[error("the enclave's latest launch measured TLS key {measured}, not the key {bound} this evidence is bound to")]
+    LaunchSpkiMismatch {
+        measured: Sha256Digest,
+        bound: Sha256Digest,
+    },
+    #[error("engine digest {0} is not allowed by the policy")]
+    EngineNotAllowed(Sha256Digest),
+    #[error("model digest {0} is not allowed by the policy")]
+    ModelNotAllowed(Sha256Digest),
+    #[error("serving config digest {0} is not allowed by the policy")]
+    ConfigNotAllowed(Sha256Digest),
+    #[error("TPM clock went backwards for attestation key {name}: reset/restart count {now_reset}/{now_restart} after {seen_reset}/{seen_restart} (clock {now_clock} after {seen_clock})")]
+    ClockRegression {
+        name: String,
+        seen_reset: u32,
+        seen_restart: u32,
+        seen_clock: u64,
+        now_reset: u32,
+        now_restart: u32,
+        now_clock: u64,
+    },
+}
+
+impl VerifyError {
+    /// A short, stable label for metrics and logs ("nonce", "signature", …).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Evidence(EvidenceError::UnsupportedVersion { .. }) => "version",
+            Self::Evidence(_) | Self::Tpm { .. } => "malformed",
+            Self::Policy(_) => "policy-invalid",
+            Self::NonceMismatch { .. } | Self::QualifyingDataMismatch => "freshness",
+            Self::SpkiMismatch { .. } | Self::LaunchSpkiMismatch { .. } => "channel-binding",
+            Self::NotAnAttestationKey { .. } | Self::UntrustedAk { .. } => "untrusted-key",
+            Self::BadSignature { .. } => "signature",
+            Self::PcrSetMismatch(_) | Self::PcrDigestMismatch | Self::PcrNotQuoted(_) => "pcrs",
+            Self::BootPcrMismatch { .. } => "boot-pcr",
+            Self::EventLog(_) => "event-log",
+            Self::EngineNotAllowed(_) => "engine",
+            Self::ModelNotAllowed(_) => "model",
+            Self::ConfigNotAllowed(_) => "config",
+            Self::ClockRegression { .. } => "clock",
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! TPMS_ATTEST of type TPM_ST_ATTEST_QUOTE.
+
+use super::reader::Reader;
+use super::{alg, TpmParseError};
+
+const TPM_GENERATED_VALUE: u32 = 0xff54_4347;
+const TPM_ST_ATTEST_QUOTE: u16 = 0x8018;
+/// sizeof(TPMU_NAME): a TPMT_HA with the largest digest.
+const MAX_NAME: usize = 2 + 64;
+/// sizeof(TPMT_HA) bounds TPM2B_DATA.
+const MAX_DATA: usize = 2 + 64;
+const MAX_DIGEST: usize = 64;
+/// PCR_SELECT_MAX on PC-client TPMs (24 PCRs → 3 bytes); 4 allows 32.
+const MAX_SELECT_BYTES: usize = 4;
+/// HASH_COUNT bound: one selection per bank.
+const MAX_BANKS: u32 = 16;
+
+/// TPMS_CLOCK_INFO: the TPM's clock and its reset/restart counters, which a
+/// client tracks per AK to notice a TPM that went back in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockInfo {
+    pub clock: u64,
+    pub reset_count: u32,
+    pub restart_count: u32,
+    pub safe: bool,
+}
+
+/// The PCRs of one bank that a quote covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PcrSelection {
+    pub hash_alg: u16,
+    /// Selected PCR indices in ascending order, the order the TPM hashes them.
+    pub pcrs: Vec<u8>,
+}
+
+/// A parsed quote body. Parsing proves nothing: only after the signature
+/// over the exact bytes is verified may the fields be believed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attest {
+    pub qualified_signer: Vec<u8>,
+    pub extra_data: Vec<u8>,
+    pub clock_info: ClockInfo,
+    pub firmware_version: u64,
+    pub pcr_select: Vec<PcrSelection>,
+    pub pcr_digest: Vec<u8>,
+}
+
+impl Attest {
+    pub fn parse(bytes: &[u8]) -> Result<Self, TpmParseError> {
+        let mut r = Reader::new(bytes, "TPMS_ATTEST");
+        if r.u32()? != TPM_GENERATED_VALUE {
+            return Err(TpmParseError::NotTpmGenerated);
+        }
+        let st = r.u16()?;
+        if st != TPM_ST_ATTEST_QUOTE {
+            return Err(TpmParseError::NotAQuote(st));
+        }
+        let qualified_signer = r.tpm2b("qualifiedSigner", MAX_NAME)?.to_vec();
+        let extra_data = r.tpm2b("extraData", MAX_DATA)?.to_vec();
+        let clock_info = ClockInfo {
+            clock: r.u64()?,
+            reset_count: r.u32()?,
+            restart_count: r.u32()?,
+            safe: match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => {
+                    return Err(TpmParseError::Invalid {
+                        structure: r.structure(),
+                        reason: "clockInfo.safe is neither YES nor NO",
+                    })
+                }
+            },
+        };
+        let firmware_version = r.u64()?;
+        let count = r.u32()?;
+        if count > MAX_BANKS {
+            return Err(TpmParseError::TooLarge {
+                structure: r.structure(),
+                field: "pcrSelect.count",
+                size: count as usize,
+                max: MAX_BANKS as usize,
+            });
+        }
+        let mut pcr_select = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let hash_alg = r.u16()?;
+            let size = usize::from(r.u8()?);
+            if size > MAX_SELECT_BYTES {
+                return Err(TpmParseError::TooLarge {
+                    structure: r.structure(),
+                    field: "sizeofSelect",
+                    size,
+                    max: MAX_SELECT_BYTES,
+                });
+            }
+            let bitmap = r.take(size)?;
+            let pcrs = (0..size * 8)
+                .filter(|i| bitmap[i / 8] & (1 << (i % 8)) != 0)
+                .map(|i| i as u8)
+                .collect();
+            pcr_select.push(PcrSelection { hash_alg, pcrs });
+        }
+        let pcr_digest = r.tpm2b("pcrDigest", MAX_DIGEST)?.to_vec();
+        r.finish()?;
+        Ok(Self {
+            qualified_signer,
+            extra_data,
+            clock_info,
+            firmware_version,
+            pcr_select,
+            pcr_digest,
+        })
+    }
+
+    /// The quoted PCR indices of the sha256 bank, provided that is the only
+    /// bank quoted (a mixed-bank digest is not something this verifier can
+    /// recompute from sha256 values alone).
+    pub fn sha256_pcrs(&self) -> Result<&[u8], TpmParseError> {
+        let banks: Vec<&PcrSelection> = self
+            .pcr_select
+            .iter()
+            .filter(|s| !s.pcrs.is_empty())
+            .collect();
+        match banks.as_slice() {
+            [only] if only.hash_alg == alg::SHA256 => Ok(&only.pcrs),
+            [only] => Err(TpmParseError::Unsupported {
+                structure: "TPMS_ATTEST",
+                what: "PCR bank",
+                value: only.hash_alg,
+            }),
+            [] => Err(TpmParseError::Invalid {
+                structure: "TPMS_ATTEST",
+                reason: "quote selects no PCRs",
+            }),
+            _ => Err(TpmParseError::Invalid {
+                structure: "TPMS_ATTEST",
+                reason: "quote selects more than one PCR bank",
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Marshals a quote the way a TPM does, for tests of the parser.
+    pub(crate) fn marshal(a: &Attest) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend(TPM_GENERATED_VALUE.to_be_bytes());
+        v.extend(TPM_ST_ATTEST_QUOTE.to_be_bytes());
+        v.extend((a.qualified_signer.len() as u16).to_be_bytes());
+        v.extend(&a.qualified_signer);
+        v.extend((a.extra_data.len() as u16).to_be_bytes());
+        v.extend(&a.extra_data);
+        v.extend(a.clock_info.clock.to_be_bytes());
+        v.extend(a.clock_info.reset_count.to_be_bytes());
+        v.extend(a.clock_info.restart_count.to_be_bytes());
+        v.push(u8::from(a.clock_info.safe));
+        v.extend(a.firmware_version.to_be_bytes());
+        v.extend((a.pcr_select.len() as u32).to_be_bytes());
+        for s in &a.pcr_select {
+            v.extend(s.hash_alg.to_be_bytes());
+            v.push(3);
+            let mut bitmap = [0u8; 3];
+            for p in &s.pcrs {
+                bitmap[usize::from(*p) / 8] |= 1 << (p % 8);
+            }
+            v.extend(bitmap);
+        }
+        v.extend((a.pcr_digest.len() as u16).to_be_bytes());
+        v.extend(&a.pcr_digest);
+        v
+    }
+
+    pub(crate) fn sample() -> Attest {
+        Attest {
+            qualified_signer: vec![0, 0x0b, 1, 2, 3],
+            extra_data: vec![7; 32],
+            clock_info: ClockInfo {
+                clock: 12345,
+                reset_count: 2,
+                restart_count: 1,
+                safe: true,
+            },
+            firmware_version: 99,
+            pcr_select: vec![PcrSelection {
+                hash_alg: alg::SHA256,
+                pcrs: vec![0, 7, 15],
+            }],
+            pcr_digest: vec![5; 32],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let a = sample();
+        assert_eq!(Attest::parse(&marshal(&a)), Ok(a.clone()));
+        assert_eq!(a.sha256_pcrs(), Ok(&[0u8, 7, 15][..]));
+    }
+
+    #[test]
+    fn rejects_other_structures_and_trailing_bytes() {
+        let mut bytes = marshal(&sample());
+        bytes.push(0);
+        assert!(matches!(
+            Attest::parse(&bytes),
+            Err(TpmParseError::TrailingBytes { .. })
+        ));
+        let mut bytes = marshal(&sample());
+        bytes[5] = 0x17; // TPM_ST_ATTEST_CERTIFY
+        assert_eq!(Attest::parse(&bytes), Err(TpmParseError::NotAQuote(0x8017)));
+        let mut bytes = marshal(&sample());
+        bytes[0] = 0;
+        assert_eq!(Attest::parse(&bytes), Err(TpmParseError::NotTpmGenerated));
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let bytes = marshal(&sample());
+        for len in 0..bytes.len() {
+            assert!(
+                Attest::parse(&bytes[..len]).is_err(),
+                "prefix of {len} bytes parsed"
+            );
+        }
+    }
+
+    #[test]
+    fn sha1_bank_is_unsupported() {
+        let mut a = sample();
+        a.pcr_select[0].hash_alg = 0x0004;
+        assert!(matches!(
+            a.sha256_pcrs(),
+            Err(TpmParseError::Unsupported { .. })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Attest::parse(&bytes);
+        }
+
+        #[test]
+        fn mutated_quotes_never_panic(pos in any::<prop::sample::Index>(), byte in any::<u8>()) {
+            let mut bytes = marshal(&sample());
+            let i = pos.index(bytes.len());
+            bytes[i] = byte;
+            let _ = Attest::parse(&bytes);
+        }
+    }
+}
