@@ -5,6 +5,7 @@
 //! types so that code cannot mistake "received" for "checked".
 
 pub mod binding;
+pub mod client;
 pub mod clock;
 pub mod error;
 pub mod eventlog;

@@ -1,0 +1,265 @@
+//! One TLS connection to an enclave, attested or pinned.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aver_crds::{AttestationPolicy, Sha256Digest};
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::error::ClientError;
+use super::spki::spki_sha256;
+use super::tls::{client_config, KeyAcceptance};
+use super::EVIDENCE_PATH;
+use crate::binding::Nonce;
+use crate::evidence::{Evidence, MAX_EVIDENCE_BYTES};
+use crate::report::VerifiedReport;
+use crate::verify::{verify, Challenge};
+
+/// Where an enclave listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Self {
+            host: host.into(),
+            port,
+        }
+    }
+
+    /// From an `https://host:port/...` URL (port defaults to 443).
+    pub fn from_url(url: &str) -> Result<Self, ClientError> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|_| ClientError::BadEndpoint(url.to_owned()))?;
+        Self::from_uri(&uri)
+    }
+
+    pub fn from_uri(uri: &Uri) -> Result<Self, ClientError> {
+        let bad = || ClientError::BadEndpoint(uri.to_string());
+        if uri.scheme_str() != Some("https") {
+            return Err(bad());
+        }
+        let host = uri.host().ok_or_else(bad)?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        Ok(Self::new(host, uri.port_u16().unwrap_or(443)))
+    }
+
+    /// `host:port`, with IPv6 hosts bracketed.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// An open TLS connection whose server key has been attested (or matches a
+/// pin from an earlier attestation). Requests go over this very connection.
+pub struct AttestedConnection {
+    endpoint: Endpoint,
+    sender: SendRequest<Full<Bytes>>,
+    certificate_der: Vec<u8>,
+    spki_sha256: Sha256Digest,
+    report: Option<VerifiedReport>,
+}
+
+impl std::fmt::Debug for AttestedConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttestedConnection")
+            .field("endpoint", &self.endpoint)
+            .field("spki_sha256", &self.spki_sha256)
+            .field("attested_now", &self.report.is_some())
+            .finish()
+    }
+}
+
+impl AttestedConnection {
+    /// Connects, fetches evidence over the new connection with a fresh
+    /// nonce, and verifies it against `policy` bound to this connection's key.
+    pub async fn attest(
+        endpoint: &Endpoint,
+        policy: &AttestationPolicy,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let mut connection = Self::open(endpoint, KeyAcceptance::ToBeAttested, timeout).await?;
+        let nonce = Nonce::random();
+        let evidence = connection.fetch_evidence(&nonce).await?;
+        let challenge = Challenge {
+            nonce,
+            spki_sha256: connection.spki_sha256,
+        };
+        let report = verify(&evidence, &challenge, policy)?;
+        tracing::debug!(endpoint = %endpoint.authority(), spki = %report.spki_sha256, "endpoint attested");
+        connection.report = Some(report);
+        Ok(connection)
+    }
+
+    /// Connects to an endpoint whose key was attested before; the handshake
+    /// fails unless the server presents one of `pins`.
+    pub async fn pinned(
+        endpoint: &Endpoint,
+        pins: Vec<Sha256Digest>,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        Self::open(endpoint, KeyAcceptance::Pinned(pins), timeout).await
+    }
+
+    async fn open(
+        endpoint: &Endpoint,
+        accept: KeyAcceptance,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let authority = endpoint.authority();
+        let tcp = tokio::time::timeout(
+            timeout,
+            TcpStream::connect((endpoint.host.as_str(), endpoint.port)),
+        )
+        .await
+        .map_err(|_| ClientError::ConnectTimeout(authority.clone()))?
+        .map_err(|source| ClientError::Connect {
+            endpoint: authority.clone(),
+            source,
+        })?;
+        let _ = tcp.set_nodelay(true);
+        let server_name = ServerName::try_from(endpoint.host.clone())
+            .map_err(|_| ClientError::BadEndpoint(authority.clone()))?;
+        let connector = TlsConnector::from(Arc::new(client_config(accept)));
+        let tls = tokio::time::timeout(timeout, connector.connect(server_name, tcp))
+            .await
+            .map_err(|_| ClientError::ConnectTimeout(authority.clone()))?
+            .map_err(|source| ClientError::Tls {
+                endpoint: authority.clone(),
+                source,
+            })?;
+        let certificate_der = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .map(|c| c.as_ref().to_vec())
+            .ok_or_else(|| ClientError::Certificate {
+                endpoint: authority.clone(),
+                reason: "no certificate".into(),
+            })?;
+        let spki_sha256 = spki_sha256(&certificate_der).map_err(|e| ClientError::Certificate {
+            endpoint: authority.clone(),
+            reason: e.to_string(),
+        })?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|source| ClientError::Http {
+                endpoint: authority.clone(),
+                source,
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "attested connection closed");
+            }
+        });
+        Ok(Self {
+            endpoint: endpoint.clone(),
+            sender,
+            certificate_der,
+            spki_sha256,
+            report: None,
+        })
+    }
+
+    async fn fetch_evidence(&mut self, nonce: &Nonce) -> Result<Evidence, ClientError> {
+        let authority = self.endpoint.authority();
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(format!("{EVIDENCE_PATH}?nonce={}", nonce.to_hex()))
+            .header(header::HOST, &authority)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Request(e.to_string()))?;
+        let response = self.send_raw(request).await?;
+        if response.status() != StatusCode::OK {
+            return Err(ClientError::EvidenceStatus {
+                endpoint: authority,
+                status: response.status(),
+            });
+        }
+        let body = Limited::new(response.into_body(), MAX_EVIDENCE_BYTES)
+            .collect()
+            .await
+            .map_err(|_| ClientError::EvidenceTooLarge {
+                endpoint: authority.clone(),
+                limit: MAX_EVIDENCE_BYTES,
+            })?
+            .to_bytes();
+        Evidence::from_json(&body).map_err(|e| ClientError::Verify(e.into()))
+    }
+
+    /// Sends a request on this connection. An absolute URI is reduced to its
+    /// path and query (the connection already fixes the server), and `Host`
+    /// is set when missing.
+    pub async fn send(
+        &mut self,
+        mut request: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let path = request
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".to_owned());
+        *request.uri_mut() = path
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| ClientError::Request(e.to_string()))?;
+        if !request.headers().contains_key(header::HOST) {
+            let host = self.endpoint.authority().parse().map_err(
+                |e: http::header::InvalidHeaderValue| ClientError::Request(e.to_string()),
+            )?;
+            request.headers_mut().insert(header::HOST, host);
+        }
+        self.send_raw(request).await
+    }
+
+    async fn send_raw(
+        &mut self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let endpoint = self.endpoint.authority();
+        self.sender
+            .ready()
+            .await
+            .map_err(|source| ClientError::Http {
+                endpoint: endpoint.clone(),
+                source,
+            })?;
+        self.sender
+            .send_request(request)
+            .await
+            .map_err(|source| ClientError::Http { endpoint, source })
+    }
+
+    /// The verification report, when this connection was attested (not pinned).
+    pub fn report(&self) -> Option<&VerifiedReport> {
+        self.report.as_ref()
+    }
+
+    pub fn certificate_der(&self) -> &[u8] {
+        &self.certificate_der
+    }
+
+    pub fn spki_sha256(&self) -> Sha256Digest {
+        self.spki_sha256
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}

@@ -1,0 +1,127 @@
+//! The attested client: no request byte leaves before the server's TLS key
+//! is proven to live in a measured enclave on a trusted TPM (DESIGN §4).
+//!
+//! 1. Open TLS to the endpoint, accepting its self-signed certificate
+//!    provisionally and noting the key's SPKI digest.
+//! 2. On that same connection, `GET /.well-known/aver/evidence?nonce=…` with
+//!    a fresh random nonce.
+//! 3. Verify the evidence against the policy, bound to (nonce, SPKI).
+//! 4. Only then send the caller's request, on the same connection, and pin
+//!    the SPKI so later connections skip step 2 until the policy's
+//!    `maxEvidenceAge` has passed.
+
+mod connection;
+mod error;
+mod pins;
+pub mod spki;
+pub mod tls;
+
+pub use connection::{AttestedConnection, Endpoint};
+pub use error::ClientError;
+pub use pins::{Pin, PinStore};
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aver_crds::AttestationPolicy;
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::clock::ClockHistory;
+use crate::report::VerifiedReport;
+
+/// Path of the evidence endpoint every enclave serves.
+pub const EVIDENCE_PATH: &str = "/.well-known/aver/evidence";
+
+/// An HTTP client that attests every endpoint before use. Cheap to clone;
+/// clones share pins and the TPM clock history.
+#[derive(Clone)]
+pub struct AttestedClient {
+    policy: Arc<AttestationPolicy>,
+    max_age: Duration,
+    pins: PinStore,
+    clocks: Arc<Mutex<ClockHistory>>,
+    connect_timeout: Duration,
+}
+
+impl AttestedClient {
+    /// A client that verifies against `policy` (validated here, so a client
+    /// with an unenforceable policy cannot exist).
+    pub fn new(policy: AttestationPolicy) -> Result<Self, ClientError> {
+        policy.validate().map_err(crate::VerifyError::from)?;
+        let max_age = policy
+            .max_evidence_age()
+            .map_err(crate::VerifyError::from)?;
+        Ok(Self {
+            policy: Arc::new(policy),
+            max_age,
+            pins: PinStore::default(),
+            clocks: Arc::new(Mutex::new(ClockHistory::new())),
+            connect_timeout: Duration::from_secs(10),
+        })
+    }
+
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    pub fn policy(&self) -> &AttestationPolicy {
+        &self.policy
+    }
+
+    pub fn pins(&self) -> &PinStore {
+        &self.pins
+    }
+
+    /// Opens a fresh connection and attests it, whatever is pinned, and pins
+    /// the verified key. This is what `aver verify` and the controller do.
+    pub async fn attest(&self, endpoint: &Endpoint) -> Result<AttestedConnection, ClientError> {
+        let connection =
+            AttestedConnection::attest(endpoint, &self.policy, self.connect_timeout).await?;
+        if let Some(report) = connection.report() {
+            self.observe_clock(report)?;
+            self.pins.insert(
+                endpoint.authority(),
+                Pin::new(
+                    report.spki_sha256,
+                    connection.certificate_der().to_vec(),
+                    self.max_age,
+                ),
+            );
+        }
+        Ok(connection)
+    }
+
+    /// A connection to `endpoint` whose key is attested: pinned if a
+    /// fresh-enough pin exists, freshly attested otherwise.
+    pub async fn connect(&self, endpoint: &Endpoint) -> Result<AttestedConnection, ClientError> {
+        match self.pins.get_fresh(&endpoint.authority()) {
+            Some(pin) => {
+                AttestedConnection::pinned(endpoint, vec![pin.spki_sha256], self.connect_timeout)
+                    .await
+            }
+            None => self.attest(endpoint).await,
+        }
+    }
+
+    /// Sends `request` (absolute `https://` URI) to an attested endpoint and
+    /// returns the streaming response: the shape of a hyper client call.
+    pub async fn request(
+        &self,
+        request: Request<http_body_util::Full<Bytes>>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let endpoint = Endpoint::from_uri(request.uri())?;
+        let mut connection = self.connect(&endpoint).await?;
+        connection.send(request).await
+    }
+
+    fn observe_clock(&self, report: &VerifiedReport) -> Result<(), ClientError> {
+        let mut clocks = self
+            .clocks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        clocks.observe(report).map_err(ClientError::Verify)
+    }
+}
