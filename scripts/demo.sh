@@ -17,19 +17,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Two free loopback ports for swtpm's TPM and control channels.
-read -r port ctrl < <(python3 -c 'import socket
-s=[socket.socket() for _ in range(2)]
-[x.bind(("127.0.0.1",0)) for x in s]
-print(*[x.getsockname()[1] for x in s])')
-mkdir -p "$work/tpm" "$work/state" "$work/model"
-swtpm socket --tpm2 --tpmstate dir="$work/tpm" \
-  --server type=tcp,port="$port",bindaddr=127.0.0.1 \
-  --ctrl type=tcp,port="$ctrl",bindaddr=127.0.0.1 \
-  --flags not-need-init,startup-clear &
-swtpm_pid=$!
-for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-export AVER_TCTI="swtpm:host=127.0.0.1,port=$port"
+mkdir -p "$work/state" "$work/model"
+# shellcheck source=scripts/lib/swtpm.sh
+source scripts/lib/swtpm.sh
+start_swtpm "$work/tpm"
+swtpm_pid=$SWTPM_PID
 export AVER_STATE_DIR="$work/state"
 export AVER_MODEL_DIR="$work/model"
 export AVER_ENGINE_DIGEST="sha256:$(printf 'demo-engine-image' | sha256sum | cut -d' ' -f1)"

@@ -1,0 +1,330 @@
+//! Command-line and environment settings of `aver-enclave`.
+//!
+//! Kept in the library so that every subcommand shares one definition of
+//! the launch settings ([`LaunchArgs`], flattened into each subcommand that
+//! launches) and so that parsing is unit-tested without spawning the binary.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use aver_crds::Sha256Digest;
+use aver_verifier::binding::Nonce;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::launch::LaunchConfig;
+use crate::launch_log::{check_workload_pcr, DEFAULT_STATE_DIR, DEFAULT_WORKLOAD_PCR};
+use crate::measure::WorkloadInputs;
+use crate::tpm::{DEFAULT_AK_HANDLE, PCR_COUNT};
+
+/// The boot PCRs quoted by default (firmware, boot loader, Secure Boot
+/// state), to which the workload PCR is added.
+pub const DEFAULT_BOOT_PCRS: [u8; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
+
+/// The hardened server in each model pod: measures the workload into the
+/// TPM and produces attestation evidence bound to its in-memory TLS key.
+#[derive(Debug, Parser)]
+#[command(name = "aver-enclave", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, env = "AVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Measure a launch, then write evidence for one nonce to a file and
+    /// print the TLS SPKI digest (the value to pass to `aver verify-evidence --spki`).
+    Evidence(EvidenceArgs),
+    /// Print the attestation key's TPM name (hex), creating and persisting
+    /// the key if needed.
+    Ak(AkArgs),
+}
+
+/// Which TPM and which attestation key.
+#[derive(Debug, Clone, Args)]
+pub struct TpmArgs {
+    /// TPM to use: `device:/dev/tpmrm0` (kernel resource manager) or
+    /// `swtpm:host=127.0.0.1,port=2321` (software TPM; its control port is
+    /// port + 1).
+    #[arg(long, env = "AVER_TCTI", default_value = "device:/dev/tpmrm0")]
+    pub tcti: String,
+    /// Persistent handle of the attestation key (hex with 0x, or decimal).
+    #[arg(long, env = "AVER_AK_HANDLE", default_value = "0x81010002", value_parser = parse_handle)]
+    pub ak_handle: u32,
+}
+
+/// Settings of a launch: where its state lives and what it measures.
+#[derive(Debug, Clone, Args)]
+pub struct LaunchArgs {
+    #[command(flatten)]
+    pub tpm: TpmArgs,
+    /// Directory holding the workload event log across restarts.
+    #[arg(long, env = "AVER_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// PCR the launch is measured into (8 to 15).
+    #[arg(long, env = "AVER_WORKLOAD_PCR", default_value_t = DEFAULT_WORKLOAD_PCR, value_parser = parse_workload_pcr)]
+    pub workload_pcr: u8,
+    /// PCRs every quote covers, e.g. `0,1,2,3,4,5,6,7,15` or `0-7,15`
+    /// [default: 0-7 and the workload PCR].
+    #[arg(long, env = "AVER_QUOTE_PCRS")]
+    pub quote_pcrs: Option<PcrList>,
+    /// Digest of the inference engine image (`sha256:<64 hex>`).
+    #[arg(long, env = "AVER_ENGINE_DIGEST")]
+    pub engine_digest: Sha256Digest,
+    /// Directory of the model files that are measured.
+    #[arg(long, env = "AVER_MODEL_DIR")]
+    pub model_dir: PathBuf,
+    /// Serving configuration file [default: none, measured as the SHA-256
+    /// of the empty string].
+    #[arg(long, env = "AVER_SERVING_CONFIG")]
+    pub serving_config: Option<PathBuf>,
+}
+
+impl LaunchArgs {
+    /// The PCRs to quote: as given, or the boot PCRs plus the workload PCR.
+    pub fn quote_pcrs(&self) -> Vec<u8> {
+        match &self.quote_pcrs {
+            Some(list) => list.0.clone(),
+            None => {
+                let mut pcrs = DEFAULT_BOOT_PCRS.to_vec();
+                pcrs.push(self.workload_pcr);
+                pcrs.sort_unstable();
+                pcrs.dedup();
+                pcrs
+            }
+        }
+    }
+
+    /// The launch configuration these settings describe.
+    pub fn to_config(&self) -> LaunchConfig {
+        LaunchConfig {
+            tcti: self.tpm.tcti.clone(),
+            ak_handle: self.tpm.ak_handle,
+            state_dir: self.state_dir.clone(),
+            workload_pcr: self.workload_pcr,
+            quote_pcrs: self.quote_pcrs(),
+            workload: WorkloadInputs {
+                engine_digest: self.engine_digest,
+                model_dir: self.model_dir.clone(),
+                serving_config: self.serving_config.clone(),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EvidenceArgs {
+    #[command(flatten)]
+    pub launch: LaunchArgs,
+    /// The verifier's challenge: 64 hex characters.
+    #[arg(long, value_parser = parse_nonce)]
+    pub nonce: Nonce,
+    /// File the evidence JSON is written to.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AkArgs {
+    #[command(flatten)]
+    pub tpm: TpmArgs,
+}
+
+/// A sorted, duplicate-free list of PCR numbers, written `0,1,2` with
+/// optional ranges `0-7`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PcrList(pub Vec<u8>);
+
+impl FromStr for PcrList {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut pcrs = Vec::new();
+        for part in text.split(',').map(str::trim) {
+            let (low, high) = match part.split_once('-') {
+                Some((low, high)) => (parse_pcr(low)?, parse_pcr(high)?),
+                None => {
+                    let pcr = parse_pcr(part)?;
+                    (pcr, pcr)
+                }
+            };
+            if low > high {
+                return Err(format!("PCR range {part:?} runs backwards"));
+            }
+            pcrs.extend(low..=high);
+        }
+        pcrs.sort_unstable();
+        pcrs.dedup();
+        Ok(Self(pcrs))
+    }
+}
+
+fn parse_pcr(text: &str) -> Result<u8, String> {
+    match text.trim().parse::<u8>() {
+        Ok(pcr) if pcr < PCR_COUNT => Ok(pcr),
+        _ => Err(format!(
+            "{text:?} is not a PCR number (0 to {})",
+            PCR_COUNT - 1
+        )),
+    }
+}
+
+fn parse_workload_pcr(text: &str) -> Result<u8, String> {
+    let pcr = parse_pcr(text)?;
+    check_workload_pcr(pcr).map_err(|e| e.to_string())?;
+    Ok(pcr)
+}
+
+fn parse_handle(text: &str) -> Result<u32, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse::<u32>(),
+    };
+    let handle = parsed
+        .map_err(|_| format!("{text:?} is not a TPM handle (e.g. 0x{DEFAULT_AK_HANDLE:08x})"))?;
+    if handle >> 24 != 0x81 {
+        return Err(format!(
+            "0x{handle:08x} is not a persistent handle (0x81000000 to 0x81ffffff)"
+        ));
+    }
+    Ok(handle)
+}
+
+fn parse_nonce(text: &str) -> Result<Nonce, String> {
+    Nonce::from_hex(text).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIGEST: &str = "sha256:0101010101010101010101010101010101010101010101010101010101010101";
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("aver-enclave").chain(args.iter().copied()))
+    }
+
+    fn evidence(extra: &[&str]) -> Result<EvidenceArgs, clap::Error> {
+        let nonce = "ab".repeat(32);
+        let mut args = vec![
+            "evidence",
+            "--nonce",
+            &nonce,
+            "--out",
+            "/tmp/e.json",
+            "--engine-digest",
+            DIGEST,
+            "--model-dir",
+            "/models/m",
+        ];
+        args.extend_from_slice(extra);
+        match parse(&args)?.command {
+            Command::Evidence(e) => Ok(e),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_quote_boot_pcrs_and_the_workload_pcr() {
+        let e = evidence(&[]).unwrap();
+        let config = e.launch.to_config();
+        assert_eq!(config.workload_pcr, 15);
+        assert_eq!(config.quote_pcrs, vec![0, 1, 2, 3, 4, 5, 6, 7, 15]);
+        assert_eq!(config.ak_handle, 0x8101_0002);
+        assert_eq!(config.state_dir, PathBuf::from("/var/lib/aver"));
+        assert_eq!(config.workload.serving_config, None);
+        assert_eq!(e.nonce, Nonce([0xab; 32]));
+
+        let e = evidence(&["--workload-pcr", "14"]).unwrap();
+        assert_eq!(e.launch.quote_pcrs(), vec![0, 1, 2, 3, 4, 5, 6, 7, 14]);
+    }
+
+    #[test]
+    fn pcr_lists_take_ranges_and_reject_nonsense() {
+        assert_eq!(
+            "0-7,15".parse::<PcrList>(),
+            Ok(PcrList(vec![0, 1, 2, 3, 4, 5, 6, 7, 15]))
+        );
+        assert_eq!("15, 0,0".parse::<PcrList>(), Ok(PcrList(vec![0, 15])));
+        assert!("24".parse::<PcrList>().is_err());
+        assert!("7-3".parse::<PcrList>().is_err());
+        assert!("".parse::<PcrList>().is_err());
+        assert!("a".parse::<PcrList>().is_err());
+        let e = evidence(&["--quote-pcrs", "0,2,15"]).unwrap();
+        assert_eq!(e.launch.quote_pcrs(), vec![0, 2, 15]);
+    }
+
+    #[test]
+    fn bad_input_is_refused() {
+        assert!(evidence(&["--workload-pcr", "16"]).is_err());
+        assert!(evidence(&["--workload-pcr", "7"]).is_err());
+        assert!(evidence(&["--ak-handle", "0x80000001"]).is_err());
+        assert!(evidence(&["--ak-handle", "zz"]).is_err());
+        assert!(parse(&[
+            "evidence",
+            "--nonce",
+            "abcd",
+            "--out",
+            "x",
+            "--engine-digest",
+            DIGEST,
+            "--model-dir",
+            "m"
+        ])
+        .is_err());
+        // The engine digest must carry its algorithm.
+        let bare = "01".repeat(32);
+        assert!(parse(&[
+            "evidence",
+            "--nonce",
+            &"ab".repeat(32),
+            "--out",
+            "x",
+            "--engine-digest",
+            &bare,
+            "--model-dir",
+            "m"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn handles_parse_in_hex_or_decimal() {
+        assert_eq!(parse_handle("0x81010003"), Ok(0x8101_0003));
+        assert_eq!(parse_handle("2164326403"), Ok(0x8101_0003));
+        let e = evidence(&[
+            "--ak-handle",
+            "0x81000001",
+            "--tcti",
+            "swtpm:host=127.0.0.1,port=2321",
+        ])
+        .unwrap();
+        assert_eq!(e.launch.tpm.ak_handle, 0x8100_0001);
+        assert_eq!(e.launch.tpm.tcti, "swtpm:host=127.0.0.1,port=2321");
+    }
+
+    #[test]
+    fn ak_and_log_format_parse() {
+        let cli = parse(&["--log-format", "json", "ak", "--tcti", "swtpm:port=1"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        assert!(matches!(cli.command, Command::Ak(AkArgs { tpm }) if tpm.tcti == "swtpm:port=1"));
+        assert!(parse(&["--log-format", "xml", "ak"]).is_err());
+    }
+
+    #[test]
+    fn command_definition_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+}

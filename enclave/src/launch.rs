@@ -1,0 +1,131 @@
+//! One start of the enclave, in the order DESIGN §3.4 requires: create the
+//! TLS key, measure the workload, record the launch in the workload PCR —
+//! all before anything is served.
+
+use std::path::PathBuf;
+
+use aver_verifier::binding::Nonce;
+use aver_verifier::eventlog::LaunchMeasurements;
+use aver_verifier::Evidence;
+
+use crate::evidence::{collect, CollectError};
+use crate::launch_log::{check_workload_pcr, record_launch, LaunchLog, LaunchLogError};
+use crate::measure::{measure_launch, MeasureError, WorkloadInputs};
+use crate::tls_key::{TlsKey, TlsKeyError};
+use crate::tpm::{Tpm, TpmError};
+
+/// Everything a launch needs, however it was configured (flags, env).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchConfig {
+    /// TCTI of the TPM, e.g. `device:/dev/tpmrm0`.
+    pub tcti: String,
+    /// Persistent handle of the attestation key.
+    pub ak_handle: u32,
+    /// Where the event log is kept between restarts.
+    pub state_dir: PathBuf,
+    /// PCR the launch is measured into (8..=15).
+    pub workload_pcr: u8,
+    /// PCRs every quote covers; must include `workload_pcr`.
+    pub quote_pcrs: Vec<u8>,
+    /// What is measured.
+    pub workload: WorkloadInputs,
+}
+
+/// Why the enclave could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("the quoted PCRs {quote_pcrs:?} do not include the workload PCR {workload_pcr}: evidence without it proves nothing about the workload")]
+    WorkloadPcrNotQuoted {
+        workload_pcr: u8,
+        quote_pcrs: Vec<u8>,
+    },
+    #[error(transparent)]
+    TlsKey(#[from] TlsKeyError),
+    #[error(transparent)]
+    Measure(#[from] MeasureError),
+    #[error(transparent)]
+    Tpm(#[from] TpmError),
+    #[error(transparent)]
+    Log(#[from] LaunchLogError),
+}
+
+/// A started enclave: its TPM, its measured launch and its TLS key.
+#[derive(Debug)]
+pub struct Enclave {
+    tpm: Tpm,
+    log: LaunchLog,
+    tls_key: TlsKey,
+    measurements: LaunchMeasurements,
+    quote_pcrs: Vec<u8>,
+}
+
+impl Enclave {
+    /// Generates the TLS key, measures the workload and appends the launch
+    /// to the workload PCR and its log. The workload is measured before the
+    /// TPM is opened, so hashing a large model neither holds the TPM nor
+    /// the state directory's lock.
+    pub fn launch(config: &LaunchConfig) -> Result<Self, LaunchError> {
+        check_workload_pcr(config.workload_pcr)?;
+        if !config.quote_pcrs.contains(&config.workload_pcr) {
+            return Err(LaunchError::WorkloadPcrNotQuoted {
+                workload_pcr: config.workload_pcr,
+                quote_pcrs: config.quote_pcrs.clone(),
+            });
+        }
+        let tls_key = TlsKey::generate()?;
+        let measurements = measure_launch(&config.workload, tls_key.spki_sha256())?;
+        tracing::info!(
+            engine = %measurements.engine,
+            model = %measurements.model,
+            serving_config = %measurements.serving_config,
+            tls_spki = %measurements.tls_spki,
+            "workload measured"
+        );
+        let mut tpm = Tpm::open(&config.tcti, config.ak_handle)?;
+        let log = record_launch(
+            &mut tpm,
+            &config.state_dir,
+            config.workload_pcr,
+            &measurements,
+        )?;
+        Ok(Self {
+            tpm,
+            log,
+            tls_key,
+            measurements,
+            quote_pcrs: config.quote_pcrs.clone(),
+        })
+    }
+
+    /// Evidence answering `nonce`, bound to this enclave's TLS key.
+    pub fn evidence(&mut self, nonce: &Nonce) -> Result<Evidence, CollectError> {
+        let spki = self.tls_key.spki_sha256();
+        collect(
+            &mut self.tpm,
+            self.log.entries(),
+            &self.quote_pcrs,
+            nonce,
+            &spki,
+        )
+    }
+
+    /// The in-memory TLS key whose SPKI the launch recorded.
+    pub fn tls_key(&self) -> &TlsKey {
+        &self.tls_key
+    }
+
+    /// What this launch measured.
+    pub fn measurements(&self) -> &LaunchMeasurements {
+        &self.measurements
+    }
+
+    /// The workload event log since the last TPM reset.
+    pub fn log(&self) -> &LaunchLog {
+        &self.log
+    }
+
+    /// The TPM, for callers that need more than evidence (e.g. the AK name).
+    pub fn tpm(&mut self) -> &mut Tpm {
+        &mut self.tpm
+    }
+}

@@ -1,0 +1,91 @@
+//! The `aver-enclave` binary: parses settings, sets up logging and runs one
+//! subcommand, reporting failure as one line on stderr and a non-zero exit.
+
+use std::io::IsTerminal as _;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use aver_enclave::cli::{AkArgs, Cli, Command, EvidenceArgs, LogFormat};
+use aver_enclave::{Enclave, Tpm};
+use clap::Parser as _;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    quiet_tss_logging();
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("aver-enclave: error: {}", one_line(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, each said once: library errors
+/// often repeat their cause's text in their own message.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Evidence(args) => evidence(args),
+        Command::Ak(args) => ak(args),
+    }
+}
+
+fn evidence(args: EvidenceArgs) -> anyhow::Result<()> {
+    let mut enclave = Enclave::launch(&args.launch.to_config())?;
+    let evidence = enclave.evidence(&args.nonce)?;
+    std::fs::write(&args.out, evidence.to_json())
+        .with_context(|| format!("cannot write evidence to {}", args.out.display()))?;
+    tracing::info!(out = %args.out.display(), "evidence written");
+    println!("{}", enclave.tls_key().spki_sha256());
+    Ok(())
+}
+
+fn ak(args: AkArgs) -> anyhow::Result<()> {
+    let tpm = Tpm::open(&args.tpm.tcti, args.tpm.ak_handle)?;
+    println!("{}", hex::encode(tpm.ak_name()));
+    Ok(())
+}
+
+/// The TSS C libraries print their own multi-line diagnostics to stderr for
+/// every failure (e.g. an unreachable swtpm), which would drown the one-line
+/// error this binary reports. They stay silent unless the operator asks for
+/// them by setting `TSS2_LOG` (e.g. `TSS2_LOG=all+debug`).
+fn quiet_tss_logging() {
+    if std::env::var_os("TSS2_LOG").is_none() {
+        // Runs first thing in main, before any thread exists.
+        std::env::set_var("TSS2_LOG", "all+NONE");
+    }
+}
+
+/// Logs go to stderr so that stdout carries only the command's result.
+/// `RUST_LOG` overrides the level; tss-esapi's own chatter is off unless
+/// asked for, since every TPM failure is reported through our errors.
+fn init_logging(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,tss_esapi=off"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
