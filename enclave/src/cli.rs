@@ -43,6 +43,9 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Measure a launch, then serve attested TLS: evidence at
+    /// /.well-known/aver/evidence, everything else proxied to the engine.
+    Serve(ServeArgs),
     /// Measure a launch, then write evidence for one nonce to a file and
     /// print the TLS SPKI digest (the value to pass to `aver verify-evidence --spki`).
     Evidence(EvidenceArgs),
@@ -136,6 +139,55 @@ pub struct EvidenceArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub launch: LaunchArgs,
+    /// Address the TLS listener binds.
+    #[arg(long, env = "AVER_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: std::net::SocketAddr,
+    /// The OpenAI-compatible inference engine, e.g. `http://127.0.0.1:8000`.
+    #[arg(long, env = "AVER_UPSTREAM", value_parser = parse_upstream)]
+    pub upstream: String,
+    /// Largest request body forwarded to the engine, in bytes.
+    #[arg(long, env = "AVER_MAX_REQUEST_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_request_bytes: usize,
+    /// Seconds to wait for the engine's response headers before answering 504.
+    #[arg(long, env = "AVER_UPSTREAM_TIMEOUT_SECS", default_value_t = 300)]
+    pub upstream_timeout_secs: u64,
+    /// Milliseconds an evidence request waits for others to share its quote.
+    #[arg(long, env = "AVER_BATCH_WINDOW_MS", default_value_t = 5)]
+    pub batch_window_ms: u64,
+    /// Most evidence requests under one TPM quote (1 disables batching).
+    #[arg(long, env = "AVER_MAX_BATCH", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub max_batch: u64,
+    /// Names written into the self-signed certificate (comma-separated).
+    #[arg(
+        long,
+        env = "AVER_CERT_NAMES",
+        value_delimiter = ',',
+        default_value = "aver-enclave,localhost"
+    )]
+    pub cert_names: Vec<String>,
+}
+
+impl ServeArgs {
+    /// The server settings these flags describe.
+    pub fn to_serve_config(&self) -> crate::server::ServeConfig {
+        crate::server::ServeConfig {
+            listen: self.listen,
+            upstream: self.upstream.clone(),
+            max_request_bytes: self.max_request_bytes,
+            upstream_timeout: std::time::Duration::from_secs(self.upstream_timeout_secs),
+            batch: crate::batcher::BatchConfig {
+                window: std::time::Duration::from_millis(self.batch_window_ms),
+                max_batch: usize::try_from(self.max_batch).unwrap_or(usize::MAX),
+            },
+            certificate_names: self.cert_names.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct AkArgs {
     #[command(flatten)]
     pub tpm: TpmArgs,
@@ -184,6 +236,13 @@ fn parse_workload_pcr(text: &str) -> Result<u8, String> {
     let pcr = parse_pcr(text)?;
     check_workload_pcr(pcr).map_err(|e| e.to_string())?;
     Ok(pcr)
+}
+
+/// Checked before the launch so that a typo does not cost a launch sequence.
+fn parse_upstream(text: &str) -> Result<String, String> {
+    crate::server::proxy::Proxy::check_upstream(text)
+        .map(|_| text.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 fn parse_handle(text: &str) -> Result<u32, String> {

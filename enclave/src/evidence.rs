@@ -2,7 +2,7 @@
 //! `aver_verifier::evidence`) that answers one verifier's nonce.
 
 use aver_crds::Sha256Digest;
-use aver_verifier::binding::{qualifying_data, Nonce};
+use aver_verifier::binding::{qualifying_data, MerkleProof, Nonce};
 use aver_verifier::eventlog::LogEntry;
 use aver_verifier::evidence::{Base64Bytes, PcrValue, Quote};
 use aver_verifier::{Evidence, EVIDENCE_VERSION};
@@ -29,10 +29,6 @@ pub enum CollectError {
 /// Quotes `quote_pcrs` with qualifying data binding `nonce` to the TLS key
 /// `spki` (DESIGN §3.1, §3.2) and packages the quote with the PCR values,
 /// the AK public area and the workload event log.
-///
-/// PCR values are read right after the quote and are checked against the
-/// quote's pcrDigest, so the document never pairs a quote with values it
-/// did not sign.
 pub fn collect(
     tpm: &mut Tpm,
     log: &[LogEntry],
@@ -44,12 +40,58 @@ pub fn collect(
     // from a malformed Merkle proof.
     let qualifying = qualifying_data(nonce, spki, None)
         .ok_or_else(|| CollectError::QuoteMismatch("no qualifying data for the nonce".into()))?;
+    Ok(quote(tpm, log, quote_pcrs, &qualifying)?.for_challenge(*nonce, *spki, None))
+}
+
+/// One TPM quote and everything that goes with it, shared by every
+/// challenge whose leaf is under the quoted qualifying data.
+#[derive(Debug, Clone)]
+pub struct QuotedState {
+    quote: Quote,
+    pcrs: Vec<PcrValue>,
+    ak_public: Base64Bytes,
+    event_log: Vec<LogEntry>,
+}
+
+impl QuotedState {
+    /// The evidence document for one challenge under this quote.
+    pub fn for_challenge(
+        &self,
+        nonce: Nonce,
+        spki: Sha256Digest,
+        batch: Option<MerkleProof>,
+    ) -> Evidence {
+        Evidence {
+            version: EVIDENCE_VERSION,
+            nonce,
+            spki_sha256: spki,
+            quote: self.quote.clone(),
+            pcrs: self.pcrs.clone(),
+            ak_public: self.ak_public.clone(),
+            event_log: self.event_log.clone(),
+            batch,
+        }
+    }
+}
+
+/// Quotes `quote_pcrs` with `qualifying` as qualifying data (a single
+/// challenge's leaf or a batch's Merkle root).
+///
+/// PCR values are read right after the quote and are checked against the
+/// quote's pcrDigest, so the document never pairs a quote with values it
+/// did not sign.
+pub fn quote(
+    tpm: &mut Tpm,
+    log: &[LogEntry],
+    quote_pcrs: &[u8],
+    qualifying: &[u8; 32],
+) -> Result<QuotedState, CollectError> {
     let mut wanted = quote_pcrs.to_vec();
     wanted.sort_unstable();
     wanted.dedup();
 
     for attempt in 1..=ATTEMPTS {
-        let (attest, signature) = tpm.quote(&wanted, &qualifying)?;
+        let (attest, signature) = tpm.quote(&wanted, qualifying)?;
         let values = tpm.read_pcrs(&wanted)?;
         let quoted = parse_quote(&attest)?;
         if quoted.extra_data != qualifying {
@@ -76,10 +118,7 @@ pub fn collect(
             );
             continue;
         }
-        return Ok(Evidence {
-            version: EVIDENCE_VERSION,
-            nonce: *nonce,
-            spki_sha256: *spki,
+        return Ok(QuotedState {
             quote: Quote {
                 attest: Base64Bytes(attest),
                 signature: Base64Bytes(signature),
@@ -93,7 +132,6 @@ pub fn collect(
                 .collect(),
             ak_public: Base64Bytes(tpm.ak_public_tpmt()),
             event_log: log.to_vec(),
-            batch: None,
         });
     }
     Err(CollectError::PcrsChanging)

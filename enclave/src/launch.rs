@@ -8,7 +8,7 @@ use aver_verifier::binding::Nonce;
 use aver_verifier::eventlog::LaunchMeasurements;
 use aver_verifier::Evidence;
 
-use crate::evidence::{collect, CollectError};
+use crate::evidence::{collect, quote, CollectError, QuotedState};
 use crate::launch_log::{check_workload_pcr, record_launch, LaunchLog, LaunchLogError};
 use crate::measure::{measure_launch, MeasureError, WorkloadInputs};
 use crate::tls_key::{TlsKey, TlsKeyError};
@@ -106,6 +106,17 @@ impl Enclave {
             &self.quote_pcrs,
             nonce,
             &spki,
+        )
+    }
+
+    /// One quote over `qualifying` (a batch's Merkle root), to be turned into
+    /// evidence for each challenge of the batch.
+    pub fn quote(&mut self, qualifying: &[u8; 32]) -> Result<QuotedState, CollectError> {
+        quote(
+            &mut self.tpm,
+            self.log.entries(),
+            &self.quote_pcrs,
+            qualifying,
         )
     }
 

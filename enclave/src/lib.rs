@@ -7,11 +7,13 @@
 //! steps together in the order the security properties of DESIGN §3 need;
 //! [`tpm`] is the only code that talks to the TPM.
 
+pub mod batcher;
 pub mod cli;
 pub mod evidence;
 pub mod launch;
 pub mod launch_log;
 pub mod measure;
+pub mod server;
 pub mod tls_key;
 pub mod tpm;
 

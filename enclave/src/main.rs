@@ -5,7 +5,8 @@ use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use aver_enclave::cli::{AkArgs, Cli, Command, EvidenceArgs, LogFormat};
+use aver_enclave::cli::{AkArgs, Cli, Command, EvidenceArgs, LogFormat, ServeArgs};
+use aver_enclave::server::Server;
 use aver_enclave::{Enclave, Tpm};
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
@@ -42,6 +43,7 @@ fn one_line(error: &anyhow::Error) -> String {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Serve(args) => serve(args),
         Command::Evidence(args) => evidence(args),
         Command::Ak(args) => ak(args),
     }
@@ -55,6 +57,50 @@ fn evidence(args: EvidenceArgs) -> anyhow::Result<()> {
     tracing::info!(out = %args.out.display(), "evidence written");
     println!("{}", enclave.tls_key().spki_sha256());
     Ok(())
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.to_serve_config();
+    // Measurement (hashing the model) happens before the runtime starts, so
+    // nothing is served until the launch is recorded in the TPM.
+    let enclave = Enclave::launch(&args.launch.to_config())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let server = Server::bind(enclave, &config).await?;
+        let addr = server.local_addr().context("listener has no address")?;
+        tracing::info!(%addr, upstream = %config.upstream, "serving attested TLS");
+        // One line on stdout, for scripts and tests that bound port 0.
+        println!("listening on https://{addr}");
+        server.run(shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+/// Completes on SIGINT or SIGTERM (what Kubernetes sends before SIGKILL).
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(term) => term,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the server");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }
 
 fn ak(args: AkArgs) -> anyhow::Result<()> {

@@ -6,6 +6,9 @@
 //! with its own state directory, so tests run in parallel without sharing
 //! PCRs or keys, and a test can simulate a reboot with [`Swtpm::restart`].
 
+pub mod node;
+pub mod stub_upstream;
+
 use std::io::{self, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use aver_crds::{AllowedWorkload, AttestationPolicy, ReferencePcr, Sha256Digest, TrustRoots};
-use aver_tests::{cargo_bin, require_swtpm, Swtpm};
+use aver_crds::{AttestationPolicy, Sha256Digest};
+use aver_tests::node::{policy_for, TestNode, ENGINE};
+use aver_tests::{cargo_bin, require_swtpm};
 use aver_verifier::binding::Nonce;
 use aver_verifier::error::VerifyError;
 use aver_verifier::eventlog::{EventLogError, LogEntry, WorkloadEvent};
@@ -14,95 +15,27 @@ use aver_verifier::evidence::{Evidence, EvidenceError};
 use aver_verifier::measurement::model_digest;
 use aver_verifier::{verify, Challenge, ClockHistory};
 
-const ENGINE: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
-
-/// One simulated node: a swtpm, the enclave's state dir and a model.
-struct Node {
-    tpm: Swtpm,
-    state: tempfile::TempDir,
-    model: tempfile::TempDir,
+/// Test nodes unwrap their set-up: a failure there is a broken test rig.
+trait Node {
+    fn evidence_ok(&self, nonce: &Nonce) -> (Evidence, Sha256Digest);
+    fn policy_ok(&self) -> AttestationPolicy;
+    fn ak(&self) -> String;
 }
 
-impl Node {
-    fn start() -> Self {
-        let tpm = Swtpm::start().expect("swtpm starts");
-        let state = tempfile::tempdir().unwrap();
-        let model = tempfile::tempdir().unwrap();
-        std::fs::write(model.path().join("weights.bin"), b"tiny model weights").unwrap();
-        std::fs::write(model.path().join("tokenizer.json"), b"{\"vocab\":[]}").unwrap();
-        Self { tpm, state, model }
+impl Node for TestNode {
+    fn evidence_ok(&self, nonce: &Nonce) -> (Evidence, Sha256Digest) {
+        self.evidence(nonce).expect("aver-enclave evidence")
     }
-
-    /// Runs `aver-enclave evidence` (one launch + one quote) and returns the
-    /// evidence and the SPKI digest it printed.
-    fn evidence(&self, nonce: &Nonce) -> (Evidence, Sha256Digest) {
-        let out_dir = tempfile::tempdir().unwrap();
-        let out = out_dir.path().join("evidence.json");
-        let output = Command::new(cargo_bin("aver-enclave"))
-            .arg("evidence")
-            .args(["--tcti", &self.tpm.tcti()])
-            .arg("--state-dir")
-            .arg(self.state.path())
-            .args(["--engine-digest", ENGINE])
-            .arg("--model-dir")
-            .arg(self.model.path())
-            .args(["--nonce", &nonce.to_hex()])
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .expect("aver-enclave runs");
-        assert!(
-            output.status.success(),
-            "aver-enclave evidence failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let spki = Sha256Digest::parse(String::from_utf8_lossy(&output.stdout).trim())
-            .expect("aver-enclave prints the SPKI digest");
-        let evidence = Evidence::from_json(&std::fs::read(&out).unwrap()).unwrap();
-        (evidence, spki)
+    fn policy_ok(&self) -> AttestationPolicy {
+        self.policy().expect("policy")
     }
-
-    fn ak_name(&self) -> String {
-        let output = Command::new(cargo_bin("aver-enclave"))
-            .arg("ak")
-            .args(["--tcti", &self.tpm.tcti()])
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
-    }
-
-    /// A policy written from independent knowledge: the AK read from the TPM,
-    /// the model digest computed here, swtpm's boot PCRs (never extended: 0).
-    fn policy(&self) -> AttestationPolicy {
-        policy_for(&[self.ak_name()], model_digest(self.model.path()).unwrap())
+    fn ak(&self) -> String {
+        self.ak_name().expect("AK name")
     }
 }
 
-fn policy_for(ak_names: &[String], model: Sha256Digest) -> AttestationPolicy {
-    AttestationPolicy {
-        reference_pcrs: (0..8)
-            .map(|pcr| ReferencePcr {
-                pcr,
-                values: vec![Sha256Digest([0; 32])],
-            })
-            .collect(),
-        workload_pcr: 15,
-        allowed: AllowedWorkload {
-            engine_digests: vec![Sha256Digest::parse(ENGINE).unwrap()],
-            model_digests: vec![model],
-            config_digests: None,
-        },
-        trust: TrustRoots {
-            ak_names: ak_names.to_vec(),
-        },
-        interval: "30s".into(),
-        max_evidence_age: "5m".into(),
-    }
+fn start_node() -> TestNode {
+    TestNode::start().expect("test node starts")
 }
 
 fn challenge(nonce: Nonce, spki: Sha256Digest) -> Challenge {
@@ -115,13 +48,13 @@ fn challenge(nonce: Nonce, spki: Sha256Digest) -> Challenge {
 #[test]
 fn genuine_evidence_verifies_and_reports_measurements() {
     require_swtpm!();
-    let node = Node::start();
-    let policy = node.policy();
+    let node = start_node();
+    let policy = node.policy_ok();
     let nonce = Nonce::random();
-    let (evidence, spki) = node.evidence(&nonce);
+    let (evidence, spki) = node.evidence_ok(&nonce);
     let report =
         verify(&evidence, &challenge(nonce, spki), &policy).expect("genuine evidence verifies");
-    assert_eq!(report.ak_name, node.ak_name());
+    assert_eq!(report.ak_name, node.ak());
     assert_eq!(
         report.launch.model,
         model_digest(node.model.path()).unwrap()
@@ -135,10 +68,10 @@ fn genuine_evidence_verifies_and_reports_measurements() {
 #[test]
 fn replayed_evidence_fails_freshness() {
     require_swtpm!();
-    let node = Node::start();
-    let policy = node.policy();
+    let node = start_node();
+    let policy = node.policy_ok();
     let old = Nonce::random();
-    let (evidence, spki) = node.evidence(&old);
+    let (evidence, spki) = node.evidence_ok(&old);
     let fresh = Nonce::random();
 
     // Replayed as is: the nonce is not the one this verifier sent.
@@ -158,10 +91,10 @@ fn replayed_evidence_fails_freshness() {
 #[test]
 fn evidence_for_another_tls_key_fails_channel_binding() {
     require_swtpm!();
-    let node = Node::start();
-    let policy = node.policy();
+    let node = start_node();
+    let policy = node.policy_ok();
     let nonce = Nonce::random();
-    let (evidence, spki) = node.evidence(&nonce);
+    let (evidence, spki) = node.evidence_ok(&nonce);
     let mitm = Sha256Digest([0x66; 32]);
 
     assert!(matches!(
@@ -180,10 +113,10 @@ fn evidence_for_another_tls_key_fails_channel_binding() {
 #[test]
 fn edited_pcr_value_fails_the_quote_digest() {
     require_swtpm!();
-    let node = Node::start();
-    let policy = node.policy();
+    let node = start_node();
+    let policy = node.policy_ok();
     let nonce = Nonce::random();
-    let (mut evidence, spki) = node.evidence(&nonce);
+    let (mut evidence, spki) = node.evidence_ok(&nonce);
     let boot = evidence.pcrs.iter_mut().find(|p| p.pcr == 0).unwrap();
     boot.value = Sha256Digest([0x01; 32]);
     assert_eq!(
@@ -191,7 +124,7 @@ fn edited_pcr_value_fails_the_quote_digest() {
         Err(VerifyError::PcrDigestMismatch)
     );
     // Dropping a quoted PCR from the list is caught before the digest.
-    let (mut evidence, spki) = node.evidence(&nonce);
+    let (mut evidence, spki) = node.evidence_ok(&nonce);
     evidence.pcrs.retain(|p| p.pcr != 3);
     assert!(matches!(
         verify(&evidence, &challenge(nonce, spki), &policy),
@@ -202,11 +135,11 @@ fn edited_pcr_value_fails_the_quote_digest() {
 #[test]
 fn boot_pcr_outside_the_reference_values_is_refused() {
     require_swtpm!();
-    let node = Node::start();
-    let mut policy = node.policy();
+    let node = start_node();
+    let mut policy = node.policy_ok();
     policy.reference_pcrs[2].values = vec![Sha256Digest([0xbb; 32])];
     let nonce = Nonce::random();
-    let (evidence, spki) = node.evidence(&nonce);
+    let (evidence, spki) = node.evidence_ok(&nonce);
     assert_eq!(
         verify(&evidence, &challenge(nonce, spki), &policy),
         Err(VerifyError::BootPcrMismatch {
@@ -219,10 +152,10 @@ fn boot_pcr_outside_the_reference_values_is_refused() {
 #[test]
 fn added_removed_or_edited_events_are_each_named() {
     require_swtpm!();
-    let node = Node::start();
-    let policy = node.policy();
+    let node = start_node();
+    let policy = node.policy_ok();
     let nonce = Nonce::random();
-    let (evidence, spki) = node.evidence(&nonce);
+    let (evidence, spki) = node.evidence_ok(&nonce);
     let ch = challenge(nonce, spki);
 
     let mut added = evidence.clone();
@@ -273,10 +206,10 @@ fn added_removed_or_edited_events_are_each_named() {
 #[test]
 fn extend_by_anyone_else_fails_closed() {
     require_swtpm!();
-    let node = Node::start();
-    let policy = node.policy();
+    let node = start_node();
+    let policy = node.policy_ok();
     let nonce = Nonce::random();
-    node.evidence(&nonce);
+    node.evidence_ok(&nonce);
     // Something other than the enclave extends the workload PCR.
     let status = Command::new("tpm2_pcrextend")
         .arg(format!("15:sha256={}", "ab".repeat(32)))
@@ -287,7 +220,7 @@ fn extend_by_anyone_else_fails_closed() {
     // The next quote covers the foreign extend, which no log entry explains.
     // (The enclave is not relaunched: quote through a fresh evidence run
     // would append a launch, so replay the mismatch on a new launch too.)
-    let (evidence, spki) = node.evidence(&nonce);
+    let (evidence, spki) = node.evidence_ok(&nonce);
     assert!(matches!(
         verify(&evidence, &challenge(nonce, spki), &policy),
         Err(VerifyError::EventLog(EventLogError::ReplayMismatch {
@@ -300,15 +233,15 @@ fn extend_by_anyone_else_fails_closed() {
 #[test]
 fn quote_from_another_ak_is_refused() {
     require_swtpm!();
-    let a = Node::start();
-    let b = Node::start();
+    let a = start_node();
+    let b = start_node();
     let model = model_digest(a.model.path()).unwrap();
     let nonce = Nonce::random();
-    let (from_a, spki) = a.evidence(&nonce);
-    let (from_b, spki_b) = b.evidence(&nonce);
+    let (from_a, spki) = a.evidence_ok(&nonce);
+    let (from_b, spki_b) = b.evidence_ok(&nonce);
 
     // B's AK presented with A's quote: the signature does not verify.
-    let both = policy_for(&[a.ak_name(), b.ak_name()], model);
+    let both = policy_for(&[a.ak(), b.ak()], model);
     let mut swapped = from_a.clone();
     swapped.ak_public = from_b.ak_public.clone();
     assert!(matches!(
@@ -323,7 +256,7 @@ fn quote_from_another_ak_is_refused() {
         Err(VerifyError::BadSignature { .. })
     ));
     // All of B, against a policy that trusts only A.
-    let only_a = policy_for(&[a.ak_name()], model);
+    let only_a = policy_for(&[a.ak()], model);
     assert!(matches!(
         verify(&from_b, &challenge(nonce, spki_b), &only_a),
         Err(VerifyError::UntrustedAk { .. })
@@ -333,10 +266,10 @@ fn quote_from_another_ak_is_refused() {
 #[test]
 fn unknown_version_truncation_and_garbage_are_typed_errors() {
     require_swtpm!();
-    let node = Node::start();
-    let policy = node.policy();
+    let node = start_node();
+    let policy = node.policy_ok();
     let nonce = Nonce::random();
-    let (evidence, spki) = node.evidence(&nonce);
+    let (evidence, spki) = node.evidence_ok(&nonce);
     let json = evidence.to_json();
 
     let text = String::from_utf8(json.clone()).unwrap();
@@ -398,8 +331,8 @@ fn unknown_version_truncation_and_garbage_are_typed_errors() {
 #[test]
 fn one_changed_model_byte_is_refused_with_the_digest_named() {
     require_swtpm!();
-    let node = Node::start();
-    let policy = node.policy();
+    let node = start_node();
+    let policy = node.policy_ok();
     let weights = node.model.path().join("weights.bin");
     let mut bytes = std::fs::read(&weights).unwrap();
     bytes[0] ^= 1;
@@ -407,7 +340,7 @@ fn one_changed_model_byte_is_refused_with_the_digest_named() {
     let tampered = model_digest(node.model.path()).unwrap();
 
     let nonce = Nonce::random();
-    let (evidence, spki) = node.evidence(&nonce);
+    let (evidence, spki) = node.evidence_ok(&nonce);
     let err = verify(&evidence, &challenge(nonce, spki), &policy).unwrap_err();
     assert_eq!(err, VerifyError::ModelNotAllowed(tampered));
     assert!(err.to_string().contains(&tampered.to_string()), "{err}");
@@ -416,14 +349,14 @@ fn one_changed_model_byte_is_refused_with_the_digest_named() {
 #[test]
 fn restart_without_tpm_reset_still_verifies() {
     require_swtpm!();
-    let node = Node::start();
-    let policy = node.policy();
+    let node = start_node();
+    let policy = node.policy_ok();
     let first = Nonce::random();
-    let (_, first_spki) = node.evidence(&first);
+    let (_, first_spki) = node.evidence_ok(&first);
     // A second process on the same TPM and state dir: a new launch sequence
     // with a new TLS key; the log keeps both and replays.
     let second = Nonce::random();
-    let (evidence, spki) = node.evidence(&second);
+    let (evidence, spki) = node.evidence_ok(&second);
     assert_ne!(first_spki, spki);
     let report = verify(&evidence, &challenge(second, spki), &policy).expect("relaunch verifies");
     assert_eq!(report.launches_since_boot, 2);
@@ -436,12 +369,12 @@ fn restart_without_tpm_reset_still_verifies() {
 #[test]
 fn tpm_clock_going_backwards_is_refused() {
     require_swtpm!();
-    let node = Node::start();
-    let policy = node.policy();
+    let node = start_node();
+    let policy = node.policy_ok();
     let n1 = Nonce::random();
-    let (e1, s1) = node.evidence(&n1);
+    let (e1, s1) = node.evidence_ok(&n1);
     let n2 = Nonce::random();
-    let (e2, s2) = node.evidence(&n2);
+    let (e2, s2) = node.evidence_ok(&n2);
     let older = verify(&e1, &challenge(n1, s1), &policy).unwrap();
     let newer = verify(&e2, &challenge(n2, s2), &policy).unwrap();
 
@@ -461,12 +394,12 @@ fn tpm_clock_going_backwards_is_refused() {
 #[test]
 fn cli_verifies_offline_and_writes_a_tofu_policy() {
     require_swtpm!();
-    let node = Node::start();
+    let node = start_node();
     let dir = tempfile::tempdir().unwrap();
     let policy_path = dir.path().join("policy.yaml");
-    std::fs::write(&policy_path, node.policy().to_yaml()).unwrap();
+    std::fs::write(&policy_path, node.policy_ok().to_yaml()).unwrap();
     let nonce = Nonce::random();
-    let (evidence, spki) = node.evidence(&nonce);
+    let (evidence, spki) = node.evidence_ok(&nonce);
     let evidence_path = dir.path().join("evidence.json");
     std::fs::write(&evidence_path, evidence.to_json()).unwrap();
 

@@ -107,6 +107,34 @@ impl AttestedConnection {
         Ok(connection)
     }
 
+    /// Trust on first use: fetches evidence for a fresh nonce over a new
+    /// connection *without* a policy, and checks only that it answers this
+    /// nonce and is bound to this connection's key. For `aver policy init
+    /// --from`, which derives a policy from it; nothing else may use the
+    /// result as verified.
+    pub async fn capture_unverified(
+        endpoint: &Endpoint,
+        timeout: Duration,
+    ) -> Result<Evidence, ClientError> {
+        let mut connection = Self::open(endpoint, KeyAcceptance::ToBeAttested, timeout).await?;
+        let nonce = Nonce::random();
+        let evidence = connection.fetch_evidence(&nonce).await?;
+        if evidence.nonce != nonce {
+            return Err(crate::VerifyError::NonceMismatch {
+                found: evidence.nonce.to_hex(),
+            }
+            .into());
+        }
+        if evidence.spki_sha256 != connection.spki_sha256 {
+            return Err(crate::VerifyError::SpkiMismatch {
+                expected: connection.spki_sha256,
+                found: evidence.spki_sha256,
+            }
+            .into());
+        }
+        Ok(evidence)
+    }
+
     /// Connects to an endpoint whose key was attested before; the handshake
     /// fails unless the server presents one of `pins`.
     pub async fn pinned(

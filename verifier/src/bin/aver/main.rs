@@ -23,6 +23,11 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Attest a live endpoint against a policy and print the report.
+    Verify(commands::verify::Args),
+    /// Send an HTTP request to an endpoint only after attesting it; the
+    /// answer streams to stdout.
+    Request(commands::request::Args),
     /// Verify a saved evidence document offline against a policy.
     VerifyEvidence(commands::verify_evidence::Args),
     /// Create policies.
@@ -37,6 +42,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
     let result = match cli.command {
+        Command::Verify(args) => commands::verify::run(args),
+        Command::Request(args) => commands::request::run(args),
         Command::VerifyEvidence(args) => commands::verify_evidence::run(args),
         Command::Policy(cmd) => commands::policy::run(cmd),
         Command::Digest(cmd) => commands::digest::run(cmd),

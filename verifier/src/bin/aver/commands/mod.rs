@@ -2,12 +2,15 @@
 
 pub mod digest;
 pub mod policy;
+pub mod request;
+pub mod verify;
 pub mod verify_evidence;
 
 use std::fmt;
 use std::path::Path;
 use std::process::ExitCode;
 
+use aver_verifier::client::ClientError;
 use aver_verifier::{AttestationPolicy, VerifyError};
 
 /// How a command failed: a rejected attestation (exit 1) is a different
@@ -16,13 +19,19 @@ use aver_verifier::{AttestationPolicy, VerifyError};
 pub enum Failure {
     Rejected(VerifyError),
     Input(anyhow::Error),
+    /// The endpoint could not be attested for a reason other than its
+    /// evidence (unreachable, TLS, HTTP): nothing was sent.
+    Unattested(ClientError),
+    /// `--fail` and the server answered with this error status.
+    HttpStatus(u16),
 }
 
 impl Failure {
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Self::Rejected(_) => ExitCode::from(1),
+            Self::Rejected(_) | Self::Unattested(_) => ExitCode::from(1),
             Self::Input(_) => ExitCode::from(2),
+            Self::HttpStatus(_) => ExitCode::from(3),
         }
     }
 }
@@ -33,6 +42,8 @@ impl fmt::Display for Failure {
             Self::Rejected(e) => write!(f, "verification failed ({}): {e}", e.reason()),
             // `{:#}` prints the whole context chain on one line.
             Self::Input(e) => write!(f, "error: {e:#}"),
+            Self::Unattested(e) => write!(f, "not attested, nothing sent: {e}"),
+            Self::HttpStatus(code) => write!(f, "server answered HTTP {code}"),
         }
     }
 }
@@ -57,4 +68,22 @@ pub fn load_policy(path: &Path) -> anyhow::Result<AttestationPolicy> {
 pub fn read_input(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
     use anyhow::Context as _;
     std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
+}
+
+/// Maps a client error to the failure the user sees: a verification
+/// refusal keeps its reason label.
+pub fn client_failure(error: ClientError) -> Failure {
+    match error {
+        ClientError::Verify(e) => Failure::Rejected(e),
+        other => Failure::Unattested(other),
+    }
+}
+
+/// A small runtime for one command's network I/O.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context as _;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }

@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
+use std::time::Duration;
+
+use aver_verifier::client::{AttestedConnection, Endpoint};
 use aver_verifier::policy_init::policy_from_evidence;
 use aver_verifier::{Evidence, VerifyError};
 
@@ -16,10 +19,14 @@ pub enum PolicyCommand {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["from_evidence", "from"])))]
 pub struct InitArgs {
     /// Known-good evidence document to take reference values from.
     #[arg(long = "from-evidence")]
-    pub from_evidence: PathBuf,
+    pub from_evidence: Option<PathBuf>,
+    /// Known-good live endpoint (https://HOST:PORT) to capture evidence from.
+    #[arg(long)]
+    pub from: Option<String>,
     /// Workload PCR the enclave extends.
     #[arg(long, default_value_t = aver_crds::policy::DEFAULT_WORKLOAD_PCR)]
     pub workload_pcr: u8,
@@ -35,19 +42,34 @@ pub fn run(cmd: PolicyCommand) -> CommandResult {
 }
 
 fn init(args: InitArgs) -> CommandResult {
-    let bytes = read_input(&args.from_evidence, "evidence")?;
-    let evidence =
-        Evidence::from_json(&bytes).map_err(|e| Failure::Rejected(VerifyError::from(e)))?;
+    let (evidence, source) = match (&args.from_evidence, &args.from) {
+        (Some(path), _) => {
+            let bytes = read_input(path, "evidence")?;
+            let evidence =
+                Evidence::from_json(&bytes).map_err(|e| Failure::Rejected(VerifyError::from(e)))?;
+            (evidence, path.display().to_string())
+        }
+        (None, Some(url)) => {
+            let endpoint = Endpoint::from_url(url).map_err(anyhow::Error::from)?;
+            let capture =
+                AttestedConnection::capture_unverified(&endpoint, Duration::from_secs(10));
+            let evidence = super::runtime()?
+                .block_on(capture)
+                .map_err(super::client_failure)?;
+            (evidence, url.clone())
+        }
+        (None, None) => {
+            return Err(anyhow::anyhow!("give --from-evidence FILE or --from URL").into())
+        }
+    };
     let policy =
         policy_from_evidence(&evidence, Some(args.workload_pcr)).map_err(Failure::Rejected)?;
     eprintln!(
-        "WARNING: this policy trusts whatever produced {} (trust on first use).\n\
-         WARNING: check the AK, boot PCRs and workload digests against values you obtained independently before relying on it.",
-        args.from_evidence.display()
+        "WARNING: this policy trusts whatever produced {source} (trust on first use).\n\
+         WARNING: check the AK, boot PCRs and workload digests against values you obtained independently before relying on it."
     );
     let yaml = format!(
-        "# aver attestation policy, captured from {} (trust on first use)\n{}",
-        args.from_evidence.display(),
+        "# aver attestation policy, captured from {source} (trust on first use)\n{}",
         policy.to_yaml()
     );
     match args.out {

@@ -1,0 +1,26 @@
+//! The one body type every route answers with.
+
+use bytes::Bytes;
+use http::{header, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// A complete body.
+pub fn full(bytes: impl Into<Bytes>) -> BoxBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A JSON error in the shape OpenAI-compatible clients expect
+/// (`{"error": {"message": …}}`), so their error handling keeps working.
+pub fn error(status: StatusCode, message: &str) -> Response<BoxBody> {
+    let json = serde_json::json!({ "error": { "message": message, "type": "aver_enclave" } });
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(full(json.to_string()))
+        .unwrap_or_else(|_| Response::new(full("")))
+}

@@ -1,0 +1,286 @@
+//! `aver-enclave serve`: the TLS endpoint clients attest and talk to.
+//!
+//! Routes on the one TLS 1.3 listener:
+//! - `GET /.well-known/aver/evidence?nonce=<64 hex>`: evidence bound to this
+//!   server's (only) certificate key, batched with concurrent challenges;
+//! - `GET /healthz`: the process is alive;
+//! - `GET /readyz`: measurement is done (always, once serving) and the
+//!   inference engine accepts connections;
+//! - `GET /metrics`: Prometheus counters;
+//! - everything else: reverse-proxied to the inference engine.
+
+pub mod body;
+pub mod proxy;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aver_verifier::binding::Nonce;
+use aver_verifier::client::EVIDENCE_PATH;
+use http::{header, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use sha2::{Digest as _, Sha256};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::batcher::{BatchConfig, QuoteBatcher};
+use crate::launch::Enclave;
+use body::BoxBody;
+use proxy::Proxy;
+
+/// Settings of the server, beyond the launch.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub upstream: String,
+    pub max_request_bytes: usize,
+    pub upstream_timeout: Duration,
+    pub batch: BatchConfig,
+    /// DNS names (or IPs) written into the self-signed certificate.
+    pub certificate_names: Vec<String>,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Tls(#[from] tls::ServerTlsError),
+    #[error(transparent)]
+    Upstream(#[from] proxy::BadUpstream),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the TPM worker: {0}")]
+    Worker(std::io::Error),
+}
+
+#[derive(Default)]
+struct Counters {
+    evidence_requests: AtomicU64,
+    evidence_failures: AtomicU64,
+    proxied_requests: AtomicU64,
+}
+
+struct AppState {
+    batcher: QuoteBatcher,
+    proxy: Proxy,
+    counters: Counters,
+}
+
+/// A server that is bound and ready to accept.
+pub struct Server {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    state: Arc<AppState>,
+}
+
+impl Server {
+    /// Builds the TLS identity from the launched enclave's key, binds the
+    /// listener and moves the enclave to the TPM worker.
+    pub async fn bind(enclave: Enclave, config: &ServeConfig) -> Result<Self, ServeError> {
+        let (tls_config, cert_der) =
+            tls::server_config(enclave.tls_key(), &config.certificate_names)?;
+        let proxy = Proxy::new(
+            &config.upstream,
+            config.max_request_bytes,
+            config.upstream_timeout,
+        )?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServeError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        tracing::info!(
+            spki = %enclave.tls_key().spki_sha256(),
+            certificate_sha256 = %hex::encode(Sha256::digest(cert_der.as_ref())),
+            "TLS identity ready"
+        );
+        let batcher = QuoteBatcher::start(enclave, config.batch).map_err(ServeError::Worker)?;
+        Ok(Self {
+            listener,
+            acceptor: TlsAcceptor::from(tls_config),
+            state: Arc::new(AppState {
+                batcher,
+                proxy,
+                counters: Counters::default(),
+            }),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then lets open connections finish
+    /// (bounded) before returning.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = self.acceptor.clone();
+            let state = self.state.clone();
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let service = service_fn(move |request| {
+                    let state = state.clone();
+                    async move { Ok::<_, std::convert::Infallible>(route(&state, request).await) }
+                });
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30))
+                    .serve_connection(TokioIo::new(tls), service);
+                if let Err(e) = watcher.watch(connection).await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+        tracing::info!("shutting down: finishing open connections");
+        if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after 30 s; closing them");
+        }
+    }
+}
+
+async fn route(state: &AppState, request: Request<Incoming>) -> Response<BoxBody> {
+    let path = request.uri().path();
+    match (request.method(), path) {
+        (&Method::GET, EVIDENCE_PATH) => evidence(state, request.uri().query()).await,
+        (_, EVIDENCE_PATH) => body::error(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => readyz(state).await,
+        (&Method::GET, "/metrics") => metrics(state),
+        (_, p) if p.starts_with("/.well-known/aver/") => {
+            body::error(StatusCode::NOT_FOUND, "no such aver endpoint")
+        }
+        _ => {
+            state
+                .counters
+                .proxied_requests
+                .fetch_add(1, Ordering::Relaxed);
+            state.proxy.forward(request).await
+        }
+    }
+}
+
+async fn evidence(state: &AppState, query: Option<&str>) -> Response<BoxBody> {
+    state
+        .counters
+        .evidence_requests
+        .fetch_add(1, Ordering::Relaxed);
+    let nonce = query
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("nonce="))
+        .map(Nonce::from_hex);
+    let nonce = match nonce {
+        Some(Ok(nonce)) => nonce,
+        Some(Err(e)) => return body::error(StatusCode::BAD_REQUEST, &e.to_string()),
+        None => {
+            return body::error(
+                StatusCode::BAD_REQUEST,
+                "missing nonce: GET /.well-known/aver/evidence?nonce=<64 hex>",
+            )
+        }
+    };
+    match state.batcher.evidence(nonce).await {
+        Ok(evidence) => Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CACHE_CONTROL, "no-store")
+            .body(body::full(evidence.to_json()))
+            .unwrap_or_else(|_| body::error(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed")),
+        Err(e) => {
+            state
+                .counters
+                .evidence_failures
+                .fetch_add(1, Ordering::Relaxed);
+            body::error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+        }
+    }
+}
+
+async fn readyz(state: &AppState) -> Response<BoxBody> {
+    let probe = tokio::net::TcpStream::connect(state.proxy.authority());
+    match tokio::time::timeout(Duration::from_secs(1), probe).await {
+        Ok(Ok(_)) => text(StatusCode::OK, "ready\n"),
+        _ => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "inference engine not reachable\n",
+        ),
+    }
+}
+
+fn metrics(state: &AppState) -> Response<BoxBody> {
+    let stats = state.batcher.stats();
+    let c = &state.counters;
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let text_body = format!(
+        "# HELP aver_enclave_evidence_requests_total Evidence requests received.\n\
+         # TYPE aver_enclave_evidence_requests_total counter\n\
+         aver_enclave_evidence_requests_total {}\n\
+         # HELP aver_enclave_evidence_failures_total Evidence requests answered with an error.\n\
+         # TYPE aver_enclave_evidence_failures_total counter\n\
+         aver_enclave_evidence_failures_total {}\n\
+         # HELP aver_enclave_quotes_total TPM quotes signed (one per batch of challenges).\n\
+         # TYPE aver_enclave_quotes_total counter\n\
+         aver_enclave_quotes_total {}\n\
+         # HELP aver_enclave_challenges_total Challenges answered by those quotes.\n\
+         # TYPE aver_enclave_challenges_total counter\n\
+         aver_enclave_challenges_total {}\n\
+         # HELP aver_enclave_proxied_requests_total Requests forwarded to the inference engine.\n\
+         # TYPE aver_enclave_proxied_requests_total counter\n\
+         aver_enclave_proxied_requests_total {}\n",
+        load(&c.evidence_requests),
+        load(&c.evidence_failures),
+        load(&stats.quotes),
+        load(&stats.challenges),
+        load(&c.proxied_requests),
+    );
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+        .body(body::full(text_body))
+        .unwrap_or_else(|_| body::error(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed"))
+}
+
+fn text(status: StatusCode, message: &'static str) -> Response<BoxBody> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(body::full(message))
+        .unwrap_or_else(|_| Response::new(body::full("")))
+}

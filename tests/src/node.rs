@@ -1,0 +1,169 @@
+//! A simulated TPM node for tests: its own swtpm, enclave state directory
+//! and model, plus helpers to run `aver-enclave` on it the way a pod would.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{bail, Context as _};
+use aver_crds::{AllowedWorkload, AttestationPolicy, ReferencePcr, Sha256Digest, TrustRoots};
+use aver_verifier::binding::Nonce;
+use aver_verifier::measurement::model_digest;
+use aver_verifier::Evidence;
+
+use crate::{cargo_bin, Swtpm};
+
+/// Engine image digest every test node measures.
+pub const ENGINE: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+/// One node: TPM, enclave state and a tiny model.
+pub struct TestNode {
+    pub tpm: Swtpm,
+    pub state: tempfile::TempDir,
+    pub model: tempfile::TempDir,
+}
+
+impl TestNode {
+    pub fn start() -> anyhow::Result<Self> {
+        let tpm = Swtpm::start()?;
+        let state = tempfile::tempdir()?;
+        let model = tempfile::tempdir()?;
+        std::fs::write(model.path().join("weights.bin"), b"tiny model weights")?;
+        std::fs::write(model.path().join("tokenizer.json"), b"{\"vocab\":[]}")?;
+        Ok(Self { tpm, state, model })
+    }
+
+    /// `aver-enclave` with this node's TPM, state and model settings.
+    pub fn enclave_command(&self, subcommand: &str) -> Command {
+        let mut cmd = Command::new(cargo_bin("aver-enclave"));
+        cmd.arg(subcommand)
+            .args(["--tcti", &self.tpm.tcti()])
+            .arg("--state-dir")
+            .arg(self.state.path())
+            .args(["--engine-digest", ENGINE])
+            .arg("--model-dir")
+            .arg(self.model.path());
+        cmd
+    }
+
+    /// Runs `aver-enclave evidence` (one launch + one quote) and returns the
+    /// evidence and the SPKI digest it printed.
+    pub fn evidence(&self, nonce: &Nonce) -> anyhow::Result<(Evidence, Sha256Digest)> {
+        let out_dir = tempfile::tempdir()?;
+        let out = out_dir.path().join("evidence.json");
+        let output = self
+            .enclave_command("evidence")
+            .args(["--nonce", &nonce.to_hex()])
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .context("aver-enclave runs")?;
+        if !output.status.success() {
+            bail!(
+                "aver-enclave evidence failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let spki = Sha256Digest::parse(String::from_utf8_lossy(&output.stdout).trim())
+            .context("aver-enclave prints the SPKI digest")?;
+        let evidence = Evidence::from_json(&std::fs::read(&out)?)?;
+        Ok((evidence, spki))
+    }
+
+    /// The AK name as `aver-enclave ak` prints it.
+    pub fn ak_name(&self) -> anyhow::Result<String> {
+        let output = Command::new(cargo_bin("aver-enclave"))
+            .arg("ak")
+            .args(["--tcti", &self.tpm.tcti()])
+            .output()?;
+        if !output.status.success() {
+            bail!(
+                "aver-enclave ak: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+
+    /// A policy written from independent knowledge: the AK read from the
+    /// TPM, the model digest computed here, swtpm's boot PCRs (never
+    /// extended, so zero).
+    pub fn policy(&self) -> anyhow::Result<AttestationPolicy> {
+        Ok(policy_for(
+            &[self.ak_name()?],
+            model_digest(self.model.path())?,
+        ))
+    }
+
+    /// Starts `aver-enclave serve` on a free loopback port in front of
+    /// `upstream`, with extra flags.
+    pub fn serve(&self, upstream: &str, extra: &[&str]) -> anyhow::Result<EnclaveProcess> {
+        let mut child = self
+            .enclave_command("serve")
+            .args(["--listen", "127.0.0.1:0", "--upstream", upstream])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("aver-enclave serve starts")?;
+        let stdout = child.stdout.take().context("stdout is piped")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let Some(url) = line.trim().strip_prefix("listening on ") else {
+            let _ = child.kill();
+            bail!("aver-enclave serve did not start (first line {line:?})");
+        };
+        let url = url.to_owned();
+        let port = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .context("listening line has a port")?;
+        Ok(EnclaveProcess { child, url, port })
+    }
+}
+
+/// The policy a test node satisfies, trusting `ak_names`.
+pub fn policy_for(ak_names: &[String], model: Sha256Digest) -> AttestationPolicy {
+    AttestationPolicy {
+        reference_pcrs: (0..8)
+            .map(|pcr| ReferencePcr {
+                pcr,
+                values: vec![Sha256Digest([0; 32])],
+            })
+            .collect(),
+        workload_pcr: 15,
+        allowed: AllowedWorkload {
+            engine_digests: vec![Sha256Digest([0x11; 32])],
+            model_digests: vec![model],
+            config_digests: None,
+        },
+        trust: TrustRoots {
+            ak_names: ak_names.to_vec(),
+        },
+        interval: "30s".into(),
+        max_evidence_age: "5m".into(),
+    }
+}
+
+/// A running `aver-enclave serve`; killed when dropped.
+pub struct EnclaveProcess {
+    child: Child,
+    /// `https://127.0.0.1:PORT`
+    pub url: String,
+    pub port: u16,
+}
+
+impl EnclaveProcess {
+    /// Stops the server (SIGKILL) and waits for it.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for EnclaveProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
