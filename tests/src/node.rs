@@ -97,9 +97,19 @@ impl TestNode {
     /// Starts `aver-enclave serve` on a free loopback port in front of
     /// `upstream`, with extra flags.
     pub fn serve(&self, upstream: &str, extra: &[&str]) -> anyhow::Result<EnclaveProcess> {
+        self.serve_on("127.0.0.1:0", upstream, extra)
+    }
+
+    /// Like [`Self::serve`], on a given listen address.
+    pub fn serve_on(
+        &self,
+        listen: &str,
+        upstream: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<EnclaveProcess> {
         let mut child = self
             .enclave_command("serve")
-            .args(["--listen", "127.0.0.1:0", "--upstream", upstream])
+            .args(["--listen", listen, "--upstream", upstream])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
