@@ -155,7 +155,9 @@ pub struct ServeArgs {
     #[arg(long, env = "AVER_UPSTREAM_TIMEOUT_SECS", default_value_t = 300)]
     pub upstream_timeout_secs: u64,
     /// Milliseconds an evidence request waits for others to share its quote.
-    #[arg(long, env = "AVER_BATCH_WINDOW_MS", default_value_t = 1)]
+    /// 0 (default): requests that queue while a quote is signed share the
+    /// next one, and a lone request waits for nothing.
+    #[arg(long, env = "AVER_BATCH_WINDOW_MS", default_value_t = 0)]
     pub batch_window_ms: u64,
     /// Most evidence requests under one TPM quote (1 disables batching).
     #[arg(long, env = "AVER_MAX_BATCH", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65536))]

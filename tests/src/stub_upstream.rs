@@ -26,6 +26,8 @@ pub struct Counters {
 
 struct Shared {
     counters: Arc<Counters>,
+    /// Simulated generation time before a non-streamed answer.
+    delay: std::time::Duration,
     /// Released by the test to let a streamed answer finish.
     release: Arc<Notify>,
 }
@@ -44,6 +46,13 @@ pub const STREAM_CHUNKS_BEFORE_GATE: usize = 3;
 impl StubUpstream {
     /// Starts the stub on a free loopback port in the current tokio runtime.
     pub async fn start() -> std::io::Result<Self> {
+        Self::start_with_delay(std::time::Duration::ZERO).await
+    }
+
+    /// Like [`Self::start`], answering non-streamed chats after `delay`, as an
+    /// engine does after generating (for throughput measurements in which
+    /// the engine, not the proxy, should be the bottleneck).
+    pub async fn start_with_delay(delay: std::time::Duration) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let counters = Arc::new(Counters::default());
@@ -51,6 +60,7 @@ impl StubUpstream {
         let shared = Arc::new(Shared {
             counters: counters.clone(),
             release: release.clone(),
+            delay,
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
@@ -116,6 +126,9 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     if request["stream"].as_bool() == Some(true) {
         stream_answer(shared.release.clone(), prompt)
     } else {
+        if !shared.delay.is_zero() {
+            tokio::time::sleep(shared.delay).await;
+        }
         let answer = serde_json::json!({
             "id": "chatcmpl-stub",
             "object": "chat.completion",

@@ -135,9 +135,15 @@ impl Evidence {
         }
     }
 
+    /// Indented JSON, for files people read.
     pub fn to_json(&self) -> Vec<u8> {
         // Plain data with string keys always serialises.
         serde_json::to_vec_pretty(self).unwrap_or_default()
+    }
+
+    /// Compact JSON, for the wire.
+    pub fn to_json_compact(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
     }
 }
 

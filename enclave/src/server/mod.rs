@@ -222,7 +222,7 @@ async fn evidence(state: &AppState, query: Option<&str>) -> Response<BoxBody> {
         Ok(evidence) => Response::builder()
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::CACHE_CONTROL, "no-store")
-            .body(body::full(evidence.to_json()))
+            .body(body::full(evidence.to_json_compact()))
             .unwrap_or_else(|_| body::error(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed")),
         Err(e) => {
             state

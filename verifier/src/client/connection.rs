@@ -107,6 +107,23 @@ impl AttestedConnection {
         Ok(connection)
     }
 
+    /// Attests this connection again with a fresh nonce, without a new
+    /// handshake: what a long-lived client (or the controller) does when the
+    /// previous evidence reaches its maximum age.
+    pub async fn reattest(
+        &mut self,
+        policy: &AttestationPolicy,
+    ) -> Result<&VerifiedReport, ClientError> {
+        let nonce = Nonce::random();
+        let evidence = self.fetch_evidence(&nonce).await?;
+        let challenge = Challenge {
+            nonce,
+            spki_sha256: self.spki_sha256,
+        };
+        let report = verify(&evidence, &challenge, policy)?;
+        Ok(self.report.insert(report))
+    }
+
     /// Trust on first use: fetches evidence for a fresh nonce over a new
     /// connection *without* a policy, and checks only that it answers this
     /// nonce and is bound to this connection's key. For `aver policy init
