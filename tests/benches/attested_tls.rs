@@ -146,7 +146,7 @@ async fn direct_sender(
 
 enum Path {
     Direct(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
-    Proxied(AttestedConnection),
+    Proxied(Box<AttestedConnection>),
 }
 
 impl Path {
@@ -176,7 +176,9 @@ async fn proxy(
     policy: &AttestationPolicy,
 ) -> anyhow::Result<()> {
     let mut direct = Path::Direct(direct_sender(stub).await?);
-    let mut proxied = Path::Proxied(AttestedConnection::attest(endpoint, policy, TIMEOUT).await?);
+    let mut proxied = Path::Proxied(Box::new(
+        AttestedConnection::attest(endpoint, policy, TIMEOUT).await?,
+    ));
     for _ in 0..200 {
         direct.call().await?;
         proxied.call().await?;
@@ -234,7 +236,9 @@ async fn throughput(
         let mut tasks = Vec::new();
         for _ in 0..8 {
             let mut path = if proxied {
-                Path::Proxied(AttestedConnection::attest(endpoint, policy, TIMEOUT).await?)
+                Path::Proxied(Box::new(
+                    AttestedConnection::attest(endpoint, policy, TIMEOUT).await?,
+                ))
             } else {
                 Path::Direct(direct_sender(stub).await?)
             };
