@@ -1,20 +1,294 @@
-//! `aver-controller`: reconciles `ConfidentialModel` resources.
+//! `aver-controller`: reconciles `ConfidentialModel` resources, re-attests
+//! every endpoint, and publishes the verified ones in status.
 //!
-//! Placeholder until the operator lands: it parses its flags so packaging and
-//! `--help` work, and refuses to run rather than pretend to reconcile.
+//! Wiring only: flags, logging, the API client, leader election, and the
+//! tasks that make up the operator. Errors end the process with one line.
 
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use aver_controller::config::{Args, LogFormat};
+use aver_controller::effects::Effects;
+use aver_controller::leader::{ElectionConfig, LeaderElector};
+use aver_controller::metrics::{self, Metrics};
+use aver_controller::reconcile::{error_policy, reconcile, Context};
+use aver_controller::source::{slim_pod, ClusterSource};
+use aver_controller::tls_attester::TlsAttester;
+use aver_controller::workload::MODEL_LABEL;
+use aver_controller::{ModelKey, Reattester, ResultStore};
+use aver_crds::ConfidentialModel;
 use clap::Parser;
+use futures::StreamExt as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, ListParams};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{reflector, watcher, Controller, WatchStreamExt as _};
+use kube::Client;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 
-/// Kubernetes operator for confidential models (not yet implemented).
-#[derive(Parser, Debug)]
-#[command(name = "aver-controller", version, about)]
-struct Args {
-    /// Only watch this namespace (default: all namespaces).
-    #[arg(long, env = "AVER_NAMESPACE")]
-    namespace: Option<String>,
+/// Labels of objects the controller created, so that its watches of
+/// Deployments and Services see only its own.
+const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=aver-controller";
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing(args.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("aver-controller: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The context and its immediate cause; kube errors already
+            // repeat their own sources in their message.
+            let mut line = e.to_string();
+            if let Some(cause) = e.chain().nth(1) {
+                line = format!("{line}: {cause}");
+            }
+            eprintln!("aver-controller: {line}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
-fn main() -> anyhow::Result<()> {
-    let _args = Args::parse();
-    anyhow::bail!("aver-controller: the operator is not implemented in this release")
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Resolves when SIGTERM or SIGINT arrives (or at once if already sent).
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    // An error means the sender is gone, which also means stop.
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested");
+        let _ = stop_tx.send(true);
+    });
+
+    let metrics = Metrics::new();
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
+    tracing::info!(addr = %args.metrics_addr, "serving /metrics, /healthz and /readyz");
+    tokio::spawn(metrics::serve_on(
+        listener,
+        metrics.clone(),
+        stopped(stop_rx.clone()),
+    ));
+
+    let client = Client::try_default().await.context(
+        "cannot configure the Kubernetes client (in-cluster service account or KUBECONFIG)",
+    )?;
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("aver-controller-{}", std::process::id()));
+
+    let mut elector = args.leader_elect.then(|| {
+        let namespace = args
+            .lease_namespace
+            .clone()
+            .or_else(|| args.namespace.clone())
+            .unwrap_or_else(|| "default".to_owned());
+        LeaderElector::new(
+            Api::<Lease>::namespaced(client.clone(), &namespace),
+            ElectionConfig {
+                name: args.lease_name.clone(),
+                identity: identity.clone(),
+                lease_duration: args.lease_duration,
+                renew_deadline: args.renew_deadline,
+                retry_period: args.retry_period,
+            },
+        )
+    });
+    if args.renew_deadline >= args.lease_duration {
+        anyhow::bail!("--renew-deadline must be shorter than --lease-duration, or two replicas could act at once");
+    }
+
+    if let Some(elector) = elector.as_mut() {
+        tracing::info!(%identity, "waiting to become leader");
+        tokio::select! {
+            () = elector.acquire() => {}
+            () = stopped(stop_rx.clone()) => return Ok(()),
+        }
+    }
+    metrics.set_leader(true);
+
+    let operate = operate(&args, client, metrics.clone(), identity, stop_rx.clone());
+    let result = match elector.as_mut() {
+        Some(elector) => tokio::select! {
+            result = operate => result,
+            lost = elector.hold() => Err(anyhow::anyhow!("stopped acting: {lost}")),
+        },
+        None => operate.await,
+    };
+    metrics.set_leader(false);
+    if result.is_ok() {
+        if let Some(elector) = elector.as_mut() {
+            if let Err(e) = elector.release().await {
+                tracing::warn!(error = %e, "could not release the leader Lease; it will expire");
+            }
+        }
+    }
+    result
+}
+
+/// Runs the operator until shutdown is requested: the controller, the pod
+/// cache, the re-attestation loop and the effects of its outcomes. Dropping
+/// the returned future (lost leadership) stops all of them.
+async fn operate(
+    args: &Args,
+    client: Client,
+    metrics: Metrics,
+    identity: String,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let scoped = |client: &Client| -> (
+        Api<ConfidentialModel>,
+        Api<Deployment>,
+        Api<Service>,
+        Api<Pod>,
+    ) {
+        match &args.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        }
+    };
+    let (models, deployments, services, pods) = scoped(&client);
+    models
+        .list(&ListParams::default().limit(1))
+        .await
+        .context("cannot list ConfidentialModels: is the CRD installed (crds/confidentialmodel.yaml) and is the controller allowed to list them?")?;
+
+    let store = ResultStore::new();
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (trigger_tx, trigger_rx) = mpsc::unbounded_channel::<ModelKey>();
+    let triggers = futures::stream::unfold(trigger_rx, |mut rx| async move {
+        rx.recv().await.map(|key| (key, rx))
+    });
+
+    let (pod_reader, pod_writer) = reflector::store();
+    let pod_cache = reflector(
+        pod_writer,
+        watcher(pods, watcher::Config::default().labels(MODEL_LABEL)).modify(slim_pod),
+    )
+    .default_backoff()
+    .for_each(|event| async move {
+        if let Err(e) = event {
+            tracing::warn!(error = %e, "pod watch failed; retrying");
+        }
+    });
+
+    let owned = watcher::Config::default().labels(MANAGED_SELECTOR);
+    let controller = Controller::new(models, watcher::Config::default())
+        .owns(deployments, owned.clone())
+        .owns(services, owned)
+        .reconcile_on(triggers)
+        .graceful_shutdown_on(stopped(stop.clone()));
+
+    let source = ClusterSource {
+        models: controller.store(),
+        pods: pod_reader,
+    };
+    let reattester = Reattester::new(
+        source,
+        Arc::new(TlsAttester::new(args.attest_timeout)),
+        store.clone(),
+        args.reattest(),
+        metrics.clone(),
+        events_tx,
+    );
+    let effects = Effects {
+        client: client.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "aver-controller".to_owned(),
+                instance: Some(identity),
+            },
+        ),
+        metrics: metrics.clone(),
+        reconcile: trigger_tx,
+    };
+    let context = Arc::new(Context {
+        client,
+        workload: args.workload(),
+        store,
+        metrics,
+    });
+
+    // Dropped (and so aborted) when this function returns or is dropped.
+    let mut tasks = JoinSet::new();
+    tasks.spawn(pod_cache);
+    tasks.spawn(reattester.run(stopped(stop.clone())));
+    tasks.spawn(effects.run(events_rx));
+
+    tracing::info!(
+        namespace = args.namespace.as_deref().unwrap_or("<all>"),
+        "controller started"
+    );
+    controller
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            match result {
+                Ok((model, _)) => tracing::debug!(%model, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile did not complete"),
+            }
+        })
+        .await;
+    tracing::info!("controller stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -100,6 +100,8 @@ impl JsonSchema for Sha256Digest {
         json_schema!({
             "type": "string",
             "pattern": "^sha256:[0-9a-f]{64}$",
+            "minLength": 71,
+            "maxLength": 71,
             "description": "A SHA-256 digest written sha256:<64 lowercase hex>."
         })
     }

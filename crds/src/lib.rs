@@ -4,9 +4,26 @@
 //! schema is embedded in the `ConfidentialModel` resource and read from client
 //! policy files: one definition keeps the operator and zero-trust clients from
 //! drifting apart on what "verified" means.
+//!
+//! The Kubernetes resource ([`ConfidentialModel`] and its status types) sits
+//! behind the `resource` feature (on by default for this crate, off in the
+//! workspace dependency) so that policy-only users do not compile the
+//! Kubernetes API types.
 
 pub mod digest;
 pub mod policy;
 
+#[cfg(feature = "resource")]
+pub mod confidential_model;
+#[cfg(feature = "resource")]
+pub mod crd;
+
 pub use digest::{DigestParseError, Sha256Digest};
 pub use policy::{AllowedWorkload, AttestationPolicy, PolicyError, ReferencePcr, TrustRoots};
+
+#[cfg(feature = "resource")]
+pub use confidential_model::{
+    BootPolicyResult, ConfidentialModel, ConfidentialModelSpec, ConfidentialModelStatus,
+    EndpointMeasurements, EngineSpec, HostPathModelSource, ImageModelSource, ModelSource,
+    ModelSpec, PvcModelSource, ServiceSpec, TpmDevice, TpmSpec, VerifiedEndpoint,
+};

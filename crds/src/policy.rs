@@ -18,17 +18,28 @@ pub const DEFAULT_WORKLOAD_PCR: u8 = 15;
 pub const MAX_PCR: u8 = 23;
 
 /// What a verifier requires of an endpoint before any request data is sent.
+///
+/// The `schemars` attributes below only shape the schema the API server
+/// enforces for `ConfidentialModel.spec.attestation` (ranges, list keys, CEL
+/// rules); they mirror [`AttestationPolicy::validate`], which stays the one
+/// check for policy files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.referencePcrs) || !has(self.workloadPcr) || !self.referencePcrs.exists(r, r.pcr == self.workloadPcr)",
+    "message": "workloadPcr must not also be a reference (boot) PCR"
+}]))]
 pub struct AttestationPolicy {
     /// Boot-time PCRs (sha256 bank) and the values a hardened node image may
     /// produce in them. Each listed PCR must be quoted and hold one of its
     /// values; PCRs not listed are not checked.
     #[serde(default)]
+    #[schemars(length(max = 24), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["pcr"]))]
     pub reference_pcrs: Vec<ReferencePcr>,
 
     /// PCR into which aver-enclave extends its workload events (default 15).
     #[serde(default = "default_workload_pcr")]
+    #[schemars(range(min = 0, max = 23), extend("format" = "int32"))]
     pub workload_pcr: u8,
 
     /// Workload measurements the latest launch of aver-enclave must carry.
@@ -39,11 +50,27 @@ pub struct AttestationPolicy {
 
     /// How often the controller re-attests every endpoint, e.g. "30s", "5m".
     #[serde(default = "default_interval")]
+    #[schemars(
+        length(max = 16),
+        pattern(DURATION_PATTERN),
+        extend("x-kubernetes-validations" = [{
+            "rule": "duration(self) >= duration('5s')",
+            "message": "interval must be at least 5s"
+        }])
+    )]
     pub interval: String,
 
     /// How long verified evidence may be relied on (pinned) before it must be
     /// fetched and verified again, e.g. "5m".
     #[serde(default = "default_max_evidence_age")]
+    #[schemars(
+        length(max = 16),
+        pattern(DURATION_PATTERN),
+        extend("x-kubernetes-validations" = [{
+            "rule": "duration(self) > duration('0s')",
+            "message": "maxEvidenceAge must be a positive duration"
+        }])
+    )]
     pub max_evidence_age: String,
 }
 
@@ -52,8 +79,10 @@ pub struct AttestationPolicy {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReferencePcr {
     /// PCR index, 0 to 23.
+    #[schemars(range(min = 0, max = 23), extend("format" = "int32"))]
     pub pcr: u8,
     /// Acceptable values of this PCR in the sha256 bank; any one matches.
+    #[schemars(length(min = 1, max = 64))]
     pub values: Vec<Sha256Digest>,
 }
 
@@ -62,13 +91,16 @@ pub struct ReferencePcr {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AllowedWorkload {
     /// Allowed inference-engine image digests.
+    #[schemars(length(min = 1, max = 256))]
     pub engine_digests: Vec<Sha256Digest>,
     /// Allowed model digests (SHA-256 over the model files in canonical order,
     /// as `aver digest model DIR` computes it).
+    #[schemars(length(min = 1, max = 256))]
     pub model_digests: Vec<Sha256Digest>,
     /// Allowed serving-configuration digests. Absent means any configuration
     /// is accepted; an empty list accepts none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub config_digests: Option<Vec<Sha256Digest>>,
 }
 
@@ -79,6 +111,11 @@ pub struct TrustRoots {
     /// TPM names (hex, nameAlg-prefixed, e.g. "000b…") of attestation keys
     /// trusted directly by their public key.
     #[serde(default)]
+    #[schemars(
+        length(min = 1, max = 256),
+        inner(pattern(AK_NAME_PATTERN)),
+        transform = drop_default
+    )]
     pub ak_names: Vec<String>,
 }
 
@@ -105,6 +142,19 @@ pub enum PolicyError {
     BadDuration { field: &'static str, value: String },
     #[error("policy interval must be at least 5s, got {0:?}")]
     IntervalTooShort(String),
+}
+
+/// Durations as [`parse_duration`] reads them (and Go/CEL `duration()` too).
+const DURATION_PATTERN: &str = "^[0-9]+(ms|s|m|h)$";
+
+/// A TPM name with a SHA-256 nameAlg, as `validate` requires.
+const AK_NAME_PATTERN: &str = "^000b[0-9a-fA-F]{64}$";
+
+/// Removes the schema default of a field whose serde default (empty) would
+/// not pass its own `minItems`: the API server refuses a CRD whose defaults
+/// do not validate, and an empty trust list is an error anyway.
+fn drop_default(schema: &mut schemars::Schema) {
+    schema.remove("default");
 }
 
 fn default_workload_pcr() -> u8 {

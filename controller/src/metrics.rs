@@ -1,0 +1,323 @@
+//! Prometheus metrics and the small HTTP server that exposes them with the
+//! health endpoints (`/metrics`, `/healthz`, `/readyz`).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+/// Label of a result: "ok"/"error" for reconciles, "verified" or the failure
+/// reason for attestations.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+/// Every metric the controller exports. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    reconciles: Family<ResultLabel, Counter>,
+    reconcile_seconds: Histogram,
+    attestations: Family<ResultLabel, Counter>,
+    attestation_seconds: Histogram,
+    verified_endpoints: Gauge,
+    attestations_in_flight: Gauge,
+    status_writes: Counter,
+    pod_deletions: Counter,
+    leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("aver");
+        let reconciles = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "reconciles",
+            "ConfidentialModel reconciles by result (ok, error)",
+            reconciles.clone(),
+        );
+        let reconcile_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 12));
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time to reconcile one ConfidentialModel",
+            reconcile_seconds.clone(),
+        );
+        let attestations = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "attestations",
+            "Endpoint attestations by result: verified, or the failure reason",
+            attestations.clone(),
+        );
+        // 1 ms .. ~16 s
+        let attestation_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        registry.register(
+            "attestation_duration_seconds",
+            "Time to attest one endpoint (TLS, evidence, verification)",
+            attestation_seconds.clone(),
+        );
+        let verified_endpoints = Gauge::default();
+        registry.register(
+            "verified_endpoints",
+            "Endpoints whose latest attestation succeeded",
+            verified_endpoints.clone(),
+        );
+        let attestations_in_flight = Gauge::default();
+        registry.register(
+            "attestations_in_flight",
+            "Attestations currently running",
+            attestations_in_flight.clone(),
+        );
+        let status_writes = Counter::default();
+        registry.register(
+            "status_writes",
+            "ConfidentialModel status writes (only when status changed)",
+            status_writes.clone(),
+        );
+        let pod_deletions = Counter::default();
+        registry.register(
+            "pod_deletions",
+            "Pods deleted because their endpoint failed attestation",
+            pod_deletions.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease",
+            leader.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            reconciles,
+            reconcile_seconds,
+            attestations,
+            attestation_seconds,
+            verified_endpoints,
+            attestations_in_flight,
+            status_writes,
+            pod_deletions,
+            leader,
+        }
+    }
+
+    pub fn reconciled(&self, ok: bool, took: Duration) {
+        let result = if ok { "ok" } else { "error" };
+        self.reconciles
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .inc();
+        self.reconcile_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Records one attestation: `reason` is None on success.
+    pub fn attested(&self, reason: Option<&str>, took: Duration) {
+        self.attestations
+            .get_or_create(&ResultLabel {
+                result: reason.unwrap_or("verified").to_owned(),
+            })
+            .inc();
+        self.attestation_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn set_verified_endpoints(&self, n: usize) {
+        self.verified_endpoints
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_in_flight(&self, n: usize) {
+        self.attestations_in_flight
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn status_written(&self) {
+        self.status_writes.inc();
+    }
+
+    pub fn pod_deleted(&self) {
+        self.pod_deletions.inc();
+    }
+
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// Number of status writes so far (for tests and benchmarks).
+    pub fn status_write_count(&self) -> u64 {
+        self.status_writes.get()
+    }
+
+    /// Attestations recorded with this result so far.
+    pub fn attestation_count(&self, result: &str) -> u64 {
+        self.attestations
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .get()
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown` completes.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Metrics,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    serve_on(listener, metrics, shutdown).await;
+    Ok(())
+}
+
+/// Like [`serve`] on an already bound listener.
+pub async fn serve_on(listener: TcpListener, metrics: Metrics, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics listener accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let metrics = metrics.clone();
+                async move { Ok::<_, Infallible>(respond(&req, &metrics)) }
+            });
+            let builder = hyper::server::conn::http1::Builder::new();
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "metrics connection ended with an error");
+            }
+        });
+    }
+}
+
+fn respond(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let text = |status: StatusCode, content_type: &'static str, body: String| {
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static(content_type),
+        );
+        response
+    };
+    if req.method() != Method::GET {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/metrics" => text(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.encode(),
+        ),
+        "/healthz" | "/readyz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_have_the_documented_names() {
+        let m = Metrics::new();
+        m.reconciled(true, Duration::from_millis(3));
+        m.attested(None, Duration::from_millis(20));
+        m.attested(Some("boot-pcr"), Duration::from_millis(20));
+        m.set_verified_endpoints(7);
+        m.status_written();
+        let text = m.encode();
+        for expected in [
+            "aver_reconciles_total{result=\"ok\"} 1",
+            "aver_attestations_total{result=\"verified\"} 1",
+            "aver_attestations_total{result=\"boot-pcr\"} 1",
+            "aver_attestation_duration_seconds_bucket",
+            "aver_verified_endpoints 7",
+            "aver_status_writes_total 1",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+        assert_eq!(m.attestation_count("boot-pcr"), 1);
+    }
+
+    #[tokio::test]
+    async fn http_endpoints_answer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let metrics = Metrics::new();
+        metrics.set_verified_endpoints(3);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_on(listener, metrics, async {
+            let _ = stopped.await;
+        }));
+        let get = |path: &'static str| async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            s.write_all(
+                format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .expect("write");
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.expect("read");
+            out
+        };
+        let body = get("/metrics").await;
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        assert!(body.contains("aver_verified_endpoints 3"));
+        assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
+        assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
+        let _ = stop.send(());
+        server.await.expect("server stops");
+    }
+}

@@ -1,0 +1,612 @@
+//! Reconciling one `ConfidentialModel`: keep its workload applied, publish
+//! its status, and clean up behind a finalizer when it is deleted.
+//!
+//! Every write is a server-side apply with the controller's field manager,
+//! so re-applying an unchanged object is a no-op on the server, and status
+//! is written only when the computed status differs from the stored one.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aver_crds::ConfidentialModel;
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Client, ResourceExt};
+
+use crate::config::{WorkloadConfig, FIELD_MANAGER};
+use crate::metrics::Metrics;
+use crate::results::ResultStore;
+use crate::status::{self, Problem, StatusInputs};
+use crate::workload;
+
+/// Finalizer that holds deletion until the controller has dropped the
+/// model's attestation state and removed its workload.
+pub const FINALIZER: &str = "aver.dev/cleanup";
+
+/// Retry delay after a failed reconcile.
+pub const ERROR_REQUEUE: Duration = Duration::from_secs(15);
+
+/// Defaults used to compute status while the policy is invalid.
+const FALLBACK_INTERVAL: Duration = Duration::from_secs(30);
+const FALLBACK_MAX_AGE: Duration = Duration::from_secs(300);
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub workload: WorkloadConfig,
+    pub store: ResultStore,
+    pub metrics: Metrics,
+}
+
+/// Why a reconcile failed (it is retried after [`ERROR_REQUEUE`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the resource has no namespace")]
+    NoNamespace,
+    #[error("cannot apply {kind} {name}: {source}")]
+    Apply {
+        kind: &'static str,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("cannot write status of {name}: {source}")]
+    Status { name: String, source: kube::Error },
+    #[error("cannot delete {kind} {name}: {source}")]
+    Delete {
+        kind: &'static str,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+/// Reconciles one resource (the `kube::runtime::Controller` entry point).
+pub async fn reconcile(cm: Arc<ConfidentialModel>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let namespace = cm.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<ConfidentialModel> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer(&api, FINALIZER, cm, |event| async {
+        match event {
+            FinalizerEvent::Apply(cm) => apply(&cm, &ctx).await,
+            FinalizerEvent::Cleanup(cm) => cleanup(&cm, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconciled(result.is_ok(), started.elapsed());
+    result
+}
+
+/// What the controller does after a failed reconcile.
+pub fn error_policy(cm: Arc<ConfidentialModel>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(
+        model = %ObjectRef::from_obj(cm.as_ref()),
+        error = %error,
+        "reconcile failed; retrying"
+    );
+    Action::requeue(ERROR_REQUEUE)
+}
+
+async fn apply(cm: &ConfidentialModel, ctx: &Context) -> Result<Action, Error> {
+    let name = cm.name_any();
+    let namespace = cm.namespace().ok_or(Error::NoNamespace)?;
+    let policy = &cm.spec.attestation;
+    let mut problem = policy.validate().err().map(|e| Problem {
+        reason: "InvalidPolicy",
+        message: e.to_string(),
+    });
+    let interval = policy.interval().unwrap_or(FALLBACK_INTERVAL);
+    let max_age = policy.max_evidence_age().unwrap_or(FALLBACK_MAX_AGE);
+
+    let mut ready_replicas = cm.status.as_ref().map_or(0, |s| s.ready_replicas);
+    let mut failure = None;
+    if problem.is_none() {
+        match (
+            workload::deployment(cm, &ctx.workload),
+            workload::service(cm),
+        ) {
+            (Ok(deployment), Ok(service)) => {
+                match apply_workload(ctx, &namespace, &deployment, &service).await {
+                    Ok(applied) => {
+                        ready_replicas = applied.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+                    }
+                    Err(e) => {
+                        problem = Some(Problem {
+                            reason: "ApplyFailed",
+                            message: e.to_string(),
+                        });
+                        failure = Some(e);
+                    }
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                problem = Some(Problem {
+                    reason: "InvalidSpec",
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+
+    let results = ctx.store.snapshot(&ObjectRef::from_obj(cm));
+    let inputs = StatusInputs {
+        generation: cm.metadata.generation,
+        replicas: cm.spec.replicas,
+        ready_replicas,
+        results: &results,
+        problem,
+        interval,
+        max_age,
+        policy,
+        now: Timestamp::now(),
+    };
+    let desired = status::desired(cm.status.as_ref(), &inputs);
+    if status::needs_write(cm.status.as_ref(), &desired) {
+        let api: Api<ConfidentialModel> = Api::namespaced(ctx.client.clone(), &namespace);
+        let patch = serde_json::json!({
+            "apiVersion": "aver.dev/v1alpha1",
+            "kind": "ConfidentialModel",
+            "status": desired,
+        });
+        api.patch_status(&name, &apply_params(), &Patch::Apply(&patch))
+            .await
+            .map_err(|source| Error::Status {
+                name: name.clone(),
+                source,
+            })?;
+        ctx.metrics.status_written();
+        tracing::info!(
+            model = %ObjectRef::from_obj(cm),
+            attested = desired.attested_replicas,
+            ready = ready_replicas,
+            "status updated"
+        );
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(Action::requeue(status::next_change(&desired, &inputs))),
+    }
+}
+
+fn apply_params() -> PatchParams {
+    // Forced: the controller is the only intended owner of these fields.
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+async fn apply_workload(
+    ctx: &Context,
+    namespace: &str,
+    deployment: &Deployment,
+    service: &Service,
+) -> Result<Deployment, Error> {
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+    let name = deployment.name_any();
+    let applied = deployments
+        .patch(&name, &apply_params(), &Patch::Apply(deployment))
+        .await
+        .map_err(|source| Error::Apply {
+            kind: "Deployment",
+            name: name.clone(),
+            source,
+        })?;
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), namespace);
+    services
+        .patch(&name, &apply_params(), &Patch::Apply(service))
+        .await
+        .map_err(|source| Error::Apply {
+            kind: "Service",
+            name: name.clone(),
+            source,
+        })?;
+    Ok(applied)
+}
+
+/// Drops the model's attestation state and deletes its workload. Owner
+/// references would let the garbage collector do the latter eventually;
+/// deleting here stops the pods (and their TPM use) before the resource is
+/// gone, and does not depend on the owner references surviving.
+async fn cleanup(cm: &ConfidentialModel, ctx: &Context) -> Result<Action, Error> {
+    let name = cm.name_any();
+    let namespace = cm.namespace().ok_or(Error::NoNamespace)?;
+    ctx.store.remove_model(&ObjectRef::from_obj(cm));
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    delete_ignoring_absent(&deployments, &name, "Deployment").await?;
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
+    delete_ignoring_absent(&services, &name, "Service").await?;
+    tracing::info!(model = %ObjectRef::from_obj(cm), "cleaned up");
+    Ok(Action::await_change())
+}
+
+async fn delete_ignoring_absent<K>(
+    api: &Api<K>,
+    name: &str,
+    kind: &'static str,
+) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(source) => Err(Error::Delete {
+            kind,
+            name: name.to_owned(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use aver_crds::ConfidentialModelStatus;
+    use http::Method;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::results::tests::{attested, policy, target};
+    use crate::testing::{ApiMock, Reply};
+    use crate::workload::tests::{model, workload_config};
+
+    const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/ml/deployments/llama";
+    const SERVICE: &str = "/api/v1/namespaces/ml/services/llama";
+    const MODEL: &str = "/apis/aver.dev/v1alpha1/namespaces/ml/confidentialmodels/llama";
+    const STATUS: &str = "/apis/aver.dev/v1alpha1/namespaces/ml/confidentialmodels/llama/status";
+
+    fn managed_model() -> ConfidentialModel {
+        let mut cm = model("llama");
+        cm.metadata.finalizers = Some(vec![FINALIZER.to_owned()]);
+        cm
+    }
+
+    fn context(client: Client, store: ResultStore) -> Arc<Context> {
+        Arc::new(Context {
+            client,
+            workload: workload_config(),
+            store,
+            metrics: Metrics::new(),
+        })
+    }
+
+    fn deployment_reply(ready: i32) -> Reply {
+        Reply::json(
+            Method::PATCH,
+            DEPLOYMENT,
+            200,
+            json!({
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "llama", "namespace": "ml"},
+                "status": {"readyReplicas": ready}
+            }),
+        )
+        .expect_query("fieldManager=aver-controller")
+        .expect_query("force=true")
+    }
+
+    fn service_reply() -> Reply {
+        Reply::json(
+            Method::PATCH,
+            SERVICE,
+            200,
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "llama", "namespace": "ml"}}),
+        )
+        .expect_query("fieldManager=aver-controller")
+    }
+
+    fn status_reply(cm: &ConfidentialModel, check: impl FnOnce(&Value) + Send + 'static) -> Reply {
+        Reply::json(
+            Method::PATCH,
+            STATUS,
+            200,
+            serde_json::to_value(cm).expect("json"),
+        )
+        .expect_query("fieldManager=aver-controller")
+        .expect_body(check)
+    }
+
+    /// The requeue delay of an action, from its Debug form (the field is private).
+    fn requeue_secs(action: &Action) -> f64 {
+        let text = format!("{action:?}");
+        let inner = text
+            .split_once("Some(")
+            .and_then(|(_, rest)| rest.split_once(')'))
+            .map(|(inner, _)| inner)
+            .unwrap_or_else(|| panic!("no requeue in {text}"));
+        let (number, unit) = inner.split_at(
+            inner
+                .find(|c: char| c.is_ascii_alphabetic())
+                .unwrap_or(inner.len()),
+        );
+        let value: f64 = number
+            .parse()
+            .unwrap_or_else(|_| panic!("bad duration {inner}"));
+        match unit {
+            "s" => value,
+            "ms" => value / 1000.0,
+            _ => panic!("unexpected unit in {inner}"),
+        }
+    }
+
+    fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+        status["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == type_))
+            .unwrap_or_else(|| panic!("no {type_} condition in {status:#}"))
+    }
+
+    fn store_with(pods: &[&str]) -> ResultStore {
+        let store = ResultStore::new();
+        let key = ObjectRef::from_obj(&model("llama"));
+        for pod in pods {
+            store.record_success(&key, &target(pod), attested(1), &policy(), Timestamp::now());
+        }
+        store
+    }
+
+    /// The status the controller computes for `cm` from `store` right now.
+    fn current_status(
+        cm: &ConfidentialModel,
+        store: &ResultStore,
+        ready: i32,
+    ) -> ConfidentialModelStatus {
+        let results = store.snapshot(&ObjectRef::from_obj(cm));
+        status::desired(
+            cm.status.as_ref(),
+            &StatusInputs {
+                generation: cm.metadata.generation,
+                replicas: cm.spec.replicas,
+                ready_replicas: ready,
+                results: &results,
+                problem: None,
+                interval: Duration::from_secs(30),
+                max_age: Duration::from_secs(300),
+                policy: &cm.spec.attestation,
+                now: Timestamp::now(),
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn workload_is_applied_with_scheduling_constraints_and_status_written() {
+        let cm = managed_model();
+        let mock = ApiMock::start(vec![
+            deployment_reply(2).expect_body(|body| {
+                let pod = &body["spec"]["template"]["spec"];
+                let term = &pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+                    ["nodeSelectorTerms"][0]["matchExpressions"][0];
+                assert_eq!(term, &json!({"key": "aver.dev/tpm", "operator": "In", "values": ["true"]}));
+                assert_eq!(
+                    pod["tolerations"],
+                    json!([{"key": "aver.dev/hardened", "operator": "Exists", "effect": "NoSchedule"}])
+                );
+                assert_eq!(
+                    pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+                        ["topologyKey"],
+                    "kubernetes.io/hostname"
+                );
+                assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+                assert_eq!(body["spec"]["replicas"], 3);
+            }),
+            service_reply(),
+            status_reply(&cm, |body| {
+                let status = &body["status"];
+                assert_eq!(status["observedGeneration"], 4);
+                assert_eq!(status["readyReplicas"], 2);
+                assert_eq!(status["attestedReplicas"], 0);
+                assert_eq!(status["endpoints"], json!([]));
+                let ready = condition(status, "Ready");
+                assert_eq!((&ready["status"], &ready["reason"]), (&json!("False"), &json!("ReplicasNotAttested")));
+                assert_eq!(ready["observedGeneration"], 4);
+                assert_eq!(condition(status, "Attested")["reason"], "AttestationPending");
+                assert_eq!(condition(status, "Degraded")["status"], "False");
+            }),
+        ]);
+        let ctx = context(mock.client(), ResultStore::new());
+        let action = reconcile(Arc::new(cm), Arc::clone(&ctx))
+            .await
+            .expect("reconciled");
+        assert_ne!(action, Action::await_change());
+        assert_eq!(ctx.metrics.status_write_count(), 1);
+        mock.finish().await;
+    }
+
+    #[tokio::test]
+    async fn verified_endpoints_are_published_in_status() {
+        let cm = managed_model();
+        let store = store_with(&["a", "b", "c"]);
+        let mock = ApiMock::start(vec![
+            deployment_reply(3),
+            service_reply(),
+            status_reply(&cm, |body| {
+                let status = &body["status"];
+                assert_eq!(status["attestedReplicas"], 3);
+                let endpoint = &status["endpoints"][0];
+                assert_eq!(endpoint["pod"], "a");
+                assert_eq!(endpoint["node"], "node-a");
+                assert_eq!(endpoint["address"], "10.0.0.1");
+                assert_eq!(endpoint["port"], 8443);
+                assert_eq!(
+                    endpoint["spkiSha256"],
+                    format!("sha256:{}", "01".repeat(32))
+                );
+                assert!(endpoint["certificatePem"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("-----BEGIN CERTIFICATE-----\n")));
+                assert_eq!(endpoint["measurements"]["bootPolicy"]["result"], "Passed");
+                assert!(endpoint["lastAttested"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with('Z')));
+                assert_eq!(condition(status, "Ready")["status"], "True");
+                assert_eq!(condition(status, "Attested")["status"], "True");
+            }),
+        ]);
+        reconcile(Arc::new(cm), context(mock.client(), store))
+            .await
+            .expect("reconciled");
+        mock.finish().await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_endpoint_is_removed_from_status() {
+        let store = store_with(&["a", "b"]);
+        let mut cm = managed_model();
+        cm.status = Some(current_status(&cm, &store, 2));
+        assert_eq!(cm.status.as_ref().map(|s| s.endpoints.len()), Some(2));
+
+        let key = ObjectRef::from_obj(&cm);
+        store.record_failure(
+            &key,
+            &target("a"),
+            "boot-pcr",
+            "boot PCR 9 is not a reference value",
+            Timestamp::now(),
+        );
+        let mock = ApiMock::start(vec![
+            deployment_reply(2),
+            service_reply(),
+            status_reply(&cm, |body| {
+                let status = &body["status"];
+                let pods: Vec<&Value> = status["endpoints"]
+                    .as_array()
+                    .expect("list")
+                    .iter()
+                    .map(|e| &e["pod"])
+                    .collect();
+                assert_eq!(pods, [&json!("b")]);
+                let degraded = condition(status, "Degraded");
+                assert_eq!(
+                    (&degraded["status"], &degraded["reason"]),
+                    (&json!("True"), &json!("AttestationFailed"))
+                );
+                assert!(degraded["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("pod a on node node-a (boot-pcr)")));
+                assert_eq!(condition(status, "Attested")["status"], "False");
+            }),
+        ]);
+        reconcile(Arc::new(cm), context(mock.client(), store))
+            .await
+            .expect("reconciled");
+        mock.finish().await;
+    }
+
+    #[tokio::test]
+    async fn nothing_changed_means_no_status_write() {
+        let store = store_with(&["a", "b", "c"]);
+        let mut cm = managed_model();
+        cm.status = Some(current_status(&cm, &store, 3));
+        // Re-verified since: the same certificates, newer times.
+        let key = ObjectRef::from_obj(&cm);
+        for pod in ["a", "b", "c"] {
+            store.record_success(&key, &target(pod), attested(1), &policy(), Timestamp::now());
+        }
+        // Only the two idempotent applies; the mock fails on any third request.
+        let mock = ApiMock::start(vec![deployment_reply(3), service_reply()]);
+        let ctx = context(mock.client(), store);
+        let action = reconcile(Arc::new(cm), Arc::clone(&ctx))
+            .await
+            .expect("reconciled");
+        assert_eq!(ctx.metrics.status_write_count(), 0);
+        // Requeued for when the published times need a refresh, not sooner.
+        let secs = requeue_secs(&action);
+        assert!((200.0..=240.0).contains(&secs), "{action:?}");
+        mock.finish().await;
+    }
+
+    #[tokio::test]
+    async fn an_invalid_policy_degrades_without_touching_the_workload() {
+        let mut cm = managed_model();
+        cm.spec.attestation.trust.ak_names.clear();
+        let mock = ApiMock::start(vec![status_reply(&cm, |body| {
+            let degraded = condition(&body["status"], "Degraded");
+            assert_eq!(
+                (&degraded["status"], &degraded["reason"]),
+                (&json!("True"), &json!("InvalidPolicy"))
+            );
+            assert!(degraded["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("trusts no attestation key")));
+        })]);
+        reconcile(Arc::new(cm), context(mock.client(), ResultStore::new()))
+            .await
+            .expect("reconciled");
+        mock.finish().await;
+    }
+
+    #[tokio::test]
+    async fn an_apply_failure_is_reported_and_retried() {
+        let cm = managed_model();
+        let mock = ApiMock::start(vec![
+            Reply::status(Method::PATCH, DEPLOYMENT, 500),
+            status_reply(&cm, |body| {
+                let degraded = condition(&body["status"], "Degraded");
+                assert_eq!(degraded["reason"], "ApplyFailed");
+            }),
+        ]);
+        let result = reconcile(Arc::new(cm), context(mock.client(), ResultStore::new())).await;
+        assert!(result.is_err(), "{result:?}");
+        mock.finish().await;
+    }
+
+    #[tokio::test]
+    async fn a_new_resource_gets_the_finalizer_first() {
+        let mut cm = model("llama");
+        cm.metadata.resource_version = Some("5".into());
+        let mock = ApiMock::start(vec![Reply::json(
+            Method::PATCH,
+            MODEL,
+            200,
+            serde_json::to_value(managed_model()).expect("json"),
+        )
+        .expect_body(|body| {
+            let text = body.to_string();
+            assert!(text.contains(FINALIZER), "{text}");
+        })]);
+        reconcile(Arc::new(cm), context(mock.client(), ResultStore::new()))
+            .await
+            .expect("reconciled");
+        mock.finish().await;
+    }
+
+    #[tokio::test]
+    async fn deletion_removes_workload_state_and_then_the_finalizer() {
+        let mut cm = managed_model();
+        cm.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        let store = store_with(&["a"]);
+        let mock = ApiMock::start(vec![
+            Reply::json(
+                Method::DELETE,
+                DEPLOYMENT,
+                200,
+                json!({"apiVersion": "v1", "kind": "Status", "status": "Success"}),
+            ),
+            Reply::not_found(Method::DELETE, SERVICE),
+            Reply::json(
+                Method::PATCH,
+                MODEL,
+                200,
+                serde_json::to_value(&cm).expect("json"),
+            )
+            .expect_body(|body| {
+                let text = body.to_string();
+                assert!(
+                    text.contains("remove") && text.contains("/metadata/finalizers/0"),
+                    "{text}"
+                );
+            }),
+        ]);
+        let ctx = context(mock.client(), store.clone());
+        reconcile(Arc::new(cm), ctx).await.expect("cleaned up");
+        assert_eq!(store.verified_count(), 0);
+        mock.finish().await;
+    }
+}

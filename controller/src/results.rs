@@ -1,0 +1,352 @@
+//! The latest attestation outcome of every endpoint, shared by the
+//! re-attestation loop (which writes it) and the reconciler (which turns it
+//! into status). In memory only: after a restart or a leader change every
+//! endpoint is attested afresh before it is listed again, which is the safe
+//! direction.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use aver_crds::{AttestationPolicy, ConfidentialModel};
+use jiff::Timestamp;
+use kube::runtime::reflector::ObjectRef;
+
+use crate::attestation::{AttestTarget, AttestedEndpoint};
+
+/// Identifies a `ConfidentialModel` (namespace and name).
+pub type ModelKey = ObjectRef<ConfidentialModel>;
+
+/// Most failure records kept per model, so that a crash-looping model cannot
+/// grow memory without bound.
+const MAX_FAILURES_PER_MODEL: usize = 64;
+
+/// Failure records older than this are dropped even if status never asked.
+const FAILURE_RETENTION: Duration = Duration::from_secs(3600);
+
+/// Outcomes of all models' endpoints. Cheap to clone (shared).
+#[derive(Debug, Clone, Default)]
+pub struct ResultStore {
+    inner: Arc<Mutex<HashMap<ModelKey, ModelResults>>>,
+}
+
+/// Outcomes of one model's endpoints.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelResults {
+    /// Current targets by pod name.
+    pub endpoints: BTreeMap<String, EndpointRecord>,
+    /// Recent failures, newest last, one per pod.
+    pub failures: Vec<FailureRecord>,
+}
+
+/// One target and its latest outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointRecord {
+    pub target: AttestTarget,
+    /// The last successful attestation, if any.
+    pub verified: Option<Verification>,
+    /// Failures since the last success; 0 if the latest attempt succeeded.
+    pub consecutive_failures: u32,
+}
+
+/// A successful attestation, when it completed, and the policy it passed:
+/// after a policy change, endpoints verified under the old policy are not
+/// listed until they pass the new one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verification {
+    pub endpoint: AttestedEndpoint,
+    pub at: Timestamp,
+    pub policy: Arc<AttestationPolicy>,
+}
+
+/// A failed attestation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureRecord {
+    pub pod: String,
+    pub node: String,
+    pub reason: String,
+    pub message: String,
+    pub at: Timestamp,
+}
+
+impl EndpointRecord {
+    /// Whether the endpoint may be listed in status at `now`: its latest
+    /// attempt succeeded, within `max_age`, under `policy`.
+    pub fn listable(
+        &self,
+        now: Timestamp,
+        max_age: Duration,
+        policy: &AttestationPolicy,
+    ) -> Option<&Verification> {
+        self.verified.as_ref().filter(|v| {
+            self.consecutive_failures == 0 && age(now, v.at) <= max_age && *v.policy == *policy
+        })
+    }
+}
+
+/// Non-negative time from `then` to `now`.
+pub fn age(now: Timestamp, then: Timestamp) -> Duration {
+    now.duration_since(then)
+        .try_into()
+        .unwrap_or(Duration::ZERO)
+}
+
+impl ResultStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<ModelKey, ModelResults>> {
+        // A panic while holding the lock leaves plain data behind; keep going.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records a success. Returns whether status must change for it: a new
+    /// or recovered endpoint, or a different certificate, measurements or
+    /// address. A plain re-verification returns false (status refreshes
+    /// `lastAttested` on its own schedule).
+    pub fn record_success(
+        &self,
+        model: &ModelKey,
+        target: &AttestTarget,
+        endpoint: AttestedEndpoint,
+        policy: &Arc<AttestationPolicy>,
+        at: Timestamp,
+    ) -> bool {
+        let mut all = self.lock();
+        let results = all.entry(model.clone()).or_default();
+        let record = results.record_for(target);
+        let changed = record.consecutive_failures > 0
+            || record
+                .verified
+                .as_ref()
+                .is_none_or(|v| v.endpoint != endpoint || *v.policy != **policy);
+        record.verified = Some(Verification {
+            endpoint,
+            at,
+            policy: Arc::clone(policy),
+        });
+        record.consecutive_failures = 0;
+        changed
+    }
+
+    /// Records a failure and returns the number of failures in a row.
+    pub fn record_failure(
+        &self,
+        model: &ModelKey,
+        target: &AttestTarget,
+        reason: &str,
+        message: &str,
+        at: Timestamp,
+    ) -> u32 {
+        let mut all = self.lock();
+        let results = all.entry(model.clone()).or_default();
+        let record = results.record_for(target);
+        record.consecutive_failures = record.consecutive_failures.saturating_add(1);
+        let count = record.consecutive_failures;
+        results.failures.retain(|f| f.pod != target.pod);
+        results.failures.push(FailureRecord {
+            pod: target.pod.clone(),
+            node: target.node.clone(),
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+            at,
+        });
+        if results.failures.len() > MAX_FAILURES_PER_MODEL {
+            let excess = results.failures.len() - MAX_FAILURES_PER_MODEL;
+            results.failures.drain(..excess);
+        }
+        results
+            .failures
+            .retain(|f| age(at, f.at) <= FAILURE_RETENTION);
+        count
+    }
+
+    /// Forgets endpoints whose pods are no longer targets (deleted, not
+    /// ready, replaced). Returns whether a listable endpoint was dropped.
+    pub fn retain_targets(&self, model: &ModelKey, targets: &[AttestTarget]) -> bool {
+        let mut all = self.lock();
+        let Some(results) = all.get_mut(model) else {
+            return false;
+        };
+        let live: HashSet<(&str, &str)> = targets
+            .iter()
+            .map(|t| (t.pod.as_str(), t.pod_uid.as_str()))
+            .collect();
+        let mut dropped_verified = false;
+        results.endpoints.retain(|_, record| {
+            let keep = live.contains(&(record.target.pod.as_str(), record.target.pod_uid.as_str()));
+            if !keep && record.verified.is_some() && record.consecutive_failures == 0 {
+                dropped_verified = true;
+            }
+            keep
+        });
+        dropped_verified
+    }
+
+    /// Forgets every model not in `models`.
+    pub fn retain_models(&self, models: &HashSet<ModelKey>) -> Vec<ModelKey> {
+        let mut all = self.lock();
+        let gone: Vec<ModelKey> = all
+            .keys()
+            .filter(|k| !models.contains(k))
+            .cloned()
+            .collect();
+        for key in &gone {
+            all.remove(key);
+        }
+        gone
+    }
+
+    /// Forgets a model (deleted).
+    pub fn remove_model(&self, model: &ModelKey) {
+        self.lock().remove(model);
+    }
+
+    /// A copy of one model's outcomes.
+    pub fn snapshot(&self, model: &ModelKey) -> ModelResults {
+        self.lock().get(model).cloned().unwrap_or_default()
+    }
+
+    /// Number of endpoints whose latest attempt succeeded, across models.
+    pub fn verified_count(&self) -> usize {
+        self.lock()
+            .values()
+            .flat_map(|r| r.endpoints.values())
+            .filter(|r| r.verified.is_some() && r.consecutive_failures == 0)
+            .count()
+    }
+}
+
+impl ModelResults {
+    /// The record of a target, replacing one of an older pod of that name.
+    fn record_for(&mut self, target: &AttestTarget) -> &mut EndpointRecord {
+        let record = self
+            .endpoints
+            .entry(target.pod.clone())
+            .or_insert_with(|| EndpointRecord {
+                target: target.clone(),
+                verified: None,
+                consecutive_failures: 0,
+            });
+        if record.target.pod_uid != target.pod_uid {
+            *record = EndpointRecord {
+                target: target.clone(),
+                verified: None,
+                consecutive_failures: 0,
+            };
+        } else if record.target != *target {
+            // Same pod, new address or node (rare): a new identity for status.
+            record.target = target.clone();
+            record.verified = None;
+        }
+        record
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use aver_crds::{BootPolicyResult, EndpointMeasurements, Sha256Digest};
+
+    pub(crate) fn target(pod: &str) -> AttestTarget {
+        AttestTarget {
+            pod: pod.into(),
+            pod_uid: format!("{pod}-uid"),
+            node: format!("node-{pod}"),
+            address: "10.0.0.1".into(),
+            port: 8443,
+        }
+    }
+
+    pub(crate) fn attested(byte: u8) -> AttestedEndpoint {
+        AttestedEndpoint {
+            certificate_der: vec![byte; 40],
+            spki_sha256: Sha256Digest([byte; 32]),
+            measurements: EndpointMeasurements {
+                model: Sha256Digest([2; 32]),
+                engine: Sha256Digest([1; 32]),
+                serving_config: Sha256Digest([3; 32]),
+                ak_name: format!("000b{}", "cd".repeat(32)),
+                boot_policy: BootPolicyResult {
+                    result: "Passed".into(),
+                    checked_pcrs: vec![9],
+                },
+            },
+        }
+    }
+
+    pub(crate) fn policy() -> Arc<AttestationPolicy> {
+        Arc::new(crate::workload::tests::model("llama").spec.attestation)
+    }
+
+    fn key() -> ModelKey {
+        ObjectRef::new("llama").within("ml")
+    }
+
+    #[test]
+    fn success_reports_only_status_relevant_changes() {
+        let store = ResultStore::new();
+        let t0 = Timestamp::from_second(1_000).expect("time");
+        let t1 = Timestamp::from_second(1_030).expect("time");
+        assert!(store.record_success(&key(), &target("a"), attested(1), &policy(), t0));
+        assert!(
+            !store.record_success(&key(), &target("a"), attested(1), &policy(), t1),
+            "same cert: refresh only"
+        );
+        assert!(
+            store.record_success(&key(), &target("a"), attested(2), &policy(), t1),
+            "new cert"
+        );
+        assert_eq!(
+            store.record_failure(&key(), &target("a"), "boot-pcr", "bad", t1),
+            1
+        );
+        assert_eq!(
+            store.record_failure(&key(), &target("a"), "boot-pcr", "bad", t1),
+            2
+        );
+        assert!(
+            store.record_success(&key(), &target("a"), attested(2), &policy(), t1),
+            "recovered"
+        );
+        let snap = store.snapshot(&key());
+        assert_eq!(snap.endpoints["a"].consecutive_failures, 0);
+        assert_eq!(snap.failures.len(), 1, "one failure record per pod");
+    }
+
+    #[test]
+    fn replaced_pods_and_vanished_targets_are_forgotten() {
+        let store = ResultStore::new();
+        let t0 = Timestamp::from_second(1_000).expect("time");
+        store.record_success(&key(), &target("a"), attested(1), &policy(), t0);
+        store.record_success(&key(), &target("b"), attested(1), &policy(), t0);
+        assert_eq!(store.verified_count(), 2);
+
+        let mut replacement = target("a");
+        replacement.pod_uid = "new".into();
+        assert!(store.retain_targets(&key(), &[replacement.clone(), target("b")]));
+        assert_eq!(store.verified_count(), 1);
+        assert!(!store.retain_targets(&key(), &[replacement, target("b")]));
+
+        let listable = store.snapshot(&key()).endpoints["b"].clone();
+        let later = Timestamp::from_second(1_000 + 301).expect("time");
+        let max_age = Duration::from_secs(300);
+        assert!(listable.listable(t0, max_age, &policy()).is_some());
+        assert!(listable.listable(later, max_age, &policy()).is_none());
+        let mut other = (*policy()).clone();
+        other
+            .allowed
+            .model_digests
+            .push(aver_crds::Sha256Digest([9; 32]));
+        assert!(
+            listable.listable(t0, max_age, &other).is_none(),
+            "verified under an older policy"
+        );
+
+        store.retain_models(&HashSet::new());
+        assert_eq!(store.snapshot(&key()), ModelResults::default());
+    }
+}

@@ -1,0 +1,121 @@
+//! The production [`EndpointAttester`]: the verifier's attested TLS client.
+//!
+//! Each call opens a new TLS connection to the pod, fetches evidence for a
+//! fresh nonce on that connection and verifies it against the model's policy
+//! bound to the connection's key (`AttestedConnection::attest`). The TPM
+//! clock of every attestation key is tracked across calls, so a replayed or
+//! rolled-back quote is refused even when it is otherwise valid.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use aver_crds::AttestationPolicy;
+use aver_verifier::client::{AttestedConnection, ClientError, Endpoint};
+use aver_verifier::ClockHistory;
+
+use crate::attestation::{AttestError, AttestTarget, AttestedEndpoint, EndpointAttester};
+
+/// Attests over TLS with the verifier library.
+pub struct TlsAttester {
+    connect_timeout: Duration,
+    clocks: Mutex<ClockHistory>,
+}
+
+impl TlsAttester {
+    pub fn new(connect_timeout: Duration) -> Self {
+        Self {
+            connect_timeout,
+            clocks: Mutex::new(ClockHistory::new()),
+        }
+    }
+}
+
+impl EndpointAttester for TlsAttester {
+    async fn attest(
+        &self,
+        target: &AttestTarget,
+        policy: &AttestationPolicy,
+    ) -> Result<AttestedEndpoint, AttestError> {
+        let endpoint = Endpoint::new(target.address.clone(), target.port);
+        let connection = AttestedConnection::attest(&endpoint, policy, self.connect_timeout)
+            .await
+            .map_err(classify)?;
+        let report = connection.report().ok_or_else(|| AttestError::Protocol {
+            reason: "evidence-fetch",
+            message: format!(
+                "{}: connection has no verified report",
+                endpoint.authority()
+            ),
+        })?;
+        self.clocks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .observe(report)?;
+        Ok(AttestedEndpoint::from_report(
+            connection.certificate_der().to_vec(),
+            report,
+        ))
+    }
+}
+
+/// Sorts client failures into the controller's classes: refused evidence,
+/// dishonest answers (treated like refusals), and transient unavailability.
+fn classify(error: ClientError) -> AttestError {
+    let reason = error.reason();
+    match error {
+        ClientError::Verify(e) => AttestError::Rejected(e),
+        ClientError::Connect { .. } | ClientError::ConnectTimeout(_) | ClientError::Tls { .. } => {
+            AttestError::Unavailable {
+                reason,
+                message: error.to_string(),
+            }
+        }
+        other => AttestError::Protocol {
+            reason,
+            message: other.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_closed_port_is_unavailable_not_rejected() {
+        // Bind then drop: nothing listens on this port any more.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("port");
+        let target = AttestTarget {
+            pod: "p".into(),
+            pod_uid: "u".into(),
+            node: "n".into(),
+            address: "127.0.0.1".into(),
+            port,
+        };
+        let policy = crate::workload::tests::model("m").spec.attestation;
+        let error = TlsAttester::new(Duration::from_secs(2))
+            .attest(&target, &policy)
+            .await
+            .expect_err("nothing listens");
+        assert_eq!(error.reason(), "unreachable");
+        assert!(!error.is_rejection());
+    }
+
+    #[test]
+    fn verification_failures_are_rejections() {
+        let error = classify(ClientError::Verify(
+            aver_verifier::VerifyError::PcrDigestMismatch,
+        ));
+        assert!(error.is_rejection());
+        assert_eq!(error.reason(), "pcrs");
+        let error = classify(ClientError::EvidenceStatus {
+            endpoint: "x".into(),
+            status: http::StatusCode::NOT_FOUND,
+        });
+        assert!(error.is_rejection());
+        assert_eq!(error.reason(), "evidence-fetch");
+    }
+}

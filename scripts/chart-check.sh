@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Checks the Helm chart: the CRD it ships is the generated one, `helm lint`
+# passes (default values and the namespaced/swtpm variants), and
+# `helm template` renders the objects and RBAC expected.
+#
+# helm has no Debian package; if it is missing it is built from its Go
+# module (helm.sh/helm/v3, through the Go module proxy) into $(go env GOPATH)/bin.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+# The Kubernetes version the chart is rendered for (the e2e fixture's).
+KUBE_VERSION="${KUBE_VERSION:-1.34.0}"
+chart=charts/aver
+
+if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+  export PATH="/usr/local/go/bin:$PATH"
+fi
+if ! command -v helm >/dev/null 2>&1; then
+  gobin="$(go env GOPATH 2>/dev/null || echo "$HOME/go")/bin"
+  if [ ! -x "$gobin/helm" ]; then
+    if ! command -v go >/dev/null 2>&1; then
+      echo "chart-check: helm is not installed and Go is not available to build it" >&2
+      exit 1
+    fi
+    echo "== installing helm $HELM_VERSION (go install helm.sh/helm/v3/cmd/helm)"
+    GOFLAGS=-buildvcs=false go install "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}"
+  fi
+  export PATH="$gobin:$PATH"
+fi
+helm version --short
+
+failures=0
+pass=0
+check() { # description, command...
+  local what="$1"; shift
+  if "$@"; then
+    pass=$((pass + 1))
+  else
+    echo "chart-check: FAILED: $what" >&2
+    failures=$((failures + 1))
+  fi
+}
+
+out="$(mktemp -d)"
+trap 'rm -rf "$out"' EXIT
+
+echo "== CRD in the chart is the generated one"
+check "charts/aver/crds/confidentialmodel.yaml equals crds/confidentialmodel.yaml (run: cargo run -p aver-crds --bin crdgen -- --write)" \
+  cmp -s crds/confidentialmodel.yaml "$chart/crds/confidentialmodel.yaml"
+
+echo "== helm lint"
+check "helm lint (defaults)" helm lint --strict --kube-version "$KUBE_VERSION" "$chart"
+check "helm lint (namespaced, swtpm)" helm lint --strict --kube-version "$KUBE_VERSION" "$chart" \
+  --set watchNamespace=ml --set swtpm.enabled=true --set swtpm.image=example/swtpm:test
+
+echo "== helm template"
+check "helm template (defaults)" \
+  sh -c "helm template aver '$chart' --kube-version '$KUBE_VERSION' --namespace aver-system --include-crds > '$out/default.yaml'"
+check "helm template (namespaced, swtpm)" \
+  sh -c "helm template aver '$chart' --kube-version '$KUBE_VERSION' --namespace aver-system --set watchNamespace=ml --set swtpm.enabled=true --set swtpm.image=example/swtpm:test > '$out/scoped.yaml'"
+
+# Every rendered document parses as YAML without duplicate keys (which
+# kubectl and the API server refuse). Needs PyYAML; skipped without it.
+no_duplicate_keys() {
+  python3 - "$1" <<'PY'
+import sys
+import yaml
+
+class Strict(yaml.SafeLoader):
+    pass
+
+def mapping(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+Strict.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+with open(sys.argv[1]) as f:
+    docs = [d for d in yaml.load_all(f, Loader=Strict) if d]
+assert docs, "nothing rendered"
+for d in docs:
+    assert d.get("apiVersion") and d.get("kind") and d.get("metadata", {}).get("name"), d
+PY
+}
+if python3 -c 'import yaml' 2>/dev/null; then
+  check "rendered YAML well-formed, no duplicate keys (defaults)" no_duplicate_keys "$out/default.yaml"
+  check "rendered YAML well-formed, no duplicate keys (namespaced)" no_duplicate_keys "$out/scoped.yaml"
+else
+  echo "chart-check: PyYAML missing, duplicate-key check skipped"
+fi
+
+has() { grep -q -- "$2" "$1"; }
+lacks() { [ -s "$1" ] && ! grep -q -- "$2" "$1"; }
+check "CRD rendered with --include-crds" has "$out/default.yaml" "name: confidentialmodels.aver.dev"
+check "controller Deployment" has "$out/default.yaml" "name: AVER_ENCLAVE_IMAGE"
+check "cluster-wide RBAC by default" has "$out/default.yaml" "kind: ClusterRole$"
+check "leader-election Role on leases" has "$out/default.yaml" "resources: \[\"leases\"\]"
+check "metrics Service" has "$out/default.yaml" "name: aver-metrics"
+check "no swtpm unless enabled" lacks "$out/default.yaml" "kind: DaemonSet"
+check "swtpm DaemonSet when enabled" has "$out/scoped.yaml" "kind: DaemonSet"
+check "namespaced RBAC with watchNamespace" lacks "$out/scoped.yaml" "kind: ClusterRole"
+check "watchNamespace passed to the controller" has "$out/scoped.yaml" "name: AVER_NAMESPACE"
+# Least privilege: no wildcard and no verb the controller never uses.
+check "no wildcard RBAC" lacks "$out/default.yaml" '"\*"'
+check "models: list, watch, patch only" has "$out/default.yaml" 'verbs: \["list", "watch", "patch"\]'
+
+echo "chart-check: $pass passed, $failures failed"
+[ "$failures" -eq 0 ]
