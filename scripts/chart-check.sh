@@ -16,17 +16,21 @@ chart=charts/aver
 if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
   export PATH="/usr/local/go/bin:$PATH"
 fi
-if ! command -v helm >/dev/null 2>&1; then
-  gobin="$(go env GOPATH 2>/dev/null || echo "$HOME/go")/bin"
-  if [ ! -x "$gobin/helm" ]; then
+# Under CI, and wherever helm is missing, helm is built into target/tools (not a machine-wide cache), with a Go
+# build cache under target/ too, so a fresh clone builds everything it uses.
+tools="$PWD/target/tools"
+if [ "${CI:-}" = true ] || ! command -v helm >/dev/null 2>&1; then
+  if [ ! -x "$tools/bin/helm" ]; then
     if ! command -v go >/dev/null 2>&1; then
       echo "chart-check: helm is not installed and Go is not available to build it" >&2
       exit 1
     fi
     echo "== installing helm $HELM_VERSION (go install helm.sh/helm/v3/cmd/helm)"
-    GOFLAGS=-buildvcs=false go install "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}"
+    mkdir -p "$tools/bin"
+    GOBIN="$tools/bin" GOCACHE="$tools/go-build" GOFLAGS=-buildvcs=false \
+      go install "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}"
   fi
-  export PATH="$gobin:$PATH"
+  export PATH="$tools/bin:$PATH"
 fi
 helm version --short
 

@@ -7,3 +7,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --workspace --bins --quiet
 cargo test --workspace
+bash scripts/chart-check.sh

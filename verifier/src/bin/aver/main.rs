@@ -28,6 +28,8 @@ enum Command {
     /// Send an HTTP request to an endpoint only after attesting it; the
     /// answer streams to stdout.
     Request(commands::request::Args),
+    /// List the endpoints a ConfidentialModel's controller has verified.
+    Discover(commands::discover::Args),
     /// Verify a saved evidence document offline against a policy.
     VerifyEvidence(commands::verify_evidence::Args),
     /// Create policies.
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Verify(args) => commands::verify::run(args),
         Command::Request(args) => commands::request::run(args),
+        Command::Discover(args) => commands::discover::run(args),
         Command::VerifyEvidence(args) => commands::verify_evidence::run(args),
         Command::Policy(cmd) => commands::policy::run(cmd),
         Command::Digest(cmd) => commands::digest::run(cmd),

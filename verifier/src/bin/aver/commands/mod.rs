@@ -1,6 +1,8 @@
 //! One module per subcommand, plus the failure type they share.
 
+pub mod cluster;
 pub mod digest;
+pub mod discover;
 pub mod policy;
 pub mod request;
 pub mod verify;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use aver_verifier::client::{AttestedClient, Endpoint};
+use aver_verifier::client::{AttestedClient, AttestedConnection, Endpoint};
 use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Method, Request};
 use http_body_util::{BodyExt as _, Full};
@@ -16,11 +16,19 @@ use super::{client_failure, load_policy, CommandResult};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Full URL, e.g. https://10.0.0.7:8443/v1/chat/completions
+    /// Full URL, e.g. https://10.0.0.7:8443/v1/chat/completions, or with
+    /// --from-cluster just the path, e.g. /v1/chat/completions
     pub url: String,
-    /// Attestation policy (YAML or JSON).
-    #[arg(long, env = "AVER_POLICY")]
-    pub policy: PathBuf,
+    /// Attestation policy (YAML or JSON). Required unless --from-cluster,
+    /// where it makes the client verify the endpoint itself instead of
+    /// trusting the key pinned in the resource's status.
+    #[arg(long, env = "AVER_POLICY", required_unless_present = "from_cluster")]
+    pub policy: Option<PathBuf>,
+    /// Send to an endpoint of this ConfidentialModel, found in its status.
+    #[arg(long, value_name = "NAME")]
+    pub from_cluster: Option<String>,
+    #[command(flatten)]
+    pub cluster: super::cluster::ClusterArgs,
     /// Request body: literal text, `@FILE`, or `@-` for stdin. Implies POST.
     #[arg(short = 'd', long = "data")]
     pub data: Option<String>,
@@ -42,17 +50,38 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> CommandResult {
-    let policy = load_policy(&args.policy)?;
-    let endpoint = Endpoint::from_url(&args.url).map_err(anyhow::Error::from)?;
-    let request = build_request(&args)?;
-    let client = AttestedClient::new(policy)
-        .map_err(client_failure)?
-        .with_connect_timeout(Duration::from_secs(args.connect_timeout));
+    let policy = args.policy.as_deref().map(load_policy).transpose()?;
     let runtime = super::runtime()?;
+    let (url, pinned) = match &args.from_cluster {
+        None => (args.url.clone(), None),
+        Some(name) => {
+            let (url, pin) = runtime.block_on(from_cluster(name, &args))?;
+            (url, (policy.is_none()).then_some(pin))
+        }
+    };
+    let endpoint = Endpoint::from_url(&url).map_err(anyhow::Error::from)?;
+    let request = build_request(&args, &url)?;
+    let timeout = Duration::from_secs(args.connect_timeout);
     runtime.block_on(async {
-        // Attest first; the request is built already but not one byte of it
-        // goes out unless this succeeds.
-        let mut connection = client.attest(&endpoint).await.map_err(client_failure)?;
+        // Attest (or check the pin) first; the request is built already but
+        // not one byte of it goes out unless this succeeds.
+        let mut connection = match (pinned, policy) {
+            (Some(spki), _) => {
+                if !args.quiet {
+                    eprintln!("pinned: {spki} (verified by the controller, from cluster status; use --policy to verify yourself)");
+                }
+                AttestedConnection::pinned(&endpoint, vec![spki], timeout)
+                    .await
+                    .map_err(client_failure)?
+            }
+            (None, Some(policy)) => {
+                let client = AttestedClient::new(policy)
+                    .map_err(client_failure)?
+                    .with_connect_timeout(timeout);
+                client.attest(&endpoint).await.map_err(client_failure)?
+            }
+            (None, None) => return Err(anyhow::anyhow!("--policy is required").into()),
+        };
         if !args.quiet {
             if let Some(report) = connection.report() {
                 eprint!("{}", report.to_text());
@@ -79,7 +108,36 @@ pub fn run(args: Args) -> CommandResult {
     })
 }
 
-fn build_request(args: &Args) -> anyhow::Result<Request<Full<Bytes>>> {
+/// The URL of one published endpoint and its pinned key. A pin older than
+/// the policy's maxEvidenceAge is refused: the controller has stopped
+/// vouching for it.
+async fn from_cluster(name: &str, args: &Args) -> anyhow::Result<(String, aver_verifier::Sha256Digest)> {
+    let model = super::cluster::fetch(name, &args.cluster).await?;
+    let endpoints = super::cluster::endpoints(&model)?;
+    let max_age = model
+        .spec
+        .attestation
+        .max_evidence_age()
+        .context("the resource's attestation policy")?;
+    let now = jiff::Timestamp::now();
+    let fresh = endpoints.iter().find(|e| {
+        now.duration_since(e.last_attested.0).as_secs() < i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX)
+    });
+    let Some(endpoint) = fresh else {
+        bail!("every endpoint of {name} was last attested more than maxEvidenceAge ago; the controller may be down (use --policy to verify directly)");
+    };
+    if !args.url.starts_with('/') {
+        bail!("with --from-cluster, give the request path (e.g. /v1/chat/completions), not {:?}", args.url);
+    }
+    let host = if endpoint.address.contains(':') {
+        format!("[{}]", endpoint.address)
+    } else {
+        endpoint.address.clone()
+    };
+    Ok((format!("https://{host}:{}{}", endpoint.port, args.url), endpoint.spki_sha256))
+}
+
+fn build_request(args: &Args, url: &str) -> anyhow::Result<Request<Full<Bytes>>> {
     let body = match args.data.as_deref() {
         None => Bytes::new(),
         Some("@-") => {
@@ -105,9 +163,9 @@ fn build_request(args: &Args) -> anyhow::Result<Request<Full<Bytes>>> {
     };
     let mut request = Request::builder()
         .method(method)
-        .uri(&args.url)
+        .uri(url)
         .body(Full::new(body))
-        .with_context(|| format!("invalid URL {:?}", args.url))?;
+        .with_context(|| format!("invalid URL {url:?}"))?;
     let headers = request.headers_mut();
     if args.data.is_some() {
         headers.insert(
