@@ -40,7 +40,9 @@ pub async fn fetch(name: &str, args: &ClusterArgs) -> anyhow::Result<Confidentia
                 .await
                 .context("invalid kubeconfig")?
         }
-        None => kube::Config::infer().await.context("no Kubernetes configuration found")?,
+        None => kube::Config::infer()
+            .await
+            .context("no Kubernetes configuration found")?,
     };
     let client = kube::Client::try_from(config).context("cannot build the Kubernetes client")?;
     let api: Api<ConfidentialModel> = Api::namespaced(client, &args.namespace);

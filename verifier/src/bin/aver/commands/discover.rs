@@ -23,7 +23,10 @@ pub fn run(args: Args) -> CommandResult {
         println!("{json}");
         return Ok(());
     }
-    println!("{:<28} {:<16} {:<22} {:<73} LAST ATTESTED", "POD", "NODE", "ADDRESS", "PINNED SPKI");
+    println!(
+        "{:<28} {:<16} {:<22} {:<73} LAST ATTESTED",
+        "POD", "NODE", "ADDRESS", "PINNED SPKI"
+    );
     for e in &endpoints {
         println!(
             "{:<28} {:<16} {:<22} {:<73} {}",

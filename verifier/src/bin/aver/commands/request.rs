@@ -111,7 +111,10 @@ pub fn run(args: Args) -> CommandResult {
 /// The URL of one published endpoint and its pinned key. A pin older than
 /// the policy's maxEvidenceAge is refused: the controller has stopped
 /// vouching for it.
-async fn from_cluster(name: &str, args: &Args) -> anyhow::Result<(String, aver_verifier::Sha256Digest)> {
+async fn from_cluster(
+    name: &str,
+    args: &Args,
+) -> anyhow::Result<(String, aver_verifier::Sha256Digest)> {
     let model = super::cluster::fetch(name, &args.cluster).await?;
     let endpoints = super::cluster::endpoints(&model)?;
     let max_age = model
@@ -121,20 +124,27 @@ async fn from_cluster(name: &str, args: &Args) -> anyhow::Result<(String, aver_v
         .context("the resource's attestation policy")?;
     let now = jiff::Timestamp::now();
     let fresh = endpoints.iter().find(|e| {
-        now.duration_since(e.last_attested.0).as_secs() < i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX)
+        now.duration_since(e.last_attested.0).as_secs()
+            < i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX)
     });
     let Some(endpoint) = fresh else {
         bail!("every endpoint of {name} was last attested more than maxEvidenceAge ago; the controller may be down (use --policy to verify directly)");
     };
     if !args.url.starts_with('/') {
-        bail!("with --from-cluster, give the request path (e.g. /v1/chat/completions), not {:?}", args.url);
+        bail!(
+            "with --from-cluster, give the request path (e.g. /v1/chat/completions), not {:?}",
+            args.url
+        );
     }
     let host = if endpoint.address.contains(':') {
         format!("[{}]", endpoint.address)
     } else {
         endpoint.address.clone()
     };
-    Ok((format!("https://{host}:{}{}", endpoint.port, args.url), endpoint.spki_sha256))
+    Ok((
+        format!("https://{host}:{}{}", endpoint.port, args.url),
+        endpoint.spki_sha256,
+    ))
 }
 
 fn build_request(args: &Args, url: &str) -> anyhow::Result<Request<Full<Bytes>>> {
