@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# Local demo: a software TPM (swtpm) stands in for a node's TPM. aver-enclave
-# measures a small model into it and produces evidence for a fresh nonce;
-# aver verifies that evidence offline against a policy written from values
-# obtained independently, then shows a one-byte model change being refused.
+# Local demo: a software TPM (swtpm) stands in for a node's TPM and a stub
+# engine for the LLM. aver-enclave measures a small model, then serves
+# attested TLS in front of the engine; aver verifies the endpoint against a
+# policy written from independently obtained values and only then sends a
+# chat request. A policy that does not match is refused with nothing sent,
+# and the offline evidence round trip shows a one-byte model change refused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --quiet --bin aver --bin aver-enclave
+cargo build --quiet --bin aver --bin aver-enclave --bin aver-stub-engine
 bin=target/debug
 
 work=$(mktemp -d)
 swtpm_pid=""
+pids=()
 cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   [ -n "$swtpm_pid" ] && kill "$swtpm_pid" 2>/dev/null || true
   rm -rf "$work"
 }
@@ -45,23 +49,49 @@ YAML
 cat "$work/policy.yaml"
 
 echo
-echo "== 2. enclave measures the workload and answers a fresh nonce"
+echo "== 2. the enclave serves attested TLS in front of the engine"
+coproc ENGINE { exec $bin/aver-stub-engine; }
+pids+=("$ENGINE_PID")
+read -r _ _ engine_url <&"${ENGINE[0]}"
+coproc ENCLAVE { exec $bin/aver-enclave serve --listen 127.0.0.1:0 --upstream "$engine_url" 2>"$work/enclave.log"; }
+pids+=("$ENCLAVE_PID")
+read -r _ _ url <&"${ENCLAVE[0]}"
+echo "engine $engine_url, enclave $url"
+
+echo
+echo "== 3. aver verifies the live endpoint: fresh nonce, evidence bound to this TLS connection"
+$bin/aver verify "$url" --policy "$work/policy.yaml"
+
+echo
+echo "== 4. aver request: attest, then send the prompt on the same connection (answer streams)"
+$bin/aver request "$url/v1/chat/completions" --policy "$work/policy.yaml" \
+  -d '{"model": "demo", "stream": true, "messages": [{"role": "user", "content": "hello, attested world"}]}'
+echo
+
+echo
+echo "== 5. a policy for another model: refused before any byte of the prompt is sent"
+sed "s/$model/sha256:$(printf 'another model' | sha256sum | cut -d' ' -f1)/" "$work/policy.yaml" >"$work/other.yaml"
+if $bin/aver request "$url/v1/chat/completions" --policy "$work/other.yaml" -d '{"messages": []}'; then
+  echo "demo: a mismatching policy was accepted" >&2
+  exit 1
+fi
+kill "$ENCLAVE_PID" && wait "$ENCLAVE_PID" 2>/dev/null || true
+
+echo
+echo "== 6. offline: evidence for a nonce, saved and verified later"
 nonce=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-spki=$($bin/aver-enclave evidence --nonce "$nonce" --out "$work/evidence.json")
-echo "nonce $nonce"
-echo "tls spki $spki"
+spki=$($bin/aver-enclave evidence --nonce "$nonce" --out "$work/evidence.json" 2>/dev/null)
+$bin/aver verify-evidence "$work/evidence.json" --policy "$work/policy.yaml" --nonce "$nonce" --spki "$spki" >/dev/null
+echo "evidence for nonce ${nonce:0:16}… verified offline"
 
 echo
-echo "== 3. aver verifies the evidence offline"
-$bin/aver verify-evidence "$work/evidence.json" --policy "$work/policy.yaml" --nonce "$nonce" --spki "$spki"
-
-echo
-echo "== 4. one byte of the model changes; the enclave relaunches; aver refuses"
+echo "== 7. one byte of the model changes; the enclave relaunches; aver refuses"
 printf 'demo weightz\n' >"$work/model/weights.bin"
 nonce=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-spki=$($bin/aver-enclave evidence --nonce "$nonce" --out "$work/evidence2.json")
+spki=$($bin/aver-enclave evidence --nonce "$nonce" --out "$work/evidence2.json" 2>/dev/null)
 if $bin/aver verify-evidence "$work/evidence2.json" --policy "$work/policy.yaml" --nonce "$nonce" --spki "$spki"; then
   echo "demo: tampered model was accepted" >&2
   exit 1
 fi
-echo "demo: ok (genuine evidence verified, tampered model refused)"
+echo
+echo "demo: ok (attested request answered, mismatching policy refused, tampered model refused)"
