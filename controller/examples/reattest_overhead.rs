@@ -72,6 +72,7 @@ fn main() {
         },
         trust: TrustRoots {
             ak_names: vec![format!("000b{}", "cd".repeat(32))],
+            ek_roots: None,
         },
         interval: "5s".into(),
         max_evidence_age: "1m".into(),
@@ -108,6 +109,7 @@ fn main() {
                 result: "Passed".into(),
                 checked_pcrs: vec![0, 1, 2, 3, 4, 5, 6, 7],
             },
+            ak_activation: None,
         },
     };
 

@@ -11,7 +11,9 @@
 use std::future::Future;
 use std::time::Duration;
 
-use aver_crds::{AttestationPolicy, BootPolicyResult, EndpointMeasurements, Sha256Digest};
+use aver_crds::{
+    AkActivation, AttestationPolicy, BootPolicyResult, EndpointMeasurements, Sha256Digest,
+};
 use aver_verifier::{VerifiedReport, VerifyError};
 use base64::Engine as _;
 
@@ -61,6 +63,13 @@ impl AttestedEndpoint {
                     result: BootPolicyResult::PASSED.to_owned(),
                     checked_pcrs: report.boot_pcrs.iter().map(|p| p.pcr).collect(),
                 },
+                ak_activation: report.activation.as_ref().map(|a| AkActivation {
+                    ek_certificate_sha256: a.ek.certificate_sha256,
+                    ek_kind: a.ek.kind.to_string(),
+                    ek_issuer: a.ek.issuer.clone(),
+                    tpm: a.ek.tpm.as_ref().map(|t| t.describe()),
+                    activated_at: a.activated_at.clone(),
+                }),
             },
         }
     }
@@ -160,6 +169,7 @@ mod tests {
                     result: "Passed".into(),
                     checked_pcrs: vec![0],
                 },
+                ak_activation: None,
             },
         };
         let pem = endpoint.certificate_pem();

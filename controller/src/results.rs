@@ -274,6 +274,7 @@ pub(crate) mod tests {
                     result: "Passed".into(),
                     checked_pcrs: vec![9],
                 },
+                ak_activation: None,
             },
         }
     }

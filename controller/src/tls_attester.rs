@@ -5,12 +5,20 @@
 //! bound to the connection's key (`AttestedConnection::attest`). The TPM
 //! clock of every attestation key is tracked across calls, so a replayed or
 //! rolled-back quote is refused even when it is otherwise valid.
+//!
+//! When a policy trusts AKs through `trust.ekRoots`, each node's AK is
+//! activated (EK certificate chain + TPM2_ActivateCredential) the first
+//! time it is seen and the proof is kept in an in-memory cache keyed by EK
+//! certificate, so re-attestation does not repeat it. The proof is also
+//! published in `status.endpoints[].measurements.akActivation`, but never
+//! read back: after a controller restart each TPM is activated once more.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
 use aver_crds::AttestationPolicy;
-use aver_verifier::client::{AttestedConnection, ClientError, Endpoint};
+use aver_verifier::client::{ActivationMode, AttestedConnection, ClientError, Endpoint};
+use aver_verifier::ek::ActivationCache;
 use aver_verifier::ClockHistory;
 
 use crate::attestation::{AttestError, AttestTarget, AttestedEndpoint, EndpointAttester};
@@ -19,6 +27,7 @@ use crate::attestation::{AttestError, AttestTarget, AttestedEndpoint, EndpointAt
 pub struct TlsAttester {
     connect_timeout: Duration,
     clocks: Mutex<ClockHistory>,
+    activations: ActivationCache,
 }
 
 impl TlsAttester {
@@ -26,7 +35,13 @@ impl TlsAttester {
         Self {
             connect_timeout,
             clocks: Mutex::new(ClockHistory::new()),
+            activations: ActivationCache::default(),
         }
+    }
+
+    /// AKs activated so far, one per TPM.
+    pub fn activations(&self) -> &ActivationCache {
+        &self.activations
     }
 }
 
@@ -37,9 +52,14 @@ impl EndpointAttester for TlsAttester {
         policy: &AttestationPolicy,
     ) -> Result<AttestedEndpoint, AttestError> {
         let endpoint = Endpoint::new(target.address.clone(), target.port);
-        let connection = AttestedConnection::attest(&endpoint, policy, self.connect_timeout)
-            .await
-            .map_err(classify)?;
+        let connection = AttestedConnection::attest_with(
+            &endpoint,
+            policy,
+            self.connect_timeout,
+            ActivationMode::IfNeeded(&self.activations),
+        )
+        .await
+        .map_err(classify)?;
         let report = connection.report().ok_or_else(|| AttestError::Protocol {
             reason: "evidence-fetch",
             message: format!(

@@ -523,6 +523,7 @@ pub(crate) mod tests {
                     },
                     trust: TrustRoots {
                         ak_names: vec![format!("000b{}", "cd".repeat(32))],
+                        ek_roots: None,
                     },
                     interval: "30s".into(),
                     max_evidence_age: "5m".into(),

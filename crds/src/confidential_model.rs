@@ -347,6 +347,31 @@ pub struct EndpointMeasurements {
     pub ak_name: String,
     /// Outcome of the boot-PCR check.
     pub boot_policy: BootPolicyResult,
+    /// How the attestation key was proven resident in a genuine TPM, when
+    /// the policy trusts it through trust.ekRoots rather than akNames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ak_activation: Option<AkActivation>,
+}
+
+/// A credential activation the controller did for an endpoint's AK: the EK
+/// certificate chained to trust.ekRoots and the TPM released the secret.
+/// The controller activates each TPM's AK once and reuses the proof for
+/// re-attestation; this records it for people and tools, and is never read
+/// back as proof (status is writable by whoever can write the API).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AkActivation {
+    /// SHA-256 of the TPM's EK certificate (DER): which TPM holds the AK.
+    pub ek_certificate_sha256: Sha256Digest,
+    /// The EK used: "rsa2048" or "eccP256".
+    pub ek_kind: String,
+    /// Issuer of the EK certificate.
+    pub ek_issuer: String,
+    /// TPM manufacturer, model and version from the EK certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<String>,
+    /// When the TPM released the secret (RFC 3339).
+    pub activated_at: String,
 }
 
 /// Result of checking the quoted boot PCRs against the policy's reference

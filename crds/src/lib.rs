@@ -23,7 +23,8 @@ pub use policy::{AllowedWorkload, AttestationPolicy, PolicyError, ReferencePcr, 
 
 #[cfg(feature = "resource")]
 pub use confidential_model::{
-    BootPolicyResult, ConfidentialModel, ConfidentialModelSpec, ConfidentialModelStatus,
-    EndpointMeasurements, EngineSpec, HostPathModelSource, ImageModelSource, ModelSource,
-    ModelSpec, PvcModelSource, ServiceSpec, TpmDevice, TpmSpec, VerifiedEndpoint,
+    AkActivation, BootPolicyResult, ConfidentialModel, ConfidentialModelSpec,
+    ConfidentialModelStatus, EndpointMeasurements, EngineSpec, HostPathModelSource,
+    ImageModelSource, ModelSource, ModelSpec, PvcModelSource, ServiceSpec, TpmDevice, TpmSpec,
+    VerifiedEndpoint,
 };

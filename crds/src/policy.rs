@@ -17,6 +17,10 @@ pub const DEFAULT_WORKLOAD_PCR: u8 = 15;
 /// Highest PCR index a TPM 2.0 PC-client platform has.
 pub const MAX_PCR: u8 = 23;
 
+/// PCRs that may hold workload measurements: resettable only by a reboot
+/// (unlike 16 and 23) and not used by firmware (0-7) or dynamic launch (17-22).
+pub const WORKLOAD_PCRS: std::ops::RangeInclusive<u8> = 8..=15;
+
 /// What a verifier requires of an endpoint before any request data is sent.
 ///
 /// The `schemars` attributes below only shape the schema the API server
@@ -39,7 +43,7 @@ pub struct AttestationPolicy {
 
     /// PCR into which aver-enclave extends its workload events (default 15).
     #[serde(default = "default_workload_pcr")]
-    #[schemars(range(min = 0, max = 23), extend("format" = "int32"))]
+    #[schemars(range(min = 8, max = 15), extend("format" = "int32"))]
     pub workload_pcr: u8,
 
     /// Workload measurements the latest launch of aver-enclave must carry.
@@ -104,9 +108,16 @@ pub struct AllowedWorkload {
     pub config_digests: Option<Vec<Sha256Digest>>,
 }
 
-/// Roots of trust for the platform.
+/// Roots of trust for the platform: which attestation keys (AKs) may sign
+/// quotes. An AK is trusted if `akNames` lists it, or if credential
+/// activation proves it resident in a TPM whose EK certificate chains to
+/// `ekRoots`; at least one of the two must be set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "(has(self.akNames) && size(self.akNames) > 0) || has(self.ekRoots)",
+    "message": "trust needs akNames or ekRoots"
+}]))]
 pub struct TrustRoots {
     /// TPM names (hex, nameAlg-prefixed, e.g. "000b…") of attestation keys
     /// trusted directly by their public key.
@@ -117,6 +128,16 @@ pub struct TrustRoots {
         transform = drop_default
     )]
     pub ak_names: Vec<String>,
+
+    /// TPM manufacturer CA certificates (PEM bundle). An AK not listed in
+    /// akNames is trusted once TPM2_ActivateCredential proves it resident in
+    /// a TPM whose EK certificate chains to one of these (every certificate
+    /// of the bundle is a trust anchor; intermediates may also come from the
+    /// TPM). Zero-trust clients and the controller each activate once per
+    /// TPM and remember the result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 262144))]
+    pub ek_roots: Option<String>,
 }
 
 /// A policy that cannot be enforced as written.
@@ -126,6 +147,8 @@ pub enum PolicyError {
     Syntax(String),
     #[error("policy PCR {0} is out of range (0..={MAX_PCR})")]
     PcrOutOfRange(u8),
+    #[error("policy workloadPcr {0} must be 8 to 15: PCRs 0-7 belong to the boot chain, 16 and 23 can be reset by any local process, 17-22 belong to dynamic launch")]
+    BadWorkloadPcr(u8),
     #[error("policy lists PCR {0} more than once in referencePcrs")]
     DuplicatePcr(u8),
     #[error("policy reference PCR {0} has no acceptable values")]
@@ -134,8 +157,10 @@ pub enum PolicyError {
     WorkloadPcrIsReference(u8),
     #[error("policy allows no {0}: list at least one digest")]
     NothingAllowed(&'static str),
-    #[error("policy trusts no attestation key: set trust.akNames")]
+    #[error("policy trusts no attestation key: set trust.akNames or trust.ekRoots")]
     NoTrustRoot,
+    #[error("policy trust.ekRoots is not a PEM bundle of certificates: {0}")]
+    BadEkRoots(String),
     #[error("policy akName {0:?} is not a hex TPM name with a SHA-256 nameAlg (000b + 64 hex)")]
     BadAkName(String),
     #[error("policy {field} {value:?} is not a duration like \"30s\" or \"5m\"")]
@@ -200,8 +225,8 @@ impl AttestationPolicy {
                 return Err(PolicyError::EmptyPcrValues(reference.pcr));
             }
         }
-        if self.workload_pcr > MAX_PCR {
-            return Err(PolicyError::PcrOutOfRange(self.workload_pcr));
+        if !WORKLOAD_PCRS.contains(&self.workload_pcr) {
+            return Err(PolicyError::BadWorkloadPcr(self.workload_pcr));
         }
         if seen.contains(&self.workload_pcr) {
             return Err(PolicyError::WorkloadPcrIsReference(self.workload_pcr));
@@ -212,8 +237,11 @@ impl AttestationPolicy {
         if self.allowed.model_digests.is_empty() {
             return Err(PolicyError::NothingAllowed("model digests"));
         }
-        if self.trust.ak_names.is_empty() {
+        if self.trust.ak_names.is_empty() && self.trust.ek_roots.is_none() {
             return Err(PolicyError::NoTrustRoot);
+        }
+        if let Some(roots) = &self.trust.ek_roots {
+            check_pem_bundle(roots).map_err(PolicyError::BadEkRoots)?;
         }
         for name in &self.trust.ak_names {
             let ok = name.len() == 68
@@ -248,6 +276,62 @@ impl AttestationPolicy {
             .chain(std::iter::once(self.workload_pcr))
             .collect()
     }
+}
+
+/// Largest `trust.ekRoots` bundle: a few dozen manufacturer CAs.
+pub const MAX_EK_ROOTS_BYTES: usize = 256 * 1024;
+
+/// The shape of a PEM certificate bundle: one or more well-formed
+/// `CERTIFICATE` blocks of base64 (text between blocks is ignored). The
+/// certificates themselves are parsed and checked by the verifier, which
+/// owns the X.509 code; this catches a truncated or mis-pasted bundle when
+/// the policy is loaded.
+fn check_pem_bundle(text: &str) -> Result<(), String> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    if text.len() > MAX_EK_ROOTS_BYTES {
+        return Err(format!(
+            "{} bytes, more than the {MAX_EK_ROOTS_BYTES}-byte limit",
+            text.len()
+        ));
+    }
+    let mut blocks = 0;
+    let mut inside = false;
+    let mut body = 0usize;
+    for (number, line) in text.lines().map(str::trim).enumerate() {
+        let number = number + 1;
+        match (inside, line) {
+            (_, "") => {}
+            (false, BEGIN) => {
+                inside = true;
+                body = 0;
+            }
+            (true, END) => {
+                if body == 0 {
+                    return Err(format!("line {number}: empty certificate block"));
+                }
+                inside = false;
+                blocks += 1;
+            }
+            (true, data)
+                if data
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')) =>
+            {
+                body += data.len();
+            }
+            (true, _) => return Err(format!("line {number}: not base64 inside a certificate")),
+            // Bundles often carry comments ("# Vendor RSA Root") between blocks.
+            (false, _) => {}
+        }
+    }
+    if inside {
+        return Err("the last certificate block has no END line".into());
+    }
+    if blocks == 0 {
+        return Err("no certificate".into());
+    }
+    Ok(())
 }
 
 /// Durations are written as an integer and a unit (`ms`, `s`, `m`, `h`), the
@@ -293,6 +377,7 @@ mod tests {
             },
             trust: TrustRoots {
                 ak_names: vec![format!("000b{}", "cd".repeat(32))],
+                ek_roots: None,
             },
             interval: "30s".into(),
             max_evidence_age: "5m".into(),
@@ -352,6 +437,12 @@ mod tests {
         p.reference_pcrs[0].pcr = 24;
         assert_eq!(p.validate(), Err(PolicyError::PcrOutOfRange(24)));
 
+        for resettable in [16, 23, 7] {
+            let mut p = sample();
+            p.workload_pcr = resettable;
+            assert_eq!(p.validate(), Err(PolicyError::BadWorkloadPcr(resettable)));
+        }
+
         let mut p = sample();
         p.interval = "2s".into();
         assert!(matches!(
@@ -366,6 +457,48 @@ mod tests {
         let mut p = sample();
         p.trust.ak_names = vec!["0004abcd".into()];
         assert!(matches!(p.validate(), Err(PolicyError::BadAkName(_))));
+    }
+
+    const PEM: &str = "# Vendor root\n-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\nAAAA==\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn ek_roots_alone_are_a_trust_root() {
+        let mut p = sample();
+        p.trust.ak_names.clear();
+        p.trust.ek_roots = Some(PEM.into());
+        assert_eq!(p.validate(), Ok(()));
+        let parsed = AttestationPolicy::from_yaml(&p.to_yaml()).unwrap();
+        assert_eq!(parsed.trust.ek_roots.as_deref(), Some(PEM));
+        assert!(parsed.trust.ak_names.is_empty());
+    }
+
+    #[test]
+    fn malformed_ek_roots_are_refused_when_loaded() {
+        for (bundle, expected) in [
+            ("", "no certificate"),
+            ("just text\n", "no certificate"),
+            ("-----BEGIN CERTIFICATE-----\nAAAA\n", "no END line"),
+            (
+                "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+                "empty certificate block",
+            ),
+            (
+                "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+                "not base64",
+            ),
+        ] {
+            let mut p = sample();
+            p.trust.ek_roots = Some(bundle.into());
+            match p.validate() {
+                Err(PolicyError::BadEkRoots(reason)) => {
+                    assert!(reason.contains(expected), "{bundle:?}: {reason}")
+                }
+                other => panic!("{bundle:?}: {other:?}"),
+            }
+        }
+        let mut p = sample();
+        p.trust.ek_roots = Some(PEM.repeat(MAX_EK_ROOTS_BYTES / PEM.len() + 1));
+        assert!(matches!(p.validate(), Err(PolicyError::BadEkRoots(_))));
     }
 
     #[test]

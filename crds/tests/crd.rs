@@ -292,3 +292,16 @@ fn schema_bounds_what_cel_cannot_need_to() {
         json!(["type"])
     );
 }
+
+#[test]
+fn trust_needs_ak_names_or_ek_roots() {
+    refused(
+        |o| o["spec"]["attestation"]["trust"] = json!({}),
+        "trust needs akNames or ekRoots",
+    );
+    let mut ek_only = good();
+    ek_only["spec"]["attestation"]["trust"] = json!({
+        "ekRoots": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    });
+    cel(&ek_only).expect("ekRoots alone is a trust root");
+}

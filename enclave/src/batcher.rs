@@ -12,10 +12,12 @@ use std::time::Duration;
 
 use aver_crds::Sha256Digest;
 use aver_verifier::binding::{leaf, MerkleTree, Nonce};
+use aver_verifier::ek::ActivationRequest;
 use aver_verifier::Evidence;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::endorsement::ActivateError;
 use crate::evidence::QuotedState;
 use crate::launch::Enclave;
 
@@ -65,12 +67,21 @@ struct Pending {
     reply: oneshot::Sender<Result<Evidence, BatchError>>,
 }
 
-type QuoteJob = ([u8; 32], oneshot::Sender<Result<QuotedState, String>>);
+/// Work for the TPM thread: a quote over a batch's root, or a credential
+/// activation (rare, so it simply queues between quotes).
+enum TpmJob {
+    Quote([u8; 32], oneshot::Sender<Result<QuotedState, String>>),
+    Activate(
+        Box<ActivationRequest>,
+        oneshot::Sender<Result<Vec<u8>, ActivateError>>,
+    ),
+}
 
 /// Handle through which request handlers ask for evidence. Cheap to clone.
 #[derive(Clone)]
 pub struct QuoteBatcher {
     tx: mpsc::Sender<Pending>,
+    jobs: std::sync::mpsc::Sender<TpmJob>,
     stats: Arc<BatchStats>,
 }
 
@@ -80,13 +91,23 @@ impl QuoteBatcher {
     pub fn start(enclave: Enclave, config: BatchConfig) -> std::io::Result<Self> {
         let spki = enclave.tls_key().spki_sha256();
         let stats = Arc::new(BatchStats::default());
-        let (job_tx, job_rx) = std::sync::mpsc::channel::<QuoteJob>();
+        let (job_tx, job_rx) = std::sync::mpsc::channel::<TpmJob>();
         std::thread::Builder::new()
             .name("aver-tpm".into())
             .spawn(move || tpm_worker(enclave, job_rx))?;
         let (tx, rx) = mpsc::channel(config.max_batch.max(1).saturating_mul(4));
-        tokio::spawn(collect_batches(rx, job_tx, spki, config, stats.clone()));
-        Ok(Self { tx, stats })
+        tokio::spawn(collect_batches(
+            rx,
+            job_tx.clone(),
+            spki,
+            config,
+            stats.clone(),
+        ));
+        Ok(Self {
+            tx,
+            jobs: job_tx,
+            stats,
+        })
     }
 
     /// Evidence answering `nonce`, bound to the enclave's TLS key.
@@ -103,21 +124,37 @@ impl QuoteBatcher {
         answer.await.map_err(|_| BatchError::Stopped)?
     }
 
+    /// Activates a verifier's credential on the TPM thread.
+    pub async fn activate(&self, request: ActivationRequest) -> Result<Vec<u8>, ActivateError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(TpmJob::Activate(Box::new(request), reply))
+            .map_err(|_| ActivateError::WorkerStopped)?;
+        answer.await.map_err(|_| ActivateError::WorkerStopped)?
+    }
+
     pub fn stats(&self) -> &BatchStats {
         &self.stats
     }
 }
 
-fn tpm_worker(mut enclave: Enclave, jobs: std::sync::mpsc::Receiver<QuoteJob>) {
-    while let Ok((qualifying, reply)) = jobs.recv() {
-        let result = enclave.quote(&qualifying).map_err(|e| e.to_string());
-        let _ = reply.send(result);
+fn tpm_worker(mut enclave: Enclave, jobs: std::sync::mpsc::Receiver<TpmJob>) {
+    while let Ok(job) = jobs.recv() {
+        match job {
+            TpmJob::Quote(qualifying, reply) => {
+                let result = enclave.quote(&qualifying).map_err(|e| e.to_string());
+                let _ = reply.send(result);
+            }
+            TpmJob::Activate(request, reply) => {
+                let _ = reply.send(enclave.activate(&request));
+            }
+        }
     }
 }
 
 async fn collect_batches(
     mut rx: mpsc::Receiver<Pending>,
-    jobs: std::sync::mpsc::Sender<QuoteJob>,
+    jobs: std::sync::mpsc::Sender<TpmJob>,
     spki: Sha256Digest,
     config: BatchConfig,
     stats: Arc<BatchStats>,
@@ -154,7 +191,7 @@ async fn collect_batches(
             continue;
         };
         let (reply, answer) = oneshot::channel();
-        let quoted = if jobs.send((tree.root(), reply)).is_err() {
+        let quoted = if jobs.send(TpmJob::Quote(tree.root(), reply)).is_err() {
             Err(BatchError::Stopped)
         } else {
             match answer.await {

@@ -5,9 +5,11 @@
 use std::path::PathBuf;
 
 use aver_verifier::binding::Nonce;
+use aver_verifier::ek::{ActivationOffer, ActivationRequest};
 use aver_verifier::eventlog::LaunchMeasurements;
 use aver_verifier::Evidence;
 
+use crate::endorsement::{self, ActivateError};
 use crate::evidence::{collect, quote, CollectError, QuotedState};
 use crate::launch_log::{check_workload_pcr, record_launch, LaunchLog, LaunchLogError};
 use crate::measure::{measure_launch, MeasureError, WorkloadInputs};
@@ -118,6 +120,26 @@ impl Enclave {
             &self.quote_pcrs,
             qualifying,
         )
+    }
+
+    /// What a verifier activates the AK against (DESIGN §3.5): the AK
+    /// public area and the EK certificates in the TPM's NV, with
+    /// `ek_chain` (intermediate CA certificates, DER) to help build the path.
+    pub fn activation_offer(
+        &mut self,
+        ek_chain: Vec<Vec<u8>>,
+    ) -> Result<ActivationOffer, TpmError> {
+        let certificates = endorsement::read_certificates(&mut self.tpm)?;
+        Ok(endorsement::offer(
+            self.tpm.ak_public_tpmt(),
+            certificates,
+            ek_chain,
+        ))
+    }
+
+    /// TPM2_ActivateCredential of a verifier's credential for this AK.
+    pub fn activate(&mut self, request: &ActivationRequest) -> Result<Vec<u8>, ActivateError> {
+        endorsement::activate(&mut self.tpm, request)
     }
 
     /// The in-memory TLS key whose SPKI the launch recorded.

@@ -9,6 +9,7 @@
 
 pub mod batcher;
 pub mod cli;
+pub mod endorsement;
 pub mod evidence;
 pub mod launch;
 pub mod launch_log;

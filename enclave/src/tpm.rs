@@ -182,6 +182,12 @@ impl Tpm {
         self.ak_handle
     }
 
+    /// The TSS context and the AK's handle, for commands implemented in
+    /// other modules (credential activation in [`crate::endorsement`]).
+    pub(crate) fn context_and_ak(&mut self) -> (&mut Context, KeyHandle) {
+        (&mut self.context, self.ak)
+    }
+
     /// Reads PCRs of the SHA-256 bank, returned in ascending PCR order
     /// without duplicates whatever the order of `pcrs`.
     pub fn read_pcrs(&mut self, pcrs: &[u8]) -> Result<Vec<(u8, [u8; 32])>, TpmError> {

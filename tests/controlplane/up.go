@@ -27,7 +27,7 @@ import (
 // DIR/ports.json, so that a restart on the same directory serves the same
 // addresses (kubeconfigs and clients stay valid).
 type ports struct {
-	APIServer int `json:"apiserver"`
+	APIServer  int `json:"apiserver"`
 	EtcdClient int `json:"etcdClient"`
 	EtcdPeer   int `json:"etcdPeer"`
 }
@@ -73,9 +73,9 @@ func up(args []string) int {
 	return 0
 }
 
-func (c *upConfig) pki() pki                  { return pki{dir: filepath.Join(c.dir, "pki")} }
-func (c *upConfig) kubeconfig() string        { return filepath.Join(c.dir, "kubeconfig") }
-func (c *upConfig) server() string            { return fmt.Sprintf("https://127.0.0.1:%d", c.ports.APIServer) }
+func (c *upConfig) pki() pki                   { return pki{dir: filepath.Join(c.dir, "pki")} }
+func (c *upConfig) kubeconfig() string         { return filepath.Join(c.dir, "kubeconfig") }
+func (c *upConfig) server() string             { return fmt.Sprintf("https://127.0.0.1:%d", c.ports.APIServer) }
 func (c *upConfig) logFile(name string) string { return filepath.Join(c.dir, "logs", name+".log") }
 
 // prepare creates the directory layout, ports, certificates and kubeconfig.
@@ -226,6 +226,9 @@ func (c *upConfig) components() []component {
 			"--authorization-mode=RBAC",
 			// As kind does, so that manifests behave as on a kind cluster.
 			"--allow-privileged=true",
+			// The "kubernetes" Service's Endpoints would name 127.0.0.1,
+			// which the API refuses (loopback); nothing here uses it.
+			"--endpoint-reconciler-type=none",
 			"--profiling=false",
 		}},
 		{"kube-controller-manager", []string{
@@ -238,9 +241,11 @@ func (c *upConfig) components() []component {
 			"--use-service-account-credentials=false",
 			"--root-ca-file=" + p.path("ca.crt"),
 			// What turns Deployments into Pods, lets Pods be admitted
-			// (default ServiceAccounts), and cleans up after owners.
+			// (default ServiceAccounts), and cleans up after owners. Not
+			// EndpointSlices: simulated pods have loopback addresses, which
+			// the API refuses in them.
 			"--controllers=deployment-controller,replicaset-controller,serviceaccount-controller," +
-				"garbage-collector-controller,namespace-controller,endpointslice-controller",
+				"garbage-collector-controller,namespace-controller",
 			"--profiling=false",
 		}},
 		{"kube-scheduler", []string{

@@ -6,7 +6,10 @@
 //! with its own state directory, so tests run in parallel without sharing
 //! PCRs or keys, and a test can simulate a reboot with [`Swtpm::restart`].
 
+pub mod controlplane;
+pub mod ek_ca;
 pub mod node;
+pub mod node_sim;
 pub mod stub_upstream;
 
 use std::io::{self, Write as _};
@@ -41,6 +44,19 @@ impl Swtpm {
             .prefix("aver-swtpm-")
             .tempdir()
             .context("cannot create a state directory for swtpm")?;
+        let (child, port) = spawn_on_free_ports(state.path())?;
+        Ok(Self { child, port, state })
+    }
+
+    /// Starts a TPM manufactured like a real one: `swtpm_setup
+    /// --create-ek-cert` creates its EKs and writes EK certificates issued
+    /// by `ca` into its NV (RSA 2048 at 0x01c00002).
+    pub fn start_with_ek_cert(ca: &ek_ca::TestCa) -> anyhow::Result<Self> {
+        let state = tempfile::Builder::new()
+            .prefix("aver-swtpm-")
+            .tempdir()
+            .context("cannot create a state directory for swtpm")?;
+        ca.manufacture(state.path())?;
         let (child, port) = spawn_on_free_ports(state.path())?;
         Ok(Self { child, port, state })
     }

@@ -24,7 +24,11 @@ pub struct TestNode {
 
 impl TestNode {
     pub fn start() -> anyhow::Result<Self> {
-        let tpm = Swtpm::start()?;
+        Self::with_tpm(Swtpm::start()?)
+    }
+
+    /// A node on a given TPM (e.g. one with an EK certificate).
+    pub fn with_tpm(tpm: Swtpm) -> anyhow::Result<Self> {
         let state = tempfile::tempdir()?;
         let model = tempfile::tempdir()?;
         std::fs::write(model.path().join("weights.bin"), b"tiny model weights")?;
@@ -150,6 +154,7 @@ pub fn policy_for(ak_names: &[String], model: Sha256Digest) -> AttestationPolicy
         },
         trust: TrustRoots {
             ak_names: ak_names.to_vec(),
+            ek_roots: None,
         },
         interval: "30s".into(),
         max_evidence_age: "5m".into(),

@@ -53,7 +53,20 @@ impl StubUpstream {
     /// engine does after generating (for throughput measurements in which
     /// the engine, not the proxy, should be the bottleneck).
     pub async fn start_with_delay(delay: std::time::Duration) -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on_with_delay(SocketAddr::from(([127, 0, 0, 1], 0)), delay).await
+    }
+
+    /// Like [`Self::start`], on a given address (the node simulator puts
+    /// each pod's engine on the pod's own loopback address).
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
+        Self::start_on_with_delay(addr, std::time::Duration::ZERO).await
+    }
+
+    async fn start_on_with_delay(
+        addr: SocketAddr,
+        delay: std::time::Duration,
+    ) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let counters = Arc::new(Counters::default());
         let release = Arc::new(Notify::new());

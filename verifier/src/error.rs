@@ -2,6 +2,7 @@
 
 use aver_crds::{PolicyError, Sha256Digest};
 
+use crate::ek::ActivationError;
 use crate::eventlog::EventLogError;
 use crate::evidence::EvidenceError;
 use crate::tpm::TpmParseError;
@@ -30,6 +31,12 @@ pub enum VerifyError {
     NotAnAttestationKey { name: String },
     #[error("attestation key {name} is not trusted by the policy (trust.akNames)")]
     UntrustedAk { name: String },
+    #[error("attestation key {name} is neither listed in trust.akNames nor proven resident in a genuine TPM (trust.ekRoots needs credential activation, which was not done for this key)")]
+    AkNotProven { name: String },
+    #[error("credential activation proved attestation key {activated}, but the quote is signed by {quoted}")]
+    ActivatedAkMismatch { activated: String, quoted: String },
+    #[error("attestation key activation failed: {0}")]
+    Activation(#[from] ActivationError),
     #[error("quote signature does not verify with attestation key {name}")]
     BadSignature { name: String },
     #[error("quote qualifying data does not commit to this nonce and TLS key: replayed quote or evidence for another connection")]
@@ -78,7 +85,11 @@ impl VerifyError {
             Self::Policy(_) => "policy-invalid",
             Self::NonceMismatch { .. } | Self::QualifyingDataMismatch => "freshness",
             Self::SpkiMismatch { .. } | Self::LaunchSpkiMismatch { .. } => "channel-binding",
-            Self::NotAnAttestationKey { .. } | Self::UntrustedAk { .. } => "untrusted-key",
+            Self::NotAnAttestationKey { .. }
+            | Self::UntrustedAk { .. }
+            | Self::AkNotProven { .. } => "untrusted-key",
+            Self::ActivatedAkMismatch { .. } => "activation",
+            Self::Activation(e) => e.reason(),
             Self::BadSignature { .. } => "signature",
             Self::PcrSetMismatch(_) | Self::PcrDigestMismatch | Self::PcrNotQuoted(_) => "pcrs",
             Self::BootPcrMismatch { .. } => "boot-pcr",

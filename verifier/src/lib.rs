@@ -7,6 +7,7 @@
 pub mod binding;
 pub mod client;
 pub mod clock;
+pub mod ek;
 pub mod error;
 pub mod eventlog;
 pub mod evidence;
@@ -22,4 +23,4 @@ pub use clock::ClockHistory;
 pub use error::VerifyError;
 pub use evidence::{Evidence, EvidenceError, EVIDENCE_VERSION};
 pub use report::VerifiedReport;
-pub use verify::{verify, Challenge};
+pub use verify::{verify, verify_activated, Challenge};

@@ -49,6 +49,7 @@ pub fn policy_from_evidence(
         },
         trust: TrustRoots {
             ak_names: vec![ak.name_hex()],
+            ek_roots: None,
         },
         interval: "30s".to_owned(),
         max_evidence_age: "5m".to_owned(),

@@ -4,6 +4,7 @@ use aver_crds::Sha256Digest;
 use serde::Serialize;
 
 use crate::binding::Nonce;
+use crate::ek::ActivatedAk;
 use crate::eventlog::LaunchMeasurements;
 
 /// Proof that evidence passed every check against a policy. Only
@@ -30,6 +31,10 @@ pub struct VerifiedReport {
     pub launch: LaunchMeasurements,
     /// Whether the quote was shared with other challenges (Merkle batch).
     pub batched: bool,
+    /// How the AK was proven TPM-resident, when it was by credential
+    /// activation against `trust.ekRoots` (absent: trusted by `akNames`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activation: Option<ActivatedAk>,
 }
 
 /// TPMS_CLOCK_INFO and firmware version of the quote.
@@ -56,6 +61,12 @@ impl VerifiedReport {
         let mut out = String::new();
         let _ = writeln!(out, "verified: evidence accepted by policy");
         let _ = writeln!(out, "  attestation key   {}", self.ak_name);
+        match &self.activation {
+            Some(activation) => out.push_str(&activation.to_text()),
+            None => {
+                let _ = writeln!(out, "  ak trust          listed in trust.akNames");
+            }
+        }
         let _ = writeln!(
             out,
             "  tpm clock         reset {} restart {} clock {} ms firmware {:#x}",

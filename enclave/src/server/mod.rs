@@ -3,6 +3,9 @@
 //! Routes on the one TLS 1.3 listener:
 //! - `GET /.well-known/aver/evidence?nonce=<64 hex>`: evidence bound to this
 //!   server's (only) certificate key, batched with concurrent challenges;
+//! - `GET /.well-known/aver/activate`: the AK public area and the TPM's EK
+//!   certificates; `POST` the same path with a credential made for them to
+//!   have the TPM activate it (`aver_verifier::ek::activation`);
 //! - `GET /healthz`: the process is alive;
 //! - `GET /readyz`: measurement is done (always, once serving) and the
 //!   inference engine accepts connections;
@@ -19,8 +22,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aver_verifier::binding::Nonce;
-use aver_verifier::client::EVIDENCE_PATH;
+use aver_verifier::client::{ACTIVATE_PATH, EVIDENCE_PATH};
+use aver_verifier::ek::activation::MAX_ACTIVATION_BYTES;
+use aver_verifier::ek::{ActivationRequest, ActivationResponse, ACTIVATION_VERSION};
+use aver_verifier::evidence::Base64Bytes;
+use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -29,6 +37,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::batcher::{BatchConfig, QuoteBatcher};
+use crate::endorsement::ActivateError;
 use crate::launch::Enclave;
 use body::BoxBody;
 use proxy::Proxy;
@@ -66,10 +75,14 @@ struct Counters {
     evidence_requests: AtomicU64,
     evidence_failures: AtomicU64,
     proxied_requests: AtomicU64,
+    activations: AtomicU64,
+    activation_refusals: AtomicU64,
 }
 
 struct AppState {
     batcher: QuoteBatcher,
+    /// The activation offer as served (JSON), or why it is unavailable.
+    activation_offer: Result<Bytes, String>,
     proxy: Proxy,
     counters: Counters,
 }
@@ -104,12 +117,27 @@ impl Server {
             certificate_sha256 = %hex::encode(Sha256::digest(cert_der.as_ref())),
             "TLS identity ready"
         );
+        let mut enclave = enclave;
+        let activation_offer = match enclave.activation_offer(Vec::new()) {
+            Ok(offer) => {
+                tracing::info!(
+                    ek_certificates = offer.endorsement_keys.len(),
+                    "activation offer ready"
+                );
+                Ok(Bytes::from(serde_json::to_vec(&offer).unwrap_or_default()))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the EK certificates: activation unavailable");
+                Err(e.to_string())
+            }
+        };
         let batcher = QuoteBatcher::start(enclave, config.batch).map_err(ServeError::Worker)?;
         Ok(Self {
             listener,
             acceptor: TlsAcceptor::from(tls_config),
             state: Arc::new(AppState {
                 batcher,
+                activation_offer,
                 proxy,
                 counters: Counters::default(),
             }),
@@ -182,6 +210,9 @@ async fn route(state: &AppState, request: Request<Incoming>) -> Response<BoxBody
     match (request.method(), path) {
         (&Method::GET, EVIDENCE_PATH) => evidence(state, request.uri().query()).await,
         (_, EVIDENCE_PATH) => body::error(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
+        (&Method::GET, ACTIVATE_PATH) => activation_offer(state),
+        (&Method::POST, ACTIVATE_PATH) => activate(state, request).await,
+        (_, ACTIVATE_PATH) => body::error(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST"),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => readyz(state).await,
         (&Method::GET, "/metrics") => metrics(state),
@@ -234,6 +265,73 @@ async fn evidence(state: &AppState, query: Option<&str>) -> Response<BoxBody> {
     }
 }
 
+fn activation_offer(state: &AppState) -> Response<BoxBody> {
+    match &state.activation_offer {
+        Ok(json) => Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body::full(json.clone()))
+            .unwrap_or_else(|_| body::error(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed")),
+        Err(reason) => body::error(StatusCode::SERVICE_UNAVAILABLE, reason),
+    }
+}
+
+/// TPM2_ActivateCredential for a verifier. A refusal by the TPM (the
+/// credential is not for this TPM's EK and AK) is 422, so that a verifier
+/// can tell "not resident" from "TPM unavailable" (503).
+async fn activate(state: &AppState, request: Request<Incoming>) -> Response<BoxBody> {
+    let body = match Limited::new(request.into_body(), MAX_ACTIVATION_BYTES)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return body::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "activation request too large or cut short",
+            )
+        }
+    };
+    let request = match ActivationRequest::from_json(&body) {
+        Ok(request) => request,
+        Err(e) => return body::error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let kind = request.kind;
+    match state.batcher.activate(request).await {
+        Ok(secret) => {
+            state.counters.activations.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(ek = %kind, "credential activated");
+            let response = ActivationResponse {
+                version: ACTIVATION_VERSION,
+                credential: Base64Bytes(secret),
+            };
+            Response::builder()
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::CACHE_CONTROL, "no-store")
+                .body(body::full(
+                    serde_json::to_vec(&response).unwrap_or_default(),
+                ))
+                .unwrap_or_else(|_| {
+                    body::error(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed")
+                })
+        }
+        Err(e @ ActivateError::Refused(_)) => {
+            state
+                .counters
+                .activation_refusals
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(ek = %kind, error = %e, "credential activation refused");
+            body::error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string())
+        }
+        Err(e @ (ActivateError::UnsupportedVersion(_) | ActivateError::TooLarge(_))) => {
+            body::error(StatusCode::BAD_REQUEST, &e.to_string())
+        }
+        Err(e) => {
+            tracing::error!(ek = %kind, error = %e, "credential activation failed");
+            body::error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+        }
+    }
+}
+
 async fn readyz(state: &AppState) -> Response<BoxBody> {
     let probe = tokio::net::TcpStream::connect(state.proxy.authority());
     match tokio::time::timeout(Duration::from_secs(1), probe).await {
@@ -264,12 +362,20 @@ fn metrics(state: &AppState) -> Response<BoxBody> {
          aver_enclave_challenges_total {}\n\
          # HELP aver_enclave_proxied_requests_total Requests forwarded to the inference engine.\n\
          # TYPE aver_enclave_proxied_requests_total counter\n\
-         aver_enclave_proxied_requests_total {}\n",
+         aver_enclave_proxied_requests_total {}\n\
+         # HELP aver_enclave_activations_total Credentials the TPM activated for verifiers.\n\
+         # TYPE aver_enclave_activations_total counter\n\
+         aver_enclave_activations_total {}\n\
+         # HELP aver_enclave_activation_refusals_total Credentials the TPM refused to activate.\n\
+         # TYPE aver_enclave_activation_refusals_total counter\n\
+         aver_enclave_activation_refusals_total {}\n",
         load(&c.evidence_requests),
         load(&c.evidence_failures),
         load(&stats.quotes),
         load(&stats.challenges),
         load(&c.proxied_requests),
+        load(&c.activations),
+        load(&c.activation_refusals),
     );
     Response::builder()
         .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")

@@ -14,14 +14,16 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use super::activation::ActivationMode;
 use super::error::ClientError;
 use super::spki::spki_sha256;
 use super::tls::{client_config, KeyAcceptance};
 use super::EVIDENCE_PATH;
 use crate::binding::Nonce;
+use crate::ek::ActivationCache;
 use crate::evidence::{Evidence, MAX_EVIDENCE_BYTES};
 use crate::report::VerifiedReport;
-use crate::verify::{verify, Challenge};
+use crate::verify::{verify_activated, Challenge};
 
 /// Where an enclave listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,10 +91,29 @@ impl std::fmt::Debug for AttestedConnection {
 impl AttestedConnection {
     /// Connects, fetches evidence over the new connection with a fresh
     /// nonce, and verifies it against `policy` bound to this connection's key.
+    ///
+    /// An AK that `trust.akNames` does not list is activated on this
+    /// connection when the policy has `trust.ekRoots` (the proof is not
+    /// kept: use [`Self::attest_with`] with a shared cache to activate each
+    /// TPM once).
     pub async fn attest(
         endpoint: &Endpoint,
         policy: &AttestationPolicy,
         timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let cache = ActivationCache::default();
+        Self::attest_with(endpoint, policy, timeout, ActivationMode::IfNeeded(&cache)).await
+    }
+
+    /// [`Self::attest`], with credential activation of the AK as `mode`
+    /// says: the evidence is fetched first, then (if needed) the AK is
+    /// activated over this same connection, then the evidence is verified
+    /// with the activation proof.
+    pub async fn attest_with(
+        endpoint: &Endpoint,
+        policy: &AttestationPolicy,
+        timeout: Duration,
+        mode: ActivationMode<'_>,
     ) -> Result<Self, ClientError> {
         let mut connection = Self::open(endpoint, KeyAcceptance::ToBeAttested, timeout).await?;
         let nonce = Nonce::random();
@@ -101,7 +122,8 @@ impl AttestedConnection {
             nonce,
             spki_sha256: connection.spki_sha256,
         };
-        let report = verify(&evidence, &challenge, policy)?;
+        let activated = connection.activation_for(&evidence, policy, mode).await?;
+        let report = verify_activated(&evidence, &challenge, policy, activated.as_ref())?;
         tracing::debug!(endpoint = %endpoint.authority(), spki = %report.spki_sha256, "endpoint attested");
         connection.report = Some(report);
         Ok(connection)
@@ -120,7 +142,10 @@ impl AttestedConnection {
             nonce,
             spki_sha256: self.spki_sha256,
         };
-        let report = verify(&evidence, &challenge, policy)?;
+        // The AK cannot change on a live connection's enclave; its
+        // activation proof (if that is how it was trusted) still holds.
+        let activated = self.report.as_ref().and_then(|r| r.activation.clone());
+        let report = verify_activated(&evidence, &challenge, policy, activated.as_ref())?;
         Ok(self.report.insert(report))
     }
 
@@ -273,7 +298,7 @@ impl AttestedConnection {
         self.send_raw(request).await
     }
 
-    async fn send_raw(
+    pub(super) async fn send_raw(
         &mut self,
         request: Request<Full<Bytes>>,
     ) -> Result<Response<Incoming>, ClientError> {

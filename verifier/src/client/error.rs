@@ -34,6 +34,12 @@ pub enum ClientError {
     },
     #[error("evidence from {endpoint} is larger than {limit} bytes")]
     EvidenceTooLarge { endpoint: String, limit: usize },
+    #[error("{endpoint} answered the activation request with HTTP {status}: {message}")]
+    ActivationStatus {
+        endpoint: String,
+        status: http::StatusCode,
+        message: String,
+    },
     #[error("attestation refused: {0}")]
     Verify(#[from] VerifyError),
     #[error("invalid request: {0}")]
@@ -50,6 +56,7 @@ impl ClientError {
             Self::Http { .. } | Self::EvidenceStatus { .. } | Self::EvidenceTooLarge { .. } => {
                 "evidence-fetch"
             }
+            Self::ActivationStatus { .. } => "activation-fetch",
             Self::Verify(e) => e.reason(),
         }
     }

@@ -5,17 +5,21 @@
 //!    provisionally and noting the key's SPKI digest.
 //! 2. On that same connection, `GET /.well-known/aver/evidence?nonce=…` with
 //!    a fresh random nonce.
-//! 3. Verify the evidence against the policy, bound to (nonce, SPKI).
+//! 3. Verify the evidence against the policy, bound to (nonce, SPKI). An
+//!    AK the policy trusts only through `trust.ekRoots` is first activated
+//!    on the same connection (`/.well-known/aver/activate`), once per TPM.
 //! 4. Only then send the caller's request, on the same connection, and pin
 //!    the SPKI so later connections skip step 2 until the policy's
 //!    `maxEvidenceAge` has passed.
 
+mod activation;
 mod connection;
 mod error;
 mod pins;
 pub mod spki;
 pub mod tls;
 
+pub use activation::ActivationMode;
 pub use connection::{AttestedConnection, Endpoint};
 pub use error::ClientError;
 pub use pins::{Pin, PinStore};
@@ -29,10 +33,15 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::clock::ClockHistory;
+use crate::ek::ActivationCache;
 use crate::report::VerifiedReport;
 
 /// Path of the evidence endpoint every enclave serves.
 pub const EVIDENCE_PATH: &str = "/.well-known/aver/evidence";
+
+/// Path of the credential activation endpoint (GET: offer, POST: activate;
+/// see [`crate::ek::activation`]).
+pub const ACTIVATE_PATH: &str = "/.well-known/aver/activate";
 
 /// An HTTP client that attests every endpoint before use. Cheap to clone;
 /// clones share pins and the TPM clock history.
@@ -42,6 +51,7 @@ pub struct AttestedClient {
     max_age: Duration,
     pins: PinStore,
     clocks: Arc<Mutex<ClockHistory>>,
+    activations: ActivationCache,
     connect_timeout: Duration,
 }
 
@@ -58,6 +68,7 @@ impl AttestedClient {
             max_age,
             pins: PinStore::default(),
             clocks: Arc::new(Mutex::new(ClockHistory::new())),
+            activations: ActivationCache::default(),
             connect_timeout: Duration::from_secs(10),
         })
     }
@@ -75,11 +86,39 @@ impl AttestedClient {
         &self.pins
     }
 
+    /// Activated AKs, one per TPM seen (DESIGN §3.5), shared by clones.
+    pub fn activations(&self) -> &ActivationCache {
+        &self.activations
+    }
+
     /// Opens a fresh connection and attests it, whatever is pinned, and pins
     /// the verified key. This is what `aver verify` and the controller do.
+    /// An AK not in `trust.akNames` is activated against `trust.ekRoots`
+    /// once per TPM; later attestations reuse the cached proof.
     pub async fn attest(&self, endpoint: &Endpoint) -> Result<AttestedConnection, ClientError> {
+        self.attest_with(endpoint, ActivationMode::IfNeeded(&self.activations))
+            .await
+    }
+
+    /// [`Self::attest`], activating the AK afresh whatever is cached or
+    /// listed (`aver verify --activate`); the policy must have
+    /// `trust.ekRoots`.
+    pub async fn attest_activating(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<AttestedConnection, ClientError> {
+        self.attest_with(endpoint, ActivationMode::Always(&self.activations))
+            .await
+    }
+
+    async fn attest_with(
+        &self,
+        endpoint: &Endpoint,
+        mode: ActivationMode<'_>,
+    ) -> Result<AttestedConnection, ClientError> {
         let connection =
-            AttestedConnection::attest(endpoint, &self.policy, self.connect_timeout).await?;
+            AttestedConnection::attest_with(endpoint, &self.policy, self.connect_timeout, mode)
+                .await?;
         if let Some(report) = connection.report() {
             self.observe_clock(report)?;
             self.pins.insert(

@@ -19,6 +19,12 @@ pub struct Args {
     /// Seconds to wait for the connection and TLS handshake.
     #[arg(long, default_value_t = 10)]
     pub connect_timeout: u64,
+    /// Prove the attestation key is resident in a genuine TPM now: validate
+    /// the TPM's EK certificate chain against the policy's trust.ekRoots
+    /// and have the TPM activate a credential made for it, even if the key
+    /// is also listed in trust.akNames.
+    #[arg(long)]
+    pub activate: bool,
 }
 
 pub fn run(args: Args) -> CommandResult {
@@ -28,9 +34,18 @@ pub fn run(args: Args) -> CommandResult {
         .map_err(client_failure)?
         .with_connect_timeout(Duration::from_secs(args.connect_timeout));
     let runtime = super::runtime()?;
-    let connection = runtime
-        .block_on(client.attest(&endpoint))
-        .map_err(client_failure)?;
+    let attestation = if args.activate {
+        if client.policy().trust.ek_roots.is_none() {
+            return Err(anyhow::anyhow!(
+                "--activate needs trust.ekRoots (the TPM manufacturer CA certificates) in the policy"
+            )
+            .into());
+        }
+        runtime.block_on(client.attest_activating(&endpoint))
+    } else {
+        runtime.block_on(client.attest(&endpoint))
+    };
+    let connection = attestation.map_err(client_failure)?;
     let Some(report) = connection.report() else {
         return Err(anyhow::anyhow!("attestation produced no report").into());
     };

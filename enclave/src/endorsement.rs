@@ -1,0 +1,224 @@
+//! The TPM's endorsement key (EK): its certificates, read from the TCG NV
+//! indices, and TPM2_ActivateCredential, which lets a verifier prove that
+//! the AK is resident in the TPM those certificates vouch for (DESIGN §3.5,
+//! protocol in `aver_verifier::ek::activation`).
+//!
+//! The EKs are the TCG default (low-range) templates, RSA 2048 and ECC NIST
+//! P-256, re-created from the endorsement seed with TPM2_CreatePrimary, so
+//! their public keys are the ones the manufacturer certified (the
+//! high-range P-384 EK that swtpm_setup also provisions is not used). Their
+//! authPolicy is PolicySecret(TPM_RH_ENDORSEMENT), which is satisfied with
+//! a policy session and the (empty) endorsement authorization.
+
+use aver_verifier::ek::{ActivationOffer, ActivationRequest, EkKind, ACTIVATION_VERSION};
+use aver_verifier::evidence::Base64Bytes;
+use tss_esapi::abstraction::{ek, nv, AsymmetricAlgorithmSelection};
+use tss_esapi::constants::{CapabilityType, SessionType};
+use tss_esapi::handles::{
+    AuthHandle, KeyHandle, NvIndexTpmHandle, ObjectHandle, SessionHandle, TpmHandle,
+};
+use tss_esapi::interface_types::algorithm::HashingAlgorithm;
+use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::key_bits::RsaKeyBits;
+use tss_esapi::interface_types::resource_handles::NvAuth;
+use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
+use tss_esapi::structures::{CapabilityData, EncryptedSecret, IdObject, SymmetricDefinition};
+use tss_esapi::Context;
+
+use crate::tpm::{describe, Tpm, TpmError};
+
+/// Why a credential was not activated.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("activation request version {0} is not supported (this enclave understands version {ACTIVATION_VERSION})")]
+    UnsupportedVersion(u32),
+    #[error("{0} does not fit the TPM structure it is passed in")]
+    TooLarge(&'static str),
+    /// The TPM itself refused: wrong EK, an AK name other than the loaded
+    /// AK's, or a tampered blob all end here (TPM_RC_INTEGRITY and kin).
+    #[error("the TPM refused TPM2_ActivateCredential: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Tpm(#[from] TpmError),
+    #[error("the TPM worker has stopped")]
+    WorkerStopped,
+}
+
+/// The EK certificates in the TPM's NV, RSA first. An index that is not
+/// defined is skipped; a defined index that cannot be read is an error.
+pub fn read_certificates(tpm: &mut Tpm) -> Result<Vec<(EkKind, Vec<u8>)>, TpmError> {
+    let (context, _) = tpm.context_and_ak();
+    let defined = defined_nv_indices(context)?;
+    let mut certificates = Vec::new();
+    for kind in [EkKind::Rsa2048, EkKind::EccP256] {
+        let index = kind.certificate_nv_index();
+        if !defined.contains(&index) {
+            continue;
+        }
+        let handle = NvIndexTpmHandle::new(index).map_err(nv_error(index))?;
+        let auth = context
+            .execute_without_session(|ctx| {
+                ctx.tr_from_tpm_public(TpmHandle::NvIndex(handle))
+                    .map(|object| NvAuth::NvIndex(object.into()))
+            })
+            .map_err(nv_error(index))?;
+        let der = context
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
+                nv::read_full(ctx, auth, handle)
+            })
+            .map_err(nv_error(index))?;
+        certificates.push((kind, der));
+    }
+    Ok(certificates)
+}
+
+fn nv_error(index: u32) -> impl FnOnce(tss_esapi::Error) -> TpmError {
+    move |source| TpmError::UnexpectedResponse {
+        command: "NV_Read",
+        reason: format!(
+            "cannot read EK certificate NV index 0x{index:08x}: {}",
+            describe(&source)
+        ),
+    }
+}
+
+/// NV indices defined in the EK certificate range 0x01c00000..
+fn defined_nv_indices(context: &mut Context) -> Result<Vec<u32>, TpmError> {
+    let (capability, _) = context
+        .get_capability(CapabilityType::Handles, 0x01c0_0000, 64)
+        .map_err(|source| TpmError::Command {
+            command: "GetCapability",
+            source,
+        })?;
+    match capability {
+        CapabilityData::Handles(list) => Ok(list
+            .into_inner()
+            .into_iter()
+            .filter_map(|h| match h {
+                TpmHandle::NvIndex(index) => Some(u32::from(index)),
+                _ => None,
+            })
+            .collect()),
+        _ => Err(TpmError::UnexpectedResponse {
+            command: "GetCapability",
+            reason: "asked for handles, got another capability".into(),
+        }),
+    }
+}
+
+/// The offer a verifier activates against: the AK public area and the EK
+/// certificates (with optional intermediates from configuration).
+pub fn offer(
+    ak_public: Vec<u8>,
+    certificates: Vec<(EkKind, Vec<u8>)>,
+    chain: Vec<Vec<u8>>,
+) -> ActivationOffer {
+    ActivationOffer {
+        version: ACTIVATION_VERSION,
+        ak_public: Base64Bytes(ak_public),
+        endorsement_keys: certificates
+            .into_iter()
+            .map(|(kind, der)| aver_verifier::ek::EndorsementCertificate {
+                kind,
+                certificate: Base64Bytes(der),
+            })
+            .collect(),
+        ek_chain: chain.into_iter().map(Base64Bytes).collect(),
+    }
+}
+
+/// Runs TPM2_ActivateCredential with the AK as the object and the EK of
+/// `request.kind` as the decryption key; returns the released secret.
+///
+/// The EK is created for the activation and flushed after it: without a
+/// resource manager (swtpm, /dev/tpm0) a transient object outlives the
+/// connection, and an EK left loaded by every enclave start would soon
+/// fill the TPM's few object slots. Activations are rare (once per TPM
+/// per verifier), so the cost of re-creating the primary is acceptable.
+pub fn activate(tpm: &mut Tpm, request: &ActivationRequest) -> Result<Vec<u8>, ActivateError> {
+    if request.version != ACTIVATION_VERSION {
+        return Err(ActivateError::UnsupportedVersion(request.version));
+    }
+    let blob = IdObject::try_from(request.credential_blob.0.clone())
+        .map_err(|_| ActivateError::TooLarge("credentialBlob"))?;
+    let secret = EncryptedSecret::try_from(request.encrypted_secret.0.clone())
+        .map_err(|_| ActivateError::TooLarge("encryptedSecret"))?;
+    let selection = match request.kind {
+        EkKind::Rsa2048 => AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048),
+        EkKind::EccP256 => AsymmetricAlgorithmSelection::Ecc(EccCurve::NistP256),
+    };
+    let (context, ak) = tpm.context_and_ak();
+    let ek =
+        ek::create_ek_object_2(context, selection, None).map_err(|source| TpmError::Command {
+            command: "CreatePrimary",
+            source,
+        })?;
+    let result = activate_with(context, ak, ek, blob, secret);
+    let flushed = context.flush_context(ObjectHandle::from(ek));
+    let released = result?;
+    flushed.map_err(|source| TpmError::Command {
+        command: "FlushContext",
+        source,
+    })?;
+    Ok(released)
+}
+
+fn activate_with(
+    context: &mut Context,
+    ak: KeyHandle,
+    ek: KeyHandle,
+    blob: IdObject,
+    secret: EncryptedSecret,
+) -> Result<Vec<u8>, ActivateError> {
+    let session = endorsement_policy_session(context)?;
+    context.set_sessions((Some(AuthSession::Password), Some(session), None));
+    let result = context.activate_credential(ak, ek, blob, secret);
+    context.clear_sessions();
+    // ESYS starts sessions with continueSession set, so the session outlives
+    // the command either way; a TPM has room for only a few.
+    let _ = context.flush_context(ObjectHandle::from(SessionHandle::from(session)));
+    let released = result.map_err(|e| ActivateError::Refused(describe(&e)))?;
+    Ok(released.value().to_vec())
+}
+
+/// A policy session satisfying the default EK authPolicy,
+/// PolicySecret(TPM_RH_ENDORSEMENT), authorized with the endorsement
+/// hierarchy's (empty) password.
+fn endorsement_policy_session(context: &mut Context) -> Result<AuthSession, TpmError> {
+    let fail = |command: &'static str| move |source| TpmError::Command { command, source };
+    let session = context
+        .start_auth_session(
+            None,
+            None,
+            None,
+            SessionType::Policy,
+            SymmetricDefinition::AES_128_CFB,
+            HashingAlgorithm::Sha256,
+        )
+        .map_err(fail("StartAuthSession"))?
+        .ok_or_else(|| TpmError::UnexpectedResponse {
+            command: "StartAuthSession",
+            reason: "no session handle returned".into(),
+        })?;
+    let satisfied = PolicySession::try_from(session)
+        .map_err(fail("StartAuthSession"))
+        .and_then(|policy| {
+            context
+                .execute_with_session(Some(AuthSession::Password), |ctx| {
+                    ctx.policy_secret(
+                        policy,
+                        AuthHandle::Endorsement,
+                        Default::default(),
+                        Default::default(),
+                        Default::default(),
+                        None,
+                    )
+                })
+                .map_err(fail("PolicySecret"))
+        });
+    if let Err(error) = satisfied {
+        let _ = context.flush_context(ObjectHandle::from(SessionHandle::from(session)));
+        return Err(error);
+    }
+    Ok(session)
+}

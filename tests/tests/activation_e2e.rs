@@ -1,0 +1,241 @@
+//! Zero-trust AK activation end to end (DESIGN §3.5): swtpm manufactured
+//! with an EK certificate from a test CA, `aver-enclave serve`, and the
+//! attested client / `aver verify --activate` with a policy that trusts no
+//! AK by name, only the CA (`trust.ekRoots`).
+
+use std::time::Duration;
+
+use aver_crds::AttestationPolicy;
+use aver_tests::ek_ca::TestCa;
+use aver_tests::node::{EnclaveProcess, TestNode};
+use aver_tests::stub_upstream::StubUpstream;
+use aver_tests::{cargo_bin, require_swtpm, Swtpm};
+use aver_verifier::client::{AttestedClient, ClientError, Endpoint};
+use aver_verifier::ek::{ActivationError, EkChainError, EkKind};
+use aver_verifier::error::VerifyError;
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+struct Rig {
+    ca: TestCa,
+    node: TestNode,
+    stub: StubUpstream,
+    enclave: EnclaveProcess,
+}
+
+async fn rig() -> Rig {
+    let ca = TestCa::new("aver e2e TPM CA").unwrap();
+    let node = TestNode::with_tpm(Swtpm::start_with_ek_cert(&ca).unwrap()).unwrap();
+    let stub = StubUpstream::start().await.unwrap();
+    let enclave = node.serve(&stub.url(), &[]).unwrap();
+    Rig {
+        ca,
+        node,
+        stub,
+        enclave,
+    }
+}
+
+/// The node's policy, trusting AKs only through `roots`.
+fn ek_policy(node: &TestNode, roots: &str) -> AttestationPolicy {
+    let mut policy = node.policy().unwrap();
+    policy.trust.ak_names.clear();
+    policy.trust.ek_roots = Some(roots.to_owned());
+    policy.validate().unwrap();
+    policy
+}
+
+fn get(url: &str, path: &str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(Method::GET)
+        .uri(format!("{url}{path}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+async fn metric(client: &AttestedClient, url: &str, name: &str) -> u64 {
+    let response = tokio::time::timeout(PATIENCE, client.request(get(url, "/metrics")))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&text)
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} missing"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_trust_client_activates_each_tpm_once() {
+    require_swtpm!();
+    let rig = rig().await;
+    let client = AttestedClient::new(ek_policy(&rig.node, rig.ca.root_pem())).unwrap();
+    let endpoint = Endpoint::from_url(&rig.enclave.url).unwrap();
+
+    let first = tokio::time::timeout(PATIENCE, client.attest(&endpoint))
+        .await
+        .unwrap()
+        .expect("attested through the EK chain");
+    let report = first.report().expect("fresh report");
+    let activation = report.activation.as_ref().expect("trusted by activation");
+    assert_eq!(activation.ak_name, report.ak_name);
+    assert_eq!(activation.ek.kind, EkKind::Rsa2048);
+    assert!(report.to_text().contains("ak residency      activated"));
+    assert_eq!(client.activations().len(), 1);
+
+    // Re-attestation reuses the proof: the TPM activated exactly once.
+    let second = client.attest(&endpoint).await.expect("attested again");
+    assert!(second
+        .report()
+        .and_then(|r| r.activation.as_ref())
+        .is_some());
+    assert_eq!(
+        metric(&client, &rig.enclave.url, "aver_enclave_activations_total").await,
+        1
+    );
+    // And requests flow as with an AK trusted by name.
+    let response = client
+        .request(get(&rig.enclave.url, "/v1/models"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_manufacturer_ca_is_refused_before_any_request() {
+    require_swtpm!();
+    let rig = rig().await;
+    let other = TestCa::new("not the manufacturer").unwrap();
+    let client = AttestedClient::new(ek_policy(&rig.node, other.root_pem())).unwrap();
+    let error = client
+        .request(get(&rig.enclave.url, "/v1/models"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            ClientError::Verify(VerifyError::Activation(ActivationError::EkChain {
+                source: EkChainError::UntrustedIssuer { .. },
+                ..
+            }))
+        ),
+        "{error}"
+    );
+    assert_eq!(error.reason(), "ek-chain");
+    assert_eq!(rig.stub.requests(), 0, "nothing reached the engine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tpm_without_an_ek_certificate_cannot_satisfy_ek_roots() {
+    require_swtpm!();
+    let ca = TestCa::new("aver e2e TPM CA").unwrap();
+    let node = TestNode::start().unwrap();
+    let stub = StubUpstream::start().await.unwrap();
+    let enclave = node.serve(&stub.url(), &[]).unwrap();
+    let client = AttestedClient::new(ek_policy(&node, ca.root_pem())).unwrap();
+    let error = client
+        .attest(&Endpoint::from_url(&enclave.url).unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ClientError::Verify(VerifyError::Activation(ActivationError::NoEkCertificate))
+        ),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aver_verify_activate_reports_the_ek_chain() {
+    require_swtpm!();
+    let rig = rig().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The AK is also listed: --activate proves residency anyway.
+    let mut policy = ek_policy(&rig.node, rig.ca.root_pem());
+    policy.trust.ak_names = vec![rig.node.ak_name().unwrap()];
+    let path = dir.path().join("policy.yaml");
+    std::fs::write(&path, policy.to_yaml()).unwrap();
+
+    let output = std::process::Command::new(cargo_bin("aver"))
+        .args(["verify", &rig.enclave.url, "--activate", "--policy"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "aver verify --activate failed: {}{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for expected in [
+        "ak residency      activated: the TPM of the rsa2048 EK below released the credential",
+        "tpm             id:00001014 model swtpm version id:20191023",
+        "issued by       \"O=aver tests, CN=aver e2e TPM CA\" (trust.ekRoots)",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+
+    // Without trust.ekRoots there is nothing to activate against.
+    policy.trust.ek_roots = None;
+    std::fs::write(&path, policy.to_yaml()).unwrap();
+    let output = std::process::Command::new(cargo_bin("aver"))
+        .args(["verify", &rig.enclave.url, "--activate", "--policy"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--activate needs trust.ekRoots"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_activates_each_node_once_and_records_it() {
+    use aver_controller::tls_attester::TlsAttester;
+    use aver_controller::{AttestTarget, EndpointAttester as _};
+
+    require_swtpm!();
+    let rig = rig().await;
+    let policy = ek_policy(&rig.node, rig.ca.root_pem());
+    let attester = TlsAttester::new(Duration::from_secs(10));
+    let target = AttestTarget {
+        pod: "model-0".into(),
+        pod_uid: "uid-0".into(),
+        node: "tpm-node".into(),
+        address: "127.0.0.1".into(),
+        port: rig.enclave.port,
+    };
+    let first = attester.attest(&target, &policy).await.expect("attested");
+    let recorded = first
+        .measurements
+        .ak_activation
+        .clone()
+        .expect("status records the activation");
+    assert_eq!(recorded.ek_kind, "rsa2048");
+    assert_eq!(
+        recorded.tpm.as_deref(),
+        Some("id:00001014 model swtpm version id:20191023")
+    );
+    assert_eq!(recorded.ek_issuer, "\"O=aver tests, CN=aver e2e TPM CA\"");
+
+    // Re-attestation reuses the proof (same activation time), and the TPM
+    // saw one activation only.
+    let second = attester
+        .attest(&target, &policy)
+        .await
+        .expect("re-attested");
+    assert_eq!(second.measurements.ak_activation, Some(recorded));
+    assert_eq!(attester.activations().len(), 1);
+    let client = AttestedClient::new(policy).unwrap();
+    assert_eq!(
+        metric(&client, &rig.enclave.url, "aver_enclave_activations_total").await,
+        2,
+        "one activation by the controller, one by this test's own client"
+    );
+}

@@ -1,0 +1,182 @@
+//! Credential activation over an attested connection (DESIGN §3.5):
+//! `GET` the enclave's [`ActivationOffer`], check its EK certificate chain
+//! and wrap a secret to the certified EK in software, `POST` the credential
+//! and compare what the TPM released. The pure steps are in
+//! [`crate::ek::activation`]; this module only moves the documents.
+
+use aver_crds::AttestationPolicy;
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt as _, Full, Limited};
+
+use super::connection::AttestedConnection;
+use super::error::ClientError;
+use super::ACTIVATE_PATH;
+use crate::ek::activation::{unix_now, MAX_ACTIVATION_BYTES, MAX_OFFER_BYTES};
+use crate::ek::chain::roots_sha256;
+use crate::ek::{
+    ActivatedAk, ActivationCache, ActivationError, ActivationOffer, ActivationRequest,
+    ActivationResponse, PendingActivation, TrustAnchors,
+};
+use crate::evidence::Evidence;
+use crate::tpm::AkPublic;
+
+/// When an attestation proves the AK's residency by credential activation.
+#[derive(Debug, Clone, Copy)]
+pub enum ActivationMode<'a> {
+    /// When the policy needs it: it has `trust.ekRoots` and `trust.akNames`
+    /// does not list the AK. A proof in the cache for the same AK and roots
+    /// is reused; a new one is added.
+    IfNeeded(&'a ActivationCache),
+    /// Always, afresh, even if the AK is listed or cached (`aver verify
+    /// --activate`); the proof is added to the cache. Needs `trust.ekRoots`.
+    Always(&'a ActivationCache),
+}
+
+/// A non-success answer from the activation endpoint.
+enum Answer {
+    Refused(String),
+}
+
+impl AttestedConnection {
+    /// The proof of the evidence's AK that `mode` asks for, if any.
+    pub(super) async fn activation_for(
+        &mut self,
+        evidence: &Evidence,
+        policy: &AttestationPolicy,
+        mode: ActivationMode<'_>,
+    ) -> Result<Option<ActivatedAk>, ClientError> {
+        let (cache, always) = match mode {
+            ActivationMode::IfNeeded(cache) => (cache, false),
+            ActivationMode::Always(cache) => (cache, true),
+        };
+        let Some(roots) = policy.trust.ek_roots.as_deref() else {
+            if always {
+                return Err(crate::VerifyError::from(ActivationError::NoEkRoots).into());
+            }
+            return Ok(None);
+        };
+        if !always {
+            // An unparsable AK is reported by verification, with context.
+            let Ok(ak) = AkPublic::parse(&evidence.ak_public.0) else {
+                return Ok(None);
+            };
+            let name = ak.name_hex();
+            if policy
+                .trust
+                .ak_names
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(&name))
+            {
+                return Ok(None);
+            }
+            if let Some(proof) = cache.find(&name, &roots_sha256(roots), unix_now()) {
+                return Ok(Some(proof));
+            }
+        }
+        let activated = self.activate(roots).await?;
+        tracing::debug!(
+            endpoint = %self.endpoint().authority(),
+            ak = %activated.ak_name,
+            ek = %activated.ek.certificate_sha256,
+            "attestation key activated"
+        );
+        cache.insert(activated.clone());
+        Ok(Some(activated))
+    }
+
+    /// Activates the enclave's AK against the EK roots `roots` (a PEM
+    /// bundle, the policy's `trust.ekRoots`).
+    pub async fn activate(&mut self, roots: &str) -> Result<ActivatedAk, ClientError> {
+        let anchors = TrustAnchors::from_pem(roots)
+            .map_err(|e| crate::VerifyError::from(ActivationError::BadRoots(e)))?;
+        let offer = self.activation_offer().await?;
+        let (request, pending) =
+            PendingActivation::prepare(&offer, &anchors, unix_now(), &mut rand::thread_rng())
+                .map_err(crate::VerifyError::from)?;
+        let result = match self.submit_activation(&request).await? {
+            Ok(response) => pending.complete(&response),
+            Err(Answer::Refused(message)) => Err(pending.refused(message)),
+        };
+        result.map_err(|e| crate::VerifyError::from(e).into())
+    }
+
+    /// `GET /.well-known/aver/activate`.
+    pub async fn activation_offer(&mut self) -> Result<ActivationOffer, ClientError> {
+        let body = self
+            .activation_exchange(Method::GET, Bytes::new(), MAX_OFFER_BYTES)
+            .await?
+            .map_err(|Answer::Refused(message)| ClientError::ActivationStatus {
+                endpoint: self.endpoint().authority(),
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                message,
+            })?;
+        ActivationOffer::from_json(&body).map_err(|e| crate::VerifyError::from(e).into())
+    }
+
+    /// `POST /.well-known/aver/activate`: the TPM's answer, or its refusal
+    /// (HTTP 422) as a message.
+    async fn submit_activation(
+        &mut self,
+        request: &ActivationRequest,
+    ) -> Result<Result<ActivationResponse, Answer>, ClientError> {
+        let json = serde_json::to_vec(request).map_err(|e| ClientError::Request(e.to_string()))?;
+        match self
+            .activation_exchange(Method::POST, Bytes::from(json), MAX_ACTIVATION_BYTES)
+            .await?
+        {
+            Ok(body) => ActivationResponse::from_json(&body)
+                .map(Ok)
+                .map_err(|e| crate::VerifyError::from(e).into()),
+            Err(refused) => Ok(Err(refused)),
+        }
+    }
+
+    async fn activation_exchange(
+        &mut self,
+        method: Method,
+        body: Bytes,
+        limit: usize,
+    ) -> Result<Result<Bytes, Answer>, ClientError> {
+        let authority = self.endpoint().authority();
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(ACTIVATE_PATH)
+            .header(header::HOST, &authority);
+        if !body.is_empty() {
+            builder = builder.header(header::CONTENT_TYPE, "application/json");
+        }
+        let request = builder
+            .body(Full::new(body))
+            .map_err(|e| ClientError::Request(e.to_string()))?;
+        let response = self.send_raw(request).await?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|_| ClientError::ActivationStatus {
+                endpoint: authority.clone(),
+                status,
+                message: format!("answer larger than {limit} bytes or cut short"),
+            })?
+            .to_bytes();
+        match status {
+            StatusCode::OK => Ok(Ok(body)),
+            StatusCode::UNPROCESSABLE_ENTITY => Ok(Err(Answer::Refused(error_message(&body)))),
+            status => Err(ClientError::ActivationStatus {
+                endpoint: authority,
+                status,
+                message: error_message(&body),
+            }),
+        }
+    }
+}
+
+/// The message of an enclave error body (`{"error":{"message":…}}`), or
+/// the body itself, shortened.
+fn error_message(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned())
+}

@@ -1,0 +1,871 @@
+//! EK certificate path validation against the policy's manufacturer roots
+//! (`trust.ekRoots`).
+//!
+//! EK certificates are not web certificates, and a WebPKI validator refuses
+//! most genuine ones: the subject is often empty, with the TPM's
+//! manufacturer, model and firmware version in a critical
+//! subjectAltName directoryName (OIDs 2.23.133.2.1/2/3); there is no EKU or
+//! only tcg-kp-EKCertificate (2.23.133.8.1); the key may be an RSA key
+//! labelled id-RSAES-OAEP. So the path is validated here, with the checks
+//! that matter and nothing web-specific:
+//!
+//! - each certificate's issuer name is its parent's subject, and its
+//!   signature verifies with the parent's key (SHA-1 is refused);
+//! - every certificate, the root included, is within its validity period;
+//! - every parent is a CA (basicConstraints cA, keyCertSign if keyUsage is
+//!   present) whose pathLenConstraint allows the intermediates below it;
+//! - no certificate carries a critical extension this code does not know;
+//! - the path ends at a certificate of `ekRoots` (every certificate in the
+//!   bundle is a trust anchor), within [`MAX_CHAIN`] links;
+//! - the leaf is an EK certificate: not a CA, keyUsage (if present) allows
+//!   key encipherment or agreement, EKU (if present) names
+//!   tcg-kp-EKCertificate, and its key is the kind its NV index says.
+
+use aver_crds::Sha256Digest;
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::time::ASN1Time;
+use x509_parser::x509::X509Name;
+
+use super::credential::EkPublicKey;
+use super::EkKind;
+
+/// Most certificates above the EK certificate (intermediates and root).
+pub const MAX_CHAIN: usize = 6;
+
+/// Largest certificate accepted anywhere in a path. Real EK and CA
+/// certificates are 1–2 KiB.
+pub const MAX_CERTIFICATE_BYTES: usize = 16 * 1024;
+
+const OID_TPM_MANUFACTURER: &str = "2.23.133.2.1";
+const OID_TPM_MODEL: &str = "2.23.133.2.2";
+const OID_TPM_VERSION: &str = "2.23.133.2.3";
+const OID_EK_CERTIFICATE_EKU: &str = "2.23.133.8.1";
+const OID_RSA_ENCRYPTION: &str = "1.2.840.113549.1.1.1";
+const OID_RSAES_OAEP: &str = "1.2.840.113549.1.1.7";
+const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
+const OID_NIST_P256: &str = "1.2.840.10045.3.1.7";
+/// sha1WithRSAEncryption, sha1WithRSA (OIW), ecdsa-with-SHA1.
+const SHA1_SIGNATURES: [&str; 3] = ["1.2.840.113549.1.1.5", "1.3.14.3.2.29", "1.2.840.10045.4.1"];
+
+/// Why an EK certificate (or the policy's roots) was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EkChainError {
+    #[error("trust.ekRoots holds no PEM certificate")]
+    NoRoots,
+    #[error("trust.ekRoots is not a bundle of PEM certificates: {0}")]
+    BadRoots(String),
+    #[error("malformed {what}: {reason}")]
+    Malformed { what: String, reason: String },
+    #[error("{what} ({subject}) expired on {not_after}")]
+    Expired {
+        what: String,
+        subject: String,
+        not_after: String,
+    },
+    #[error("{what} ({subject}) is not valid before {not_before}")]
+    NotYetValid {
+        what: String,
+        subject: String,
+        not_before: String,
+    },
+    #[error("{subject} was issued by {issuer}, which is neither in trust.ekRoots nor a certificate of the chain the TPM presented: EK certificate from an untrusted CA")]
+    UntrustedIssuer { subject: String, issuer: String },
+    #[error("the signature on {subject} does not verify with the key of its issuer {issuer}")]
+    BadSignature { subject: String, issuer: String },
+    #[error("{subject} is signed with SHA-1, which is not accepted")]
+    WeakSignature { subject: String },
+    #[error("{subject} is signed with an unsupported algorithm {algorithm}")]
+    UnsupportedSignature { subject: String, algorithm: String },
+    #[error("{subject} issued a certificate but is not a CA (basicConstraints cA / keyUsage keyCertSign)")]
+    NotACa { subject: String },
+    #[error("{subject} allows {allowed} intermediate CA(s) below it, but the path has {found}")]
+    PathTooLong {
+        subject: String,
+        allowed: u32,
+        found: usize,
+    },
+    #[error("the EK certificate chain is longer than {MAX_CHAIN} certificates or loops")]
+    ChainTooLong,
+    #[error("{subject} has a critical extension {oid} that this verifier does not understand")]
+    UnknownCriticalExtension { subject: String, oid: String },
+    #[error("not an EK certificate ({subject}): {reason}")]
+    NotAnEkCertificate { subject: String, reason: String },
+    #[error("EK certificate key is not an {expected} key: {found}")]
+    WrongKey {
+        expected: &'static str,
+        found: String,
+    },
+}
+
+/// The policy's EK roots, parsed. Every certificate of the bundle is a
+/// trust anchor.
+#[derive(Debug, Clone)]
+pub struct TrustAnchors {
+    certificates: Vec<Vec<u8>>,
+    policy_sha256: Sha256Digest,
+}
+
+impl TrustAnchors {
+    /// Parses `trust.ekRoots`. Each certificate must parse and be a CA.
+    pub fn from_pem(bundle: &str) -> Result<Self, EkChainError> {
+        let mut certificates = Vec::new();
+        for (index, block) in x509_parser::pem::Pem::iter_from_buffer(bundle.as_bytes()).enumerate()
+        {
+            let block = block.map_err(|e| EkChainError::BadRoots(e.to_string()))?;
+            if block.label != "CERTIFICATE" {
+                return Err(EkChainError::BadRoots(format!(
+                    "block {} is a {:?}, not a CERTIFICATE",
+                    index + 1,
+                    block.label
+                )));
+            }
+            let what = format!("trust.ekRoots certificate {}", index + 1);
+            let cert = parse(&block.contents, &what)?;
+            if !is_ca(&cert, &what)? {
+                return Err(EkChainError::NotACa {
+                    subject: name(cert.subject()),
+                });
+            }
+            certificates.push(block.contents);
+        }
+        if certificates.is_empty() {
+            return Err(EkChainError::NoRoots);
+        }
+        Ok(Self {
+            certificates,
+            policy_sha256: roots_sha256(bundle),
+        })
+    }
+
+    /// SHA-256 of the policy's `ekRoots` text: an activation proven under
+    /// these roots counts only for a policy with exactly these roots.
+    pub fn policy_sha256(&self) -> Sha256Digest {
+        self.policy_sha256
+    }
+
+    pub fn len(&self) -> usize {
+        self.certificates.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.certificates.is_empty()
+    }
+}
+
+/// The fingerprint of a policy's `ekRoots` text (see
+/// [`TrustAnchors::policy_sha256`]).
+pub fn roots_sha256(bundle: &str) -> Sha256Digest {
+    Sha256Digest(Sha256::digest(bundle.as_bytes()).into())
+}
+
+/// What a valid EK certificate says, for reports and status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EkCertificateInfo {
+    /// Which EK (and NV index) the certificate is for.
+    pub kind: EkKind,
+    /// SHA-256 of the certificate's DER: the identity of this TPM.
+    pub certificate_sha256: Sha256Digest,
+    /// Subject, often empty for EK certificates.
+    pub subject: String,
+    pub issuer: String,
+    pub serial: String,
+    /// RFC 3339.
+    pub not_after: String,
+    /// TPM manufacturer, model and firmware version from the subjectAltName.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<TpmIdentity>,
+    /// Subjects of the issuers, from the EK certificate's issuer up to the
+    /// trust anchor (last).
+    pub chain: Vec<String>,
+}
+
+/// The TPM device attributes of an EK certificate (TCG EK Credential
+/// Profile §3.2.9), as written (e.g. manufacturer "id:49465800").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TpmIdentity {
+    pub manufacturer: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+impl TpmIdentity {
+    /// `manufacturer (vendor) model version`, with the four-letter TCG
+    /// vendor code decoded when the id is printable ("id:49465800" → IFX).
+    pub fn describe(&self) -> String {
+        let mut text = self.manufacturer.clone();
+        if let Some(vendor) = vendor_code(&self.manufacturer) {
+            text.push_str(&format!(" ({vendor})"));
+        }
+        if let Some(model) = &self.model {
+            text.push_str(&format!(" model {model}"));
+        }
+        if let Some(version) = &self.version {
+            text.push_str(&format!(" version {version}"));
+        }
+        text
+    }
+}
+
+fn vendor_code(manufacturer: &str) -> Option<String> {
+    let hex_id = manufacturer.strip_prefix("id:")?;
+    let bytes = hex::decode(hex_id).ok()?;
+    let code: String = bytes
+        .iter()
+        .take_while(|&&b| b != 0)
+        .map(|&b| b as char)
+        .collect();
+    (!code.is_empty() && code.chars().all(|c| c.is_ascii_graphic())).then_some(code)
+}
+
+/// An EK certificate whose chain reached a trust anchor, and its key.
+#[derive(Debug, Clone)]
+pub struct ValidatedEk {
+    pub info: EkCertificateInfo,
+    pub public_key: EkPublicKey,
+    /// Unix time at which the first certificate of the path expires.
+    pub valid_until: i64,
+}
+
+/// Validates the EK certificate `ek_der` (read from the NV index of
+/// `kind`) up to one of `anchors`, using `intermediates` (untrusted,
+/// presented by the server) to build the path, at Unix time `now`.
+pub fn validate_ek_certificate(
+    ek_der: &[u8],
+    kind: EkKind,
+    intermediates: &[Vec<u8>],
+    anchors: &TrustAnchors,
+    now: i64,
+) -> Result<ValidatedEk, EkChainError> {
+    let now = ASN1Time::from_timestamp(now).map_err(|e| EkChainError::Malformed {
+        what: "verifier clock".into(),
+        reason: e.to_string(),
+    })?;
+    let ek = parse(ek_der, "EK certificate")?;
+    let ek_subject = name(ek.subject());
+    check_validity(&ek, "EK certificate", now)?;
+    check_critical_extensions(&ek)?;
+    check_ek_usage(&ek, &ek_subject)?;
+    let public_key = ek_public_key(&ek, kind)?;
+    let tpm = tpm_identity(&ek);
+
+    let intermediates: Vec<X509Certificate<'_>> = intermediates
+        .iter()
+        .enumerate()
+        .map(|(i, der)| parse(der, &format!("EK chain certificate {}", i + 1)))
+        .collect::<Result<_, _>>()?;
+    let anchor_certs: Vec<X509Certificate<'_>> = anchors
+        .certificates
+        .iter()
+        .map(|der| parse(der, "trust.ekRoots certificate"))
+        .collect::<Result<_, _>>()?;
+
+    let mut chain = Vec::new();
+    let mut used = Vec::new();
+    let mut valid_until = ek.validity().not_after.timestamp();
+    let mut child = &ek;
+    // Intermediate CAs between the current issuer and the EK certificate.
+    let mut intermediates_below = 0usize;
+    loop {
+        if chain.len() >= MAX_CHAIN {
+            return Err(EkChainError::ChainTooLong);
+        }
+        let subject = name(child.subject());
+        let issuer_name = child.issuer();
+        check_signature_algorithm(child, &subject)?;
+        let mut bad_signature = None;
+
+        // A trust anchor that signed `child` ends the path.
+        for anchor in anchor_certs
+            .iter()
+            .filter(|a| a.subject().as_raw() == issuer_name.as_raw())
+        {
+            if child.verify_signature(Some(anchor.public_key())).is_ok() {
+                let what = "EK root certificate";
+                check_validity(anchor, what, now)?;
+                check_critical_extensions(anchor)?;
+                check_issuer(anchor, what, intermediates_below)?;
+                chain.push(name(anchor.subject()));
+                valid_until = valid_until.min(anchor.validity().not_after.timestamp());
+                return Ok(ValidatedEk {
+                    info: EkCertificateInfo {
+                        kind,
+                        certificate_sha256: Sha256Digest(Sha256::digest(ek_der).into()),
+                        subject: ek_subject,
+                        issuer: name(ek.issuer()),
+                        serial: ek.raw_serial_as_string(),
+                        not_after: rfc3339(ek.validity().not_after),
+                        tpm,
+                        chain,
+                    },
+                    public_key,
+                    valid_until,
+                });
+            }
+            bad_signature = Some(name(anchor.subject()));
+        }
+
+        // Otherwise an intermediate the server presented, not used yet.
+        let next = intermediates.iter().enumerate().find(|(i, c)| {
+            !used.contains(i)
+                && c.subject().as_raw() == issuer_name.as_raw()
+                && child.verify_signature(Some(c.public_key())).is_ok()
+        });
+        let Some((index, parent)) = next else {
+            if let Some(issuer) = bad_signature.or_else(|| {
+                intermediates
+                    .iter()
+                    .find(|c| c.subject().as_raw() == issuer_name.as_raw())
+                    .map(|c| name(c.subject()))
+            }) {
+                return Err(EkChainError::BadSignature { subject, issuer });
+            }
+            return Err(EkChainError::UntrustedIssuer {
+                subject,
+                issuer: name(issuer_name),
+            });
+        };
+        let what = "EK intermediate certificate";
+        check_validity(parent, what, now)?;
+        check_critical_extensions(parent)?;
+        check_issuer(parent, what, intermediates_below)?;
+        chain.push(name(parent.subject()));
+        valid_until = valid_until.min(parent.validity().not_after.timestamp());
+        used.push(index);
+        intermediates_below += 1;
+        child = parent;
+    }
+}
+
+fn parse<'a>(der: &'a [u8], what: &str) -> Result<X509Certificate<'a>, EkChainError> {
+    let malformed = |reason: String| EkChainError::Malformed {
+        what: what.to_owned(),
+        reason,
+    };
+    if der.len() > MAX_CERTIFICATE_BYTES {
+        return Err(malformed(format!(
+            "{} bytes, more than the {MAX_CERTIFICATE_BYTES}-byte limit",
+            der.len()
+        )));
+    }
+    match x509_parser::parse_x509_certificate(der) {
+        Ok(([], cert)) => Ok(cert),
+        Ok((rest, _)) => Err(malformed(format!(
+            "{} trailing bytes after the certificate",
+            rest.len()
+        ))),
+        Err(e) => Err(malformed(format!("not a DER X.509 certificate ({e})"))),
+    }
+}
+
+/// A name for messages; EK certificates often have an empty subject.
+fn name(n: &X509Name<'_>) -> String {
+    let text = n.to_string();
+    if text.is_empty() {
+        "(empty subject)".to_owned()
+    } else {
+        format!("\"{text}\"")
+    }
+}
+
+fn rfc3339(time: ASN1Time) -> String {
+    jiff::Timestamp::from_second(time.timestamp())
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| time.to_string())
+}
+
+fn check_validity(
+    cert: &X509Certificate<'_>,
+    what: &str,
+    now: ASN1Time,
+) -> Result<(), EkChainError> {
+    let validity = cert.validity();
+    if now < validity.not_before {
+        return Err(EkChainError::NotYetValid {
+            what: what.to_owned(),
+            subject: name(cert.subject()),
+            not_before: rfc3339(validity.not_before),
+        });
+    }
+    if now > validity.not_after {
+        return Err(EkChainError::Expired {
+            what: what.to_owned(),
+            subject: name(cert.subject()),
+            not_after: rfc3339(validity.not_after),
+        });
+    }
+    Ok(())
+}
+
+fn check_signature_algorithm(
+    cert: &X509Certificate<'_>,
+    subject: &str,
+) -> Result<(), EkChainError> {
+    let algorithm = cert.signature_algorithm.algorithm.to_id_string();
+    if SHA1_SIGNATURES.contains(&algorithm.as_str()) {
+        return Err(EkChainError::WeakSignature {
+            subject: subject.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Extensions this verifier understands: x509-parser parses them, and the
+/// TCG ones EK certificates mark critical are handled here.
+fn check_critical_extensions(cert: &X509Certificate<'_>) -> Result<(), EkChainError> {
+    for extension in cert.extensions().iter().filter(|e| e.critical) {
+        let understood = !matches!(
+            extension.parsed_extension(),
+            ParsedExtension::UnsupportedExtension { .. } | ParsedExtension::ParseError { .. }
+        );
+        if !understood {
+            return Err(EkChainError::UnknownCriticalExtension {
+                subject: name(cert.subject()),
+                oid: extension.oid.to_id_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether `cert` may issue certificates: basicConstraints cA, and
+/// keyCertSign when keyUsage is present.
+fn is_ca(cert: &X509Certificate<'_>, what: &str) -> Result<bool, EkChainError> {
+    let malformed = |e: x509_parser::error::X509Error| EkChainError::Malformed {
+        what: what.to_owned(),
+        reason: e.to_string(),
+    };
+    let ca = cert
+        .basic_constraints()
+        .map_err(malformed)?
+        .is_some_and(|bc| bc.value.ca);
+    let signs = cert
+        .key_usage()
+        .map_err(malformed)?
+        .is_none_or(|ku| ku.value.key_cert_sign());
+    Ok(ca && signs)
+}
+
+fn check_issuer(
+    cert: &X509Certificate<'_>,
+    what: &str,
+    intermediates_below: usize,
+) -> Result<(), EkChainError> {
+    if !is_ca(cert, what)? {
+        return Err(EkChainError::NotACa {
+            subject: name(cert.subject()),
+        });
+    }
+    let path_len = cert
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .and_then(|bc| bc.value.path_len_constraint);
+    if let Some(allowed) = path_len {
+        if intermediates_below > allowed as usize {
+            return Err(EkChainError::PathTooLong {
+                subject: name(cert.subject()),
+                allowed,
+                found: intermediates_below,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn check_ek_usage(cert: &X509Certificate<'_>, subject: &str) -> Result<(), EkChainError> {
+    let not_ek = |reason: &str| EkChainError::NotAnEkCertificate {
+        subject: subject.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let malformed = |e: x509_parser::error::X509Error| EkChainError::Malformed {
+        what: "EK certificate".into(),
+        reason: e.to_string(),
+    };
+    if cert
+        .basic_constraints()
+        .map_err(malformed)?
+        .is_some_and(|bc| bc.value.ca)
+    {
+        return Err(not_ek("it is a CA certificate"));
+    }
+    if let Some(ku) = cert.key_usage().map_err(malformed)? {
+        if !ku.value.key_encipherment() && !ku.value.key_agreement() {
+            return Err(not_ek(
+                "its keyUsage allows neither keyEncipherment nor keyAgreement",
+            ));
+        }
+    }
+    if let Some(eku) = cert.extended_key_usage().map_err(malformed)? {
+        let names_ek = eku.value.any
+            || eku
+                .value
+                .other
+                .iter()
+                .any(|oid| oid.to_id_string() == OID_EK_CERTIFICATE_EKU);
+        if !names_ek {
+            return Err(not_ek(
+                "its extendedKeyUsage does not include tcg-kp-EKCertificate (2.23.133.8.1)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn ek_public_key(cert: &X509Certificate<'_>, kind: EkKind) -> Result<EkPublicKey, EkChainError> {
+    let spki = cert.public_key();
+    let algorithm = spki.algorithm.algorithm.to_id_string();
+    let key_bytes: &[u8] = &spki.subject_public_key.data;
+    match kind {
+        EkKind::Rsa2048 => {
+            use rsa::pkcs1::DecodeRsaPublicKey as _;
+            use rsa::traits::PublicKeyParts as _;
+            let wrong = |found: String| EkChainError::WrongKey {
+                expected: "RSA 2048",
+                found,
+            };
+            // Some EK certificates label the key id-RSAES-OAEP, the scheme
+            // it is used with; the key itself is the same RSAPublicKey.
+            if algorithm != OID_RSA_ENCRYPTION && algorithm != OID_RSAES_OAEP {
+                return Err(wrong(format!("algorithm {algorithm}")));
+            }
+            let key = rsa::RsaPublicKey::from_pkcs1_der(key_bytes)
+                .map_err(|e| wrong(format!("unreadable RSA key ({e})")))?;
+            if key.size() != 256 {
+                return Err(wrong(format!("{} bits", key.size() * 8)));
+            }
+            Ok(EkPublicKey::Rsa2048(key))
+        }
+        EkKind::EccP256 => {
+            let wrong = |found: String| EkChainError::WrongKey {
+                expected: "ECC NIST P-256",
+                found,
+            };
+            if algorithm != OID_EC_PUBLIC_KEY {
+                return Err(wrong(format!("algorithm {algorithm}")));
+            }
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .map(|oid| oid.to_id_string())
+                .unwrap_or_default();
+            if curve != OID_NIST_P256 {
+                return Err(wrong(format!("curve {curve:?}")));
+            }
+            let key = p256::PublicKey::from_sec1_bytes(key_bytes)
+                .map_err(|_| wrong("not a valid P-256 point".into()))?;
+            Ok(EkPublicKey::EccP256(key))
+        }
+    }
+}
+
+/// TPM manufacturer, model and version from a subjectAltName directoryName
+/// (or, on some certificates, the subject).
+fn tpm_identity(cert: &X509Certificate<'_>) -> Option<TpmIdentity> {
+    let mut names: Vec<&X509Name<'_>> = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for general in &san.value.general_names {
+            if let GeneralName::DirectoryName(dn) = general {
+                names.push(dn);
+            }
+        }
+    }
+    names.push(cert.subject());
+    for dn in names {
+        let mut manufacturer = None;
+        let mut model = None;
+        let mut version = None;
+        for attribute in dn.iter_attributes() {
+            let value = attribute
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|_| hex::encode(attribute.as_slice()));
+            match attribute.attr_type().to_id_string().as_str() {
+                OID_TPM_MANUFACTURER => manufacturer = Some(value),
+                OID_TPM_MODEL => model = Some(value),
+                OID_TPM_VERSION => version = Some(value),
+                _ => {}
+            }
+        }
+        if let Some(manufacturer) = manufacturer {
+            return Some(TpmIdentity {
+                manufacturer,
+                model,
+                version,
+            });
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use rcgen::BasicConstraints;
+
+    use super::*;
+    use crate::ek::activation::unix_now;
+    use crate::ek::testing::{ek_certificate, rsa_ek, ForeignKey, TestCa};
+
+    fn rsa_key() -> ForeignKey {
+        ForeignKey::rsa(&rsa_ek().to_public_key())
+    }
+
+    fn anchors(cas: &[&TestCa]) -> TrustAnchors {
+        let bundle: String = cas.iter().map(|ca| ca.pem.clone()).collect();
+        TrustAnchors::from_pem(&bundle).unwrap()
+    }
+
+    fn check(
+        ek: &[u8],
+        intermediates: &[Vec<u8>],
+        roots: &TrustAnchors,
+    ) -> Result<ValidatedEk, EkChainError> {
+        validate_ek_certificate(ek, EkKind::Rsa2048, intermediates, roots, unix_now())
+    }
+
+    #[test]
+    fn a_vendor_shaped_ek_certificate_chains_to_its_root() {
+        let root = TestCa::root("TPM Vendor Root");
+        let ek = ek_certificate(&root, &rsa_key(), (2020, 2099), |_| {});
+        let validated = check(&ek, &[], &anchors(&[&root])).unwrap();
+        let info = &validated.info;
+        assert_eq!(info.kind, EkKind::Rsa2048);
+        assert_eq!(info.subject, "(empty subject)");
+        assert_eq!(info.chain, vec!["\"CN=TPM Vendor Root\"".to_owned()]);
+        let tpm = info.tpm.as_ref().expect("TPM attributes from the SAN");
+        assert_eq!(tpm.manufacturer, "id:49465800");
+        assert_eq!(
+            tpm.describe(),
+            "id:49465800 (IFX) model SLB9670 version id:000F0010"
+        );
+        assert!(matches!(validated.public_key, EkPublicKey::Rsa2048(_)));
+        assert_eq!(
+            info.certificate_sha256,
+            Sha256Digest(Sha256::digest(&ek).into())
+        );
+    }
+
+    #[test]
+    fn intermediates_presented_by_the_server_complete_the_path() {
+        let root = TestCa::root("Root");
+        let intermediate =
+            TestCa::intermediate("Intermediate", &root, BasicConstraints::Constrained(0));
+        let ek = ek_certificate(&intermediate, &rsa_key(), (2020, 2099), |_| {});
+        let roots = anchors(&[&root]);
+        let validated = check(&ek, std::slice::from_ref(&intermediate.der), &roots).unwrap();
+        assert_eq!(validated.info.chain.len(), 2);
+        assert!(matches!(
+            check(&ek, &[], &roots),
+            Err(EkChainError::UntrustedIssuer { .. })
+        ));
+    }
+
+    #[test]
+    fn an_untrusted_ca_is_refused() {
+        let genuine = TestCa::root("Genuine Vendor");
+        let rogue = TestCa::root("Rogue CA");
+        let ek = ek_certificate(&rogue, &rsa_key(), (2020, 2099), |_| {});
+        let error = check(&ek, &[], &anchors(&[&genuine])).unwrap_err();
+        assert!(
+            error.to_string().contains("issued by \"CN=Rogue CA\"")
+                && error.to_string().contains("untrusted CA"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_same_named_impostor_ca_fails_the_signature() {
+        let genuine = TestCa::root("Vendor");
+        let impostor = TestCa::root("Vendor");
+        let ek = ek_certificate(&impostor, &rsa_key(), (2020, 2099), |_| {});
+        assert!(matches!(
+            check(&ek, &[], &anchors(&[&genuine])),
+            Err(EkChainError::BadSignature { .. })
+        ));
+    }
+
+    #[test]
+    fn expired_and_future_certificates_are_refused_with_dates() {
+        let root = TestCa::root("Root");
+        let roots = anchors(&[&root]);
+        let expired = ek_certificate(&root, &rsa_key(), (2000, 2001), |_| {});
+        let error = check(&expired, &[], &roots).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "EK certificate ((empty subject)) expired on 2001-01-01T00:00:00Z"
+        );
+        let future = ek_certificate(&root, &rsa_key(), (2090, 2099), |_| {});
+        assert!(matches!(
+            check(&future, &[], &roots),
+            Err(EkChainError::NotYetValid { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_certificates_are_refused() {
+        let root = TestCa::root("Root");
+        let roots = anchors(&[&root]);
+        let error = check(b"not a certificate", &[], &roots).unwrap_err();
+        assert!(
+            error.to_string().starts_with("malformed EK certificate: "),
+            "{error}"
+        );
+        let ek = ek_certificate(&root, &rsa_key(), (2020, 2099), |_| {});
+        for cut in [1, ek.len() / 2, ek.len() - 1] {
+            assert!(matches!(
+                check(&ek[..cut], &[], &roots),
+                Err(EkChainError::Malformed { .. })
+            ));
+        }
+        let mut trailing = ek.clone();
+        trailing.push(0);
+        assert!(matches!(
+            check(&trailing, &[], &roots),
+            Err(EkChainError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn tampered_signatures_are_refused() {
+        let root = TestCa::root("Root");
+        let mut ek = ek_certificate(&root, &rsa_key(), (2020, 2099), |_| {});
+        // Inside the TBS part: the signature no longer covers these bytes.
+        let i = ek.len() / 2;
+        ek[i] ^= 0x01;
+        assert!(check(&ek, &[], &anchors(&[&root])).is_err());
+    }
+
+    #[test]
+    fn issuers_must_be_cas_within_their_path_length() {
+        let root = TestCa::root("Root");
+        let not_ca = TestCa::build(
+            "Leaf Posing As CA",
+            Some(&root),
+            BasicConstraints::Unconstrained,
+            |p| {
+                p.is_ca = rcgen::IsCa::ExplicitNoCa;
+            },
+        );
+        let ek = ek_certificate(&not_ca, &rsa_key(), (2020, 2099), |_| {});
+        assert!(matches!(
+            check(&ek, std::slice::from_ref(&not_ca.der), &anchors(&[&root])),
+            Err(EkChainError::NotACa { .. })
+        ));
+
+        let strict_root = TestCa::build(
+            "Strict Root",
+            None,
+            BasicConstraints::Constrained(0),
+            |_| {},
+        );
+        let intermediate = TestCa::intermediate(
+            "Intermediate",
+            &strict_root,
+            BasicConstraints::Unconstrained,
+        );
+        let ek = ek_certificate(&intermediate, &rsa_key(), (2020, 2099), |_| {});
+        assert!(matches!(
+            check(
+                &ek,
+                std::slice::from_ref(&intermediate.der),
+                &anchors(&[&strict_root])
+            ),
+            Err(EkChainError::PathTooLong {
+                allowed: 0,
+                found: 1,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn the_leaf_must_be_an_ek_certificate_of_the_right_kind() {
+        let root = TestCa::root("Root");
+        let roots = anchors(&[&root]);
+        let web = ek_certificate(&root, &rsa_key(), (2020, 2099), |p| {
+            p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        });
+        assert!(matches!(
+            check(&web, &[], &roots),
+            Err(EkChainError::NotAnEkCertificate { .. })
+        ));
+        let signing = ek_certificate(&root, &rsa_key(), (2020, 2099), |p| {
+            p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        });
+        assert!(matches!(
+            check(&signing, &[], &roots),
+            Err(EkChainError::NotAnEkCertificate { .. })
+        ));
+        // No EKU at all is a common quirk and accepted.
+        let no_eku = ek_certificate(&root, &rsa_key(), (2020, 2099), |p| {
+            p.extended_key_usages.clear();
+        });
+        assert!(check(&no_eku, &[], &roots).is_ok());
+
+        let ecc_key = p256::SecretKey::random(&mut rand::thread_rng()).public_key();
+        let ecc = ek_certificate(&root, &ForeignKey::p256(&ecc_key), (2020, 2099), |_| {});
+        assert!(matches!(
+            check(&ecc, &[], &roots),
+            Err(EkChainError::WrongKey {
+                expected: "RSA 2048",
+                ..
+            })
+        ));
+        let validated =
+            validate_ek_certificate(&ecc, EkKind::EccP256, &[], &roots, unix_now()).unwrap();
+        assert_eq!(validated.public_key, EkPublicKey::EccP256(ecc_key));
+    }
+
+    #[test]
+    fn unknown_critical_extensions_are_refused() {
+        let root = TestCa::root("Root");
+        let ek = ek_certificate(&root, &rsa_key(), (2020, 2099), |p| {
+            let mut ext = rcgen::CustomExtension::from_oid_content(
+                &[1, 3, 6, 1, 4, 1, 99999, 1],
+                vec![0x05, 0x00],
+            );
+            ext.set_criticality(true);
+            p.custom_extensions.push(ext);
+        });
+        assert!(matches!(
+            check(&ek, &[], &anchors(&[&root])),
+            Err(EkChainError::UnknownCriticalExtension { .. })
+        ));
+    }
+
+    #[test]
+    fn root_bundles_are_checked_when_loaded() {
+        assert_eq!(
+            TrustAnchors::from_pem("").unwrap_err(),
+            EkChainError::NoRoots
+        );
+        assert!(matches!(
+            TrustAnchors::from_pem(
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+            ),
+            Err(EkChainError::Malformed { .. })
+        ));
+        let root = TestCa::root("Root");
+        let ek = ek_certificate(&root, &rsa_key(), (2020, 2099), |_| {});
+        let leaf_pem = format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &ek)
+        );
+        assert!(matches!(
+            TrustAnchors::from_pem(&leaf_pem),
+            Err(EkChainError::NotACa { .. })
+        ));
+        let bundle = format!("{}{}", root.pem, TestCa::root("Other").pem);
+        let two = TrustAnchors::from_pem(&bundle).unwrap();
+        assert_eq!(two.len(), 2);
+        assert_eq!(two.policy_sha256(), roots_sha256(&bundle));
+    }
+}
