@@ -24,6 +24,8 @@ trap cleanup EXIT
 mkdir -p "$work/state" "$work/model"
 # shellcheck source=scripts/lib/swtpm.sh
 source scripts/lib/swtpm.sh
+# The TPM comes with an EK certificate from its "manufacturer" (a local CA).
+manufacture_swtpm "$work/tpm" "$work/vendor-ca"
 start_swtpm "$work/tpm"
 swtpm_pid=$SWTPM_PID
 export AVER_STATE_DIR="$work/state"
@@ -45,6 +47,8 @@ allowed:
   modelDigests: ["$model"]
 trust:
   akNames: ["$ak"]
+  ekRoots: |
+$(sed 's/^/    /' "$work/vendor-ca/swtpm-localca-rootca-cert.pem")
 YAML
 cat "$work/policy.yaml"
 
@@ -53,7 +57,8 @@ echo "== 2. the enclave serves attested TLS in front of the engine"
 coproc ENGINE { exec $bin/aver-stub-engine; }
 pids+=("$ENGINE_PID")
 read -r _ _ engine_url <&"${ENGINE[0]}"
-coproc ENCLAVE { exec $bin/aver-enclave serve --listen 127.0.0.1:0 --upstream "$engine_url" 2>"$work/enclave.log"; }
+coproc ENCLAVE { exec $bin/aver-enclave serve --listen 127.0.0.1:0 --upstream "$engine_url" \
+  --ek-chain "$work/vendor-ca/issuercert.pem" 2>"$work/enclave.log"; }
 pids+=("$ENCLAVE_PID")
 read -r _ _ url <&"${ENCLAVE[0]}"
 echo "engine $engine_url, enclave $url"
@@ -61,6 +66,11 @@ echo "engine $engine_url, enclave $url"
 echo
 echo "== 3. aver verifies the live endpoint: fresh nonce, evidence bound to this TLS connection"
 $bin/aver verify "$url" --policy "$work/policy.yaml"
+
+echo
+echo "== 3b. aver verify --activate: the AK lives in a genuine TPM (EK certificate chain to the"
+echo "       vendor root in trust.ekRoots, and the TPM activates a credential made for it)"
+$bin/aver verify "$url" --policy "$work/policy.yaml" --activate
 
 echo
 echo "== 4. aver request: attest, then send the prompt on the same connection (answer streams)"

@@ -63,7 +63,7 @@ pub struct TpmArgs {
     #[arg(long, env = "AVER_TCTI", default_value = "device:/dev/tpmrm0")]
     pub tcti: String,
     /// Persistent handle of the attestation key (hex with 0x, or decimal).
-    #[arg(long, env = "AVER_AK_HANDLE", default_value = "0x81010002", value_parser = parse_handle)]
+    #[arg(long, env = "AVER_AK_HANDLE", default_value = "0x81010100", value_parser = parse_handle)]
     pub ak_handle: u32,
 }
 
@@ -162,6 +162,11 @@ pub struct ServeArgs {
     /// Most evidence requests under one TPM quote (1 disables batching).
     #[arg(long, env = "AVER_MAX_BATCH", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub max_batch: u64,
+    /// PEM file of the intermediate CA certificates between the TPM's EK
+    /// certificate and its manufacturer's root, served to verifiers that
+    /// activate the attestation key (vendors do not store them in the TPM).
+    #[arg(long, env = "AVER_EK_CHAIN")]
+    pub ek_chain: Option<PathBuf>,
     /// Names written into the self-signed certificate (comma-separated).
     #[arg(
         long,
@@ -302,7 +307,7 @@ mod tests {
         let config = e.launch.to_config();
         assert_eq!(config.workload_pcr, 15);
         assert_eq!(config.quote_pcrs, vec![0, 1, 2, 3, 4, 5, 6, 7, 15]);
-        assert_eq!(config.ak_handle, 0x8101_0002);
+        assert_eq!(config.ak_handle, 0x8101_0100);
         assert_eq!(config.state_dir, PathBuf::from("/var/lib/aver"));
         assert_eq!(config.workload.serving_config, None);
         assert_eq!(e.nonce, Nonce([0xab; 32]));

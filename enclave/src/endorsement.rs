@@ -177,8 +177,40 @@ fn activate_with(
     // ESYS starts sessions with continueSession set, so the session outlives
     // the command either way; a TPM has room for only a few.
     let _ = context.flush_context(ObjectHandle::from(SessionHandle::from(session)));
-    let released = result.map_err(|e| ActivateError::Refused(describe(&e)))?;
+    let released = result.map_err(classify)?;
     Ok(released.value().to_vec())
+}
+
+/// A refusal is the TPM rejecting the credential itself: the seed does not
+/// decrypt with this EK (TPM_RC_VALUE, TPM_RC_ECC_POINT, TPM_RC_SIZE,
+/// TPM_RC_KEY_SIZE; libtpms answers an RSA-OAEP decoding failure with
+/// TPM_RC_FAILURE) or the integrity HMAC does not match the loaded AK's
+/// name (TPM_RC_INTEGRITY). Anything else (out of memory, retry, a lost
+/// connection) says nothing about the AK and is a TPM failure.
+fn classify(error: tss_esapi::Error) -> ActivateError {
+    use tss_esapi::constants::response_code::Tss2ResponseCodeKind as Kind;
+    let refused = matches!(
+        error,
+        tss_esapi::Error::Tss2Error(rc) if matches!(
+            rc.kind(),
+            Some(
+                Kind::Integrity
+                    | Kind::Value
+                    | Kind::EccPoint
+                    | Kind::Size
+                    | Kind::KeySize
+                    | Kind::Failure
+            )
+        )
+    );
+    if refused {
+        ActivateError::Refused(describe(&error))
+    } else {
+        ActivateError::Tpm(TpmError::Command {
+            command: "ActivateCredential",
+            source: error,
+        })
+    }
 }
 
 /// A policy session satisfying the default EK authPolicy,

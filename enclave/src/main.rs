@@ -61,6 +61,15 @@ fn evidence(args: EvidenceArgs) -> anyhow::Result<()> {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.to_serve_config();
+    let ek_chain = match &args.ek_chain {
+        Some(path) => {
+            let pem = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --ek-chain {}", path.display()))?;
+            aver_verifier::ek::chain::ca_certificates_from_pem(&pem, "--ek-chain")
+                .with_context(|| format!("--ek-chain {}", path.display()))?
+        }
+        None => Vec::new(),
+    };
     // Measurement (hashing the model) happens before the runtime starts, so
     // nothing is served until the launch is recorded in the TPM.
     let enclave = Enclave::launch(&args.launch.to_config())?;
@@ -69,7 +78,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let server = Server::bind(enclave, &config).await?;
+        let server = Server::bind_with_ek_chain(enclave, &config, ek_chain).await?;
         let addr = server.local_addr().context("listener has no address")?;
         tracing::info!(%addr, upstream = %config.upstream, "serving attested TLS");
         // One line on stdout, for scripts and tests that bound port 0.

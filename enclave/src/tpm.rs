@@ -34,9 +34,11 @@ use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::{Context, TctiNameConf};
 
 /// Persistent handle of the AK unless configured otherwise. It lies in the
-/// range the TCG reserves for endorsement-hierarchy keys; a key found there
-/// that does not match the AK template is refused, never used.
-pub const DEFAULT_AK_HANDLE: u32 = 0x8101_0002;
+/// range the TCG reserves for endorsement-hierarchy keys, clear of the
+/// low handles the EK credential profile assigns to EKs (0x81010001 RSA,
+/// 0x81010002 ECC P-256, …); a key found there that does not match the AK
+/// template is refused, never used.
+pub const DEFAULT_AK_HANDLE: u32 = 0x8101_0100;
 
 /// Number of PCRs of a PC-client TPM (0..=23), the only kind aver supports.
 pub const PCR_COUNT: u8 = 24;

@@ -25,3 +25,29 @@ for base in range(20000, 60000, 7):
   done
   export AVER_TCTI="swtpm:host=127.0.0.1,port=$port" SWTPM_PID
 }
+
+# manufacture_swtpm DIR CA_DIR: prepares swtpm state in DIR the way a TPM
+# vendor would: swtpm_setup creates the endorsement keys and writes an RSA
+# 2048 EK certificate into NV 0x01c00002, issued by swtpm_localca, which
+# creates a root CA (CA_DIR/swtpm-localca-rootca-cert.pem) and an
+# intermediate below it (CA_DIR/issuercert.pem) on first use.
+manufacture_swtpm() {
+  local dir=$1 ca=$2
+  mkdir -p "$dir" "$ca"
+  cat >"$ca/swtpm-localca.conf" <<CONF
+statedir = $ca
+signingkey = $ca/signkey.pem
+issuercert = $ca/issuercert.pem
+certserial = $ca/certserial
+CONF
+  printf -- '--platform-manufacturer aver-demo\n--platform-version 1.0\n--platform-model demo\n' \
+    >"$ca/swtpm-localca.options"
+  cat >"$ca/swtpm_setup.conf" <<CONF
+create_certs_tool = $(command -v swtpm_localca || echo /usr/share/swtpm/swtpm-localca)
+create_certs_tool_config = $ca/swtpm-localca.conf
+create_certs_tool_options = $ca/swtpm-localca.options
+active_pcr_banks = sha256
+CONF
+  swtpm_setup --tpm2 --tpmstate "$dir" --create-ek-cert --overwrite \
+    --config "$ca/swtpm_setup.conf" --logfile "$ca/swtpm_setup.log" >/dev/null
+}

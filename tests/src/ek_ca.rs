@@ -18,36 +18,68 @@ use rcgen::{
     SignatureAlgorithm,
 };
 
-/// A root CA whose key swtpm-localca signs EK certificates with.
+/// A manufacturer CA: a root, and optionally an intermediate below it.
+/// swtpm-localca signs EK certificates with the lowest of the two.
 pub struct TestCa {
     dir: tempfile::TempDir,
+    /// The issuing CA's parameters and key.
     params: CertificateParams,
     key: KeyPair,
-    pem: String,
+    root_pem: String,
+    /// The intermediate's certificate, when there is one.
+    intermediate_pem: Option<String>,
+}
+
+fn ca_params(common_name: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "aver tests");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params
 }
 
 impl TestCa {
-    /// Creates the CA (ECDSA P-256) and the swtpm-localca and swtpm_setup
-    /// configuration files that use it.
+    /// Creates a root CA (ECDSA P-256) that issues EK certificates itself,
+    /// and the swtpm-localca and swtpm_setup configuration files using it.
     pub fn new(common_name: &str) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("aver-ekca-").tempdir()?;
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, "aver tests");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = params.self_signed(&key)?;
-        let pem = cert.pem();
+        let params = ca_params(common_name);
+        let root_pem = params.self_signed(&key)?.pem();
+        Self::configure(params, key, root_pem, None)
+    }
 
+    /// A root and an intermediate CA below it that issues the EK
+    /// certificates, as TPM vendors do: the root alone goes into
+    /// `trust.ekRoots`, the intermediate is served by the enclave
+    /// (`--ek-chain`, [`Self::intermediate_pem`]).
+    pub fn with_intermediate(common_name: &str) -> anyhow::Result<Self> {
+        let root_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let root_params = ca_params(common_name);
+        let root_pem = root_params.self_signed(&root_key)?.pem();
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let params = ca_params(&format!("{common_name} intermediate"));
+        let issuer = Issuer::from_params(&root_params, &root_key);
+        let intermediate_pem = params.signed_by(&key, &issuer)?.pem();
+        Self::configure(params, key, root_pem, Some(intermediate_pem))
+    }
+
+    fn configure(
+        params: CertificateParams,
+        key: KeyPair,
+        root_pem: String,
+        intermediate_pem: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("aver-ekca-").tempdir()?;
+        let issuer_pem = intermediate_pem.as_deref().unwrap_or(&root_pem);
         let path = |name: &str| dir.path().join(name);
         std::fs::write(path("signkey.pem"), key.serialize_pem())?;
-        std::fs::write(path("issuercert.pem"), &pem)?;
+        std::fs::write(path("issuercert.pem"), issuer_pem)?;
         std::fs::write(path("certserial"), "1\n")?;
         std::fs::write(
             path("swtpm-localca.conf"),
@@ -72,13 +104,20 @@ impl TestCa {
             dir,
             params,
             key,
-            pem,
+            root_pem,
+            intermediate_pem,
         })
     }
 
-    /// The CA certificate, PEM: what goes into `trust.ekRoots`.
+    /// The root CA certificate, PEM: what goes into `trust.ekRoots`.
     pub fn root_pem(&self) -> &str {
-        &self.pem
+        &self.root_pem
+    }
+
+    /// The intermediate CA certificate, PEM, if EK certificates are issued
+    /// by one.
+    pub fn intermediate_pem(&self) -> Option<&str> {
+        self.intermediate_pem.as_deref()
     }
 
     /// The swtpm_setup configuration that issues EK certificates with this CA.

@@ -331,7 +331,7 @@ async fn register(client: &kube::Client, node: &SimNode) -> anyhow::Result<()> {
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {"name": node.name, "labels": labels},
-        "spec": {"taints": taints},
+        "spec": {"taints": taints.clone()},
     }))?;
     nodes
         .create(&PostParams::default(), &object)
@@ -360,6 +360,17 @@ async fn register(client: &kube::Client, node: &SimNode) -> anyhow::Result<()> {
         .patch_status(&node.name, &PatchParams::default(), &Patch::Merge(&status))
         .await
         .with_context(|| format!("cannot report node {} ready", node.name))?;
+    // The API server taints every new Node not-ready (TaintNodesByCondition
+    // admission); the node lifecycle controller lifts it once the node
+    // reports Ready. That controller is not part of the fixture: lift it here.
+    nodes
+        .patch(
+            &node.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"taints": taints}})),
+        )
+        .await
+        .with_context(|| format!("cannot untaint node {}", node.name))?;
     Ok(())
 }
 

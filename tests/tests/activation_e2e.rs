@@ -239,3 +239,42 @@ async fn the_controller_activates_each_node_once_and_records_it() {
         "one activation by the controller, one by this test's own client"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intermediates_served_by_the_enclave_complete_the_chain() {
+    require_swtpm!();
+    let ca = TestCa::with_intermediate("aver e2e vendor root").unwrap();
+    let node = TestNode::with_tpm(Swtpm::start_with_ek_cert(&ca).unwrap()).unwrap();
+    let stub = StubUpstream::start().await.unwrap();
+    let policy = ek_policy(&node, ca.root_pem());
+
+    // Without the intermediate the EK certificate's issuer is unknown.
+    let bare = node.serve(&stub.url(), &[]).unwrap();
+    let error = AttestedClient::new(policy.clone())
+        .unwrap()
+        .attest(&Endpoint::from_url(&bare.url).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(error.reason(), "ek-chain", "{error}");
+    drop(bare);
+
+    let dir = tempfile::tempdir().unwrap();
+    let chain = dir.path().join("ek-chain.pem");
+    std::fs::write(&chain, ca.intermediate_pem().unwrap()).unwrap();
+    let enclave = node
+        .serve(&stub.url(), &["--ek-chain", chain.to_str().unwrap()])
+        .unwrap();
+    let connection = AttestedClient::new(policy)
+        .unwrap()
+        .attest(&Endpoint::from_url(&enclave.url).unwrap())
+        .await
+        .expect("attested through root and served intermediate");
+    let activation = connection.report().unwrap().activation.clone().unwrap();
+    assert_eq!(
+        activation.ek.chain,
+        [
+            "\"O=aver tests, CN=aver e2e vendor root intermediate\"",
+            "\"O=aver tests, CN=aver e2e vendor root\""
+        ]
+    );
+}

@@ -18,6 +18,11 @@
 //!
 //! Unknown fields and versions other than [`EVIDENCE_VERSION`] are rejected:
 //! a verifier must never skip over something it does not understand.
+//!
+//! The EK certificate is not part of the evidence: proving the AK resident
+//! in a genuine TPM takes a round trip with the TPM (credential activation),
+//! done once per TPM on `/.well-known/aver/activate` with its own documents
+//! ([`crate::ek::activation`]); evidence stays one quote per nonce.
 
 use std::fmt;
 

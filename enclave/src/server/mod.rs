@@ -98,6 +98,17 @@ impl Server {
     /// Builds the TLS identity from the launched enclave's key, binds the
     /// listener and moves the enclave to the TPM worker.
     pub async fn bind(enclave: Enclave, config: &ServeConfig) -> Result<Self, ServeError> {
+        Self::bind_with_ek_chain(enclave, config, Vec::new()).await
+    }
+
+    /// [`Self::bind`], serving `ek_chain` (intermediate CA certificates of
+    /// the TPM's EK certificate, DER) in the activation offer so that
+    /// verifiers can build the path to their manufacturer roots.
+    pub async fn bind_with_ek_chain(
+        enclave: Enclave,
+        config: &ServeConfig,
+        ek_chain: Vec<Vec<u8>>,
+    ) -> Result<Self, ServeError> {
         let (tls_config, cert_der) =
             tls::server_config(enclave.tls_key(), &config.certificate_names)?;
         let proxy = Proxy::new(
@@ -118,7 +129,7 @@ impl Server {
             "TLS identity ready"
         );
         let mut enclave = enclave;
-        let activation_offer = match enclave.activation_offer(Vec::new()) {
+        let activation_offer = match enclave.activation_offer(ek_chain) {
             Ok(offer) => {
                 tracing::info!(
                     ek_certificates = offer.endorsement_keys.len(),

@@ -55,7 +55,7 @@ const SHA1_SIGNATURES: [&str; 3] = ["1.2.840.113549.1.1.5", "1.3.14.3.2.29", "1.
 pub enum EkChainError {
     #[error("trust.ekRoots holds no PEM certificate")]
     NoRoots,
-    #[error("trust.ekRoots is not a bundle of PEM certificates: {0}")]
+    #[error("not a bundle of PEM certificates: {0}")]
     BadRoots(String),
     #[error("malformed {what}: {reason}")]
     Malformed { what: String, reason: String },
@@ -108,29 +108,36 @@ pub struct TrustAnchors {
     policy_sha256: Sha256Digest,
 }
 
+/// The certificates (DER) of a PEM bundle, each parsed and a CA: the form
+/// of `trust.ekRoots` and of the intermediates an enclave serves
+/// (`aver-enclave serve --ek-chain`). `what` names the bundle in errors.
+pub fn ca_certificates_from_pem(bundle: &str, what: &str) -> Result<Vec<Vec<u8>>, EkChainError> {
+    let mut certificates = Vec::new();
+    for (index, block) in x509_parser::pem::Pem::iter_from_buffer(bundle.as_bytes()).enumerate() {
+        let block = block.map_err(|e| EkChainError::BadRoots(format!("{what}: {e}")))?;
+        if block.label != "CERTIFICATE" {
+            return Err(EkChainError::BadRoots(format!(
+                "{what}: block {} is a {:?}, not a CERTIFICATE",
+                index + 1,
+                block.label
+            )));
+        }
+        let what = format!("{what} certificate {}", index + 1);
+        let cert = parse(&block.contents, &what)?;
+        if !is_ca(&cert, &what)? {
+            return Err(EkChainError::NotACa {
+                subject: name(cert.subject()),
+            });
+        }
+        certificates.push(block.contents);
+    }
+    Ok(certificates)
+}
+
 impl TrustAnchors {
     /// Parses `trust.ekRoots`. Each certificate must parse and be a CA.
     pub fn from_pem(bundle: &str) -> Result<Self, EkChainError> {
-        let mut certificates = Vec::new();
-        for (index, block) in x509_parser::pem::Pem::iter_from_buffer(bundle.as_bytes()).enumerate()
-        {
-            let block = block.map_err(|e| EkChainError::BadRoots(e.to_string()))?;
-            if block.label != "CERTIFICATE" {
-                return Err(EkChainError::BadRoots(format!(
-                    "block {} is a {:?}, not a CERTIFICATE",
-                    index + 1,
-                    block.label
-                )));
-            }
-            let what = format!("trust.ekRoots certificate {}", index + 1);
-            let cert = parse(&block.contents, &what)?;
-            if !is_ca(&cert, &what)? {
-                return Err(EkChainError::NotACa {
-                    subject: name(cert.subject()),
-                });
-            }
-            certificates.push(block.contents);
-        }
+        let certificates = ca_certificates_from_pem(bundle, "trust.ekRoots")?;
         if certificates.is_empty() {
             return Err(EkChainError::NoRoots);
         }
@@ -374,10 +381,28 @@ fn name(n: &X509Name<'_>) -> String {
     }
 }
 
+/// RFC 3339 (UTC) of a certificate time. Written out here because EK
+/// certificates commonly use 9999-12-31T23:59:59Z ("no well-defined
+/// expiration", RFC 5280), beyond what date libraries represent.
 fn rfc3339(time: ASN1Time) -> String {
-    jiff::Timestamp::from_second(time.timestamp())
-        .map(|t| t.to_string())
-        .unwrap_or_else(|_| time.to_string())
+    let secs = time.timestamp();
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3_600,
+        rest % 3_600 / 60,
+        rest % 60
+    )
 }
 
 fn check_validity(
@@ -839,6 +864,15 @@ mod tests {
             check(&ek, &[], &anchors(&[&root])),
             Err(EkChainError::UnknownCriticalExtension { .. })
         ));
+    }
+
+    #[test]
+    fn certificate_times_print_as_rfc3339_up_to_year_9999() {
+        let at = |secs| rfc3339(ASN1Time::from_timestamp(secs).unwrap());
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_577_836_800), "2020-01-01T00:00:00Z");
+        assert_eq!(at(253_402_300_799), "9999-12-31T23:59:59Z");
     }
 
     #[test]

@@ -1,0 +1,526 @@
+//! Shared set-up of the end-to-end tests: a real control plane with the
+//! CRDs applied, a namespace, simulated TPM nodes, model files on every
+//! node, and `aver-controller` processes; plus bounded waits that fail with
+//! every log that could explain why.
+
+// Each e2e test binary uses a different part of this module.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aver_crds::confidential_model::{
+    ConfidentialModel, ConfidentialModelSpec, ConfidentialModelStatus, EngineSpec,
+    HostPathModelSource, ModelSource, ModelSpec, ServiceSpec, TpmSpec,
+};
+use aver_crds::{AttestationPolicy, Sha256Digest};
+use aver_tests::controlplane::{ControlPlane, ControllerProcess};
+use aver_tests::node::{policy_for, ENGINE};
+use aver_tests::node_sim::{NodeSim, SimConfig};
+use aver_verifier::measurement::model_digest;
+use futures_util::StreamExt as _;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::ResourceExt as _;
+use serde_json::json;
+
+/// Re-attestation interval of the tests' policies (the CRD's minimum).
+pub const INTERVAL: Duration = Duration::from_secs(5);
+/// Time on top of an interval for an attestation to run and the status
+/// write to land (the controller coalesces writes per 100 ms).
+pub const GRACE: Duration = Duration::from_secs(5);
+/// Bound on "3 replicas verified" from the resource's creation (issue: 60 s).
+pub const CONVERGE: Duration = Duration::from_secs(60);
+/// Engine image, pinned to the digest every simulated node measures.
+pub const ENGINE_IMAGE: &str = "registry.invalid/stub-engine@sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+/// A cluster for one test.
+///
+/// Fields drop in order: controllers, then the simulated nodes, then the
+/// control plane.
+pub struct Cluster {
+    pub controllers: Vec<ControllerProcess>,
+    pub sim: Arc<NodeSim>,
+    pub client: kube::Client,
+    pub cp: ControlPlane,
+    pub namespace: String,
+    /// Controller logs and client files.
+    pub work: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Control plane, CRDs applied with kubectl, a namespace whose default
+    /// ServiceAccount exists, and `tpm_nodes` + `plain_nodes` simulated nodes.
+    pub async fn start(name: &str, tpm_nodes: usize, plain_nodes: usize) -> Self {
+        Self::start_with(name, tpm_nodes, plain_nodes, &[]).await
+    }
+
+    pub async fn start_with(
+        name: &str,
+        tpm_nodes: usize,
+        plain_nodes: usize,
+        up_flags: &[&str],
+    ) -> Self {
+        let started = Instant::now();
+        let cp = ControlPlane::start_with(up_flags).expect("control plane starts");
+        eprintln!(
+            "e2e {name}: control plane ready in {:.1} s (fixture's own count {:.1} s)",
+            started.elapsed().as_secs_f64(),
+            cp.start_seconds
+        );
+        let client = cp.client().await.expect("client");
+        apply_crds(&cp);
+        let namespace = format!("e2e-{name}");
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        namespaces
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap(),
+            )
+            .await
+            .expect("namespace created");
+        let sim = NodeSim::start(
+            client.clone(),
+            SimConfig {
+                prefix: name.to_owned(),
+                tpm_nodes,
+                plain_nodes,
+            },
+        )
+        .await
+        .expect("node simulator starts");
+        let cluster = Self {
+            cp,
+            client,
+            sim: Arc::new(sim),
+            namespace,
+            work: tempfile::Builder::new()
+                .prefix("aver-e2e-")
+                .tempdir()
+                .unwrap(),
+            controllers: Vec::new(),
+        };
+        // No pod is admitted before the namespace's default ServiceAccount
+        // exists (the fixture's controller manager makes it).
+        let accounts: Api<ServiceAccount> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+        cluster
+            .wait_for("default ServiceAccount", Duration::from_secs(30), || async {
+                accounts.get_opt("default").await.ok().flatten()
+            })
+            .await;
+        cluster
+    }
+
+    /// Starts a controller watching this test's namespace.
+    pub fn start_controller(&mut self, identity: &str, extra: &[&str]) -> usize {
+        let mut flags = vec!["--attest-timeout", "5s"];
+        flags.extend_from_slice(extra);
+        let controller =
+            ControllerProcess::start(&self.cp, &self.namespace, identity, self.work.path(), &flags)
+                .expect("aver-controller starts");
+        self.controllers.push(controller);
+        self.controllers.len() - 1
+    }
+
+    pub fn models(&self) -> Api<ConfidentialModel> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Writes a model's files below `host_dir` on every node, as a real
+    /// cluster's provisioning would, and returns its digest, computed here.
+    pub fn write_model(&self, host_dir: &str, weights: &[u8]) -> Sha256Digest {
+        self.sim
+            .write_on_every_node(host_dir, "weights.bin", weights)
+            .unwrap();
+        self.sim
+            .write_on_every_node(host_dir, "tokenizer.json", b"{\"vocab\":[]}")
+            .unwrap();
+        let node = &self.sim.nodes[0];
+        model_digest(&node.host_path(host_dir)).unwrap()
+    }
+
+    /// A policy trusting every simulated TPM's AK, allowing `models`.
+    pub fn policy(&self, models: &[Sha256Digest]) -> AttestationPolicy {
+        let mut policy = policy_for(&self.sim.ak_names().expect("AK names"), models[0]);
+        policy.allowed.model_digests = models.to_vec();
+        policy.interval = format!("{}s", INTERVAL.as_secs());
+        policy.max_evidence_age = "1m".into();
+        policy
+    }
+
+    /// A ConfidentialModel serving the model at `host_dir` on the nodes.
+    pub fn model(
+        &self,
+        name: &str,
+        replicas: i32,
+        host_dir: &str,
+        digest: Sha256Digest,
+        policy: AttestationPolicy,
+    ) -> ConfidentialModel {
+        let mut cm = ConfidentialModel::new(
+            name,
+            ConfidentialModelSpec {
+                model: ModelSpec {
+                    source: ModelSource {
+                        persistent_volume_claim: None,
+                        image: None,
+                        host_path: Some(HostPathModelSource {
+                            path: host_dir.to_owned(),
+                        }),
+                    },
+                    digest,
+                },
+                engine: EngineSpec {
+                    image: ENGINE_IMAGE.to_owned(),
+                    digest: Sha256Digest::parse(ENGINE).unwrap(),
+                    port: 8000,
+                    args: Vec::new(),
+                    env: Vec::new(),
+                    resources: None,
+                },
+                replicas,
+                tpm: TpmSpec::default(),
+                attestation: policy,
+                service: ServiceSpec::default(),
+            },
+        );
+        cm.metadata.namespace = Some(self.namespace.clone());
+        cm
+    }
+
+    /// Writes a policy file for `aver --policy`.
+    pub fn policy_file(&self, name: &str, policy: &AttestationPolicy) -> PathBuf {
+        let path = self.work.path().join(name);
+        std::fs::write(&path, serde_json::to_vec_pretty(policy).unwrap()).unwrap();
+        path
+    }
+
+    /// The resource's status (empty if none yet).
+    pub async fn status(&self, name: &str) -> ConfidentialModelStatus {
+        self.models()
+            .get(name)
+            .await
+            .ok()
+            .and_then(|cm| cm.status)
+            .unwrap_or_default()
+    }
+
+    /// Polls `check` every 250 ms until it returns `Some`, or fails the
+    /// test after `timeout` with every log that could explain why.
+    pub async fn wait_for<T, F, Fut>(&self, what: &str, timeout: Duration, mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let start = Instant::now();
+        loop {
+            if let Some(value) = check().await {
+                eprintln!("e2e: {what} after {:.1} s", start.elapsed().as_secs_f64());
+                return value;
+            }
+            if start.elapsed() > timeout {
+                panic!("timed out after {timeout:?} waiting for: {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Waits until status lists exactly `n` endpoints, all checked by
+    /// [`Self::check_endpoints`], with Ready true and the current generation
+    /// observed; returns that status.
+    pub async fn wait_verified(
+        &self,
+        name: &str,
+        n: usize,
+        timeout: Duration,
+        also: impl Fn(&ConfidentialModelStatus) -> bool,
+    ) -> ConfidentialModelStatus {
+        self.wait_for(
+            &format!("{n} verified endpoints of {name}"),
+            timeout,
+            || async {
+                let cm = self.models().get(name).await.ok()?;
+                let status = cm.status.clone()?;
+                let ready = status
+                    .condition("Ready")
+                    .is_some_and(|c| c.status == "True");
+                (status.endpoints.len() == n
+                    && ready
+                    && status.observed_generation == cm.metadata.generation
+                    && self.check_endpoints(&status).is_empty()
+                    && also(&status))
+                .then_some(status)
+            },
+        )
+        .await
+    }
+
+    /// What is wrong with the published endpoints, compared with what the
+    /// simulated nodes really run: each must be a running pod's enclave,
+    /// at its address and the attested port, with the certificate that
+    /// enclave serves.
+    pub fn check_endpoints(&self, status: &ConfidentialModelStatus) -> Vec<String> {
+        let pods = self.sim.pods();
+        let mut problems = Vec::new();
+        for endpoint in &status.endpoints {
+            let Some(pod) = pods.get(&endpoint.pod) else {
+                problems.push(format!("{}: no such pod ran", endpoint.pod));
+                continue;
+            };
+            let real = pod.certificate_der.clone().unwrap_or_default();
+            let published = pem_to_der(&endpoint.certificate_pem);
+            if published != real {
+                problems.push(format!("{}: certificate differs from the enclave's", endpoint.pod));
+            }
+            if Some(endpoint.spki_sha256) != pod.spki_sha256 {
+                problems.push(format!("{}: SPKI differs from the enclave's", endpoint.pod));
+            }
+            if endpoint.address != pod.ip.to_string() || endpoint.port != 8443 {
+                problems.push(format!(
+                    "{}: published {}:{}, runs at {}:8443",
+                    endpoint.pod, endpoint.address, endpoint.port, pod.ip
+                ));
+            }
+            if endpoint.node != pod.node {
+                problems.push(format!("{}: node {} != {}", endpoint.pod, endpoint.node, pod.node));
+            }
+        }
+        problems
+    }
+
+    /// Marks a node unschedulable, as an operator does with a node that
+    /// failed attestation.
+    pub async fn cordon(&self, node: &str) {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        nodes
+            .patch(
+                node,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"unschedulable": true}})),
+            )
+            .await
+            .expect("cordon");
+    }
+
+    /// Notes of the Events with `reason` about the resource `name`.
+    pub async fn events(&self, name: &str, reason: &str) -> Vec<String> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
+        events
+            .list(&ListParams::default())
+            .await
+            .map(|list| {
+                list.items
+                    .into_iter()
+                    .filter(|e| {
+                        e.reason.as_deref() == Some(reason)
+                            && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                    })
+                    .map(|e| e.note.unwrap_or_default())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Names of the resource's pods that exist now, with their nodes.
+    pub async fn pod_nodes(&self, model: &str) -> BTreeMap<String, String> {
+        self.pods()
+            .list(&ListParams::default().labels(&format!("aver.dev/model={model}")))
+            .await
+            .map(|list| {
+                list.items
+                    .into_iter()
+                    .map(|p| {
+                        let node = p
+                            .spec
+                            .as_ref()
+                            .and_then(|s| s.node_name.clone())
+                            .unwrap_or_default();
+                        (p.name_any(), node)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Runs the `aver` CLI with this cluster's kubeconfig.
+    pub fn aver(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(aver_tests::cargo_bin("aver"));
+        cmd.arg("--log-format")
+            .arg("text")
+            .env("KUBECONFIG", self.cp.kubeconfig())
+            .env_remove("AVER_POLICY")
+            .env_remove("AVER_NAMESPACE");
+        cmd
+    }
+
+    /// Watches the resource for the rest of the test and records every
+    /// published status that breaks an invariant: an endpoint that is not
+    /// the key a simulated enclave really serves, or whatever `extra`
+    /// reports.
+    pub fn monitor(
+        &self,
+        name: &str,
+        extra: impl Fn(&ConfidentialModel) -> Vec<String> + Send + Sync + 'static,
+    ) -> Monitor {
+        let violations = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::new(Mutex::new(0usize));
+        let sim = self.sim.clone();
+        let models = self.models();
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let (v, s) = (violations.clone(), seen.clone());
+        let task = tokio::spawn(async move {
+            let mut stream = watcher::watcher(models, config).boxed();
+            while let Some(event) = stream.next().await {
+                let cm = match event {
+                    Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm)) => cm,
+                    _ => continue,
+                };
+                let mut problems = extra(&cm);
+                let Some(status) = cm.status else { continue };
+                *s.lock().unwrap() += 1;
+                for endpoint in &status.endpoints {
+                    if !sim.served(&endpoint.spki_sha256) {
+                        problems.push(format!(
+                            "{} published with key {} that no enclave served",
+                            endpoint.pod, endpoint.spki_sha256
+                        ));
+                    }
+                }
+                if !problems.is_empty() {
+                    v.lock().unwrap().extend(problems);
+                }
+            }
+        });
+        Monitor {
+            task,
+            violations,
+            seen,
+        }
+    }
+
+    /// Everything that could explain a failure.
+    pub fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        for controller in &self.controllers {
+            out.push_str(&controller.log_tail(60));
+        }
+        out.push_str(&self.cp.logs(15));
+        for what in [
+            &["get", "nodes,pods,replicasets,deployments", "-A", "-o", "wide"][..],
+            &["get", "events", "-A", "--sort-by=.lastTimestamp"][..],
+        ] {
+            if let Ok(output) = self.cp.kubectl().args(what).output() {
+                out.push_str(&format!(
+                    "\n--- kubectl {}\n{}{}",
+                    what.join(" "),
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                ));
+            }
+        }
+        for problem in self.sim.problems() {
+            out.push_str(&format!("\nnode simulator: {problem}"));
+        }
+        for (name, pod) in self.sim.pods() {
+            out.push_str(&format!(
+                "\nsimulated pod {name} on {} at {} running={} spki={:?}",
+                pod.node, pod.ip, pod.running, pod.spki_sha256
+            ));
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("==== e2e diagnostics ====\n{}", self.diagnostics());
+        }
+    }
+}
+
+/// Records invariant violations of published statuses; see [`Cluster::monitor`].
+pub struct Monitor {
+    task: tokio::task::JoinHandle<()>,
+    violations: Arc<Mutex<Vec<String>>>,
+    seen: Arc<Mutex<usize>>,
+}
+
+impl Monitor {
+    /// Stops watching; panics listing every violation seen.
+    pub fn finish(self) -> usize {
+        self.task.abort();
+        let violations = self.violations.lock().unwrap().clone();
+        assert!(
+            violations.is_empty(),
+            "published statuses broke invariants:\n{}",
+            violations.join("\n")
+        );
+        *self.seen.lock().unwrap()
+    }
+}
+
+/// `kubectl apply` of the CRDs in crds/, then wait until established: the
+/// API server accepted the structural schema and compiled its CEL rules.
+pub fn apply_crds(cp: &ControlPlane) {
+    let crd = aver_tests::controlplane::repo_root().join("crds/confidentialmodel.yaml");
+    let output = cp
+        .kubectl()
+        .args(["apply", "--server-side", "-f"])
+        .arg(&crd)
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        output.status.success(),
+        "kubectl apply of {} failed: {}",
+        crd.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = cp
+        .kubectl()
+        .args([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/confidentialmodels.aver.dev",
+        ])
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        output.status.success(),
+        "CRD not established: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// DER of the first certificate of a PEM text.
+pub fn pem_to_der(pem: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let body: String = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<Vec<_>>()
+        .concat();
+    base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .unwrap_or_default()
+}
+
+/// Runs a command and returns (success, stdout, stderr).
+pub fn run(cmd: &mut std::process::Command) -> (bool, String, String) {
+    let output = cmd.output().expect("command runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,193 @@
+//! The operator end to end on a real control plane (kube-apiserver + etcd,
+//! the upstream scheduler, Deployment and ReplicaSet controllers) with
+//! simulated TPM nodes running real `aver-enclave` processes on swtpm:
+//!
+//! CRDs accepted by the API server (schema and CEL) → 3 replicas verified
+//! with the enclaves' real certificates, on distinct TPM nodes → `aver
+//! request --from-cluster`, pinned and with `--policy` → a tampered node's
+//! endpoint leaves status within an interval, with an Event and Degraded,
+//! and its pod is replaced and verified → a new model digest rolls out and
+//! only the new endpoints remain.
+
+mod e2e_common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use aver_crds::confidential_model::ConfidentialModel;
+use aver_tests::require_e2e;
+use e2e_common::{run, Cluster, CONVERGE, GRACE, INTERVAL};
+use kube::api::{Patch, PatchParams, PostParams};
+use serde_json::json;
+
+const MODEL: &str = "llama";
+const V1: &str = "/models/llama-v1";
+const V2: &str = "/models/llama-v2";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_on_a_real_control_plane() {
+    require_e2e!();
+    // Four TPM nodes for three replicas (one spare for replacements) and a
+    // node without a TPM, where no enclave may ever land.
+    let mut cluster = Cluster::start("operator", 4, 1).await;
+    let v1 = cluster.write_model(V1, b"tiny model weights v1");
+    let policy = cluster.policy(&[v1]);
+
+    // The API server itself enforces the CRD's CEL rules.
+    let mut wrong = cluster.model(MODEL, 3, V1, v1, policy.clone());
+    wrong.spec.attestation.allowed.model_digests = vec![aver_crds::Sha256Digest([0x42; 32])];
+    let err = cluster
+        .models()
+        .create(&PostParams::default(), &wrong)
+        .await
+        .expect_err("a model whose digest the policy refuses is invalid");
+    match err {
+        kube::Error::Api(e) => {
+            assert_eq!(e.code, 422, "{e:?}");
+            assert!(e.message.contains("model.digest must be one of"), "{}", e.message);
+        }
+        other => panic!("expected a 422 from the API server, got {other}"),
+    }
+
+    cluster.start_controller("controller-0", &[]);
+    let created = Instant::now();
+    cluster
+        .models()
+        .create(&PostParams::default(), &cluster.model(MODEL, 3, V1, v1, policy.clone()))
+        .await
+        .expect("model created");
+    let monitor = cluster.monitor(MODEL, |_| Vec::new());
+
+    // 1. Three verified endpoints, with the enclaves' real certificates, on
+    //    three distinct TPM nodes.
+    let status = cluster.wait_verified(MODEL, 3, CONVERGE, |_| true).await;
+    eprintln!("e2e: 3 replicas verified {:.1} s after creation", created.elapsed().as_secs_f64());
+    let nodes: BTreeSet<&str> = status.endpoints.iter().map(|e| e.node.as_str()).collect();
+    assert_eq!(nodes.len(), 3, "one enclave per node: {nodes:?}");
+    for node in &nodes {
+        assert!(node.contains("-tpm-"), "enclave on a node without a TPM: {node}");
+    }
+    assert_eq!(status.attested_replicas, 3);
+    for endpoint in &status.endpoints {
+        assert_eq!(endpoint.measurements.model, v1);
+        assert_eq!(endpoint.measurements.boot_policy.result, "Passed");
+    }
+
+    // 2. aver request --from-cluster: pinned from status, and verified by
+    //    the client itself with --policy.
+    let body = r#"{"model":"stub-model","messages":[{"role":"user","content":"hello"}]}"#;
+    let (ok, out, err) = run(cluster.aver().args([
+        "request", "--from-cluster", MODEL, "-n", &cluster.namespace, "--fail", "-d", body,
+        "/v1/chat/completions",
+    ]));
+    assert!(ok, "pinned request failed: {err}");
+    assert!(out.contains("echo: hello"), "{out}");
+    assert!(err.contains("pinned"), "the client says it trusted the status: {err}");
+    let policy_file = cluster.policy_file("policy.json", &policy);
+    let (ok, out, err) = run(cluster.aver().arg("request").arg("--policy").arg(&policy_file).args([
+        "--from-cluster", MODEL, "-n", &cluster.namespace, "--fail", "-d", body,
+        "/v1/chat/completions",
+    ]));
+    assert!(ok, "request with --policy failed: {err}");
+    assert!(out.contains("echo: hello"), "{out}");
+    // A client whose policy wants another model refuses the endpoint.
+    let mut other = policy.clone();
+    other.allowed.model_digests = vec![aver_crds::Sha256Digest([0x42; 32])];
+    let other_file = cluster.policy_file("other.json", &other);
+    let (ok, out, err) = run(cluster.aver().arg("request").arg("--policy").arg(&other_file).args([
+        "--from-cluster", MODEL, "-n", &cluster.namespace, "-d", body, "/v1/chat/completions",
+    ]));
+    assert!(!ok && !out.contains("echo"), "a policy mismatch must refuse: {out} {err}");
+
+    // 3. Someone extends a node's workload PCR. The operator takes the node
+    //    out of service (cordon) so the replacement lands elsewhere.
+    let victim = status.endpoints[0].clone();
+    cluster.cordon(&victim.node).await;
+    let node = cluster.sim.node(&victim.node).expect("simulated node").clone();
+    node.extend_pcr(15).expect("extend PCR 15");
+    let tampered = Instant::now();
+    cluster
+        .wait_for(
+            "tampered endpoint removed from status",
+            INTERVAL + GRACE,
+            || async {
+                let status = cluster.status(MODEL).await;
+                (!status.endpoints.iter().any(|e| e.pod == victim.pod)).then_some(())
+            },
+        )
+        .await;
+    eprintln!(
+        "e2e: tampered endpoint left status {:.1} s after the extend (interval {INTERVAL:?})",
+        tampered.elapsed().as_secs_f64()
+    );
+    let status = cluster.status(MODEL).await;
+    let degraded = status.condition("Degraded").expect("Degraded condition");
+    assert_eq!(degraded.status, "True");
+    assert_eq!(degraded.reason, "AttestationFailed");
+    let notes = cluster
+        .wait_for("AttestationFailed Event", Duration::from_secs(10), || async {
+            let notes = cluster.events(MODEL, "AttestationFailed").await;
+            notes.iter().any(|n| n.contains(&victim.pod)).then_some(notes)
+        })
+        .await;
+    assert!(
+        notes.iter().any(|n| n.contains(&victim.node)),
+        "the Event names the node: {notes:?}"
+    );
+    // The pod is deleted and replaced on another node, and re-verified.
+    let status = cluster
+        .wait_verified(MODEL, 3, CONVERGE, |s| {
+            s.endpoints
+                .iter()
+                .all(|e| e.pod != victim.pod && e.node != victim.node)
+        })
+        .await;
+    assert!(
+        !cluster.pod_nodes(MODEL).await.contains_key(&victim.pod),
+        "the tampered pod is gone"
+    );
+    assert!(!cluster.sim.pods()[&victim.pod].running, "its processes stopped");
+    eprintln!("e2e: replacement verified on {:?}", status.endpoints.iter().map(|e| &e.node).collect::<Vec<_>>());
+
+    // 4. A new model digest: the Deployment rolls out (one pod at a time),
+    //    the new endpoints are verified and the old ones leave.
+    let v2 = cluster.write_model(V2, b"tiny model weights v2");
+    let old: BTreeSet<String> = status.endpoints.iter().map(|e| e.pod.clone()).collect();
+    let patch = json!({"spec": {
+        "model": {"source": {"hostPath": {"path": V2}}, "digest": v2.to_string()},
+        "attestation": {"allowed": {"modelDigests": [v1.to_string(), v2.to_string()]}},
+    }});
+    let rolled = Instant::now();
+    cluster
+        .models()
+        .patch(MODEL, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("spec changed");
+    let status = cluster
+        .wait_verified(MODEL, 3, Duration::from_secs(180), |s| {
+            s.endpoints
+                .iter()
+                .all(|e| e.measurements.model == v2 && !old.contains(&e.pod))
+        })
+        .await;
+    eprintln!("e2e: rollout verified in {:.1} s", rolled.elapsed().as_secs_f64());
+    cluster
+        .wait_for("old pods gone", Duration::from_secs(30), || async {
+            let pods = cluster.pod_nodes(MODEL).await;
+            (pods.len() == 3 && old.iter().all(|p| !pods.contains_key(p))).then_some(())
+        })
+        .await;
+    for pod in &old {
+        assert!(!cluster.sim.pods()[pod].running, "{pod} still runs");
+    }
+    let nodes: BTreeSet<&str> = status.endpoints.iter().map(|e| e.node.as_str()).collect();
+    assert_eq!(nodes.len(), 3, "one enclave per node after the rollout");
+
+    let statuses = monitor.finish();
+    eprintln!("e2e: {statuses} published statuses checked against the enclaves' real keys");
+    let model: ConfidentialModel = cluster.models().get(MODEL).await.unwrap();
+    assert_eq!(
+        model.status.unwrap().observed_generation,
+        model.metadata.generation
+    );
+}
