@@ -11,6 +11,7 @@ command -v tpm2_pcrread >/dev/null 2>&1 || need+=(tpm2-tools)
 pkg-config --exists tss2-esys 2>/dev/null || need+=(libtss2-dev)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
+command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"

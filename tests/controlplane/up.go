@@ -47,6 +47,7 @@ func up(args []string) int {
 	restartDelay := fs.Duration("restart-delay", time.Second, "wait before restarting a component that exited")
 	startTimeout := fs.Duration("start-timeout", 60*time.Second, "give up when the control plane is not ready by then")
 	verbosity := fs.Int("v", 1, "log verbosity (-v) of the components; their logs are in DIR/logs")
+	withParent := fs.Bool("exit-with-parent", false, "stop when the process that started this one dies (test harnesses)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -66,11 +67,36 @@ func up(args []string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	if *withParent {
+		ctx = untilParentDies(ctx)
+	}
 	if err := cfg.run(ctx); err != nil {
 		fmt.Fprintf(os.Stderr, "aver-controlplane up: %v\n", err)
 		return 1
 	}
 	return 0
+}
+
+// untilParentDies ends the context when this process is re-parented, i.e.
+// when the test that started it was killed without stopping it.
+func untilParentDies(parent context.Context) context.Context {
+	ctx, cancel := context.WithCancel(parent)
+	ppid := os.Getppid()
+	go func() {
+		defer cancel()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+				if os.Getppid() != ppid {
+					fmt.Fprintln(os.Stderr, "aver-controlplane: parent process gone")
+					return
+				}
+			}
+		}
+	}()
+	return ctx
 }
 
 func (c *upConfig) pki() pki                   { return pki{dir: filepath.Join(c.dir, "pki")} }

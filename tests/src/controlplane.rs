@@ -75,6 +75,16 @@ pub fn e2e_or_skip(test: &str) -> bool {
     if go_binary().is_none() {
         missing.push("Go (https://go.dev/dl, to build tests/controlplane)");
     }
+    // Building the fixture from scratch takes minutes: outside CI a plain
+    // `cargo test` only runs these tests once it exists (scripts/test.sh and
+    // scripts/e2e.sh build it), or when asked to build it (AVER_E2E=1).
+    let fixture_built = target_dir()
+        .join("controlplane/bin/aver-controlplane")
+        .is_file();
+    let asked = std::env::var("AVER_E2E").is_ok_and(|v| v == "1");
+    if !in_ci() && !fixture_built && !asked {
+        missing.push("the control-plane fixture (bash scripts/e2e.sh build, or AVER_E2E=1)");
+    }
     if missing.is_empty() {
         return true;
     }
@@ -193,6 +203,7 @@ impl ControlPlane {
             .tempdir()?;
         let mut child = Command::new(&fixture.binary)
             .arg("up")
+            .arg("--exit-with-parent")
             .arg("--dir")
             .arg(dir.path())
             .args(extra)
@@ -282,7 +293,12 @@ impl ControlPlane {
     /// The last lines of each component's log, for failure messages.
     pub fn logs(&self, lines: usize) -> String {
         let mut out = String::new();
-        for name in ["up", "logs/kube-apiserver", "logs/kube-controller-manager", "logs/kube-scheduler"] {
+        for name in [
+            "up",
+            "logs/kube-apiserver",
+            "logs/kube-controller-manager",
+            "logs/kube-scheduler",
+        ] {
             out.push_str(&tail(&self.dir.path().join(format!("{name}.log")), lines));
         }
         out
@@ -445,12 +461,10 @@ impl ControllerProcess {
     /// `None` if the controller does not answer or lacks it.
     pub async fn metric(&self, name: &str) -> Option<f64> {
         let text = http_get(self.metrics, "/metrics").await.ok()?;
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| {
-                let (key, value) = l.rsplit_once(' ')?;
-                (key == name).then(|| value.parse().ok())?
-            })
+        text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            (key == name).then(|| value.parse().ok())?
+        })
     }
 }
 
@@ -463,13 +477,13 @@ impl Drop for ControllerProcess {
 /// A plain HTTP/1.1 GET on loopback; the body as text.
 pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::time::timeout(
-        Duration::from_secs(2),
-        tokio::net::TcpStream::connect(addr),
-    )
-    .await??;
+    let mut stream =
+        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+            .await??;
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .await?;
     let mut response = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await??;

@@ -33,10 +33,16 @@ async fn controller_recovers_from_an_apiserver_restart() {
     // A Lease that outlives the outage, so this test is about the
     // controller's watches and writes recovering in-process (losing the
     // Lease makes it exit for a restart: e2e_leader covers hand-over).
-    cluster.start_controller("controller-0", &["--lease-duration", "90s", "--renew-deadline", "60s"]);
+    cluster.start_controller(
+        "controller-0",
+        &["--lease-duration", "90s", "--renew-deadline", "60s"],
+    );
     cluster
         .models()
-        .create(&PostParams::default(), &cluster.model(MODEL, 3, "/models/llama", v1, policy))
+        .create(
+            &PostParams::default(),
+            &cluster.model(MODEL, 3, "/models/llama", v1, policy),
+        )
         .await
         .expect("model created");
     let status = cluster.wait_verified(MODEL, 3, CONVERGE, |_| true).await;
@@ -82,7 +88,10 @@ async fn controller_recovers_from_an_apiserver_restart() {
         .extend_pcr(15)
         .expect("extend PCR 15");
     *tamper.0.lock().unwrap() = Some((Instant::now(), victim.pod.clone(), before));
-    eprintln!("e2e: apiserver pid {killed} killed; {} tampered", victim.node);
+    eprintln!(
+        "e2e: apiserver pid {killed} killed; {} tampered",
+        victim.node
+    );
 
     let client = cluster.client.clone();
     cluster
@@ -90,7 +99,10 @@ async fn controller_recovers_from_an_apiserver_restart() {
             client.apiserver_version().await.ok()
         })
         .await;
-    eprintln!("e2e: apiserver served again after {:.1} s", down.elapsed().as_secs_f64());
+    eprintln!(
+        "e2e: apiserver served again after {:.1} s",
+        down.elapsed().as_secs_f64()
+    );
 
     // The controller noticed by itself: endpoint gone, Degraded, the pod
     // replaced elsewhere and verified.

@@ -25,7 +25,7 @@ async fn counter(controller: &ControllerProcess, prefix: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
+        .fold(0.0, |sum, v| sum + v)
 }
 
 async fn holder(leases: &Api<Lease>) -> Option<String> {
@@ -50,13 +50,20 @@ async fn exactly_one_leader_acts() {
     let leader = cluster
         .wait_for("a leader", Duration::from_secs(30), || holder(&leases))
         .await;
-    let (l, f) = if leader == "controller-a" { (0, 1) } else { (1, 0) };
+    let (l, f) = if leader == "controller-a" {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
     assert_eq!(cluster.controllers[l].identity, leader);
     let follower = cluster.controllers[f].identity.clone();
 
     cluster
         .models()
-        .create(&PostParams::default(), &cluster.model(MODEL, 2, "/models/llama", v1, policy))
+        .create(
+            &PostParams::default(),
+            &cluster.model(MODEL, 2, "/models/llama", v1, policy),
+        )
         .await
         .expect("model created");
     cluster.wait_verified(MODEL, 2, CONVERGE, |_| true).await;
@@ -66,7 +73,11 @@ async fn exactly_one_leader_acts() {
     let (lead, follow) = (&cluster.controllers[l], &cluster.controllers[f]);
     assert_eq!(lead.metric("aver_leader").await, Some(1.0));
     assert_eq!(follow.metric("aver_leader").await, Some(0.0));
-    for metric in ["aver_reconciles_total", "aver_attestations_total", "aver_status_writes_total"] {
+    for metric in [
+        "aver_reconciles_total",
+        "aver_attestations_total",
+        "aver_status_writes_total",
+    ] {
         let (by_leader, by_follower) = (counter(lead, metric).await, counter(follow, metric).await);
         eprintln!("e2e: {metric}: leader {by_leader}, follower {by_follower}");
         assert!(by_leader > 0.0, "the leader acts: {metric} = {by_leader}");

@@ -44,7 +44,11 @@ async fn operator_on_a_real_control_plane() {
     match err {
         kube::Error::Api(e) => {
             assert_eq!(e.code, 422, "{e:?}");
-            assert!(e.message.contains("model.digest must be one of"), "{}", e.message);
+            assert!(
+                e.message.contains("model.digest must be one of"),
+                "{}",
+                e.message
+            );
         }
         other => panic!("expected a 422 from the API server, got {other}"),
     }
@@ -53,7 +57,10 @@ async fn operator_on_a_real_control_plane() {
     let created = Instant::now();
     cluster
         .models()
-        .create(&PostParams::default(), &cluster.model(MODEL, 3, V1, v1, policy.clone()))
+        .create(
+            &PostParams::default(),
+            &cluster.model(MODEL, 3, V1, v1, policy.clone()),
+        )
         .await
         .expect("model created");
     let monitor = cluster.monitor(MODEL, |_| Vec::new());
@@ -61,11 +68,17 @@ async fn operator_on_a_real_control_plane() {
     // 1. Three verified endpoints, with the enclaves' real certificates, on
     //    three distinct TPM nodes.
     let status = cluster.wait_verified(MODEL, 3, CONVERGE, |_| true).await;
-    eprintln!("e2e: 3 replicas verified {:.1} s after creation", created.elapsed().as_secs_f64());
+    eprintln!(
+        "e2e: 3 replicas verified {:.1} s after creation",
+        created.elapsed().as_secs_f64()
+    );
     let nodes: BTreeSet<&str> = status.endpoints.iter().map(|e| e.node.as_str()).collect();
     assert_eq!(nodes.len(), 3, "one enclave per node: {nodes:?}");
     for node in &nodes {
-        assert!(node.contains("-tpm-"), "enclave on a node without a TPM: {node}");
+        assert!(
+            node.contains("-tpm-"),
+            "enclave on a node without a TPM: {node}"
+        );
     }
     assert_eq!(status.attested_replicas, 3);
     for endpoint in &status.endpoints {
@@ -77,33 +90,72 @@ async fn operator_on_a_real_control_plane() {
     //    the client itself with --policy.
     let body = r#"{"model":"stub-model","messages":[{"role":"user","content":"hello"}]}"#;
     let (ok, out, err) = run(cluster.aver().args([
-        "request", "--from-cluster", MODEL, "-n", &cluster.namespace, "--fail", "-d", body,
+        "request",
+        "--from-cluster",
+        MODEL,
+        "-n",
+        &cluster.namespace,
+        "--fail",
+        "-d",
+        body,
         "/v1/chat/completions",
     ]));
     assert!(ok, "pinned request failed: {err}");
     assert!(out.contains("echo: hello"), "{out}");
-    assert!(err.contains("pinned"), "the client says it trusted the status: {err}");
+    assert!(
+        err.contains("pinned"),
+        "the client says it trusted the status: {err}"
+    );
     let policy_file = cluster.policy_file("policy.json", &policy);
-    let (ok, out, err) = run(cluster.aver().arg("request").arg("--policy").arg(&policy_file).args([
-        "--from-cluster", MODEL, "-n", &cluster.namespace, "--fail", "-d", body,
-        "/v1/chat/completions",
-    ]));
+    let (ok, out, err) = run(cluster
+        .aver()
+        .arg("request")
+        .arg("--policy")
+        .arg(&policy_file)
+        .args([
+            "--from-cluster",
+            MODEL,
+            "-n",
+            &cluster.namespace,
+            "--fail",
+            "-d",
+            body,
+            "/v1/chat/completions",
+        ]));
     assert!(ok, "request with --policy failed: {err}");
     assert!(out.contains("echo: hello"), "{out}");
     // A client whose policy wants another model refuses the endpoint.
     let mut other = policy.clone();
     other.allowed.model_digests = vec![aver_crds::Sha256Digest([0x42; 32])];
     let other_file = cluster.policy_file("other.json", &other);
-    let (ok, out, err) = run(cluster.aver().arg("request").arg("--policy").arg(&other_file).args([
-        "--from-cluster", MODEL, "-n", &cluster.namespace, "-d", body, "/v1/chat/completions",
-    ]));
-    assert!(!ok && !out.contains("echo"), "a policy mismatch must refuse: {out} {err}");
+    let (ok, out, err) = run(cluster
+        .aver()
+        .arg("request")
+        .arg("--policy")
+        .arg(&other_file)
+        .args([
+            "--from-cluster",
+            MODEL,
+            "-n",
+            &cluster.namespace,
+            "-d",
+            body,
+            "/v1/chat/completions",
+        ]));
+    assert!(
+        !ok && !out.contains("echo"),
+        "a policy mismatch must refuse: {out} {err}"
+    );
 
     // 3. Someone extends a node's workload PCR. The operator takes the node
     //    out of service (cordon) so the replacement lands elsewhere.
     let victim = status.endpoints[0].clone();
     cluster.cordon(&victim.node).await;
-    let node = cluster.sim.node(&victim.node).expect("simulated node").clone();
+    let node = cluster
+        .sim
+        .node(&victim.node)
+        .expect("simulated node")
+        .clone();
     node.extend_pcr(15).expect("extend PCR 15");
     let tampered = Instant::now();
     cluster
@@ -125,10 +177,17 @@ async fn operator_on_a_real_control_plane() {
     assert_eq!(degraded.status, "True");
     assert_eq!(degraded.reason, "AttestationFailed");
     let notes = cluster
-        .wait_for("AttestationFailed Event", Duration::from_secs(10), || async {
-            let notes = cluster.events(MODEL, "AttestationFailed").await;
-            notes.iter().any(|n| n.contains(&victim.pod)).then_some(notes)
-        })
+        .wait_for(
+            "AttestationFailed Event",
+            Duration::from_secs(10),
+            || async {
+                let notes = cluster.events(MODEL, "AttestationFailed").await;
+                notes
+                    .iter()
+                    .any(|n| n.contains(&victim.pod))
+                    .then_some(notes)
+            },
+        )
         .await;
     assert!(
         notes.iter().any(|n| n.contains(&victim.node)),
@@ -146,8 +205,14 @@ async fn operator_on_a_real_control_plane() {
         !cluster.pod_nodes(MODEL).await.contains_key(&victim.pod),
         "the tampered pod is gone"
     );
-    assert!(!cluster.sim.pods()[&victim.pod].running, "its processes stopped");
-    eprintln!("e2e: replacement verified on {:?}", status.endpoints.iter().map(|e| &e.node).collect::<Vec<_>>());
+    assert!(
+        !cluster.sim.pods()[&victim.pod].running,
+        "its processes stopped"
+    );
+    eprintln!(
+        "e2e: replacement verified on {:?}",
+        status.endpoints.iter().map(|e| &e.node).collect::<Vec<_>>()
+    );
 
     // 4. A new model digest: the Deployment rolls out (one pod at a time),
     //    the new endpoints are verified and the old ones leave.
@@ -170,7 +235,10 @@ async fn operator_on_a_real_control_plane() {
                 .all(|e| e.measurements.model == v2 && !old.contains(&e.pod))
         })
         .await;
-    eprintln!("e2e: rollout verified in {:.1} s", rolled.elapsed().as_secs_f64());
+    eprintln!(
+        "e2e: rollout verified in {:.1} s",
+        rolled.elapsed().as_secs_f64()
+    );
     cluster
         .wait_for("old pods gone", Duration::from_secs(30), || async {
             let pods = cluster.pod_nodes(MODEL).await;
@@ -182,6 +250,63 @@ async fn operator_on_a_real_control_plane() {
     }
     let nodes: BTreeSet<&str> = status.endpoints.iter().map(|e| e.node.as_str()).collect();
     assert_eq!(nodes.len(), 3, "one enclave per node after the rollout");
+
+    // 5. A fourth replica has nowhere to go: the only TPM node without an
+    //    enclave is cordoned, and at most one enclave may run per node (the
+    //    plain node has no TPM). The scheduler leaves it Pending.
+    cluster
+        .models()
+        .patch(
+            MODEL,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 4}})),
+        )
+        .await
+        .expect("scaled to 4");
+    let pods = cluster.pods();
+    let pending = cluster
+        .wait_for(
+            "a fourth pod the scheduler cannot place",
+            Duration::from_secs(30),
+            || async {
+                let list = pods.list(&Default::default()).await.ok()?;
+                list.items.into_iter().find(|p| {
+                    p.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .into_iter()
+                        .flatten()
+                        .any(|c| {
+                            c.type_ == "PodScheduled"
+                                && c.reason.as_deref() == Some("Unschedulable")
+                        })
+                })
+            },
+        )
+        .await;
+    let message = pending
+        .status
+        .and_then(|s| s.conditions)
+        .into_iter()
+        .flatten()
+        .find_map(|c| (c.type_ == "PodScheduled").then_some(c.message.unwrap_or_default()))
+        .unwrap_or_default();
+    eprintln!("e2e: fourth replica unschedulable: {message}");
+    assert!(message.contains("anti-affinity"), "{message}");
+    let status = cluster
+        .wait_for(
+            "Ready=False with 3 of 4 attested",
+            Duration::from_secs(30),
+            || async {
+                let status = cluster.status(MODEL).await;
+                let not_ready = status
+                    .condition("Ready")
+                    .is_some_and(|c| c.status == "False");
+                (not_ready && status.endpoints.len() == 3).then_some(status)
+            },
+        )
+        .await;
+    assert!(cluster.check_endpoints(&status).is_empty());
 
     let statuses = monitor.finish();
     eprintln!("e2e: {statuses} published statuses checked against the enclaves' real keys");

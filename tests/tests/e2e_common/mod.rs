@@ -107,11 +107,14 @@ impl Cluster {
         };
         // No pod is admitted before the namespace's default ServiceAccount
         // exists (the fixture's controller manager makes it).
-        let accounts: Api<ServiceAccount> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+        let accounts: Api<ServiceAccount> =
+            Api::namespaced(cluster.client.clone(), &cluster.namespace);
         cluster
-            .wait_for("default ServiceAccount", Duration::from_secs(30), || async {
-                accounts.get_opt("default").await.ok().flatten()
-            })
+            .wait_for(
+                "default ServiceAccount",
+                Duration::from_secs(30),
+                || async { accounts.get_opt("default").await.ok().flatten() },
+            )
             .await;
         cluster
     }
@@ -120,9 +123,14 @@ impl Cluster {
     pub fn start_controller(&mut self, identity: &str, extra: &[&str]) -> usize {
         let mut flags = vec!["--attest-timeout", "5s"];
         flags.extend_from_slice(extra);
-        let controller =
-            ControllerProcess::start(&self.cp, &self.namespace, identity, self.work.path(), &flags)
-                .expect("aver-controller starts");
+        let controller = ControllerProcess::start(
+            &self.cp,
+            &self.namespace,
+            identity,
+            self.work.path(),
+            &flags,
+        )
+        .expect("aver-controller starts");
         self.controllers.push(controller);
         self.controllers.len() - 1
     }
@@ -279,7 +287,10 @@ impl Cluster {
             let real = pod.certificate_der.clone().unwrap_or_default();
             let published = pem_to_der(&endpoint.certificate_pem);
             if published != real {
-                problems.push(format!("{}: certificate differs from the enclave's", endpoint.pod));
+                problems.push(format!(
+                    "{}: certificate differs from the enclave's",
+                    endpoint.pod
+                ));
             }
             if Some(endpoint.spki_sha256) != pod.spki_sha256 {
                 problems.push(format!("{}: SPKI differs from the enclave's", endpoint.pod));
@@ -291,7 +302,10 @@ impl Cluster {
                 ));
             }
             if endpoint.node != pod.node {
-                problems.push(format!("{}: node {} != {}", endpoint.pod, endpoint.node, pod.node));
+                problems.push(format!(
+                    "{}: node {} != {}",
+                    endpoint.pod, endpoint.node, pod.node
+                ));
             }
         }
         problems
@@ -415,7 +429,13 @@ impl Cluster {
         }
         out.push_str(&self.cp.logs(15));
         for what in [
-            &["get", "nodes,pods,replicasets,deployments", "-A", "-o", "wide"][..],
+            &[
+                "get",
+                "nodes,pods,replicasets,deployments",
+                "-A",
+                "-o",
+                "wide",
+            ][..],
             &["get", "events", "-A", "--sort-by=.lastTimestamp"][..],
         ] {
             if let Ok(output) = self.cp.kubectl().args(what).output() {
