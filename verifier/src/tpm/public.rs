@@ -168,21 +168,7 @@ mod tests {
     use proptest::prelude::*;
 
     pub(crate) fn ecc_public(attributes: u32) -> Vec<u8> {
-        let mut v = Vec::new();
-        v.extend(alg::ECC.to_be_bytes());
-        v.extend(alg::SHA256.to_be_bytes());
-        v.extend(attributes.to_be_bytes());
-        v.extend(0u16.to_be_bytes()); // authPolicy
-        v.extend(alg::NULL.to_be_bytes()); // symmetric
-        v.extend(alg::ECDSA.to_be_bytes());
-        v.extend(alg::SHA256.to_be_bytes());
-        v.extend(ECC_NIST_P256.to_be_bytes());
-        v.extend(alg::NULL.to_be_bytes()); // kdf
-        v.extend(32u16.to_be_bytes());
-        v.extend([1u8; 32]);
-        v.extend(32u16.to_be_bytes());
-        v.extend([2u8; 32]);
-        v
+        crate::ek::testing::ak_public(attributes, [1; 32], [2; 32])
     }
 
     const AK: u32 = attributes::FIXED_TPM
