@@ -4,7 +4,8 @@
 # `helm template` renders the objects and RBAC expected.
 #
 # helm has no Debian package; if it is missing it is built from its Go
-# module (helm.sh/helm/v3, through the Go module proxy) into $(go env GOPATH)/bin.
+# module (helm.sh/helm/v3, through the Go module proxy) into target/tools/bin,
+# where tests/kind/lib.sh find_helm looks first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

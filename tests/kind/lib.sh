@@ -24,11 +24,18 @@ render() {
   printf '%s\n' "$text"
 }
 
-# find_helm — puts helm on PATH if it is installed (PATH, or GOPATH/bin where
-# scripts/chart-check.sh builds it); returns 1 if it is not.
+# find_helm — puts helm on PATH if it is installed: where
+# scripts/chart-check.sh builds it (target/tools/bin, preferred so CI uses the
+# pinned version), then PATH, then GOPATH/bin; returns 1 if it is not.
 find_helm() {
+  local root tools gobin
+  root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+  tools="$root/target/tools/bin"
+  if [ -x "$tools/helm" ]; then
+    export PATH="$tools:$PATH"
+    return 0
+  fi
   command -v helm >/dev/null 2>&1 && return 0
-  local gobin
   gobin="$(go env GOPATH 2>/dev/null || echo "$HOME/go")/bin"
   if [ -x "$gobin/helm" ]; then
     export PATH="$gobin:$PATH"
