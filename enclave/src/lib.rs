@@ -5,18 +5,22 @@
 //! that survives restarts ([`launch_log`]), and answers verifiers' nonces with
 //! TPM-signed evidence bound to that key ([`evidence`]). [`launch`] ties the
 //! steps together in the order the security properties of DESIGN §3 need;
-//! [`tpm`] is the only code that talks to the TPM.
+//! [`tpm`] (from the shared crate `aver-tpm`) is the only code that talks to
+//! the TPM.
+
+/// TPM access lives in the shared crate `aver-tpm` (the node agent uses it
+/// too); re-exported so `aver_enclave::tpm` and `aver_enclave::endorsement`
+/// keep working.
+pub use aver_tpm::{endorsement, tpm};
 
 pub mod batcher;
 pub mod cli;
-pub mod endorsement;
 pub mod evidence;
 pub mod launch;
 pub mod launch_log;
 pub mod measure;
 pub mod server;
 pub mod tls_key;
-pub mod tpm;
 
 pub use evidence::{collect, CollectError};
 pub use launch::{Enclave, LaunchConfig, LaunchError};

@@ -1,4 +1,4 @@
-//! The enclave's only door to the TPM: the attestation key, PCR reads and
+//! The only door to the TPM: the attestation key, PCR reads and
 //! extends, and quotes, through `tss-esapi`.
 //!
 //! Everything leaves this module in TPM wire format (marshalled
