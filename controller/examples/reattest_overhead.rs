@@ -69,6 +69,7 @@ fn main() {
             engine_digests: vec![digest(1)],
             model_digests: vec![digest(2)],
             config_digests: None,
+            pod: None,
         },
         trust: TrustRoots {
             ak_names: vec![format!("000b{}", "cd".repeat(32))],

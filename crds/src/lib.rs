@@ -19,7 +19,10 @@ pub mod confidential_model;
 pub mod crd;
 
 pub use digest::{DigestParseError, Sha256Digest};
-pub use policy::{AllowedWorkload, AttestationPolicy, PolicyError, ReferencePcr, TrustRoots};
+pub use policy::{
+    AllowedContainer, AllowedPod, AllowedWorkload, AttestationPolicy, PolicyError, ReferencePcr,
+    TrustRoots,
+};
 
 #[cfg(feature = "resource")]
 pub use confidential_model::{

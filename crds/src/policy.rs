@@ -106,6 +106,40 @@ pub struct AllowedWorkload {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
     pub config_digests: Option<Vec<Sha256Digest>>,
+    /// The containers the pod holding the TLS key must run, as `aver-node`
+    /// measured them below the pod. With it, the evidence must come from
+    /// `aver-node` (evidence v2) and the engine is identified by the
+    /// runtime, not by the enclave; without it only enclave-reported
+    /// evidence (v1) is accepted, which proves what the enclave says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<AllowedPod>,
+}
+
+/// What the pod that holds the attested TLS key must run: exactly these
+/// containers (each at least once, restarts included) and nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AllowedPod {
+    #[schemars(length(min = 1, max = 16), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub containers: Vec<AllowedContainer>,
+}
+
+/// One container of the attested pod, identified as the node measured it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AllowedContainer {
+    /// Container name in the pod spec ("enclave", "engine").
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// Image digests the runtime may report for it (manifest digest or
+    /// image ID); any one matches.
+    #[schemars(length(min = 1, max = 64))]
+    pub image_digests: Vec<Sha256Digest>,
+    /// Digests of the canonical container spec (command, args, env, user,
+    /// security context, mounts, devices) as `aver policy from-model`
+    /// computes them; any one matches.
+    #[schemars(length(min = 1, max = 64))]
+    pub spec_digests: Vec<Sha256Digest>,
 }
 
 /// Roots of trust for the platform: which attestation keys (AKs) may sign
@@ -374,6 +408,7 @@ mod tests {
                 engine_digests: vec![digest(1)],
                 model_digests: vec![digest(2)],
                 config_digests: None,
+                pod: None,
             },
             trust: TrustRoots {
                 ak_names: vec![format!("000b{}", "cd".repeat(32))],

@@ -151,6 +151,7 @@ pub fn policy_for(ak_names: &[String], model: Sha256Digest) -> AttestationPolicy
             engine_digests: vec![Sha256Digest([0x11; 32])],
             model_digests: vec![model],
             config_digests: None,
+            pod: None,
         },
         trust: TrustRoots {
             ak_names: ak_names.to_vec(),

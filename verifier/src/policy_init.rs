@@ -46,6 +46,7 @@ pub fn policy_from_evidence(
             engine_digests: vec![launch.engine],
             model_digests: vec![launch.model],
             config_digests: Some(vec![launch.serving_config]),
+            pod: None,
         },
         trust: TrustRoots {
             ak_names: vec![ak.name_hex()],
