@@ -75,31 +75,10 @@ pub enum LaunchLogError {
     Tpm(#[from] TpmError),
 }
 
-/// Reading and extending the workload PCR: all the launch log needs from a
-/// TPM, so that it can be exercised without one.
-pub trait WorkloadPcr {
-    /// Current SHA-256 value of `pcr`.
-    fn read(&mut self, pcr: u8) -> Result<Sha256Digest, TpmError>;
-    /// Extends `pcr` in the SHA-256 bank.
-    fn extend(&mut self, pcr: u8, digest: &Sha256Digest) -> Result<(), TpmError>;
-}
-
-impl WorkloadPcr for Tpm {
-    fn read(&mut self, pcr: u8) -> Result<Sha256Digest, TpmError> {
-        let values = self.read_pcrs(&[pcr])?;
-        match values.as_slice() {
-            [(read, value)] if *read == pcr => Ok(Sha256Digest(*value)),
-            _ => Err(TpmError::UnexpectedResponse {
-                command: "PCR_Read",
-                reason: format!("asked for PCR {pcr}, got {} values", values.len()),
-            }),
-        }
-    }
-
-    fn extend(&mut self, pcr: u8, digest: &Sha256Digest) -> Result<(), TpmError> {
-        Tpm::extend(self, pcr, digest.as_bytes())
-    }
-}
+/// Reading and extending the workload PCR, shared with the node agent
+/// through `aver-tpm`; re-exported so `aver_enclave::launch_log::WorkloadPcr`
+/// keeps working.
+pub use aver_tpm::WorkloadPcr;
 
 /// The stored form: versioned, and naming its PCR so that a changed
 /// `--workload-pcr` is noticed instead of replaying against the wrong PCR.

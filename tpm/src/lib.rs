@@ -10,10 +10,13 @@
 //! for it.
 //!
 //! [`tpm`] opens the TPM, manages the persistent attestation key (AK), reads
-//! and extends PCRs and quotes; [`endorsement`] reads the endorsement key
-//! (EK) certificates and performs credential activation.
+//! and extends PCRs and quotes; [`pcrs`] is the workload PCR as a log uses
+//! it and quotes paired with the values they signed; [`endorsement`] reads
+//! the endorsement key (EK) certificates and performs credential activation.
 
 pub mod endorsement;
+pub mod pcrs;
 pub mod tpm;
 
+pub use pcrs::{PcrQuote, QuoteError, WorkloadPcr};
 pub use tpm::{Tpm, TpmError};
