@@ -21,6 +21,12 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# containerd, runc and the CNI plugins for the node tests (aver-node in front
+# of a real runtime), busybox-static for test images, protoc for the CRI API.
+# shellcheck source=scripts/lib/containerd.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/containerd.sh"
+install_containerd
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; install Rust (https://rustup.rs) first" >&2
   exit 1
