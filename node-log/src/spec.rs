@@ -130,6 +130,9 @@ pub enum MountSource {
     TerminationLog,
     /// Any other host path, in full: what the node exposes to the container.
     HostPath { path: String },
+    /// An OCI image mounted as a volume (image volumes carry models), by the
+    /// reference the runtime was given (the kubelet passes the resolved ID).
+    Image { reference: String },
 }
 
 impl MountSource {
@@ -178,6 +181,9 @@ impl MountSource {
             Self::HostPath { path } => {
                 e.u8(4).str(path);
             }
+            Self::Image { reference } => {
+                e.u8(5).str(reference);
+            }
         }
     }
 }
@@ -193,6 +199,7 @@ impl std::fmt::Display for MountSource {
             Self::EtcHosts => f.write_str("etc-hosts"),
             Self::TerminationLog => f.write_str("termination-log"),
             Self::HostPath { path } => write!(f, "host path {path}"),
+            Self::Image { reference } => write!(f, "image {reference}"),
         }
     }
 }
