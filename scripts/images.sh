@@ -16,6 +16,10 @@
 #   scripts/images.sh            builds the test images (pause, busybox)
 #   scripts/images.sh --check    also builds each twice and fails if the
 #                                digests differ
+#   scripts/images.sh --project  builds the images of the workspace's own
+#                                binaries instead (aver-enclave, the stub
+#                                engine) from target/debug; see
+#                                build_project_images
 #   source scripts/images.sh     only defines build_image (see below), to
 #                                package other binaries, e.g.
 #     build_image enclave aver.test/enclave:1 /bin/aver-enclave --with-libs \
@@ -54,6 +58,8 @@ images_dir() {
 #   --cmd ARG          an argument appended to the default command (repeatable)
 #   --user UID[:GID]   the default user instead of 65532:65532
 #   --workdir PATH     the working directory (default /)
+#   --compress-level N gzip level of the layer, 1-9 (default 9; the large
+#                      images of the workspace's binaries use a faster one)
 build_image() {
   if [ $# -lt 3 ]; then
     echo "usage: build_image NAME REF ENTRYPOINT [--with-libs] [--symlink L=T] [--dir D] [--env K=V] [--cmd ARG] [--user U] [--workdir W] FILE..." >&2
@@ -88,6 +94,7 @@ cmd = []
 user = "65532:65532"
 workdir = "/"
 with_libs = False
+compress_level = 9
 
 def absolute(path, what):
     if not path.startswith("/") or "//" in path or path.endswith("/") and path != "/":
@@ -125,6 +132,11 @@ for arg in args:
         user = value()
     elif arg == "--workdir":
         workdir = absolute(value(), "the working directory")
+    elif arg == "--compress-level":
+        level = value()
+        if level not in [str(n) for n in range(1, 10)]:
+            sys.exit(f"build_image: --compress-level must be 1 to 9, not {level!r}")
+        compress_level = int(level)
     elif arg.startswith("--"):
         sys.exit(f"build_image: unknown option {arg}")
     else:
@@ -210,7 +222,7 @@ with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
 layer_tar = raw.getvalue()
 
 packed = io.BytesIO()
-with gzip.GzipFile(filename="", mode="wb", fileobj=packed, mtime=0, compresslevel=9) as gz:
+with gzip.GzipFile(filename="", mode="wb", fileobj=packed, mtime=0, compresslevel=compress_level) as gz:
     gz.write(layer_tar)
 layer = packed.getvalue()
 
@@ -334,6 +346,106 @@ build_test_images() {
   build_image busybox aver.test/busybox:1 /bin/sh "$busybox=/bin/busybox" "${links[@]}"
 }
 
+# The target directory cargo builds into (CARGO_TARGET_DIR or target/).
+target_dir() {
+  local root
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  echo "${CARGO_TARGET_DIR:-$root/target}"
+}
+
+# build_image_cached NAME REF ENTRYPOINT ARG...
+#
+# build_image, skipped when nothing it reads changed since the last build of
+# NAME: the arguments, build_image itself, the content of every FILE and, with
+# --with-libs, of every library ldd resolves for them. The digest of all that
+# is kept in $(images_dir)/NAME.inputs. For images of large binaries, where
+# build_image (reading and compressing everything) takes seconds.
+build_image_cached() {
+  local name=$1 out key arg src files=() with_libs=0 expect_value=0
+  out=$(images_dir)
+  for arg in "${@:4}"; do
+    if [ "$expect_value" = 1 ]; then expect_value=0; continue; fi
+    case $arg in
+      --with-libs) with_libs=1 ;;
+      --symlink | --dir | --env | --cmd | --user | --workdir | --compress-level) expect_value=1 ;;
+      *) src=${arg%%=*}; files+=("$src") ;;
+    esac
+  done
+  key=$(
+    {
+      declare -f build_image
+      printf '%s\0' "$@"
+      for src in "${files[@]}"; do
+        sha256sum "$(readlink -f "$src")"
+        if [ "$with_libs" = 1 ]; then
+          LC_ALL=C ldd "$src" 2>/dev/null | grep -o '/[^ ]*' | sort -u | while read -r lib; do
+            sha256sum "$(readlink -f "$lib")"
+          done
+        fi
+      done
+    } | sha256sum | cut -d' ' -f1
+  )
+  if [ -f "$out/$name.oci.tar" ] && [ "$(cat "$out/$name.inputs" 2>/dev/null)" = "$key" ]; then
+    echo "images: $name $(cat "$out/$name.ref") $(cat "$out/$name.digest") (unchanged)"
+    return 0
+  fi
+  rm -f "$out/$name.inputs"
+  build_image "$@"
+  echo "$key" >"$out/$name.inputs"
+}
+
+# A workspace binary from $(target_dir)/PROFILE without its debug information
+# (objcopy --strip-debug is deterministic; a debug build's DWARF is most of
+# its size), copied again only when the build is newer.
+stripped_binary() {
+  local bin=$1 profile=${AVER_IMAGES_PROFILE:-debug} src dest
+  src="$(target_dir)/$profile/$bin"
+  dest="$(images_dir)/build/$profile/$bin"
+  if [ ! -x "$src" ]; then
+    echo "images: $src is missing: build it first (cargo build --workspace --bins)" >&2
+    return 1
+  fi
+  mkdir -p "$(dirname "$dest")"
+  if [ ! -x "$dest" ] || [ "$src" -nt "$dest" ]; then
+    objcopy --strip-debug "$src" "$dest.tmp.$$"
+    touch -r "$src" "$dest.tmp.$$"
+    mv "$dest.tmp.$$" "$dest"
+  fi
+  echo "$dest"
+}
+
+# The images of the workspace's own binaries, for the node tests
+# (tests/src/node_agent.rs), from $(target_dir)/debug (AVER_IMAGES_PROFILE
+# for another profile):
+#
+#   enclave      aver.test/enclave:dev      /bin/aver-enclave, dynamically
+#                linked to libtss2; libtss2-tctildr loads the TCTI module
+#                the --tcti names with dlopen, so the swtpm and device
+#                modules are added explicitly (next to the other libtss2)
+#   stub-engine  aver.test/stub-engine:dev  /bin/aver-stub-engine
+build_project_images() {
+  local enclave engine tctildr libdir tcti modules=()
+  enclave=$(stripped_binary aver-enclave)
+  engine=$(stripped_binary aver-stub-engine)
+  tctildr=$(LC_ALL=C ldd "$enclave" | awk '$1 ~ /^libtss2-tctildr\.so/ {print $3}')
+  if [ -z "$tctildr" ]; then
+    echo "images: $enclave is not linked to libtss2-tctildr (ldd: $(ldd "$enclave" 2>&1 | tr '\n' ' '))" >&2
+    return 1
+  fi
+  libdir=$(dirname "$tctildr")
+  for tcti in swtpm device; do
+    if [ ! -e "$libdir/libtss2-tcti-$tcti.so.0" ]; then
+      echo "images: $libdir/libtss2-tcti-$tcti.so.0 is missing: apt-get install libtss2-dev" >&2
+      return 1
+    fi
+    modules+=("$libdir/libtss2-tcti-$tcti.so.0=$libdir/libtss2-tcti-$tcti.so.0")
+  done
+  build_image_cached enclave aver.test/enclave:dev /bin/aver-enclave --with-libs \
+    --compress-level 1 "$enclave=/bin/aver-enclave" "${modules[@]}"
+  build_image_cached stub-engine aver.test/stub-engine:dev /bin/aver-stub-engine --with-libs \
+    --compress-level 1 "$engine=/bin/aver-stub-engine"
+}
+
 # --check: every test image built twice (in separate directories) must come
 # out byte for byte the same.
 check_reproducible() {
@@ -362,6 +474,10 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   # Concurrent test processes may run this at the same time.
   exec 9>"$(images_dir)/.lock"
   flock 9
+  if [ "${1:-}" = "--project" ]; then
+    build_project_images
+    exit
+  fi
   build_test_images
   if [ "${1:-}" = "--check" ]; then
     check_reproducible
