@@ -423,6 +423,9 @@ stripped_binary() {
 #                the --tcti names with dlopen, so the swtpm and device
 #                modules are added explicitly (next to the other libtss2)
 #   stub-engine  aver.test/stub-engine:dev  /bin/aver-stub-engine
+#   agent-probe  aver.test/agent-probe:1    busybox and /bin/unix-http
+#                (tests/images/unix-http.c): a container that tries the
+#                agent socket, which busybox's nc and wget cannot reach
 build_project_images() {
   local enclave engine tctildr libdir tcti modules=()
   enclave=$(stripped_binary aver-enclave)
@@ -444,6 +447,25 @@ build_project_images() {
     --compress-level 1 "$enclave=/bin/aver-enclave" "${modules[@]}"
   build_image_cached stub-engine aver.test/stub-engine:dev /bin/aver-stub-engine --with-libs \
     --compress-level 1 "$engine=/bin/aver-stub-engine"
+  build_agent_probe_image
+}
+
+# busybox with unix-http, rebuilt only when tests/images/unix-http.c changed.
+build_agent_probe_image() {
+  local root src bin busybox=/bin/busybox applet links=()
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  src="$root/tests/images/unix-http.c"
+  bin="$(images_dir)/build/unix-http"
+  mkdir -p "$(dirname "$bin")"
+  if [ ! -x "$bin" ] || [ "$src" -nt "$bin" ]; then
+    gcc -static -Os -s -Wall -Wextra -Werror -o "$bin.tmp.$$" "$src"
+    mv "$bin.tmp.$$" "$bin"
+  fi
+  for applet in sh sleep cat env ls nc wget id echo test; do
+    links+=(--symlink "/bin/$applet=busybox")
+  done
+  build_image_cached agent-probe aver.test/agent-probe:1 /bin/sh "$busybox=/bin/busybox" \
+    "$bin=/bin/unix-http" "${links[@]}"
 }
 
 # --check: every test image built twice (in separate directories) must come
