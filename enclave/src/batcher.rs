@@ -4,7 +4,8 @@
 //! Each response carries its inclusion proof. A request alone is the
 //! one-leaf tree: its qualifying data is exactly the unbatched formula.
 //!
-//! Only the worker thread touches the TPM, so quotes never interleave.
+//! One quote is in flight at a time; what signs it is the
+//! [`QuoteBackend`] (the enclave's own TPM, or aver-node).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,13 +13,11 @@ use std::time::Duration;
 
 use aver_crds::Sha256Digest;
 use aver_verifier::binding::{leaf, MerkleTree, Nonce};
-use aver_verifier::ek::ActivationRequest;
 use aver_verifier::Evidence;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::endorsement::ActivateError;
-use crate::evidence::QuotedState;
+use crate::backend::{LocalTpm, QuoteBackend};
 use crate::launch::Enclave;
 
 /// How challenges are grouped. By default there is no window at all:
@@ -55,9 +54,10 @@ pub struct BatchStats {
 /// Why no evidence was produced for a challenge.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BatchError {
-    #[error("TPM quote failed: {0}")]
+    /// The backend's one-line reason (it names the TPM or aver-node).
+    #[error("{0}")]
     Quote(String),
-    #[error("the TPM worker has stopped")]
+    #[error("the evidence batcher has stopped")]
     Stopped,
 }
 
@@ -67,21 +67,11 @@ struct Pending {
     reply: oneshot::Sender<Result<Evidence, BatchError>>,
 }
 
-/// Work for the TPM thread: a quote over a batch's root, or a credential
-/// activation (rare, so it simply queues between quotes).
-enum TpmJob {
-    Quote([u8; 32], oneshot::Sender<Result<QuotedState, String>>),
-    Activate(
-        Box<ActivationRequest>,
-        oneshot::Sender<Result<Vec<u8>, ActivateError>>,
-    ),
-}
-
 /// Handle through which request handlers ask for evidence. Cheap to clone.
 #[derive(Clone)]
 pub struct QuoteBatcher {
     tx: mpsc::Sender<Pending>,
-    jobs: std::sync::mpsc::Sender<TpmJob>,
+    backend: Arc<QuoteBackend>,
     stats: Arc<BatchStats>,
 }
 
@@ -90,24 +80,24 @@ impl QuoteBatcher {
     /// and starts the batching task on the current tokio runtime.
     pub fn start(enclave: Enclave, config: BatchConfig) -> std::io::Result<Self> {
         let spki = enclave.tls_key().spki_sha256();
+        let backend = QuoteBackend::LocalTpm(LocalTpm::start(enclave)?);
+        Ok(Self::with_backend(backend, spki, config))
+    }
+
+    /// Starts the batching task on the current tokio runtime, quoting
+    /// through `backend` for challenges bound to the TLS key `spki`.
+    pub fn with_backend(backend: QuoteBackend, spki: Sha256Digest, config: BatchConfig) -> Self {
         let stats = Arc::new(BatchStats::default());
-        let (job_tx, job_rx) = std::sync::mpsc::channel::<TpmJob>();
-        std::thread::Builder::new()
-            .name("aver-tpm".into())
-            .spawn(move || tpm_worker(enclave, job_rx))?;
+        let backend = Arc::new(backend);
         let (tx, rx) = mpsc::channel(config.max_batch.max(1).saturating_mul(4));
         tokio::spawn(collect_batches(
             rx,
-            job_tx.clone(),
+            backend.clone(),
             spki,
             config,
             stats.clone(),
         ));
-        Ok(Self {
-            tx,
-            jobs: job_tx,
-            stats,
-        })
+        Self { tx, backend, stats }
     }
 
     /// Evidence answering `nonce`, bound to the enclave's TLS key.
@@ -124,13 +114,9 @@ impl QuoteBatcher {
         answer.await.map_err(|_| BatchError::Stopped)?
     }
 
-    /// Activates a verifier's credential on the TPM thread.
-    pub async fn activate(&self, request: ActivationRequest) -> Result<Vec<u8>, ActivateError> {
-        let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(TpmJob::Activate(Box::new(request), reply))
-            .map_err(|_| ActivateError::WorkerStopped)?;
-        answer.await.map_err(|_| ActivateError::WorkerStopped)?
+    /// What quotes are taken with.
+    pub fn backend(&self) -> &QuoteBackend {
+        &self.backend
     }
 
     pub fn stats(&self) -> &BatchStats {
@@ -138,23 +124,9 @@ impl QuoteBatcher {
     }
 }
 
-fn tpm_worker(mut enclave: Enclave, jobs: std::sync::mpsc::Receiver<TpmJob>) {
-    while let Ok(job) = jobs.recv() {
-        match job {
-            TpmJob::Quote(qualifying, reply) => {
-                let result = enclave.quote(&qualifying).map_err(|e| e.to_string());
-                let _ = reply.send(result);
-            }
-            TpmJob::Activate(request, reply) => {
-                let _ = reply.send(enclave.activate(&request));
-            }
-        }
-    }
-}
-
 async fn collect_batches(
     mut rx: mpsc::Receiver<Pending>,
-    jobs: std::sync::mpsc::Sender<TpmJob>,
+    backend: Arc<QuoteBackend>,
     spki: Sha256Digest,
     config: BatchConfig,
     stats: Arc<BatchStats>,
@@ -190,16 +162,9 @@ async fn collect_batches(
         let Some(tree) = MerkleTree::new(leaves) else {
             continue;
         };
-        let (reply, answer) = oneshot::channel();
-        let quoted = if jobs.send(TpmJob::Quote(tree.root(), reply)).is_err() {
-            Err(BatchError::Stopped)
-        } else {
-            match answer.await {
-                Ok(Ok(state)) => Ok(state),
-                Ok(Err(message)) => Err(BatchError::Quote(message)),
-                Err(_) => Err(BatchError::Stopped),
-            }
-        };
+        // Awaited before the next batch is collected: whatever queues
+        // meanwhile goes under the next quote (group commit).
+        let quoted = backend.quote(tree.root()).await.map_err(BatchError::Quote);
         stats
             .challenges
             .fetch_add(batch.len() as u64, Ordering::Relaxed);

@@ -1,5 +1,6 @@
-//! Building the evidence document (format v1, see
-//! `aver_verifier::evidence`) that answers one verifier's nonce.
+//! Building the evidence document (see `aver_verifier::evidence`) that
+//! answers one verifier's nonce: format v1 from a quote of the enclave's own
+//! TPM ([`quote`]), whose log is the enclave's launch sequence.
 
 use aver_crds::Sha256Digest;
 use aver_verifier::binding::{qualifying_data, MerkleProof, Nonce};
@@ -7,13 +8,9 @@ use aver_verifier::eventlog::LogEntry;
 use aver_verifier::evidence::{Base64Bytes, PcrValue, Quote};
 use aver_verifier::{Evidence, EVIDENCE_VERSION};
 
-use crate::tpm::{parse_quote, pcr_digest, Tpm, TpmError};
+use aver_tpm::pcrs::{QuoteError, QUOTE_ATTEMPTS};
 
-/// How often a quote is retaken when a PCR moved between the quote and the
-/// read-back. Only an extend racing with the quote causes that, so a second
-/// attempt practically always succeeds; the bound keeps a PCR that is being
-/// extended in a loop from holding the request forever.
-const ATTEMPTS: usize = 3;
+use crate::tpm::{Tpm, TpmError};
 
 /// Why no evidence could be produced.
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +19,7 @@ pub enum CollectError {
     Tpm(#[from] TpmError),
     #[error("the quote does not match what was asked for: {0}")]
     QuoteMismatch(String),
-    #[error("the quoted PCRs kept changing between the quote and reading them back ({ATTEMPTS} attempts)")]
+    #[error("the quoted PCRs kept changing between the quote and reading them back ({QUOTE_ATTEMPTS} attempts)")]
     PcrsChanging,
 }
 
@@ -47,10 +44,18 @@ pub fn collect(
 /// challenge whose leaf is under the quoted qualifying data.
 #[derive(Debug, Clone)]
 pub struct QuotedState {
-    quote: Quote,
-    pcrs: Vec<PcrValue>,
-    ak_public: Base64Bytes,
-    event_log: Vec<LogEntry>,
+    pub(crate) quote: Quote,
+    pub(crate) pcrs: Vec<PcrValue>,
+    pub(crate) ak_public: Base64Bytes,
+    pub(crate) log: QuotedLog,
+}
+
+/// The log that explains the quoted workload PCR, which also decides the
+/// evidence version.
+#[derive(Debug, Clone)]
+pub enum QuotedLog {
+    /// The enclave's own launch sequence (local TPM): evidence v1.
+    Launch(Vec<LogEntry>),
 }
 
 impl QuotedState {
@@ -61,15 +66,17 @@ impl QuotedState {
         spki: Sha256Digest,
         batch: Option<MerkleProof>,
     ) -> Evidence {
-        Evidence {
-            version: EVIDENCE_VERSION,
-            nonce,
-            spki_sha256: spki,
-            quote: self.quote.clone(),
-            pcrs: self.pcrs.clone(),
-            ak_public: self.ak_public.clone(),
-            event_log: self.event_log.clone(),
-            batch,
+        match &self.log {
+            QuotedLog::Launch(event_log) => Evidence {
+                version: EVIDENCE_VERSION,
+                nonce,
+                spki_sha256: spki,
+                quote: self.quote.clone(),
+                pcrs: self.pcrs.clone(),
+                ak_public: self.ak_public.clone(),
+                event_log: event_log.clone(),
+                batch,
+            },
         }
     }
 }
@@ -78,61 +85,35 @@ impl QuotedState {
 /// challenge's leaf or a batch's Merkle root).
 ///
 /// PCR values are read right after the quote and are checked against the
-/// quote's pcrDigest, so the document never pairs a quote with values it
-/// did not sign.
+/// quote's pcrDigest ([`Tpm::quote_with_values`]), so the document never
+/// pairs a quote with values it did not sign.
 pub fn quote(
     tpm: &mut Tpm,
     log: &[LogEntry],
     quote_pcrs: &[u8],
     qualifying: &[u8; 32],
 ) -> Result<QuotedState, CollectError> {
-    let mut wanted = quote_pcrs.to_vec();
-    wanted.sort_unstable();
-    wanted.dedup();
-
-    for attempt in 1..=ATTEMPTS {
-        let (attest, signature) = tpm.quote(&wanted, qualifying)?;
-        let values = tpm.read_pcrs(&wanted)?;
-        let quoted = parse_quote(&attest)?;
-        if quoted.extra_data != qualifying {
-            return Err(CollectError::QuoteMismatch(
-                "the quote's extraData is not the qualifying data sent".into(),
-            ));
-        }
-        if quoted.pcrs != wanted {
-            return Err(CollectError::QuoteMismatch(format!(
-                "the quote covers PCRs {:?}, asked for {:?}",
-                quoted.pcrs, wanted
-            )));
-        }
-        let read: Vec<u8> = values.iter().map(|(pcr, _)| *pcr).collect();
-        if read != wanted {
-            return Err(CollectError::QuoteMismatch(format!(
-                "read back PCRs {read:?}, quoted {wanted:?}"
-            )));
-        }
-        if quoted.pcr_digest != pcr_digest(&values) {
-            tracing::debug!(
-                attempt,
-                "a quoted PCR changed before it was read back; quoting again"
-            );
-            continue;
-        }
-        return Ok(QuotedState {
-            quote: Quote {
-                attest: Base64Bytes(attest),
-                signature: Base64Bytes(signature),
-            },
-            pcrs: values
-                .into_iter()
-                .map(|(pcr, value)| PcrValue {
-                    pcr,
-                    value: Sha256Digest(value),
-                })
-                .collect(),
-            ak_public: Base64Bytes(tpm.ak_public_tpmt()),
-            event_log: log.to_vec(),
-        });
-    }
-    Err(CollectError::PcrsChanging)
+    let quoted = tpm
+        .quote_with_values(quote_pcrs, qualifying)
+        .map_err(|e| match e {
+            QuoteError::Tpm(e) => CollectError::Tpm(e),
+            QuoteError::Mismatch(reason) => CollectError::QuoteMismatch(reason),
+            QuoteError::PcrsChanging => CollectError::PcrsChanging,
+        })?;
+    Ok(QuotedState {
+        quote: Quote {
+            attest: Base64Bytes(quoted.attest),
+            signature: Base64Bytes(quoted.signature),
+        },
+        pcrs: quoted
+            .pcrs
+            .into_iter()
+            .map(|(pcr, value)| PcrValue {
+                pcr,
+                value: Sha256Digest(value),
+            })
+            .collect(),
+        ak_public: Base64Bytes(tpm.ak_public_tpmt()),
+        log: QuotedLog::Launch(log.to_vec()),
+    })
 }

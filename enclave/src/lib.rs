@@ -13,6 +13,7 @@
 /// keep working.
 pub use aver_tpm::{endorsement, tpm};
 
+pub mod backend;
 pub mod batcher;
 pub mod cli;
 pub mod evidence;

@@ -5,9 +5,11 @@
 //!   server's (only) certificate key, batched with concurrent challenges;
 //! - `GET /.well-known/aver/activate`: the AK public area and the TPM's EK
 //!   certificates; `POST` the same path with a credential made for them to
-//!   have the TPM activate it (`aver_verifier::ek::activation`);
+//!   have the TPM activate it (`aver_verifier::ek::activation`). Local TPM
+//!   mode only: with `--node-agent` the enclave has no TPM and answers 501;
 //! - `GET /healthz`: the process is alive;
-//! - `GET /readyz`: measurement is done (always, once serving) and the
+//! - `GET /readyz`: measurement is done (always, once serving), evidence can
+//!   be produced (with `--node-agent`: aver-node is reachable) and the
 //!   inference engine accepts connections;
 //! - `GET /metrics`: Prometheus counters;
 //! - everything else: reverse-proxied to the inference engine.
@@ -36,9 +38,11 @@ use sha2::{Digest as _, Sha256};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::backend::{LocalTpm, QuoteBackend};
 use crate::batcher::{BatchConfig, QuoteBatcher};
 use crate::endorsement::ActivateError;
 use crate::launch::Enclave;
+use crate::tls_key::TlsKey;
 use body::BoxBody;
 use proxy::Proxy;
 
@@ -81,10 +85,22 @@ struct Counters {
 
 struct AppState {
     batcher: QuoteBatcher,
-    /// The activation offer as served (JSON), or why it is unavailable.
-    activation_offer: Result<Bytes, String>,
+    activation: Activation,
     proxy: Proxy,
     counters: Counters,
+}
+
+/// Whether this enclave can activate credentials for verifiers.
+enum Activation {
+    /// With its own TPM: the offer as served (JSON), or why it is
+    /// unavailable, and the TPM thread that activates.
+    LocalTpm {
+        offer: Result<Bytes, String>,
+        tpm: LocalTpm,
+    },
+    /// Not here: the enclave has no TPM; the AK belongs to aver-node.
+    #[allow(dead_code)]
+    NotHere(&'static str),
 }
 
 /// A server that is bound and ready to accept.
@@ -92,6 +108,55 @@ pub struct Server {
     listener: TcpListener,
     acceptor: TlsAcceptor,
     state: Arc<AppState>,
+}
+
+/// The listener and TLS identity, before the quote backend is attached.
+struct Listening {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    proxy: Proxy,
+}
+
+impl Listening {
+    /// Builds the TLS identity from `key` and binds the listener.
+    async fn bind(key: &TlsKey, config: &ServeConfig) -> Result<Self, ServeError> {
+        let (tls_config, cert_der) = tls::server_config(key, &config.certificate_names)?;
+        let proxy = Proxy::new(
+            &config.upstream,
+            config.max_request_bytes,
+            config.upstream_timeout,
+        )?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServeError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        tracing::info!(
+            spki = %key.spki_sha256(),
+            certificate_sha256 = %hex::encode(Sha256::digest(cert_der.as_ref())),
+            "TLS identity ready"
+        );
+        Ok(Self {
+            listener,
+            acceptor: TlsAcceptor::from(tls_config),
+            proxy,
+        })
+    }
+
+    fn into_server(self, batcher: QuoteBatcher, activation: Activation) -> Server {
+        Server {
+            listener: self.listener,
+            acceptor: self.acceptor,
+            state: Arc::new(AppState {
+                batcher,
+                activation,
+                proxy: self.proxy,
+                counters: Counters::default(),
+            }),
+        }
+    }
 }
 
 impl Server {
@@ -109,27 +174,9 @@ impl Server {
         config: &ServeConfig,
         ek_chain: Vec<Vec<u8>>,
     ) -> Result<Self, ServeError> {
-        let (tls_config, cert_der) =
-            tls::server_config(enclave.tls_key(), &config.certificate_names)?;
-        let proxy = Proxy::new(
-            &config.upstream,
-            config.max_request_bytes,
-            config.upstream_timeout,
-        )?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ServeError::Listen {
-                    addr: config.listen,
-                    source,
-                })?;
-        tracing::info!(
-            spki = %enclave.tls_key().spki_sha256(),
-            certificate_sha256 = %hex::encode(Sha256::digest(cert_der.as_ref())),
-            "TLS identity ready"
-        );
+        let listening = Listening::bind(enclave.tls_key(), config).await?;
         let mut enclave = enclave;
-        let activation_offer = match enclave.activation_offer(ek_chain) {
+        let offer = match enclave.activation_offer(ek_chain) {
             Ok(offer) => {
                 tracing::info!(
                     ek_certificates = offer.endorsement_keys.len(),
@@ -142,17 +189,11 @@ impl Server {
                 Err(e.to_string())
             }
         };
-        let batcher = QuoteBatcher::start(enclave, config.batch).map_err(ServeError::Worker)?;
-        Ok(Self {
-            listener,
-            acceptor: TlsAcceptor::from(tls_config),
-            state: Arc::new(AppState {
-                batcher,
-                activation_offer,
-                proxy,
-                counters: Counters::default(),
-            }),
-        })
+        let spki = enclave.tls_key().spki_sha256();
+        let tpm = LocalTpm::start(enclave).map_err(ServeError::Worker)?;
+        let batcher =
+            QuoteBatcher::with_backend(QuoteBackend::LocalTpm(tpm.clone()), spki, config.batch);
+        Ok(listening.into_server(batcher, Activation::LocalTpm { offer, tpm }))
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -277,12 +318,17 @@ async fn evidence(state: &AppState, query: Option<&str>) -> Response<BoxBody> {
 }
 
 fn activation_offer(state: &AppState) -> Response<BoxBody> {
-    match &state.activation_offer {
-        Ok(json) => Response::builder()
+    match &state.activation {
+        Activation::LocalTpm {
+            offer: Ok(json), ..
+        } => Response::builder()
             .header(header::CONTENT_TYPE, "application/json")
             .body(body::full(json.clone()))
             .unwrap_or_else(|_| body::error(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed")),
-        Err(reason) => body::error(StatusCode::SERVICE_UNAVAILABLE, reason),
+        Activation::LocalTpm {
+            offer: Err(reason), ..
+        } => body::error(StatusCode::SERVICE_UNAVAILABLE, reason),
+        Activation::NotHere(reason) => body::error(StatusCode::NOT_IMPLEMENTED, reason),
     }
 }
 
@@ -290,6 +336,10 @@ fn activation_offer(state: &AppState) -> Response<BoxBody> {
 /// credential is not for this TPM's EK and AK) is 422, so that a verifier
 /// can tell "not resident" from "TPM unavailable" (503).
 async fn activate(state: &AppState, request: Request<Incoming>) -> Response<BoxBody> {
+    let tpm = match &state.activation {
+        Activation::LocalTpm { tpm, .. } => tpm,
+        Activation::NotHere(reason) => return body::error(StatusCode::NOT_IMPLEMENTED, reason),
+    };
     let body = match Limited::new(request.into_body(), MAX_ACTIVATION_BYTES)
         .collect()
         .await
@@ -307,7 +357,7 @@ async fn activate(state: &AppState, request: Request<Incoming>) -> Response<BoxB
         Err(e) => return body::error(StatusCode::BAD_REQUEST, &e.to_string()),
     };
     let kind = request.kind;
-    match state.batcher.activate(request).await {
+    match tpm.activate(request).await {
         Ok(secret) => {
             state.counters.activations.fetch_add(1, Ordering::Relaxed);
             tracing::info!(ek = %kind, "credential activated");
@@ -344,6 +394,13 @@ async fn activate(state: &AppState, request: Request<Incoming>) -> Response<BoxB
 }
 
 async fn readyz(state: &AppState) -> Response<BoxBody> {
+    if let Some(reason) = state.batcher.backend().unavailable().await {
+        return Response::builder()
+            .status(StatusCode::SERVICE_UNAVAILABLE)
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(body::full(format!("{reason}\n")))
+            .unwrap_or_else(|_| Response::new(body::full("")));
+    }
     let probe = tokio::net::TcpStream::connect(state.proxy.authority());
     match tokio::time::timeout(Duration::from_secs(1), probe).await {
         Ok(Ok(_)) => text(StatusCode::OK, "ready\n"),
