@@ -105,6 +105,10 @@ pub const CONDITION_DEGRADED: &str = "Degraded";
         "message": "engine.digest must be one of attestation.allowed.engineDigests, or no pod could ever be attested"
     },
     {
+        "rule": "(has(self.measurement) && self.measurement == 'enclave') || !has(self.tpm) || (!has(self.tpm.device) && !has(self.tpm.tcti))",
+        "message": "tpm.device and tpm.tcti give the enclave the TPM, which only measurement: enclave does; with measurement: node (the default) aver-node alone uses the TPM"
+    },
+    {
         "rule": "!has(self.attestation.interval) || !has(self.attestation.maxEvidenceAge) || duration(self.attestation.maxEvidenceAge) >= duration(self.attestation.interval)",
         "message": "attestation.maxEvidenceAge must be at least attestation.interval, or endpoints would drop out of status between attestations"
     }
@@ -122,7 +126,18 @@ pub struct ConfidentialModelSpec {
     #[schemars(range(min = 0, max = MAX_REPLICAS))]
     pub replicas: i32,
 
-    /// Which nodes have a TPM and how the enclave reaches it.
+    /// Who measures the pod into the TPM: `node` (default), the node agent
+    /// aver-node, which measures every container at the container runtime
+    /// and is the only user of the TPM on the node; or `enclave` (legacy),
+    /// for clusters without aver-node: the pod gets the TPM and the enclave
+    /// measures itself, so the evidence proves only what the enclave says
+    /// (any process in the pod could extend the TPM). Weaker: use it only
+    /// where aver-node cannot run.
+    #[serde(default)]
+    pub measurement: Measurement,
+
+    /// Which nodes have a TPM and, with `measurement: enclave`, how the
+    /// enclave reaches it.
     #[serde(default)]
     pub tpm: TpmSpec,
 
@@ -148,6 +163,21 @@ pub struct ModelSpec {
     pub digest: Sha256Digest,
 }
 
+/// Who measures a model's pods into the node's TPM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Measurement {
+    /// aver-node measures every container at the container runtime; the
+    /// pod has no TPM access and the enclave asks the node agent for
+    /// evidence (docs/node-measurement.md).
+    #[default]
+    Node,
+    /// Legacy: the enclave reads the TPM itself and measures its own
+    /// launch. For clusters without aver-node; weaker, because the
+    /// evidence proves what the enclave reports, not what the node ran.
+    Enclave,
+}
+
 /// Exactly one source of model files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -164,7 +194,8 @@ pub struct ModelSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageModelSource>,
     /// A directory on the node. For test clusters only: the files are
-    /// whatever the node holds.
+    /// whatever the node holds. The controller refuses paths outside its
+    /// allow-list (--allowed-model-host-paths, empty by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_path: Option<HostPathModelSource>,
 }

@@ -28,6 +28,6 @@ pub use policy::{
 pub use confidential_model::{
     AkActivation, BootPolicyResult, ConfidentialModel, ConfidentialModelSpec,
     ConfidentialModelStatus, EndpointMeasurements, EngineSpec, HostPathModelSource,
-    ImageModelSource, ModelSource, ModelSpec, PvcModelSource, ServiceSpec, TpmDevice, TpmSpec,
-    VerifiedEndpoint,
+    ImageModelSource, Measurement, ModelSource, ModelSpec, PvcModelSource, ServiceSpec, TpmDevice,
+    TpmSpec, VerifiedEndpoint,
 };

@@ -251,8 +251,45 @@ fn device_and_tcti_are_exclusive() {
         "at most one of device and tcti",
     );
     let mut ok = good();
+    ok["spec"]["measurement"] = json!("enclave");
     ok["spec"]["tpm"] = json!({"tcti": "swtpm:host=$(AVER_NODE_IP),port=2321"});
     cel(&ok).expect("tcti alone is allowed");
+}
+
+#[test]
+fn tpm_access_only_with_enclave_measurement() {
+    for tpm in [
+        json!({"tcti": "swtpm:host=$(AVER_NODE_IP),port=2321"}),
+        json!({"device": {"path": "/dev/tpmrm0"}}),
+    ] {
+        for measurement in [None, Some("node")] {
+            refused(
+                |o| {
+                    o["spec"]["tpm"] = tpm.clone();
+                    if let Some(m) = measurement {
+                        o["spec"]["measurement"] = json!(m);
+                    }
+                },
+                "only measurement: enclave does",
+            );
+        }
+        let mut ok = good();
+        ok["spec"]["tpm"] = tpm.clone();
+        ok["spec"]["measurement"] = json!("enclave");
+        cel(&ok).expect("enclave measurement may reach the TPM");
+    }
+    // The node selector still picks TPM nodes in node mode.
+    let mut ok = good();
+    ok["spec"]["tpm"] = json!({"nodeSelector": {"aver.dev/tpm": "true"}});
+    cel(&ok).expect("node selector alone is allowed");
+    let model: ConfidentialModel = serde_json::from_value(good()).expect("parses");
+    assert_eq!(model.spec.measurement, aver_crds::Measurement::Node);
+    assert!(serde_json::from_value::<ConfidentialModel>({
+        let mut o = good();
+        o["spec"]["measurement"] = json!("pod");
+        o
+    })
+    .is_err());
 }
 
 #[test]
