@@ -1,0 +1,251 @@
+//! Command-line and environment settings of `aver-node`.
+//!
+//! Kept in the library so that parsing is unit-tested without spawning the
+//! binary, and so the gate can read the same settings it is started with.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use aver_tpm::tpm::DEFAULT_AK_HANDLE;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// PCR the node log is extended into unless configured otherwise.
+pub const DEFAULT_NODE_PCR: u8 = 15;
+
+/// The node agent of a hardened node: a CRI proxy in front of containerd
+/// that admits and measures every pod and container into the TPM, and the
+/// socket enclaves get their evidence from.
+#[derive(Debug, Parser)]
+#[command(name = "aver-node", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, env = "AVER_NODE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the CRI to the kubelet (forwarding to containerd) and the agent
+    /// socket to enclaves.
+    Serve(ServeArgs),
+    /// Print the attestation key's TPM name (hex), creating and persisting
+    /// the key if needed.
+    Ak(AkArgs),
+}
+
+/// Which TPM and which attestation key.
+#[derive(Debug, Clone, Args)]
+pub struct TpmArgs {
+    /// TPM to use: `device:/dev/tpmrm0` (kernel resource manager) or
+    /// `swtpm:host=127.0.0.1,port=2321` (software TPM; its control port is
+    /// port + 1).
+    #[arg(long, env = "AVER_NODE_TCTI", default_value = "device:/dev/tpmrm0")]
+    pub tcti: String,
+    /// Persistent handle of the attestation key (hex with 0x, or decimal).
+    #[arg(long, env = "AVER_NODE_AK_HANDLE", default_value = "0x81010100", value_parser = parse_handle)]
+    pub ak_handle: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// CRI socket served to the kubelet (its
+    /// `--container-runtime-endpoint=unix://…`).
+    #[arg(long, env = "AVER_NODE_LISTEN", default_value = "/run/aver-node/cri.sock", value_parser = parse_unix_endpoint)]
+    pub listen: PathBuf,
+    /// containerd's CRI socket, every call is forwarded to (a path or
+    /// `unix://` URL).
+    #[arg(long, env = "AVER_NODE_RUNTIME_ENDPOINT", default_value = "/run/containerd/containerd.sock", value_parser = parse_unix_endpoint)]
+    pub runtime_endpoint: PathBuf,
+    /// Agent socket for enclaves (mode 0666; mount its directory into
+    /// confidential pods).
+    #[arg(long, env = "AVER_NODE_AGENT_SOCKET", default_value = "/run/aver-node/agent.sock", value_parser = parse_unix_endpoint)]
+    pub agent_socket: PathBuf,
+    /// Directory holding the node log across restarts.
+    #[arg(
+        long,
+        env = "AVER_NODE_STATE_DIR",
+        default_value = "/var/lib/aver-node"
+    )]
+    pub state_dir: PathBuf,
+    /// Node policy: which pods may run on this node.
+    #[arg(
+        long,
+        env = "AVER_NODE_POLICY",
+        default_value = "/etc/aver/node-policy.yaml"
+    )]
+    pub policy: PathBuf,
+    #[command(flatten)]
+    pub tpm: TpmArgs,
+    /// PCR the node log is extended into (8 to 15).
+    #[arg(long, env = "AVER_NODE_PCR", default_value_t = DEFAULT_NODE_PCR, value_parser = parse_node_pcr)]
+    pub pcr: u8,
+    /// The kubelet's root directory: host paths below its `pods/` directory
+    /// are recorded as the pod volumes they are, not as host paths.
+    #[arg(
+        long,
+        env = "AVER_NODE_KUBELET_ROOT",
+        default_value = "/var/lib/kubelet"
+    )]
+    pub kubelet_root: PathBuf,
+    /// Address to serve Prometheus `/metrics` on [default: not served].
+    #[arg(long, env = "AVER_NODE_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AkArgs {
+    #[command(flatten)]
+    pub tpm: TpmArgs,
+}
+
+fn parse_handle(text: &str) -> Result<u32, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse::<u32>(),
+    };
+    let handle = parsed
+        .map_err(|_| format!("{text:?} is not a TPM handle (e.g. 0x{DEFAULT_AK_HANDLE:08x})"))?;
+    if handle >> 24 != 0x81 {
+        return Err(format!(
+            "0x{handle:08x} is not a persistent handle (0x81000000 to 0x81ffffff)"
+        ));
+    }
+    Ok(handle)
+}
+
+/// PCRs 8 to 15 are for the OS; 0-7 belong to firmware and 16-23 are
+/// resettable or debug PCRs, neither of which may hold the node log.
+fn parse_node_pcr(text: &str) -> Result<u8, String> {
+    match text.parse::<u8>() {
+        Ok(pcr @ 8..=15) => Ok(pcr),
+        _ => Err(format!("{text:?}: the node log PCR must be 8 to 15")),
+    }
+}
+
+/// A socket path, given as a path or as a `unix://` URL (the kubelet's
+/// spelling); other schemes are refused.
+fn parse_unix_endpoint(text: &str) -> Result<PathBuf, String> {
+    let path = match text.split_once("://") {
+        Some(("unix", path)) => path,
+        Some((scheme, _)) => {
+            return Err(format!(
+                "{text:?}: only unix sockets are supported, not {scheme}://"
+            ))
+        }
+        None => text,
+    };
+    if path.is_empty() {
+        return Err("empty socket path".into());
+    }
+    Ok(PathBuf::from(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("aver-node").chain(args.iter().copied()))
+    }
+
+    fn serve(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let mut all = vec!["serve"];
+        all.extend_from_slice(args);
+        match parse(&all)?.command {
+            Command::Serve(s) => Ok(s),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_defaults_are_the_documented_paths() {
+        let args = serve(&[]).unwrap();
+        assert_eq!(args.listen, PathBuf::from("/run/aver-node/cri.sock"));
+        assert_eq!(
+            args.runtime_endpoint,
+            PathBuf::from("/run/containerd/containerd.sock")
+        );
+        assert_eq!(
+            args.agent_socket,
+            PathBuf::from("/run/aver-node/agent.sock")
+        );
+        assert_eq!(args.state_dir, PathBuf::from("/var/lib/aver-node"));
+        assert_eq!(args.policy, PathBuf::from("/etc/aver/node-policy.yaml"));
+        assert_eq!(args.tpm.tcti, "device:/dev/tpmrm0");
+        assert_eq!(args.tpm.ak_handle, DEFAULT_AK_HANDLE);
+        assert_eq!(args.pcr, 15);
+        assert_eq!(args.kubelet_root, PathBuf::from("/var/lib/kubelet"));
+        assert_eq!(args.metrics_addr, None);
+    }
+
+    #[test]
+    fn endpoints_take_paths_or_unix_urls() {
+        let args = serve(&[
+            "--runtime-endpoint",
+            "unix:///run/k3s/containerd/containerd.sock",
+            "--listen",
+            "/tmp/cri.sock",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.runtime_endpoint,
+            PathBuf::from("/run/k3s/containerd/containerd.sock")
+        );
+        assert_eq!(args.listen, PathBuf::from("/tmp/cri.sock"));
+        let err = serve(&["--runtime-endpoint", "tcp://127.0.0.1:1234"]).unwrap_err();
+        assert!(err.to_string().contains("only unix sockets"), "{err}");
+    }
+
+    #[test]
+    fn bad_pcrs_and_handles_are_refused() {
+        assert_eq!(serve(&["--pcr", "8"]).unwrap().pcr, 8);
+        for pcr in ["7", "16", "x"] {
+            assert!(serve(&["--pcr", pcr]).is_err(), "{pcr}");
+        }
+        assert_eq!(
+            serve(&["--ak-handle", "0x81000001"]).unwrap().tpm.ak_handle,
+            0x8100_0001
+        );
+        let err = serve(&["--ak-handle", "0x80000001"]).unwrap_err();
+        assert!(err.to_string().contains("not a persistent handle"), "{err}");
+    }
+
+    #[test]
+    fn metrics_address_is_optional() {
+        let args = serve(&["--metrics-addr", "127.0.0.1:9464"]).unwrap();
+        assert_eq!(args.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
+    }
+
+    #[test]
+    fn every_command_has_help() {
+        let mut cli = Cli::command();
+        for sub in cli.get_subcommands_mut() {
+            assert!(sub.get_about().is_some(), "{} has no help", sub.get_name());
+            for arg in sub.get_arguments() {
+                assert!(
+                    arg.get_help().is_some() || arg.get_id() == "help",
+                    "{} --{} has no help",
+                    sub.get_name(),
+                    arg.get_id()
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! The `aver-node` binary: parses settings, sets up logging and runs one
+//! subcommand, reporting failure as one line on stderr and a non-zero exit.
+
+use std::io::IsTerminal as _;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use aver_node::agent::{AgentServer, NotImplemented};
+use aver_node::cli::{AkArgs, Cli, Command, LogFormat, ServeArgs};
+use aver_node::cri::{AllowAll, CriProxy, Upstream};
+use aver_node::metrics::Metrics;
+use aver_tpm::Tpm;
+use clap::Parser as _;
+use tokio::sync::watch;
+use tracing_subscriber::EnvFilter;
+
+/// The CRI socket is for the kubelet (root) only.
+const CRI_SOCKET_MODE: u32 = 0o600;
+
+fn main() -> ExitCode {
+    quiet_tss_logging();
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("aver-node: error: {}", one_line(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, each said once: library errors
+/// often repeat their cause's text in their own message.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => serve(args),
+        Command::Ak(args) => ak(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve_async(args))
+}
+
+async fn serve_async(args: ServeArgs) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("stopping");
+        let _ = stop_tx.send(true);
+    });
+
+    let metrics = Metrics::new();
+    if let Some(addr) = args.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
+        tracing::info!(%addr, "serving /metrics");
+        tokio::spawn(aver_node::metrics::serve(
+            listener,
+            metrics.clone(),
+            stopped(stop_rx.clone()),
+        ));
+    }
+
+    // The gate and the measuring agent are not wired yet: every call is
+    // forwarded, and enclaves are told the agent is unavailable.
+    tracing::warn!(
+        policy = %args.policy.display(),
+        "the gate is not active yet: CRI calls are forwarded unchecked and unmeasured"
+    );
+
+    let agent_listener = AgentServer::bind(&args.agent_socket).with_context(|| {
+        format!(
+            "cannot listen on --agent-socket {}",
+            args.agent_socket.display()
+        )
+    })?;
+    tracing::info!(socket = %args.agent_socket.display(), "serving the agent socket");
+    let agent = tokio::spawn(
+        AgentServer::new(Arc::new(NotImplemented)).run(agent_listener, stopped(stop_rx.clone())),
+    );
+
+    let cri_listener = aver_node::unix::bind(&args.listen, CRI_SOCKET_MODE)
+        .with_context(|| format!("cannot listen on --listen {}", args.listen.display()))?;
+    let upstream = Upstream::connect_lazy(&args.runtime_endpoint);
+    let proxy = CriProxy::new(AllowAll, upstream, metrics);
+    tracing::info!(
+        socket = %args.listen.display(),
+        upstream = %args.runtime_endpoint.display(),
+        "serving the CRI"
+    );
+    let served = aver_node::cri::serve(cri_listener, proxy, stopped(stop_rx)).await;
+    let _ = agent.await;
+    for socket in [&args.listen, &args.agent_socket] {
+        let _ = std::fs::remove_file(socket);
+    }
+    served.context("CRI server")?;
+    Ok(())
+}
+
+/// Completes once the shutdown signal was seen.
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    // An error means the sender is gone, which also means stop.
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the server");
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+}
+
+fn ak(args: AkArgs) -> anyhow::Result<()> {
+    let tpm = Tpm::open(&args.tpm.tcti, args.tpm.ak_handle)?;
+    println!("{}", hex::encode(tpm.ak_name()));
+    Ok(())
+}
+
+/// The TSS C libraries print their own multi-line diagnostics to stderr for
+/// every failure, which would drown the one-line error this binary reports.
+/// They stay silent unless the operator asks for them with `TSS2_LOG`.
+fn quiet_tss_logging() {
+    if std::env::var_os("TSS2_LOG").is_none() {
+        // Runs first thing in main, before any thread exists.
+        std::env::set_var("TSS2_LOG", "all+NONE");
+    }
+}
+
+/// Logs go to stderr so that stdout carries only the command's result.
+/// `RUST_LOG` overrides the level; tss-esapi's own chatter is off unless
+/// asked for, since every TPM failure is reported through our errors.
+fn init_logging(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,tss_esapi=off"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
