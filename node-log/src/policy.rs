@@ -22,8 +22,9 @@ pub const CONFIDENTIAL_LABEL: &str = "aver.dev/confidential-model";
 /// The only node policy version this code reads.
 pub const NODE_POLICY_VERSION: u32 = 1;
 
-/// Upper bound on a node policy file, so that a log event stays small.
-pub const MAX_NODE_POLICY_BYTES: usize = 64 * 1024;
+/// Upper bound on a node policy file, so that its `agent-start` event stays
+/// well inside the store's per-event limit (64 KiB of JSON).
+pub const MAX_NODE_POLICY_BYTES: usize = 32 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -18,6 +18,8 @@ pub mod cli;
 #[cfg(feature = "server")]
 pub mod cri;
 #[cfg(feature = "server")]
+pub mod gate;
+#[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]
 pub mod store;

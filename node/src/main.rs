@@ -6,10 +6,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use aver_node::agent::{AgentServer, NotImplemented};
+use aver_node::agent::AgentServer;
 use aver_node::cli::{AkArgs, Cli, Command, LogFormat, ServeArgs};
-use aver_node::cri::{AllowAll, CriProxy, Upstream};
+use aver_node::cri::{CriProxy, Upstream};
+use aver_node::gate::Gate;
 use aver_node::metrics::Metrics;
+use aver_node::store::{Measurer, MeasurerConfig};
+use aver_node_log::NodePolicy;
 use aver_tpm::Tpm;
 use clap::Parser as _;
 use tokio::sync::watch;
@@ -84,12 +87,35 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<()> {
         ));
     }
 
-    // The gate and the measuring agent are not wired yet: every call is
-    // forwarded, and enclaves are told the agent is unavailable.
-    tracing::warn!(
-        policy = %args.policy.display(),
-        "the gate is not active yet: CRI calls are forwarded unchecked and unmeasured"
-    );
+    let policy_text = std::fs::read_to_string(&args.policy).with_context(|| {
+        format!(
+            "cannot read the node policy --policy {}",
+            args.policy.display()
+        )
+    })?;
+    let policy = NodePolicy::from_yaml(&policy_text)
+        .with_context(|| format!("node policy {}", args.policy.display()))?;
+    let kubelet_root = args
+        .kubelet_root
+        .to_str()
+        .context("--kubelet-root is not valid UTF-8")?
+        .to_owned();
+    let config = MeasurerConfig {
+        tcti: args.tpm.tcti.clone(),
+        ak_handle: args.tpm.ak_handle,
+        state_dir: args.state_dir.clone(),
+        workload_pcr: args.pcr,
+        ..MeasurerConfig::new(args.tpm.tcti.clone(), policy_text)
+    };
+    tracing::info!(tcti = %config.tcti, pcr = config.workload_pcr, state = %config.state_dir.display(), "opening the TPM and the node log");
+    let measurer = tokio::task::spawn_blocking(move || Measurer::start(&config).map_err(Box::new))
+        .await
+        .context("TPM worker start panicked")?
+        .context("cannot open the TPM and the node log")?;
+    let gate = Gate::new(policy, kubelet_root, measurer.clone())
+        .await
+        .context("cannot read the node log")?;
+    tracing::info!(policy = %args.policy.display(), "the gate is active");
 
     let agent_listener = AgentServer::bind(&args.agent_socket).with_context(|| {
         format!(
@@ -99,13 +125,13 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<()> {
     })?;
     tracing::info!(socket = %args.agent_socket.display(), "serving the agent socket");
     let agent = tokio::spawn(
-        AgentServer::new(Arc::new(NotImplemented)).run(agent_listener, stopped(stop_rx.clone())),
+        AgentServer::new(Arc::new(gate.clone())).run(agent_listener, stopped(stop_rx.clone())),
     );
 
     let cri_listener = aver_node::unix::bind(&args.listen, CRI_SOCKET_MODE)
         .with_context(|| format!("cannot listen on --listen {}", args.listen.display()))?;
     let upstream = Upstream::connect_lazy(&args.runtime_endpoint);
-    let proxy = CriProxy::new(AllowAll, upstream, metrics);
+    let proxy = CriProxy::new(gate, upstream, metrics);
     tracing::info!(
         socket = %args.listen.display(),
         upstream = %args.runtime_endpoint.display(),
@@ -113,6 +139,7 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<()> {
     );
     let served = aver_node::cri::serve(cri_listener, proxy, stopped(stop_rx)).await;
     let _ = agent.await;
+    measurer.stop().await;
     for socket in [&args.listen, &args.agent_socket] {
         let _ = std::fs::remove_file(socket);
     }

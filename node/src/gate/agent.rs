@@ -1,0 +1,66 @@
+//! The agent socket's answers, decided by what the gate measured: only the
+//! key-holder container of a confidential pod may register a key and ask
+//! for quotes, and only once it has registered.
+
+use aver_node_log::NodeLogEntry;
+
+use crate::agent::{Agent, AgentError, Caller, QuoteResponse, TlsKeyRequest};
+
+use super::Gate;
+
+fn caller_container(caller: &Caller) -> Result<&str, AgentError> {
+    caller.container_id.as_deref().ok_or_else(|| {
+        AgentError::Forbidden(format!(
+            "process {} is not in a container aver-node started",
+            caller.pid
+        ))
+    })
+}
+
+fn log_json(entries: Vec<NodeLogEntry>) -> Result<Vec<serde_json::Value>, AgentError> {
+    entries
+        .into_iter()
+        .map(|e| serde_json::to_value(e).map_err(|e| AgentError::Internal(e.to_string())))
+        .collect()
+}
+
+#[async_trait::async_trait]
+impl Agent for Gate {
+    async fn register_tls_key(&self, caller: Caller, req: TlsKeyRequest) -> Result<(), AgentError> {
+        let container = caller_container(&caller)?;
+        self.register_key(container, req.spki_sha256, req.model_digest)
+            .await
+            .map_err(|reason| {
+                tracing::warn!(pid = caller.pid, container, "refused TLS key: {reason}");
+                AgentError::Forbidden(reason)
+            })?;
+        tracing::info!(container, spki = %req.spki_sha256, "TLS key recorded");
+        Ok(())
+    }
+
+    async fn quote(
+        &self,
+        caller: Caller,
+        qualifying: [u8; 32],
+    ) -> Result<QuoteResponse, AgentError> {
+        let container = caller_container(&caller)?;
+        let (_, registered) = self.key_holder(container).map_err(AgentError::Forbidden)?;
+        if !registered {
+            return Err(AgentError::Forbidden(format!(
+                "container {container} has not registered its TLS key; register it before asking for evidence"
+            )));
+        }
+        let quote = self
+            .measurer()
+            .quote(qualifying)
+            .await
+            .map_err(|e| AgentError::Internal(format!("quote failed: {e}")))?;
+        Ok(QuoteResponse {
+            attest: quote.attest,
+            signature: quote.signature,
+            pcrs: quote.pcrs,
+            ak_public: quote.ak_public,
+            node_log: log_json(quote.node_log)?,
+        })
+    }
+}
