@@ -6,7 +6,11 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use aver_workload::KubeletParams;
 use clap::{Parser, ValueEnum};
+
+pub use aver_workload::render::HARDENED_TAINT_KEY;
+pub use aver_workload::WorkloadConfig;
 
 /// Field manager of every server-side apply, so that `managedFields` show
 /// which fields the controller owns and conflicts name it.
@@ -14,9 +18,6 @@ pub const FIELD_MANAGER: &str = "aver-controller";
 
 /// Default label of nodes with a usable TPM.
 pub const DEFAULT_TPM_NODE_LABEL: &str = "aver.dev/tpm=true";
-
-/// Taint that hardened nodes carry so that only aver enclaves land on them.
-pub const HARDENED_TAINT_KEY: &str = "aver.dev/hardened";
 
 /// Kubernetes operator for ConfidentialModel resources: runs aver-enclave
 /// workloads on TPM nodes, re-attests every endpoint and publishes the
@@ -41,6 +42,21 @@ pub struct Args {
     /// It belongs to the node's TPM (whose PCRs it replays), not to a pod.
     #[arg(long, env = "AVER_STATE_HOST_PATH", default_value = "/var/lib/aver")]
     pub state_host_path: String,
+
+    /// Host directories (comma-separated) below which a ConfidentialModel's
+    /// spec.model.source.hostPath may lie. Empty (the default): host path
+    /// sources are refused, since a model pod could otherwise read any
+    /// directory of the node.
+    #[arg(long, env = "AVER_ALLOWED_MODEL_HOST_PATHS", value_delimiter = ',', value_parser = parse_host_dir)]
+    pub allowed_model_host_paths: Vec<String>,
+
+    /// ClusterIP:port of the default/kubernetes Service, whose variables the
+    /// kubelet injects into every container, so they are part of the spec
+    /// aver-node measures (measurement: node). Default: from
+    /// KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT, which the
+    /// kubelet sets in the controller's own pod.
+    #[arg(long, env = "AVER_KUBERNETES_SERVICE")]
+    pub kubernetes_service: Option<SocketAddr>,
 
     /// Most attestations in flight at once.
     #[arg(long, env = "AVER_ATTEST_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
@@ -115,18 +131,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// What the workload builders need: cluster-wide choices of the platform
-/// team, as opposed to per-model choices in the resource.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkloadConfig {
-    /// Image of aver-enclave.
-    pub enclave_image: String,
-    /// Node labels of TPM nodes, unless the resource overrides them.
-    pub tpm_node_selector: BTreeMap<String, String>,
-    /// Host directory for the enclave's event log.
-    pub state_host_path: String,
-}
-
 /// How the re-attestation loop paces itself.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReattestConfig {
@@ -164,7 +168,22 @@ impl Args {
             enclave_image: self.enclave_image.clone(),
             tpm_node_selector: BTreeMap::from([self.tpm_node_label.clone()]),
             state_host_path: self.state_host_path.clone(),
+            allowed_model_host_paths: self.allowed_model_host_paths.clone(),
         }
+    }
+
+    /// What the kubelet's conversion of node-measured pods depends on, if
+    /// the `kubernetes` Service's address is known (flag, or the variables
+    /// the kubelet gave this process).
+    pub fn kubelet(&self) -> Option<KubeletParams> {
+        self.kubernetes_service
+            .or_else(|| {
+                let host = std::env::var("KUBERNETES_SERVICE_HOST").ok()?;
+                let port = std::env::var("KUBERNETES_SERVICE_PORT").ok()?;
+                let ip: std::net::IpAddr = host.parse().ok()?;
+                Some(SocketAddr::new(ip, port.parse().ok()?))
+            })
+            .map(KubeletParams::new)
     }
 
     /// The re-attestation loop's settings.
@@ -187,6 +206,22 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
             Ok((key.to_owned(), value.to_owned()))
         }
         _ => Err(format!("{text:?} is not a node label KEY=VALUE")),
+    }
+}
+
+/// An absolute directory without `.`, `..` or empty components.
+fn parse_host_dir(text: &str) -> Result<String, String> {
+    let dir = text.trim_end_matches('/');
+    let clean = dir.starts_with('/')
+        && dir[1..]
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..");
+    if clean {
+        Ok(dir.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not an absolute directory without . or .. components (and / is too much)"
+        ))
     }
 }
 
@@ -230,6 +265,7 @@ mod tests {
         assert_eq!(args.attest_timeout, Duration::from_secs(10));
         assert_eq!(args.log_format, LogFormat::Text);
         let workload = args.workload();
+        assert!(workload.allowed_model_host_paths.is_empty());
         assert_eq!(
             workload.tpm_node_selector,
             BTreeMap::from([("aver.dev/tpm".to_owned(), "true".to_owned())])
@@ -244,6 +280,10 @@ mod tests {
             ["--attest-jitter", "0.9"],
             ["--attest-concurrency", "0"],
             ["--delete-failed-pods", "maybe"],
+            ["--allowed-model-host-paths", "models"],
+            ["--allowed-model-host-paths", "/"],
+            ["--allowed-model-host-paths", "/srv/../etc"],
+            ["--kubernetes-service", "kubernetes.default"],
         ] {
             let mut argv = vec!["aver-controller", "--enclave-image", "x"];
             argv.extend(bad);
@@ -261,5 +301,25 @@ mod tests {
         .expect("parses");
         assert!(!args.delete_failed_pods);
         assert_eq!(args.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn model_host_paths_and_kubernetes_service() {
+        let args = Args::try_parse_from([
+            "aver-controller",
+            "--enclave-image",
+            "x",
+            "--allowed-model-host-paths",
+            "/srv/models/,/data",
+            "--kubernetes-service",
+            "10.0.0.1:6443",
+        ])
+        .expect("parses");
+        assert_eq!(
+            args.workload().allowed_model_host_paths,
+            ["/srv/models", "/data"]
+        );
+        let kubelet = args.kubelet().expect("service known");
+        assert_eq!(kubelet.kubernetes_service, "10.0.0.1:6443".parse().unwrap());
     }
 }

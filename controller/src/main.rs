@@ -217,9 +217,15 @@ async fn operate(
         .reconcile_on(triggers)
         .graceful_shutdown_on(stopped(stop.clone()));
 
+    let kubelet = args.kubelet();
+    if kubelet.is_none() {
+        tracing::warn!("the default/kubernetes Service's address is unknown (no --kubernetes-service, no KUBERNETES_SERVICE_HOST): models with measurement: node cannot be deployed");
+    }
     let source = ClusterSource {
         models: controller.store(),
         pods: pod_reader,
+        workload: args.workload(),
+        kubelet: kubelet.clone(),
     };
     let reattester = Reattester::new(
         source,
@@ -244,6 +250,7 @@ async fn operate(
     let context = Arc::new(Context {
         client,
         workload: args.workload(),
+        kubelet,
         store,
         metrics,
     });

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aver_crds::ConfidentialModel;
+use aver_workload::KubeletParams;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
@@ -39,6 +40,8 @@ const FALLBACK_MAX_AGE: Duration = Duration::from_secs(300);
 pub struct Context {
     pub client: Client,
     pub workload: WorkloadConfig,
+    /// The kubelet's conversion of node-measured pods, if known.
+    pub kubelet: Option<KubeletParams>,
     pub store: ResultStore,
     pub metrics: Metrics,
 }
@@ -96,11 +99,23 @@ pub fn error_policy(cm: Arc<ConfidentialModel>, error: &Error, _ctx: Arc<Context
 async fn apply(cm: &ConfidentialModel, ctx: &Context) -> Result<Action, Error> {
     let name = cm.name_any();
     let namespace = cm.namespace().ok_or(Error::NoNamespace)?;
-    let policy = &cm.spec.attestation;
-    let mut problem = policy.validate().err().map(|e| Problem {
+    let mut problem = cm.spec.attestation.validate().err().map(|e| Problem {
         reason: "InvalidPolicy",
         message: e.to_string(),
     });
+    // What endpoints are verified against (with node measurement, derived
+    // from the rendered pod); a pod that cannot be attested is not deployed.
+    let policy = match workload::attestation_policy(cm, &ctx.workload, ctx.kubelet.as_ref()) {
+        Ok(policy) => policy,
+        Err(message) => {
+            problem.get_or_insert(Problem {
+                reason: "InvalidSpec",
+                message,
+            });
+            cm.spec.attestation.clone()
+        }
+    };
+    let policy = &policy;
     let interval = policy.interval().unwrap_or(FALLBACK_INTERVAL);
     let max_age = policy.max_evidence_age().unwrap_or(FALLBACK_MAX_AGE);
 
@@ -271,6 +286,7 @@ mod tests {
         Arc::new(Context {
             client,
             workload: workload_config(),
+            kubelet: Some(crate::workload::tests::kubelet()),
             store,
             metrics: Metrics::new(),
         })
@@ -535,6 +551,29 @@ mod tests {
             assert!(degraded["message"]
                 .as_str()
                 .is_some_and(|m| m.contains("trusts no attestation key")));
+        })]);
+        reconcile(Arc::new(cm), context(mock.client(), ResultStore::new()))
+            .await
+            .expect("reconciled");
+        mock.finish().await;
+    }
+
+    #[tokio::test]
+    async fn a_refused_host_path_degrades_without_touching_the_workload() {
+        let mut cm = crate::workload::tests::node_model("llama");
+        cm.metadata.finalizers = Some(vec![FINALIZER.to_owned()]);
+        cm.spec.model.source.host_path = Some(aver_crds::HostPathModelSource {
+            path: "/etc".into(),
+        });
+        let mock = ApiMock::start(vec![status_reply(&cm, |body| {
+            let degraded = condition(&body["status"], "Degraded");
+            assert_eq!(
+                (&degraded["status"], &degraded["reason"]),
+                (&json!("True"), &json!("InvalidSpec"))
+            );
+            assert!(degraded["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("--allowed-model-host-paths")));
         })]);
         reconcile(Arc::new(cm), context(mock.client(), ResultStore::new()))
             .await

@@ -11,13 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aver_crds::{AttestationPolicy, ConfidentialModel};
+use aver_workload::KubeletParams;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
 use crate::attestation::AttestTarget;
 use crate::results::ModelKey;
-use crate::workload::{model_of, ENCLAVE_PORT};
+use crate::workload::{attestation_policy, model_of, WorkloadConfig, ENCLAVE_PORT};
 
 /// One model and the endpoints to attest for it.
 #[derive(Debug, Clone)]
@@ -73,6 +74,9 @@ impl EndpointSource for StaticSource {
 pub struct ClusterSource {
     pub models: Store<ConfidentialModel>,
     pub pods: Store<Pod>,
+    /// How pods are rendered, for the policy of node-measured models.
+    pub workload: WorkloadConfig,
+    pub kubelet: Option<KubeletParams>,
 }
 
 impl EndpointSource for ClusterSource {
@@ -94,7 +98,7 @@ impl EndpointSource for ClusterSource {
             .state()
             .iter()
             .filter_map(|cm| {
-                let mut targets = model_targets(cm)?;
+                let mut targets = model_targets(cm, &self.workload, self.kubelet.as_ref())?;
                 let key = (
                     targets.key.namespace.clone().unwrap_or_default(),
                     targets.key.name.clone(),
@@ -108,12 +112,17 @@ impl EndpointSource for ClusterSource {
 
 /// The attestation settings of a model, if it is to be attested at all (not
 /// being deleted, with a valid policy; the reconciler reports invalid ones).
-pub fn model_targets(cm: &ConfidentialModel) -> Option<ModelTargets> {
+/// The policy is [`attestation_policy`]'s, as the reconciler's.
+pub fn model_targets(
+    cm: &ConfidentialModel,
+    workload: &WorkloadConfig,
+    kubelet: Option<&KubeletParams>,
+) -> Option<ModelTargets> {
     if cm.meta().deletion_timestamp.is_some() {
         return None;
     }
-    let policy = &cm.spec.attestation;
-    policy.validate().ok()?;
+    cm.spec.attestation.validate().ok()?;
+    let policy = &attestation_policy(cm, workload, kubelet).ok()?;
     let interval = policy.interval().ok()?;
     let max_age = policy.max_evidence_age().ok()?;
     Some(ModelTargets {
@@ -226,12 +235,24 @@ mod tests {
     #[test]
     fn models_with_invalid_policies_are_not_attested() {
         let cm = crate::workload::tests::model("llama");
-        let targets = model_targets(&cm).expect("valid");
+        let config = crate::workload::tests::workload_config();
+        let targets = model_targets(&cm, &config, None).expect("valid");
         assert_eq!(targets.interval, Duration::from_secs(30));
         assert_eq!(targets.reference.kind.as_deref(), Some("ConfidentialModel"));
         let mut bad = cm.clone();
         bad.spec.attestation.trust.ak_names.clear();
-        assert!(model_targets(&bad).is_none());
+        assert!(model_targets(&bad, &config, None).is_none());
+        // A node-measured model is attested with the policy of its pod.
+        let node = crate::workload::tests::node_model("llama");
+        let node_config = crate::workload::tests::node_workload_config();
+        let kubelet = crate::workload::tests::kubelet();
+        let targets = model_targets(&node, &node_config, Some(&kubelet)).expect("valid");
+        assert_eq!(
+            *targets.policy,
+            attestation_policy(&node, &node_config, Some(&kubelet)).unwrap()
+        );
+        assert!(targets.policy.allowed.pod.is_some());
+        assert!(model_targets(&node, &node_config, None).is_none());
     }
 
     #[test]

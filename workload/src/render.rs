@@ -1,0 +1,1094 @@
+//! The objects the controller owns for each `ConfidentialModel`: a
+//! Deployment of enclave + engine pods and a Service in front of them.
+//!
+//! Pure functions of the resource and the platform's settings, so that the
+//! controller applies exactly the pod a client renders for itself (`aver
+//! policy from-model`), and so that the scheduling constraints are
+//! unit-tested without an API server. Why a Deployment and not a
+//! StatefulSet is explained in `controller/README.md`.
+//!
+//! Two shapes of pod, chosen by `spec.measurement`:
+//!
+//! - `node` (default): `aver-node` measures every container at the CRI. The
+//!   pod has no TPM and no host state; the enclave reaches the node agent
+//!   through its socket directory (read-only), and nothing in a container's
+//!   spec depends on the pod or the node it lands on, so that the spec
+//!   digests a client computes from the resource are the ones the node
+//!   measures (see [`crate::expected`]).
+//! - `enclave` (legacy): the enclave gets the TPM (device, device plugin or
+//!   TCTI) and a host directory for its event log, and measures itself.
+
+use std::collections::BTreeMap;
+
+use aver_crds::{ConfidentialModel, Measurement, ModelSource, TpmDevice};
+use aver_node_log::policy::AGENT_SOCKET_DIR;
+use aver_node_log::CONFIDENTIAL_LABEL;
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, HostPathVolumeSource, ImageVolumeSource, NodeAffinity, NodeSelector,
+    NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector,
+    PersistentVolumeClaimVolumeSource, PodAffinityTerm, PodAntiAffinity, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
+    Service, ServicePort, ServiceSpec, Toleration, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+/// Label that ties pods (and the Service selector) to their model.
+pub const MODEL_LABEL: &str = "aver.dev/model";
+/// Label on every enclave pod of every model: at most one per node, because
+/// all enclaves on a node would extend the same TPM's workload PCR.
+pub const ENCLAVE_LABEL: &str = "aver.dev/enclave";
+/// Name of the enclave container with `measurement: enclave`.
+pub const ENCLAVE_CONTAINER: &str = "aver-enclave";
+/// Name of the enclave container with `measurement: node`: the node
+/// policy's key holder, the only container the node agent serves.
+pub const NODE_ENCLAVE_CONTAINER: &str = "enclave";
+/// Name of the engine container.
+pub const ENGINE_CONTAINER: &str = "engine";
+/// TLS port the enclave listens on in every pod.
+pub const ENCLAVE_PORT: u16 = 8443;
+/// Name of the enclave's port, targeted by the Service.
+pub const ENCLAVE_PORT_NAME: &str = "https";
+/// Where the model files are mounted in both containers.
+pub const MODEL_MOUNT: &str = "/models";
+/// Where the enclave keeps its state (with `measurement: enclave`, its
+/// workload event log).
+pub const STATE_MOUNT: &str = "/var/lib/aver";
+/// The node agent's socket, inside the agent socket directory.
+pub const AGENT_SOCKET: &str = "/run/aver-node/agent.sock";
+/// Name of the volume of the agent socket directory.
+pub const AGENT_VOLUME: &str = "aver-node";
+/// User and group the enclave runs as with `measurement: node`: fixed in
+/// the pod spec, so that its measured spec does not depend on the image's
+/// `USER`.
+pub const NODE_ENCLAVE_UID: i64 = 65532;
+/// Taint that hardened nodes carry so that only aver enclaves land on them.
+pub const HARDENED_TAINT_KEY: &str = "aver.dev/hardened";
+/// Topology key for "one per node".
+const HOSTNAME_TOPOLOGY: &str = "kubernetes.io/hostname";
+/// Boot PCRs the enclave quotes besides those the policy requires, so that
+/// evidence always shows the boot chain (the enclave's own default).
+const DEFAULT_QUOTED_BOOT_PCRS: [u8; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
+
+/// What rendering needs besides the resource: cluster-wide choices of the
+/// platform team, as opposed to per-model choices in the resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadConfig {
+    /// Image of aver-enclave.
+    pub enclave_image: String,
+    /// Node labels of TPM nodes, unless the resource overrides them.
+    pub tpm_node_selector: BTreeMap<String, String>,
+    /// Host directory for the enclave's event log (`measurement: enclave`).
+    pub state_host_path: String,
+    /// Host directories below which `spec.model.source.hostPath` may lie.
+    /// Empty: host path sources are refused.
+    pub allowed_model_host_paths: Vec<String>,
+}
+
+/// Why the workload for a resource cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkloadError {
+    #[error("the resource has no {0}")]
+    MissingMetadata(&'static str),
+    #[error("name {0:?} cannot name a Service: use at most 63 lowercase letters, digits and '-', starting with a letter")]
+    InvalidName(String),
+    #[error("spec.model.source must set exactly one of persistentVolumeClaim, image, hostPath")]
+    ModelSource,
+    #[error("spec.model.source.hostPath {path:?} is not below a directory the operator allows for model files ({allowed}); ask the operator to add it to --allowed-model-host-paths, or use a persistentVolumeClaim or image source")]
+    HostPathNotAllowed { path: String, allowed: String },
+    #[error("spec.engine.env {name}: {reason}; with measurement: node every value must be in the spec, because aver-node measures the environment the container gets and the evidence carries it")]
+    EngineEnv { name: String, reason: String },
+}
+
+/// Labels of everything the controller creates for `name`.
+pub fn labels(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "aver-model".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), name.to_owned()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "aver-controller".to_owned(),
+        ),
+        (MODEL_LABEL.to_owned(), name.to_owned()),
+    ])
+}
+
+/// The selector of a model's pods (immutable once the Deployment exists, so
+/// it holds only the model label).
+pub fn selector(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(MODEL_LABEL.to_owned(), name.to_owned())])
+}
+
+/// Name and namespace of the resource, checked to be usable for the
+/// Deployment, the Service and as a label value.
+pub fn identity(cm: &ConfidentialModel) -> Result<(String, String), WorkloadError> {
+    let name = cm
+        .metadata
+        .name
+        .clone()
+        .ok_or(WorkloadError::MissingMetadata("name"))?;
+    let namespace = cm
+        .metadata
+        .namespace
+        .clone()
+        .ok_or(WorkloadError::MissingMetadata("namespace"))?;
+    let valid = name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !valid {
+        return Err(WorkloadError::InvalidName(name));
+    }
+    Ok((name, namespace))
+}
+
+/// The name of the enclave container for the resource's measurement mode.
+pub fn enclave_container(cm: &ConfidentialModel) -> &'static str {
+    match cm.spec.measurement {
+        Measurement::Node => NODE_ENCLAVE_CONTAINER,
+        Measurement::Enclave => ENCLAVE_CONTAINER,
+    }
+}
+
+fn owned_meta(cm: &ConfidentialModel, name: &str, namespace: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(namespace.to_owned()),
+        labels: Some(labels(name)),
+        owner_references: cm.controller_owner_ref(&()).map(|r| vec![r]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The Deployment running the model's enclave + engine pods.
+pub fn deployment(
+    cm: &ConfidentialModel,
+    config: &WorkloadConfig,
+) -> Result<Deployment, WorkloadError> {
+    let (name, namespace) = identity(cm)?;
+    Ok(Deployment {
+        metadata: owned_meta(cm, &name, &namespace),
+        spec: Some(DeploymentSpec {
+            replicas: Some(cm.spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector(&name)),
+                ..LabelSelector::default()
+            },
+            // One enclave per node: a surge pod would have nowhere to go on
+            // a fully used set of TPM nodes, so old pods go first.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(0)),
+                    max_unavailable: Some(IntOrString::Int(1)),
+                }),
+            }),
+            template: pod_template(cm, config)?,
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// The pod template of the model's Deployment: what every replica runs.
+pub fn pod_template(
+    cm: &ConfidentialModel,
+    config: &WorkloadConfig,
+) -> Result<PodTemplateSpec, WorkloadError> {
+    let (name, _) = identity(cm)?;
+    let mut pod_labels = labels(&name);
+    pod_labels.insert(ENCLAVE_LABEL.to_owned(), "true".to_owned());
+    if cm.spec.measurement == Measurement::Node {
+        // What aver-node admits as a confidential pod.
+        pod_labels.insert(CONFIDENTIAL_LABEL.to_owned(), name.clone());
+    }
+    Ok(PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(pod_labels),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(pod_spec(cm, config)?),
+    })
+}
+
+/// The Service in front of the model's enclaves.
+pub fn service(cm: &ConfidentialModel) -> Result<Service, WorkloadError> {
+    let (name, namespace) = identity(cm)?;
+    Ok(Service {
+        metadata: owned_meta(cm, &name, &namespace),
+        spec: Some(ServiceSpec {
+            selector: Some(selector(&name)),
+            ports: Some(vec![ServicePort {
+                name: Some(ENCLAVE_PORT_NAME.to_owned()),
+                port: cm.spec.service.port,
+                target_port: Some(IntOrString::String(ENCLAVE_PORT_NAME.to_owned())),
+                protocol: Some("TCP".to_owned()),
+                app_protocol: Some("https".to_owned()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// The pod spec every replica runs.
+pub fn pod_spec(cm: &ConfidentialModel, config: &WorkloadConfig) -> Result<PodSpec, WorkloadError> {
+    let spec = &cm.spec;
+    let node_labels = spec
+        .tpm
+        .node_selector
+        .clone()
+        .unwrap_or_else(|| config.tpm_node_selector.clone());
+    let mut volumes = vec![model_volume(&spec.model.source)?];
+    check_host_path(&spec.model.source, config)?;
+    let node = spec.measurement == Measurement::Node;
+    if node {
+        check_engine_env(&spec.engine.env)?;
+    }
+    let mut enclave_mounts = vec![
+        model_mount(&spec.model.source),
+        VolumeMount {
+            name: "state".to_owned(),
+            mount_path: STATE_MOUNT.to_owned(),
+            ..VolumeMount::default()
+        },
+    ];
+    let mut enclave_resources = ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity("100m".to_owned())),
+            ("memory".to_owned(), Quantity("64Mi".to_owned())),
+        ])),
+        ..ResourceRequirements::default()
+    };
+
+    let args = if node {
+        // No TPM, no host state: the node agent measures and quotes.
+        volumes.push(Volume {
+            name: "state".to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        });
+        volumes.push(Volume {
+            name: AGENT_VOLUME.to_owned(),
+            host_path: Some(HostPathVolumeSource {
+                path: AGENT_SOCKET_DIR.to_owned(),
+                type_: Some("Directory".to_owned()),
+            }),
+            ..Volume::default()
+        });
+        enclave_mounts.push(VolumeMount {
+            name: AGENT_VOLUME.to_owned(),
+            mount_path: AGENT_SOCKET_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        vec![
+            "serve".to_owned(),
+            "--listen".to_owned(),
+            format!("0.0.0.0:{ENCLAVE_PORT}"),
+            "--upstream".to_owned(),
+            format!("http://127.0.0.1:{}", spec.engine.port),
+            "--node-agent".to_owned(),
+            AGENT_SOCKET.to_owned(),
+            "--model-dir".to_owned(),
+            MODEL_MOUNT.to_owned(),
+            "--state-dir".to_owned(),
+            STATE_MOUNT.to_owned(),
+        ]
+    } else {
+        volumes.push(state_volume(config));
+        // TPM access: a TCTI to a (software) TPM, or the node's device,
+        // either granted by a device plugin or mounted from the host.
+        let tcti = match &spec.tpm.tcti {
+            Some(tcti) => tcti.clone(),
+            None => {
+                let device = spec.tpm.device.clone().unwrap_or_default();
+                add_device_access(
+                    &device,
+                    &mut volumes,
+                    &mut enclave_mounts,
+                    &mut enclave_resources,
+                );
+                format!("device:{}", device.path)
+            }
+        };
+        let policy = &spec.attestation;
+        let mut quote_pcrs: Vec<u8> = DEFAULT_QUOTED_BOOT_PCRS
+            .into_iter()
+            .chain(policy.required_pcrs())
+            .collect();
+        quote_pcrs.sort_unstable();
+        quote_pcrs.dedup();
+        let quote_pcrs = quote_pcrs
+            .iter()
+            .map(u8::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        vec![
+            "serve".to_owned(),
+            "--listen".to_owned(),
+            format!("0.0.0.0:{ENCLAVE_PORT}"),
+            "--upstream".to_owned(),
+            format!("http://127.0.0.1:{}", spec.engine.port),
+            "--tcti".to_owned(),
+            tcti,
+            "--engine-digest".to_owned(),
+            spec.engine.digest.to_string(),
+            "--model-dir".to_owned(),
+            MODEL_MOUNT.to_owned(),
+            "--state-dir".to_owned(),
+            STATE_MOUNT.to_owned(),
+            "--workload-pcr".to_owned(),
+            policy.workload_pcr.to_string(),
+            "--quote-pcrs".to_owned(),
+            quote_pcrs,
+        ]
+    };
+
+    let log_format = EnvVar {
+        name: "AVER_LOG_FORMAT".to_owned(),
+        value: Some("json".to_owned()),
+        value_from: None,
+    };
+    let env = if node {
+        // Nothing per pod or per node: the measured spec must be the same
+        // for every replica. The enclave learns its pod from the node agent.
+        vec![log_format]
+    } else {
+        // Declared before any use in args so that $(AVER_NODE_IP) expands.
+        vec![
+            field_env("AVER_NODE_NAME", "spec.nodeName"),
+            field_env("AVER_NODE_IP", "status.hostIP"),
+            field_env("AVER_POD_NAME", "metadata.name"),
+            log_format,
+        ]
+    };
+
+    let mut enclave_security = SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            add: None,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            localhost_profile: None,
+        }),
+        ..SecurityContext::default()
+    };
+    if node {
+        enclave_security.run_as_user = Some(NODE_ENCLAVE_UID);
+        enclave_security.run_as_group = Some(NODE_ENCLAVE_UID);
+        enclave_security.run_as_non_root = Some(true);
+    }
+
+    let enclave = Container {
+        name: enclave_container(cm).to_owned(),
+        image: Some(config.enclave_image.clone()),
+        args: Some(args),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some(ENCLAVE_PORT_NAME.to_owned()),
+            container_port: i32::from(ENCLAVE_PORT),
+            protocol: Some("TCP".to_owned()),
+            ..ContainerPort::default()
+        }]),
+        readiness_probe: Some(https_probe("/readyz", 5)),
+        liveness_probe: Some(https_probe("/healthz", 10)),
+        volume_mounts: Some(enclave_mounts),
+        resources: Some(enclave_resources),
+        security_context: Some(enclave_security),
+        ..Container::default()
+    };
+
+    let engine = Container {
+        name: ENGINE_CONTAINER.to_owned(),
+        image: Some(spec.engine.image.clone()),
+        args: (!spec.engine.args.is_empty()).then(|| spec.engine.args.clone()),
+        env: (!spec.engine.env.is_empty()).then(|| spec.engine.env.clone()),
+        resources: spec.engine.resources.clone(),
+        volume_mounts: Some(vec![model_mount(&spec.model.source)]),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+
+    Ok(PodSpec {
+        containers: vec![enclave, engine],
+        volumes: Some(volumes),
+        // Neither container talks to the Kubernetes API (and a token volume
+        // would be a per-pod mount in the measured spec).
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        // The seccomp profile of a container without one is the kubelet's
+        // choice (--seccomp-default); fixed here, it is part of the spec.
+        security_context: node.then(|| PodSecurityContext {
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                localhost_profile: None,
+            }),
+            ..PodSecurityContext::default()
+        }),
+        affinity: Some(Affinity {
+            node_affinity: Some(NodeAffinity {
+                required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                    node_selector_terms: vec![NodeSelectorTerm {
+                        match_expressions: Some(
+                            node_labels
+                                .into_iter()
+                                .map(|(key, value)| NodeSelectorRequirement {
+                                    key,
+                                    operator: "In".to_owned(),
+                                    values: Some(vec![value]),
+                                })
+                                .collect(),
+                        ),
+                        match_fields: None,
+                    }],
+                }),
+                ..NodeAffinity::default()
+            }),
+            pod_anti_affinity: Some(PodAntiAffinity {
+                required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
+                    label_selector: Some(LabelSelector {
+                        match_labels: Some(BTreeMap::from([(
+                            ENCLAVE_LABEL.to_owned(),
+                            "true".to_owned(),
+                        )])),
+                        ..LabelSelector::default()
+                    }),
+                    // Every namespace: enclaves of other models share the TPM too.
+                    namespace_selector: Some(LabelSelector::default()),
+                    topology_key: HOSTNAME_TOPOLOGY.to_owned(),
+                    ..PodAffinityTerm::default()
+                }]),
+                ..PodAntiAffinity::default()
+            }),
+            ..Affinity::default()
+        }),
+        tolerations: Some(vec![Toleration {
+            key: Some(HARDENED_TAINT_KEY.to_owned()),
+            operator: Some("Exists".to_owned()),
+            effect: Some("NoSchedule".to_owned()),
+            ..Toleration::default()
+        }]),
+        ..PodSpec::default()
+    })
+}
+
+/// A host path model source must lie below one of the operator's allowed
+/// directories: a model pod may otherwise read any directory of the node.
+fn check_host_path(source: &ModelSource, config: &WorkloadConfig) -> Result<(), WorkloadError> {
+    let Some(host) = &source.host_path else {
+        return Ok(());
+    };
+    let allowed = config.allowed_model_host_paths.iter().any(|dir| {
+        let dir = dir.trim_end_matches('/');
+        clean_absolute(&host.path)
+            && (host.path == dir
+                || host
+                    .path
+                    .strip_prefix(dir)
+                    .is_some_and(|rest| rest.starts_with('/')))
+    });
+    if allowed {
+        return Ok(());
+    }
+    Err(WorkloadError::HostPathNotAllowed {
+        path: host.path.clone(),
+        allowed: if config.allowed_model_host_paths.is_empty() {
+            "none: host path sources are off".to_owned()
+        } else {
+            config.allowed_model_host_paths.join(", ")
+        },
+    })
+}
+
+/// An absolute path without empty, `.` or `..` components.
+fn clean_absolute(path: &str) -> bool {
+    path.len() > 1
+        && path.starts_with('/')
+        && path[1..]
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+/// Downward-API fields whose value is the same for every replica.
+pub const STATIC_FIELD_PATHS: [&str; 2] = ["metadata.namespace", "spec.serviceAccountName"];
+
+/// With node measurement the engine's environment must be knowable from
+/// the resource: literal values, or the namespace and service account.
+fn check_engine_env(env: &[EnvVar]) -> Result<(), WorkloadError> {
+    for var in env {
+        let Some(from) = &var.value_from else {
+            continue;
+        };
+        if var.value.as_deref().is_some_and(|v| !v.is_empty()) {
+            continue;
+        }
+        let reason = if let Some(field) = &from.field_ref {
+            if STATIC_FIELD_PATHS.contains(&field.field_path.as_str()) {
+                continue;
+            }
+            format!(
+                "fieldRef {} differs from pod to pod (only {} are the same for every replica)",
+                field.field_path,
+                STATIC_FIELD_PATHS.join(" and ")
+            )
+        } else if from.secret_key_ref.is_some() {
+            "a Secret's value would be measured and shown to every client in the evidence".into()
+        } else if from.config_map_key_ref.is_some() {
+            "a ConfigMap's value is not in the resource, so no client can compute the spec digest"
+                .into()
+        } else if from.resource_field_ref.is_some() {
+            "resourceFieldRef values depend on the node when no limit is set".into()
+        } else {
+            "this value source is not in the resource".into()
+        };
+        return Err(WorkloadError::EngineEnv {
+            name: var.name.clone(),
+            reason,
+        });
+    }
+    Ok(())
+}
+
+fn model_volume(source: &ModelSource) -> Result<Volume, WorkloadError> {
+    let mut volume = Volume {
+        name: "model".to_owned(),
+        ..Volume::default()
+    };
+    match (
+        &source.persistent_volume_claim,
+        &source.image,
+        &source.host_path,
+    ) {
+        (Some(pvc), None, None) => {
+            volume.persistent_volume_claim = Some(PersistentVolumeClaimVolumeSource {
+                claim_name: pvc.claim_name.clone(),
+                read_only: Some(true),
+            });
+        }
+        (None, Some(image), None) => {
+            volume.image = Some(ImageVolumeSource {
+                reference: Some(image.reference.clone()),
+                pull_policy: Some("IfNotPresent".to_owned()),
+            });
+        }
+        (None, None, Some(host)) => {
+            volume.host_path = Some(HostPathVolumeSource {
+                path: host.path.clone(),
+                type_: Some("Directory".to_owned()),
+            });
+        }
+        _ => return Err(WorkloadError::ModelSource),
+    }
+    Ok(volume)
+}
+
+fn model_mount(source: &ModelSource) -> VolumeMount {
+    VolumeMount {
+        name: "model".to_owned(),
+        mount_path: MODEL_MOUNT.to_owned(),
+        read_only: Some(true),
+        sub_path: source
+            .persistent_volume_claim
+            .as_ref()
+            .and_then(|pvc| pvc.sub_path.clone()),
+        ..VolumeMount::default()
+    }
+}
+
+fn state_volume(config: &WorkloadConfig) -> Volume {
+    Volume {
+        name: "state".to_owned(),
+        host_path: Some(HostPathVolumeSource {
+            path: config.state_host_path.clone(),
+            type_: Some("DirectoryOrCreate".to_owned()),
+        }),
+        ..Volume::default()
+    }
+}
+
+fn add_device_access(
+    device: &TpmDevice,
+    volumes: &mut Vec<Volume>,
+    mounts: &mut Vec<VolumeMount>,
+    resources: &mut ResourceRequirements,
+) {
+    match &device.resource_name {
+        // The device plugin mounts the device and allows it in the cgroup.
+        Some(resource) => {
+            let one = BTreeMap::from([(resource.clone(), Quantity("1".to_owned()))]);
+            resources.limits = Some(one);
+        }
+        None => {
+            volumes.push(Volume {
+                name: "tpm".to_owned(),
+                host_path: Some(HostPathVolumeSource {
+                    path: device.path.clone(),
+                    type_: Some("CharDevice".to_owned()),
+                }),
+                ..Volume::default()
+            });
+            mounts.push(VolumeMount {
+                name: "tpm".to_owned(),
+                mount_path: device.path.clone(),
+                ..VolumeMount::default()
+            });
+        }
+    }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.to_owned(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+fn https_probe(path: &str, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String(ENCLAVE_PORT_NAME.to_owned()),
+            scheme: Some("HTTPS".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        ..Probe::default()
+    }
+}
+
+/// Name of the model a pod belongs to, from its labels.
+pub fn model_of(pod: &impl ResourceExt) -> Option<&str> {
+    pod.labels().get(MODEL_LABEL).map(String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{digest, model, node_model, node_workload_config, workload_config};
+    use aver_crds::HostPathModelSource;
+    use k8s_openapi::api::core::v1::Container;
+
+    fn pod_of(deploy: &Deployment) -> PodSpec {
+        deploy
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.clone())
+            .expect("pod spec")
+    }
+
+    fn container<'a>(pod: &'a PodSpec, name: &str) -> &'a Container {
+        pod.containers
+            .iter()
+            .find(|c| c.name == name)
+            .expect("container")
+    }
+
+    fn arg_after<'a>(container: &'a Container, flag: &str) -> &'a str {
+        let args = container.args.as_ref().expect("args");
+        let i = args.iter().position(|a| a == flag).expect(flag);
+        &args[i + 1]
+    }
+
+    #[test]
+    fn scheduling_constraints_pin_one_enclave_per_tpm_node() {
+        let deploy = deployment(&model("llama"), &workload_config()).expect("builds");
+        let pod = pod_of(&deploy);
+        let affinity = pod.affinity.as_ref().expect("affinity");
+
+        let terms = &affinity
+            .node_affinity
+            .as_ref()
+            .and_then(|n| {
+                n.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .expect("required node affinity")
+            .node_selector_terms;
+        assert_eq!(terms.len(), 1);
+        let expr = &terms[0].match_expressions.as_ref().expect("expressions")[0];
+        assert_eq!(
+            (
+                expr.key.as_str(),
+                expr.operator.as_str(),
+                expr.values.as_deref()
+            ),
+            ("aver.dev/tpm", "In", Some(&["true".to_owned()][..]))
+        );
+
+        let anti = &affinity
+            .pod_anti_affinity
+            .as_ref()
+            .and_then(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .expect("required anti-affinity")[0];
+        assert_eq!(anti.topology_key, "kubernetes.io/hostname");
+        assert_eq!(
+            anti.label_selector
+                .as_ref()
+                .and_then(|s| s.match_labels.clone()),
+            Some(BTreeMap::from([("aver.dev/enclave".into(), "true".into())]))
+        );
+        assert_eq!(anti.namespace_selector, Some(LabelSelector::default()));
+        assert_eq!(
+            pod.tolerations,
+            Some(vec![Toleration {
+                key: Some("aver.dev/hardened".into()),
+                operator: Some("Exists".into()),
+                effect: Some("NoSchedule".into()),
+                ..Toleration::default()
+            }])
+        );
+        let labels = deploy
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.labels.clone())
+            .expect("pod labels");
+        assert_eq!(labels.get(ENCLAVE_LABEL).map(String::as_str), Some("true"));
+        let strategy = deploy
+            .spec
+            .as_ref()
+            .and_then(|s| s.strategy.clone())
+            .expect("strategy");
+        assert_eq!(
+            strategy.rolling_update.and_then(|r| r.max_surge),
+            Some(IntOrString::Int(0))
+        );
+    }
+
+    #[test]
+    fn node_selector_override_replaces_the_default_label() {
+        let mut cm = model("llama");
+        cm.spec.tpm.node_selector =
+            Some(BTreeMap::from([("tpm.example/ready".into(), "yes".into())]));
+        let pod = pod_of(&deployment(&cm, &workload_config()).expect("builds"));
+        let terms = pod
+            .affinity
+            .and_then(|a| a.node_affinity)
+            .and_then(|n| n.required_during_scheduling_ignored_during_execution)
+            .expect("affinity")
+            .node_selector_terms;
+        let keys: Vec<_> = terms[0]
+            .match_expressions
+            .iter()
+            .flatten()
+            .map(|e| e.key.clone())
+            .collect();
+        assert_eq!(keys, ["tpm.example/ready"]);
+    }
+
+    #[test]
+    fn enclave_runs_with_the_measured_inputs_and_device_access() {
+        let cm = model("llama");
+        let deploy = deployment(&cm, &workload_config()).expect("builds");
+        let pod = pod_of(&deploy);
+        let enclave = container(&pod, ENCLAVE_CONTAINER);
+        assert_eq!(enclave.image.as_deref(), Some("aver/enclave:test"));
+        assert_eq!(arg_after(enclave, "--tcti"), "device:/dev/tpmrm0");
+        assert_eq!(arg_after(enclave, "--engine-digest"), digest(1).to_string());
+        assert_eq!(arg_after(enclave, "--upstream"), "http://127.0.0.1:8000");
+        assert_eq!(arg_after(enclave, "--listen"), "0.0.0.0:8443");
+        assert_eq!(arg_after(enclave, "--model-dir"), "/models");
+        assert_eq!(arg_after(enclave, "--workload-pcr"), "15");
+        // The policy's PCR 9 is quoted besides the default boot PCRs.
+        assert_eq!(arg_after(enclave, "--quote-pcrs"), "0,1,2,3,4,5,6,7,9,15");
+        let tpm_volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "tpm")
+            .and_then(|v| v.host_path.clone())
+            .expect("tpm host path");
+        assert_eq!(tpm_volume.path, "/dev/tpmrm0");
+        assert_eq!(tpm_volume.type_.as_deref(), Some("CharDevice"));
+        let state = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "state")
+            .and_then(|v| v.host_path.clone())
+            .expect("state host path");
+        assert_eq!(state.path, "/var/lib/aver");
+        assert_eq!(pod.automount_service_account_token, Some(false));
+
+        let engine = container(&pod, ENGINE_CONTAINER);
+        assert_eq!(engine.image.as_deref(), Some(cm.spec.engine.image.as_str()));
+        let mount = &engine.volume_mounts.as_ref().expect("mounts")[0];
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only),
+            ("/models", Some(true))
+        );
+        assert_eq!(mount.sub_path.as_deref(), Some("llama"));
+    }
+
+    #[test]
+    fn device_plugin_and_swtpm_access() {
+        let mut cm = model("llama");
+        cm.spec.tpm.device = Some(TpmDevice {
+            path: "/dev/tpmrm0".into(),
+            resource_name: Some("squat.ai/tpmrm".into()),
+        });
+        let pod = pod_of(&deployment(&cm, &workload_config()).expect("builds"));
+        assert!(pod.volumes.iter().flatten().all(|v| v.name != "tpm"));
+        let limits = container(&pod, ENCLAVE_CONTAINER)
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.clone())
+            .expect("limits");
+        assert_eq!(limits.get("squat.ai/tpmrm"), Some(&Quantity("1".into())));
+
+        let mut cm = model("llama");
+        cm.spec.tpm.tcti = Some("swtpm:host=$(AVER_NODE_IP),port=2321".into());
+        let pod = pod_of(&deployment(&cm, &workload_config()).expect("builds"));
+        let enclave = container(&pod, ENCLAVE_CONTAINER);
+        assert_eq!(
+            arg_after(enclave, "--tcti"),
+            "swtpm:host=$(AVER_NODE_IP),port=2321"
+        );
+        assert!(pod.volumes.iter().flatten().all(|v| v.name != "tpm"));
+        let env_names: Vec<_> = enclave
+            .env
+            .iter()
+            .flatten()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert!(env_names.contains(&"AVER_NODE_IP"));
+    }
+
+    #[test]
+    fn owned_objects_point_back_to_the_resource() {
+        let cm = model("llama");
+        let deploy = deployment(&cm, &workload_config()).expect("builds");
+        let svc = service(&cm).expect("builds");
+        for meta in [&deploy.metadata, &svc.metadata] {
+            let owner = &meta.owner_references.as_ref().expect("owner")[0];
+            assert_eq!(owner.kind, "ConfidentialModel");
+            assert_eq!(owner.uid, "uid-1");
+            assert_eq!(owner.controller, Some(true));
+        }
+        let ports = svc.spec.and_then(|s| s.ports).expect("ports");
+        assert_eq!(ports[0].port, 443);
+        assert_eq!(
+            ports[0].target_port,
+            Some(IntOrString::String("https".into()))
+        );
+    }
+
+    #[test]
+    fn unusable_names_and_sources_are_errors() {
+        let long = "a".repeat(64);
+        for bad in ["9lives", long.as_str(), "ends-"] {
+            assert_eq!(
+                deployment(&model(bad), &workload_config()),
+                Err(WorkloadError::InvalidName(bad.to_owned()))
+            );
+        }
+        let mut cm = model("llama");
+        cm.spec.model.source.host_path = Some(HostPathModelSource {
+            path: "/data".into(),
+        });
+        assert_eq!(
+            deployment(&cm, &workload_config()),
+            Err(WorkloadError::ModelSource)
+        );
+    }
+
+    #[test]
+    fn node_measured_pods_have_no_tpm_and_no_host_state() {
+        let cm = node_model("llama");
+        let deploy = deployment(&cm, &node_workload_config()).expect("builds");
+        let template = &deploy.spec.as_ref().expect("spec").template;
+        let labels = template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.clone())
+            .expect("labels");
+        assert_eq!(
+            labels.get(CONFIDENTIAL_LABEL).map(String::as_str),
+            Some("llama")
+        );
+        let pod = template.spec.clone().expect("pod");
+        assert_eq!(pod.enable_service_links, Some(false));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let volumes: BTreeMap<_, _> = pod
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| (v.name.as_str(), v))
+            .collect();
+        assert!(!volumes.contains_key("tpm"));
+        assert!(volumes["state"].empty_dir.is_some() && volumes["state"].host_path.is_none());
+        assert_eq!(
+            volumes[AGENT_VOLUME]
+                .host_path
+                .as_ref()
+                .map(|h| h.path.as_str()),
+            Some("/run/aver-node")
+        );
+
+        let enclave = container(&pod, "enclave");
+        let args = enclave.args.clone().expect("args");
+        assert_eq!(
+            arg_after(enclave, "--node-agent"),
+            "/run/aver-node/agent.sock"
+        );
+        for legacy in [
+            "--tcti",
+            "--engine-digest",
+            "--serving-config",
+            "--workload-pcr",
+        ] {
+            assert!(!args.iter().any(|a| a == legacy), "{legacy} in {args:?}");
+        }
+        let agent_mount = enclave
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == AGENT_VOLUME)
+            .expect("agent socket mounted into the enclave");
+        assert_eq!(
+            (agent_mount.mount_path.as_str(), agent_mount.read_only),
+            ("/run/aver-node", Some(true))
+        );
+        // No per-pod downward-API values.
+        assert!(enclave.env.iter().flatten().all(|e| e.value_from.is_none()));
+        assert!(enclave
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .is_none());
+
+        let engine = container(&pod, ENGINE_CONTAINER);
+        assert!(engine
+            .volume_mounts
+            .iter()
+            .flatten()
+            .all(|m| m.name != AGENT_VOLUME && m.name != "state"));
+        assert_eq!(engine.args, Some(cm.spec.engine.args.clone()));
+    }
+
+    #[test]
+    fn legacy_pods_are_not_labelled_confidential() {
+        let deploy = deployment(&model("llama"), &workload_config()).expect("builds");
+        let template = &deploy.spec.as_ref().expect("spec").template;
+        let labels = template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.clone())
+            .expect("labels");
+        assert!(!labels.contains_key(CONFIDENTIAL_LABEL));
+        let pod = template.spec.clone().expect("pod");
+        assert!(pod.security_context.is_none());
+        assert!(pod.volumes.iter().flatten().all(|v| v.name != AGENT_VOLUME));
+        container(&pod, ENCLAVE_CONTAINER);
+    }
+
+    #[test]
+    fn host_path_sources_only_below_allowed_directories() {
+        let mut cm = node_model("llama");
+        let mut config = node_workload_config();
+        for (path, ok) in [
+            ("/srv/models/llama", true),
+            ("/srv/models", true),
+            ("/srv/models-evil", false),
+            ("/srv/models/../../etc", false),
+            ("/srv/models//x", false),
+            ("/etc", false),
+        ] {
+            cm.spec.model.source.host_path = Some(HostPathModelSource { path: path.into() });
+            let result = pod_spec(&cm, &config);
+            assert_eq!(result.is_ok(), ok, "{path}: {result:?}");
+        }
+        config.allowed_model_host_paths.clear();
+        cm.spec.model.source.host_path = Some(HostPathModelSource {
+            path: "/srv/models/llama".into(),
+        });
+        let error = pod_spec(&cm, &config).expect_err("refused");
+        assert!(
+            error
+                .to_string()
+                .contains("none: host path sources are off"),
+            "{error}"
+        );
+        // Legacy pods too: the allow-list is about what a pod may read.
+        cm.spec.measurement = Measurement::Enclave;
+        assert!(matches!(
+            pod_spec(&cm, &config),
+            Err(WorkloadError::HostPathNotAllowed { .. })
+        ));
+    }
+
+    #[test]
+    fn node_measured_engines_take_no_per_pod_or_secret_env() {
+        let var = |name: &str, from: EnvVarSource| EnvVar {
+            name: name.into(),
+            value: None,
+            value_from: Some(from),
+        };
+        let field = |path: &str| EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        };
+        let mut cm = node_model("llama");
+        cm.spec.engine.env = vec![
+            EnvVar {
+                name: "PLAIN".into(),
+                value: Some("1".into()),
+                value_from: None,
+            },
+            var("NS", field("metadata.namespace")),
+        ];
+        pod_spec(&cm, &node_workload_config()).expect("static values are fine");
+        for bad in [
+            var("POD", field("metadata.name")),
+            var("IP", field("status.podIP")),
+            var(
+                "TOKEN",
+                EnvVarSource {
+                    secret_key_ref: Some(Default::default()),
+                    ..EnvVarSource::default()
+                },
+            ),
+        ] {
+            let mut cm = cm.clone();
+            cm.spec.engine.env.push(bad.clone());
+            assert!(
+                matches!(pod_spec(&cm, &node_workload_config()), Err(WorkloadError::EngineEnv { ref name, .. }) if *name == bad.name),
+                "{bad:?}"
+            );
+            cm.spec.measurement = Measurement::Enclave;
+            cm.spec.model.source.host_path = Some(HostPathModelSource {
+                path: "/srv/models/llama".into(),
+            });
+            pod_spec(&cm, &node_workload_config()).expect("legacy pods take any env");
+        }
+    }
+}
