@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use aver_crds::confidential_model::{
     ConfidentialModel, ConfidentialModelSpec, ConfidentialModelStatus, EngineSpec,
-    HostPathModelSource, ModelSource, ModelSpec, ServiceSpec, TpmSpec,
+    HostPathModelSource, Measurement, ModelSource, ModelSpec, ServiceSpec, TpmSpec,
 };
 use aver_crds::{AttestationPolicy, Sha256Digest};
 use aver_tests::controlplane::{ControlPlane, ControllerProcess};
@@ -121,7 +121,13 @@ impl Cluster {
 
     /// Starts a controller watching this test's namespace.
     pub fn start_controller(&mut self, identity: &str, extra: &[&str]) -> usize {
-        let mut flags = vec!["--attest-timeout", "5s"];
+        // The models' files are in host directories below /models.
+        let mut flags = vec![
+            "--attest-timeout",
+            "5s",
+            "--allowed-model-host-paths",
+            "/models",
+        ];
         flags.extend_from_slice(extra);
         let controller = ControllerProcess::start(
             &self.cp,
@@ -196,6 +202,9 @@ impl Cluster {
                     resources: None,
                 },
                 replicas,
+                // The node simulator runs the enclave with the node's swtpm:
+                // these tests exercise the legacy, enclave-measured path.
+                measurement: Measurement::Enclave,
                 tpm: TpmSpec::default(),
                 attestation: policy,
                 service: ServiceSpec::default(),
