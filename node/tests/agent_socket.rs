@@ -55,7 +55,13 @@ impl Agent for TestAgent {
                 value: Sha256Digest([0x15; 32]),
             }],
             ak_public: Base64Bytes(vec![0xa4; 90]),
-            node_log: vec![serde_json::json!({"event": "agent-start"})],
+            node_log: vec![aver_node_log::NodeLogEntry {
+                pcr: 15,
+                event: aver_node_log::NodeEvent::AgentStart {
+                    agent_version: "test".into(),
+                    policy: "version: 1\n".into(),
+                },
+            }],
         })
     }
 }
@@ -200,7 +206,7 @@ async fn a_quote_round_trips_with_its_qualifying_data() {
     let quote = client.quote([0x42; 32]).await.unwrap();
     assert_eq!(quote.attest.0, vec![0x42; 32]);
     assert_eq!(quote.pcrs[0].pcr, 15);
-    assert_eq!(quote.node_log[0]["event"], "agent-start");
+    assert_eq!(quote.node_log[0].event.kind(), "agent-start");
 
     let quotes = running.agent.quotes.lock().unwrap().clone();
     assert_eq!(quotes.len(), 1);

@@ -7,6 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use aver_crds::Sha256Digest;
+use aver_node_log::NodeLogEntry;
 use aver_verifier::evidence::{Base64Bytes, PcrValue};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -101,9 +102,8 @@ pub struct QuoteResponse {
     /// Marshalled `TPMT_PUBLIC` of the AK.
     pub ak_public: Base64Bytes,
     /// The node log, in order: what the verifier replays to the workload
-    /// PCR. (Entries are typed by `aver-node-log`; kept as JSON here until
-    /// that crate's entry type replaces it.)
-    pub node_log: Vec<serde_json::Value>,
+    /// PCR.
+    pub node_log: Vec<NodeLogEntry>,
 }
 
 /// The body of every error answer (4xx, 5xx): one line saying what is wrong.
@@ -116,6 +116,7 @@ pub struct ErrorBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aver_node_log::NodeEvent;
 
     const SPKI: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
     const MODEL: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
@@ -169,13 +170,19 @@ mod tests {
                 value: Sha256Digest([0x33; 32]),
             }],
             ak_public: Base64Bytes(vec![5, 6]),
-            node_log: vec![serde_json::json!({"event": "agent-start"})],
+            node_log: vec![NodeLogEntry {
+                pcr: 15,
+                event: NodeEvent::AgentStart {
+                    agent_version: "0.1.0".into(),
+                    policy: "version: 1\n".into(),
+                },
+            }],
         };
         let json = serde_json::to_value(&response).unwrap();
         assert_eq!(json["attest"], "AQID");
         assert_eq!(json["akPublic"], "BQY=");
         assert_eq!(json["pcrs"][0]["pcr"], 15);
-        assert_eq!(json["nodeLog"][0]["event"], "agent-start");
+        assert_eq!(json["nodeLog"][0]["event"]["type"], "agent-start");
         let back: QuoteResponse = serde_json::from_value(json).unwrap();
         assert_eq!(back, response);
     }

@@ -2,8 +2,6 @@
 //! key-holder container of a confidential pod may register a key and ask
 //! for quotes, and only once it has registered.
 
-use aver_node_log::NodeLogEntry;
-
 use crate::agent::{Agent, AgentError, Caller, QuoteResponse, TlsKeyRequest};
 
 use super::Gate;
@@ -15,13 +13,6 @@ fn caller_container(caller: &Caller) -> Result<&str, AgentError> {
             caller.pid
         ))
     })
-}
-
-fn log_json(entries: Vec<NodeLogEntry>) -> Result<Vec<serde_json::Value>, AgentError> {
-    entries
-        .into_iter()
-        .map(|e| serde_json::to_value(e).map_err(|e| AgentError::Internal(e.to_string())))
-        .collect()
 }
 
 #[async_trait::async_trait]
@@ -60,7 +51,7 @@ impl Agent for Gate {
             signature: quote.signature,
             pcrs: quote.pcrs,
             ak_public: quote.ak_public,
-            node_log: log_json(quote.node_log)?,
+            node_log: quote.node_log,
         })
     }
 }
