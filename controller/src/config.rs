@@ -162,6 +162,15 @@ impl Default for ReattestConfig {
 }
 
 impl Args {
+    /// Parses flags as the binary does (for callers without clap in scope).
+    pub fn try_from_flags<I, T>(argv: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        <Self as Parser>::try_parse_from(argv)
+    }
+
     /// The workload builders' settings.
     pub fn workload(&self) -> WorkloadConfig {
         WorkloadConfig {

@@ -16,6 +16,50 @@ pub enum PolicyCommand {
     /// Write a policy that accepts exactly what a known-good evidence shows
     /// (trust on first use: only as good as the machine you captured it from).
     Init(InitArgs),
+    /// Write the policy of a node-measured ConfidentialModel: its
+    /// spec.attestation, with allowed.pod computed from the pod the
+    /// controller renders for it.
+    #[command(long_about = FROM_MODEL_ABOUT)]
+    FromModel(FromModelArgs),
+}
+
+const FROM_MODEL_ABOUT: &str = "\
+Write the policy of a node-measured ConfidentialModel (measurement: node): its \
+spec.attestation, with allowed.pod listing every container of the pod the \
+controller renders for it (name, image digest, and the digest of the container \
+spec aver-node measures at the container runtime), and allowed.engineDigests \
+dropped (the runtime identifies the engine).
+
+Why: a client derives its policy from the resource it reviewed, not from what \
+the server shows. The status, the pods and the evidence are all written by the \
+cluster being checked; the resource is what you (or your auditor) read and \
+agreed to. This command renders the pod with the same code as the controller \
+and redoes the kubelet's conversion of each container, so the policy accepts \
+exactly that pod and nothing a cluster administrator adds or changes (an \
+extra container, an env variable, a host mount, a debug flag).
+
+The enclave image is not in the resource: give the one you trust, pinned by \
+digest (it must be the controller's --enclave-image).";
+
+#[derive(clap::Args, Debug)]
+pub struct FromModelArgs {
+    /// The ConfidentialModel (YAML or JSON) as you reviewed it.
+    pub model: PathBuf,
+    /// The aver-enclave image you trust, pinned by digest
+    /// (repository@sha256:...): the controller's --enclave-image.
+    #[arg(long, env = "AVER_ENCLAVE_IMAGE")]
+    pub enclave_image: String,
+    /// ClusterIP:port of the cluster's default/kubernetes Service, whose
+    /// variables the kubelet puts into every container (kubectl get svc
+    /// kubernetes -n default).
+    #[arg(long, default_value = aver_workload::expected::DEFAULT_KUBERNETES_SERVICE)]
+    pub kubernetes_service: std::net::SocketAddr,
+    /// Namespace of the resource, if the file does not say.
+    #[arg(long, short)]
+    pub namespace: Option<String>,
+    /// Write the policy here instead of stdout (refuses to overwrite).
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -38,7 +82,127 @@ pub struct InitArgs {
 pub fn run(cmd: PolicyCommand) -> CommandResult {
     match cmd {
         PolicyCommand::Init(args) => init(args),
+        PolicyCommand::FromModel(args) => from_model(args),
     }
+}
+
+fn from_model(args: FromModelArgs) -> CommandResult {
+    let bytes = read_input(&args.model, "ConfidentialModel")?;
+    let text = String::from_utf8(bytes)
+        .with_context(|| format!("{} is not UTF-8", args.model.display()))?;
+    let mut cm: aver_crds::ConfidentialModel = serde_norway::from_str(&text)
+        .with_context(|| format!("{} is not a ConfidentialModel", args.model.display()))?;
+    if let Some(namespace) = args.namespace {
+        cm.metadata.namespace = Some(namespace);
+    }
+    if cm.metadata.namespace.is_none() {
+        return Err(anyhow::anyhow!(
+            "{} names no namespace: give --namespace",
+            args.model.display()
+        )
+        .into());
+    }
+    let yaml = model_policy_yaml(&cm, &args.enclave_image, args.kubernetes_service)?;
+    write_policy(args.out, &yaml)
+}
+
+/// The policy of `cm`, as YAML with a comment on each container.
+pub fn model_policy_yaml(
+    cm: &aver_crds::ConfidentialModel,
+    enclave_image: &str,
+    kubernetes_service: std::net::SocketAddr,
+) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+    // Only what shapes the containers matters here; the operator's
+    // host-path allow-list is the controller's to enforce.
+    let config = aver_workload::WorkloadConfig {
+        enclave_image: enclave_image.to_owned(),
+        tpm_node_selector: Default::default(),
+        state_host_path: String::new(),
+        allowed_model_host_paths: cm
+            .spec
+            .model
+            .source
+            .host_path
+            .iter()
+            .map(|h| h.path.clone())
+            .collect(),
+    };
+    let params = aver_workload::KubeletParams::new(kubernetes_service);
+    let (policy, pod) = aver_workload::model_policy(cm, &config, &params)?;
+    let name = cm.metadata.name.as_deref().unwrap_or("?");
+    let namespace = cm.metadata.namespace.as_deref().unwrap_or("?");
+    let mut out = format!(
+        "# aver attestation policy of ConfidentialModel {namespace}/{name}, derived from the\n\
+         # resource (aver policy from-model): spec.attestation, with allowed.pod the pod the\n\
+         # controller renders, as aver-node measures it (kubernetes Service {kubernetes_service}).\n\
+         # A pod that runs anything else (another container, other args, env or mounts) is refused.\n#\n"
+    );
+    for c in &pod.containers {
+        let s = &c.spec;
+        let user = match (s.user.uid, s.user.username.as_str()) {
+            (Some(uid), _) => format!("uid {uid}"),
+            (None, name) => format!("user {name}"),
+        };
+        let _ = writeln!(out, "# container {}: image {}", c.name, c.image);
+        let _ = writeln!(
+            out,
+            "#   runs {} {}",
+            if s.command.is_empty() {
+                "(image entrypoint)".to_owned()
+            } else {
+                s.command.join(" ")
+            },
+            s.args.join(" ")
+        );
+        let _ = writeln!(
+            out,
+            "#   as {user}{}{}{}, seccomp {}",
+            if s.privileged { ", privileged" } else { "" },
+            if s.readonly_rootfs {
+                ", read-only root"
+            } else {
+                ""
+            },
+            if s.no_new_privs {
+                ", no new privileges"
+            } else {
+                ""
+            },
+            s.seccomp.as_ref().map_or("none", |p| p.kind.as_str())
+        );
+        let env: Vec<&str> = s.env.iter().map(|v| v.name.as_str()).collect();
+        let _ = writeln!(out, "#   env {}", env.join(", "));
+        for m in &s.mounts {
+            let _ = writeln!(
+                out,
+                "#   mount {} <- {}{}",
+                m.container_path,
+                m.source,
+                if m.readonly { " (read-only)" } else { "" }
+            );
+        }
+        let _ = writeln!(out, "#   spec digest {}", c.spec_digest);
+    }
+    out.push_str(&policy.to_yaml());
+    Ok(out)
+}
+
+fn write_policy(out: Option<PathBuf>, yaml: &str) -> CommandResult {
+    match out {
+        Some(path) => {
+            use std::io::Write as _;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            file.write_all(yaml.as_bytes())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        None => print!("{yaml}"),
+    }
+    Ok(())
 }
 
 fn init(args: InitArgs) -> CommandResult {
@@ -72,18 +236,5 @@ fn init(args: InitArgs) -> CommandResult {
         "# aver attestation policy, captured from {source} (trust on first use)\n{}",
         policy.to_yaml()
     );
-    match args.out {
-        Some(path) => {
-            use std::io::Write as _;
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-            file.write_all(yaml.as_bytes())
-                .with_context(|| format!("cannot write {}", path.display()))?;
-        }
-        None => print!("{yaml}"),
-    }
-    Ok(())
+    write_policy(args.out, &yaml)
 }
