@@ -175,11 +175,7 @@ impl NodeAgent {
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut last = String::from("the CRI socket did not appear");
         while Instant::now() < deadline {
-            if let Some(status) = self
-                .node
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(status) = self.node.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 self.node = None;
                 bail!(
                     "aver-node exited ({status}) while starting:\n{}",
@@ -354,7 +350,11 @@ impl Drop for NodeAgent {
         if std::thread::panicking() {
             let _ = std::io::Write::write_all(
                 &mut std::io::stderr(),
-                format!("node agent fixture: the test failed\n{}\n", self.diagnostics()).as_bytes(),
+                format!(
+                    "node agent fixture: the test failed\n{}\n",
+                    self.diagnostics()
+                )
+                .as_bytes(),
             );
         }
         self.stop_node();
