@@ -70,6 +70,7 @@ fn main() {
             model_digests: vec![digest(2)],
             config_digests: None,
             pod: None,
+            node_policies: None,
         },
         trust: TrustRoots {
             ak_names: vec![format!("000b{}", "cd".repeat(32))],

@@ -101,7 +101,7 @@ pub const CONDITION_DEGRADED: &str = "Degraded";
         "message": "model.digest must be one of attestation.allowed.modelDigests, or no pod could ever be attested"
     },
     {
-        "rule": "self.attestation.allowed.engineDigests.exists(d, d == self.engine.digest)",
+        "rule": "!has(self.attestation.allowed.engineDigests) || self.attestation.allowed.engineDigests.exists(d, d == self.engine.digest)",
         "message": "engine.digest must be one of attestation.allowed.engineDigests, or no pod could ever be attested"
     },
     {
@@ -246,7 +246,7 @@ pub struct EngineSpec {
     pub image: String,
     /// Digest of the engine image, which the enclave measures as the engine
     /// event. Must be the digest image is pinned to, and allowed by
-    /// attestation.allowed.engineDigests.
+    /// attestation.allowed.engineDigests when the policy lists them.
     pub digest: Sha256Digest,
     /// Port the engine listens on inside the pod; the enclave proxies to
     /// 127.0.0.1 on this port.

@@ -90,19 +90,47 @@ pub struct ReferencePcr {
     pub values: Vec<Sha256Digest>,
 }
 
-/// Workload digests that the enclave's latest launch sequence must match.
+/// What the workload must be, in one of two modes.
+///
+/// - **Node-measured** (`pod` set): `aver-node` measured the pod below it
+///   (evidence v2), and the runtime identifies the engine, so
+///   `engineDigests` and `configDigests` must be absent.
+/// - **Enclave-reported** (`engineDigests` set, the legacy v1 mode): the
+///   enclave's latest launch sequence must carry these digests. This proves
+///   what the enclave says about itself, not what the node ran.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.pod) || (has(self.engineDigests) && size(self.engineDigests) > 0)",
+        "message": "allowed needs pod (node-measured evidence from aver-node) or engineDigests (enclave-reported evidence)"
+    },
+    {
+        "rule": "!has(self.pod) || !has(self.engineDigests) || size(self.engineDigests) == 0",
+        "message": "allowed.pod and allowed.engineDigests are exclusive: with pod the node's runtime identifies the engine"
+    },
+    {
+        "rule": "!has(self.pod) || !has(self.configDigests)",
+        "message": "allowed.configDigests is for enclave-reported evidence only: with pod the containers' spec digests cover their configuration"
+    },
+    {
+        "rule": "has(self.pod) || !has(self.nodePolicies)",
+        "message": "allowed.nodePolicies needs allowed.pod: only node-measured evidence records the node policy"
+    }
+]))]
 pub struct AllowedWorkload {
-    /// Allowed inference-engine image digests.
-    #[schemars(length(min = 1, max = 256))]
+    /// Allowed inference-engine image digests, as the enclave reports them
+    /// (enclave-reported evidence v1). Absent when pod is set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), transform = drop_default)]
     pub engine_digests: Vec<Sha256Digest>,
     /// Allowed model digests (SHA-256 over the model files in canonical order,
     /// as `aver digest model DIR` computes it).
     #[schemars(length(min = 1, max = 256))]
     pub model_digests: Vec<Sha256Digest>,
-    /// Allowed serving-configuration digests. Absent means any configuration
-    /// is accepted; an empty list accepts none.
+    /// Allowed serving-configuration digests (enclave-reported evidence
+    /// only). Absent means any configuration is accepted; an empty list
+    /// accepts none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
     pub config_digests: Option<Vec<Sha256Digest>>,
@@ -113,6 +141,14 @@ pub struct AllowedWorkload {
     /// evidence (v1) is accepted, which proves what the enclave says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<AllowedPod>,
+    /// SHA-256 of the node policy files (`/etc/aver/node-policy.yaml`) the
+    /// client accepts; every node policy the node log records must be one
+    /// of them. The node policy is part of the node image, proven by the
+    /// boot chain. Absent means any node policy the log records (the
+    /// verifier still applies it to everything the node ran). Needs pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub node_policies: Option<Vec<Sha256Digest>>,
 }
 
 /// What the pod that holds the attested TLS key must run: exactly these
@@ -120,6 +156,8 @@ pub struct AllowedWorkload {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AllowedPod {
+    /// The containers, by name (unique). Each must run at least once in the
+    /// pod; a container of any other name fails verification.
     #[schemars(length(min = 1, max = 16), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub containers: Vec<AllowedContainer>,
 }
@@ -201,6 +239,20 @@ pub enum PolicyError {
     BadDuration { field: &'static str, value: String },
     #[error("policy interval must be at least 5s, got {0:?}")]
     IntervalTooShort(String),
+    #[error("policy allowed needs either pod (node-measured evidence from aver-node) or engineDigests (enclave-reported evidence)")]
+    NoWorkloadMode,
+    #[error("policy allowed.pod and allowed.engineDigests are exclusive: with pod the node's runtime identifies the engine image, so remove engineDigests")]
+    PodWithEngineDigests,
+    #[error("policy allowed.configDigests is for enclave-reported evidence only: with allowed.pod the containers' spec digests cover their configuration")]
+    PodWithConfigDigests,
+    #[error("policy allowed.nodePolicies needs allowed.pod: only node-measured evidence records the node policy")]
+    NodePoliciesWithoutPod,
+    #[error("policy allowed.pod lists no container")]
+    NoPodContainers,
+    #[error("policy allowed.pod.containers lists container {0:?} more than once")]
+    DuplicateContainer(String),
+    #[error("policy allowed.pod container {name:?} allows no {field}: list at least one digest")]
+    ContainerAllowsNothing { name: String, field: &'static str },
 }
 
 /// Durations as [`parse_duration`] reads them (and Go/CEL `duration()` too).
@@ -210,8 +262,10 @@ const DURATION_PATTERN: &str = "^[0-9]+(ms|s|m|h)$";
 const AK_NAME_PATTERN: &str = "^000b[0-9a-fA-F]{64}$";
 
 /// Removes the schema default of a field whose serde default (empty) would
-/// not pass its own `minItems`: the API server refuses a CRD whose defaults
-/// do not validate, and an empty trust list is an error anyway.
+/// not pass its own `minItems` (the API server refuses a CRD whose defaults
+/// do not validate, and an empty trust list is an error anyway), or whose
+/// absence means something (`engineDigests`: absent in node-measured
+/// policies, where the API server must not write an empty list).
 fn drop_default(schema: &mut schemars::Schema) {
     schema.remove("default");
 }
@@ -265,12 +319,7 @@ impl AttestationPolicy {
         if seen.contains(&self.workload_pcr) {
             return Err(PolicyError::WorkloadPcrIsReference(self.workload_pcr));
         }
-        if self.allowed.engine_digests.is_empty() {
-            return Err(PolicyError::NothingAllowed("engine digests"));
-        }
-        if self.allowed.model_digests.is_empty() {
-            return Err(PolicyError::NothingAllowed("model digests"));
-        }
+        self.allowed.validate()?;
         if self.trust.ak_names.is_empty() && self.trust.ek_roots.is_none() {
             return Err(PolicyError::NoTrustRoot);
         }
@@ -309,6 +358,61 @@ impl AttestationPolicy {
             .map(|r| r.pcr)
             .chain(std::iter::once(self.workload_pcr))
             .collect()
+    }
+}
+
+impl AllowedWorkload {
+    /// Whether the policy is node-measured (`pod` set): evidence must be v2.
+    pub fn is_node_measured(&self) -> bool {
+        self.pod.is_some()
+    }
+
+    /// Exactly one mode, and no empty allow-list in it.
+    fn validate(&self) -> Result<(), PolicyError> {
+        match &self.pod {
+            None => {
+                if self.engine_digests.is_empty() {
+                    return Err(PolicyError::NoWorkloadMode);
+                }
+                if self.node_policies.is_some() {
+                    return Err(PolicyError::NodePoliciesWithoutPod);
+                }
+            }
+            Some(pod) => {
+                if !self.engine_digests.is_empty() {
+                    return Err(PolicyError::PodWithEngineDigests);
+                }
+                if self.config_digests.is_some() {
+                    return Err(PolicyError::PodWithConfigDigests);
+                }
+                if pod.containers.is_empty() {
+                    return Err(PolicyError::NoPodContainers);
+                }
+                let mut names = BTreeSet::new();
+                for c in &pod.containers {
+                    if !names.insert(c.name.as_str()) {
+                        return Err(PolicyError::DuplicateContainer(c.name.clone()));
+                    }
+                    let nothing = |field| PolicyError::ContainerAllowsNothing {
+                        name: c.name.clone(),
+                        field,
+                    };
+                    if c.image_digests.is_empty() {
+                        return Err(nothing("image digests"));
+                    }
+                    if c.spec_digests.is_empty() {
+                        return Err(nothing("spec digests"));
+                    }
+                }
+                if self.node_policies.as_ref().is_some_and(Vec::is_empty) {
+                    return Err(PolicyError::NothingAllowed("node policies"));
+                }
+            }
+        }
+        if self.model_digests.is_empty() {
+            return Err(PolicyError::NothingAllowed("model digests"));
+        }
+        Ok(())
     }
 }
 
@@ -409,6 +513,7 @@ mod tests {
                 model_digests: vec![digest(2)],
                 config_digests: None,
                 pod: None,
+                node_policies: None,
             },
             trust: TrustRoots {
                 ak_names: vec![format!("000b{}", "cd".repeat(32))],
@@ -492,6 +597,104 @@ mod tests {
         let mut p = sample();
         p.trust.ak_names = vec!["0004abcd".into()];
         assert!(matches!(p.validate(), Err(PolicyError::BadAkName(_))));
+    }
+
+    fn node_measured() -> AttestationPolicy {
+        let mut p = sample();
+        p.allowed.engine_digests.clear();
+        p.allowed.pod = Some(AllowedPod {
+            containers: ["enclave", "engine"]
+                .into_iter()
+                .map(|name| AllowedContainer {
+                    name: name.into(),
+                    image_digests: vec![digest(5)],
+                    spec_digests: vec![digest(6)],
+                })
+                .collect(),
+        });
+        p
+    }
+
+    #[test]
+    fn node_measured_policies_round_trip_without_engine_digests() {
+        let mut p = node_measured();
+        p.allowed.node_policies = Some(vec![digest(7)]);
+        assert_eq!(p.validate(), Ok(()));
+        let yaml = p.to_yaml();
+        assert!(!yaml.contains("engineDigests"), "{yaml}");
+        assert!(yaml.contains("nodePolicies"), "{yaml}");
+        assert_eq!(AttestationPolicy::from_yaml(&yaml).unwrap(), p);
+        assert!(p.allowed.is_node_measured());
+        assert!(!sample().allowed.is_node_measured());
+    }
+
+    #[test]
+    fn exactly_one_workload_mode() {
+        let mut p = sample();
+        p.allowed.engine_digests.clear();
+        assert_eq!(p.validate(), Err(PolicyError::NoWorkloadMode));
+
+        let mut p = node_measured();
+        p.allowed.engine_digests = vec![digest(1)];
+        assert_eq!(p.validate(), Err(PolicyError::PodWithEngineDigests));
+
+        let mut p = node_measured();
+        p.allowed.config_digests = Some(vec![digest(3)]);
+        assert_eq!(p.validate(), Err(PolicyError::PodWithConfigDigests));
+
+        let mut p = sample();
+        p.allowed.node_policies = Some(vec![digest(7)]);
+        assert_eq!(p.validate(), Err(PolicyError::NodePoliciesWithoutPod));
+
+        let mut p = node_measured();
+        p.allowed.node_policies = Some(vec![]);
+        assert_eq!(
+            p.validate(),
+            Err(PolicyError::NothingAllowed("node policies"))
+        );
+    }
+
+    #[test]
+    fn pod_containers_are_unique_and_allow_something() {
+        let mut p = node_measured();
+        let pod = p.allowed.pod.as_mut().unwrap();
+        pod.containers[1].name = "enclave".into();
+        assert_eq!(
+            p.validate(),
+            Err(PolicyError::DuplicateContainer("enclave".into()))
+        );
+
+        let mut p = node_measured();
+        p.allowed.pod.as_mut().unwrap().containers.clear();
+        assert_eq!(p.validate(), Err(PolicyError::NoPodContainers));
+
+        let mut p = node_measured();
+        p.allowed.pod.as_mut().unwrap().containers[1]
+            .spec_digests
+            .clear();
+        let error = p.validate().unwrap_err();
+        assert_eq!(
+            error,
+            PolicyError::ContainerAllowsNothing {
+                name: "engine".into(),
+                field: "spec digests"
+            }
+        );
+        assert!(error
+            .to_string()
+            .contains("\"engine\" allows no spec digests"));
+
+        let mut p = node_measured();
+        p.allowed.pod.as_mut().unwrap().containers[0]
+            .image_digests
+            .clear();
+        assert!(matches!(
+            p.validate(),
+            Err(PolicyError::ContainerAllowsNothing {
+                field: "image digests",
+                ..
+            })
+        ));
     }
 
     const PEM: &str = "# Vendor root\n-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\nAAAA==\n-----END CERTIFICATE-----\n";

@@ -342,3 +342,71 @@ fn trust_needs_ak_names_or_ek_roots() {
     });
     cel(&ek_only).expect("ekRoots alone is a trust root");
 }
+
+/// The attestation policy of [`good`] in node-measured mode.
+fn node_measured() -> Value {
+    let mut o = good();
+    o["spec"]["attestation"]["allowed"] = json!({
+        "modelDigests": [digest(2)],
+        "pod": {"containers": [
+            {"name": "enclave", "imageDigests": [digest(5)], "specDigests": [digest(6)]},
+            {"name": "engine", "imageDigests": [digest(1)], "specDigests": [digest(7)]}
+        ]},
+        "nodePolicies": [digest(8)]
+    });
+    o
+}
+
+#[test]
+fn node_measured_policies_pass_without_engine_digests() {
+    let o = node_measured();
+    cel(&o).expect("pod mode accepted");
+    let model: ConfidentialModel = serde_json::from_value(o).expect("parses");
+    model.spec.attestation.validate().expect("policy valid");
+    assert!(model.spec.attestation.allowed.engine_digests.is_empty());
+    let schema = schema();
+    let allowed = &schema["properties"]["spec"]["properties"]["attestation"]["properties"]
+        ["allowed"]["properties"];
+    assert!(
+        allowed["engineDigests"].get("default").is_none(),
+        "absent engineDigests must stay absent"
+    );
+}
+
+#[test]
+fn exactly_one_workload_mode_in_the_schema() {
+    let with = |change: fn(&mut Value), expected: &str| {
+        let mut object = node_measured();
+        change(&mut object["spec"]["attestation"]["allowed"]);
+        match cel(&object) {
+            Ok(()) => panic!("accepted, expected {expected:?}: {object:#}"),
+            Err(message) => assert!(message.contains(expected), "{message}"),
+        }
+    };
+    with(
+        |a| a["engineDigests"] = json!([digest(1)]),
+        "allowed.pod and allowed.engineDigests are exclusive",
+    );
+    with(
+        |a| a["configDigests"] = json!([digest(3)]),
+        "allowed.configDigests is for enclave-reported evidence only",
+    );
+    with(
+        |a| {
+            a.as_object_mut().unwrap().remove("pod");
+        },
+        "allowed.nodePolicies needs allowed.pod",
+    );
+    with(
+        |a| {
+            let a = a.as_object_mut().unwrap();
+            a.remove("pod");
+            a.remove("nodePolicies");
+        },
+        "allowed needs pod (node-measured evidence from aver-node) or engineDigests",
+    );
+    refused(
+        |o| o["spec"]["attestation"]["allowed"]["engineDigests"] = json!([]),
+        "allowed needs pod (node-measured evidence from aver-node) or engineDigests",
+    );
+}

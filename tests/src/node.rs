@@ -152,6 +152,7 @@ pub fn policy_for(ak_names: &[String], model: Sha256Digest) -> AttestationPolicy
             model_digests: vec![model],
             config_digests: None,
             pod: None,
+            node_policies: None,
         },
         trust: TrustRoots {
             ak_names: ak_names.to_vec(),

@@ -47,6 +47,7 @@ pub fn policy_from_evidence(
             model_digests: vec![launch.model],
             config_digests: Some(vec![launch.serving_config]),
             pod: None,
+            node_policies: None,
         },
         trust: TrustRoots {
             ak_names: vec![ak.name_hex()],

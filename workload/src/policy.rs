@@ -11,10 +11,10 @@ use crate::render::WorkloadConfig;
 
 /// The policy for a node-measured model and the expected pod it lists.
 ///
-/// `allowed.engineDigests` is dropped: with `allowed.pod` the engine is
-/// identified by the image the runtime resolved and by its measured spec,
-/// not by what the enclave reports. An `allowed.pod` already in the
-/// resource is replaced by the rendering's.
+/// `allowed.engineDigests` and `allowed.configDigests` are dropped: with
+/// `allowed.pod` the engine is identified by the image the runtime resolved
+/// and by its measured spec, not by what the enclave reports. An
+/// `allowed.pod` already in the resource is replaced by the rendering's.
 pub fn model_policy(
     cm: &ConfidentialModel,
     config: &WorkloadConfig,
@@ -23,6 +23,7 @@ pub fn model_policy(
     let expected = expected_pod(cm, config, params)?;
     let mut policy = cm.spec.attestation.clone();
     policy.allowed.engine_digests.clear();
+    policy.allowed.config_digests = None;
     policy.allowed.pod = Some(expected.allowed_pod());
     Ok((policy, expected))
 }
