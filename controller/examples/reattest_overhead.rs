@@ -104,8 +104,8 @@ fn main() {
         spki_sha256: digest(3),
         measurements: EndpointMeasurements {
             model: digest(2),
-            engine: digest(1),
-            serving_config: digest(4),
+            engine: Some(digest(1)),
+            serving_config: Some(digest(4)),
             ak_name: format!("000b{}", "cd".repeat(32)),
             boot_policy: BootPolicyResult {
                 result: "Passed".into(),

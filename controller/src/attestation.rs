@@ -162,8 +162,8 @@ mod tests {
             spki_sha256: Sha256Digest([1; 32]),
             measurements: EndpointMeasurements {
                 model: Sha256Digest([2; 32]),
-                engine: Sha256Digest([3; 32]),
-                serving_config: Sha256Digest([4; 32]),
+                engine: Some(Sha256Digest([3; 32])),
+                serving_config: Some(Sha256Digest([4; 32])),
                 ak_name: "000b".into(),
                 boot_policy: BootPolicyResult {
                     result: "Passed".into(),

@@ -267,8 +267,8 @@ pub(crate) mod tests {
             spki_sha256: Sha256Digest([byte; 32]),
             measurements: EndpointMeasurements {
                 model: Sha256Digest([2; 32]),
-                engine: Sha256Digest([1; 32]),
-                serving_config: Sha256Digest([3; 32]),
+                engine: Some(Sha256Digest([1; 32])),
+                serving_config: Some(Sha256Digest([3; 32])),
                 ak_name: format!("000b{}", "cd".repeat(32)),
                 boot_policy: BootPolicyResult {
                     result: "Passed".into(),

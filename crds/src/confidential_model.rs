@@ -370,10 +370,15 @@ pub struct VerifiedEndpoint {
 pub struct EndpointMeasurements {
     /// Model digest the enclave measured.
     pub model: Sha256Digest,
-    /// Engine image digest the enclave measured.
-    pub engine: Sha256Digest,
-    /// Serving configuration digest the enclave measured.
-    pub serving_config: Sha256Digest,
+    /// Engine image digest the enclave reported (enclave-reported evidence;
+    /// absent with node-measured evidence, where the node's runtime
+    /// identified every container of the pod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<Sha256Digest>,
+    /// Serving configuration digest the enclave reported (enclave-reported
+    /// evidence only, like engine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving_config: Option<Sha256Digest>,
     /// TPM name of the attestation key that signed the quote.
     pub ak_name: String,
     /// Outcome of the boot-PCR check.

@@ -6,7 +6,7 @@ use aver_crds::Sha256Digest;
 use aver_verifier::binding::{qualifying_data, MerkleProof, Nonce};
 use aver_verifier::eventlog::LogEntry;
 use aver_verifier::evidence::{Base64Bytes, PcrValue, Quote};
-use aver_verifier::{Evidence, EVIDENCE_VERSION};
+use aver_verifier::{Evidence, EVIDENCE_VERSION_ENCLAVE};
 
 use aver_tpm::pcrs::{QuoteError, QUOTE_ATTEMPTS};
 
@@ -68,13 +68,14 @@ impl QuotedState {
     ) -> Evidence {
         match &self.log {
             QuotedLog::Launch(event_log) => Evidence {
-                version: EVIDENCE_VERSION,
+                version: EVIDENCE_VERSION_ENCLAVE,
                 nonce,
                 spki_sha256: spki,
                 quote: self.quote.clone(),
                 pcrs: self.pcrs.clone(),
                 ak_public: self.ak_public.clone(),
                 event_log: event_log.clone(),
+                node_log: Vec::new(),
                 batch,
             },
         }

@@ -59,7 +59,10 @@ fn genuine_evidence_verifies_and_reports_measurements() {
         report.launch.model,
         model_digest(node.model.path()).unwrap()
     );
-    assert_eq!(report.launch.engine.to_string(), ENGINE);
+    assert_eq!(
+        report.launch.engine.map(|e| e.to_string()).as_deref(),
+        Some(ENGINE)
+    );
     assert_eq!(report.launch.tls_spki, spki);
     assert_eq!(report.launches_since_boot, 1);
     assert_eq!(report.boot_pcrs.len(), 8);
@@ -279,12 +282,18 @@ fn unknown_version_truncation_and_garbage_are_typed_errors() {
         Err(EvidenceError::UnsupportedVersion { found: 9 })
     );
     let mut in_memory = evidence.clone();
-    in_memory.version = 2;
+    in_memory.version = 3;
     assert!(matches!(
         verify(&in_memory, &challenge(nonce, spki), &policy),
         Err(VerifyError::Evidence(EvidenceError::UnsupportedVersion {
-            found: 2
+            found: 3
         }))
+    ));
+    // Relabelled as node-measured, it still carries the enclave's log.
+    in_memory.version = 2;
+    assert!(matches!(
+        verify(&in_memory, &challenge(nonce, spki), &policy),
+        Err(VerifyError::Evidence(EvidenceError::Malformed(_)))
     ));
 
     for len in [0, 1, json.len() / 3, json.len() / 2, json.len() - 2] {

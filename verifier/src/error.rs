@@ -1,6 +1,7 @@
 //! Every reason verification can fail, each with one clear message.
 
 use aver_crds::{PolicyError, Sha256Digest};
+use aver_node_log::{NodeLogError, PodMismatch};
 
 use crate::ek::ActivationError;
 use crate::eventlog::EventLogError;
@@ -58,6 +59,14 @@ pub enum VerifyError {
         measured: Sha256Digest,
         bound: Sha256Digest,
     },
+    #[error("the policy requires node-measured evidence (version 2, from aver-node) because it sets allowed.pod, but this is version {found} evidence, which only the enclave vouches for")]
+    NodeEvidenceRequired { found: u32 },
+    #[error("the policy accepts only enclave-reported evidence (version 1: it sets allowed.engineDigests, not allowed.pod), but this is version {found} evidence: set allowed.pod to verify node-measured evidence")]
+    EnclaveEvidenceRequired { found: u32 },
+    #[error("node log rejected: {0}")]
+    NodeLog(#[from] NodeLogError),
+    #[error("attested pod rejected: {0}")]
+    Pod(#[from] PodMismatch),
     #[error("engine digest {0} is not allowed by the policy")]
     EngineNotAllowed(Sha256Digest),
     #[error("model digest {0} is not allowed by the policy")]
@@ -94,10 +103,31 @@ impl VerifyError {
             Self::PcrSetMismatch(_) | Self::PcrDigestMismatch | Self::PcrNotQuoted(_) => "pcrs",
             Self::BootPcrMismatch { .. } => "boot-pcr",
             Self::EventLog(_) => "event-log",
+            Self::NodeEvidenceRequired { .. } | Self::EnclaveEvidenceRequired { .. } => {
+                "evidence-mode"
+            }
+            Self::NodeLog(e) => node_log_reason(e),
+            Self::Pod(_) => "pod",
             Self::EngineNotAllowed(_) => "engine",
             Self::ModelNotAllowed(_) => "model",
             Self::ConfigNotAllowed(_) => "config",
             Self::ClockRegression { .. } => "clock",
         }
+    }
+}
+
+/// Node log failures by what they say about the node: its log does not
+/// explain the quote, something ran that the node policy refuses, or the
+/// TLS key is not bound to one key-holder container.
+fn node_log_reason(error: &NodeLogError) -> &'static str {
+    match error {
+        NodeLogError::BadNodePolicy { .. }
+        | NodeLogError::NodePolicyNotAllowed { .. }
+        | NodeLogError::NotAllowed { .. } => "node-policy",
+        NodeLogError::KeyFromNonHolder { .. }
+        | NodeLogError::KeyRegisteredTwice { .. }
+        | NodeLogError::KeyNotMeasured(_)
+        | NodeLogError::KeyBoundTwice(_) => "channel-binding",
+        _ => "node-log",
     }
 }

@@ -1,23 +1,44 @@
-//! Evidence format v1: the document `aver-enclave` serves and the verifier
+//! The evidence format: the document an endpoint serves and the verifier
 //! checks. JSON, because it travels over HTTP and is read by people
 //! debugging a failed attestation; binary TPM structures inside it stay in
 //! their marshalled form (base64) so their signatures still verify.
 //!
+//! Two versions, which differ only in the log that explains the quoted
+//! workload PCR:
+//!
+//! - **v2, node-measured** ([`EVIDENCE_VERSION_NODE`]): `nodeLog`, the log
+//!   `aver-node` kept below the pod: every pod sandbox and container the node
+//!   created since boot, each with its image and canonical spec, and which
+//!   container registered which TLS key (`docs/node-measurement.md`).
+//! - **v1, enclave-reported** ([`EVIDENCE_VERSION_ENCLAVE`]): `eventLog`, the
+//!   launch sequences `aver-enclave` extended itself. Weaker: it proves what
+//!   the enclave reports about itself, not what the node ran. Still read, for
+//!   policies without `allowed.pod`.
+//!
 //! ```json
 //! {
-//!   "version": 1,
+//!   "version": 2,
 //!   "nonce": "<64 hex: the verifier's challenge>",
 //!   "spkiSha256": "sha256:<SHA-256 of the server's DER SubjectPublicKeyInfo>",
 //!   "quote": { "attest": "<base64 TPMS_ATTEST>", "signature": "<base64 TPMT_SIGNATURE>" },
 //!   "pcrs": [ { "pcr": 0, "value": "sha256:…" }, … ],          // sha256 bank, as quoted
 //!   "akPublic": "<base64 TPMT_PUBLIC of the attestation key>",
-//!   "eventLog": [ { "pcr": 15, "event": { "type": "launch-start", … } }, … ],
+//!   "nodeLog": [                                               // v2; v1 has "eventLog"
+//!     { "pcr": 15, "event": { "type": "agent-start", "agentVersion": "0.1.0", "policy": "version: 1\n…" } },
+//!     { "pcr": 15, "event": { "type": "pod-sandbox", "sandboxId": "…", "sandbox": { "pod": { … }, … } } },
+//!     { "pcr": 15, "event": { "type": "container", "name": "engine", "image": { … }, "spec": { … }, … } },
+//!     { "pcr": 15, "event": { "type": "tls-key", "spkiSha256": "sha256:…", "modelDigest": "sha256:…", … } },
+//!     …
+//!   ],
 //!   "batch": { "leafIndex": 3, "siblings": ["<64 hex>", …] }   // optional
 //! }
 //! ```
 //!
-//! Unknown fields and versions other than [`EVIDENCE_VERSION`] are rejected:
-//! a verifier must never skip over something it does not understand.
+//! A v1 document carries `eventLog` (`[ { "pcr": 15, "event": { "type":
+//! "launch-start", … } }, … ]`) and no `nodeLog`; a v2 document the reverse.
+//! Unknown fields, other versions and a log of the other version's kind are
+//! rejected: a verifier must never skip over something it does not
+//! understand.
 //!
 //! The EK certificate is not part of the evidence: proving the AK resident
 //! in a genuine TPM takes a round trip with the TPM (credential activation),
@@ -31,11 +52,21 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use aver_node_log::NodeLogEntry;
+
 use crate::binding::{MerkleProof, Nonce};
 use crate::eventlog::LogEntry;
 
-/// The only evidence version this verifier understands.
-pub const EVIDENCE_VERSION: u32 = 1;
+/// Evidence whose workload log is the enclave's own launch sequences
+/// (`eventLog`): proves what the enclave reports, not what the node ran.
+pub const EVIDENCE_VERSION_ENCLAVE: u32 = 1;
+
+/// Evidence whose workload log is `aver-node`'s log below the pod
+/// (`nodeLog`).
+pub const EVIDENCE_VERSION_NODE: u32 = 2;
+
+/// Every evidence version this verifier understands.
+pub const EVIDENCE_VERSIONS: [u32; 2] = [EVIDENCE_VERSION_ENCLAVE, EVIDENCE_VERSION_NODE];
 
 /// Evidence as received: nothing in it is trusted until
 /// [`crate::verify::verify`] turns it into a [`crate::VerifiedReport`].
@@ -48,7 +79,12 @@ pub struct Evidence {
     pub quote: Quote,
     pub pcrs: Vec<PcrValue>,
     pub ak_public: Base64Bytes,
+    /// v1 only: the enclave's launch sequences.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub event_log: Vec<LogEntry>,
+    /// v2 only: the node log `aver-node` kept in the workload PCR.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_log: Vec<NodeLogEntry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<MerkleProof>,
 }
@@ -96,19 +132,24 @@ impl<'de> Deserialize<'de> for Base64Bytes {
     }
 }
 
-/// Why bytes are not a v1 evidence document.
+/// Why bytes are not an evidence document this verifier understands.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EvidenceError {
-    #[error("evidence version {found} is not supported (this verifier understands version {EVIDENCE_VERSION})")]
+    #[error("evidence version {found} is not supported (this verifier understands versions {EVIDENCE_VERSION_ENCLAVE} and {EVIDENCE_VERSION_NODE})")]
     UnsupportedVersion { found: u64 },
-    #[error("evidence is not a valid v1 document: {0}")]
+    #[error("evidence is not a valid document: {0}")]
     Malformed(String),
 }
 
-/// Upper bound on an evidence document; real ones are a few KiB. Refusing
-/// larger input keeps a hostile server from making the client buffer or
-/// parse without limit.
-pub const MAX_EVIDENCE_BYTES: usize = 1 << 20;
+/// Upper bound on an evidence document. A v1 document is a few KiB; a v2
+/// document carries the node log since boot, which holds every container's
+/// full canonical spec (command, args, environment, mounts) and the node
+/// policy of every agent start. [`aver_node_log::MAX_NODE_LOG_EVENTS`]
+/// bounds the log at 4096 events, and container events are around a KiB of
+/// JSON each, so a node at that bound produces documents of a few MiB. A
+/// larger document is refused rather than read: a hostile server must not
+/// make the client buffer or parse without limit.
+pub const MAX_EVIDENCE_BYTES: usize = 4 << 20;
 
 impl Evidence {
     /// Parses a JSON evidence document, reporting an unsupported version in
@@ -121,23 +162,47 @@ impl Evidence {
             )));
         }
         match serde_json::from_slice::<Evidence>(bytes) {
-            Ok(evidence) if evidence.version == EVIDENCE_VERSION => Ok(evidence),
-            Ok(evidence) => Err(EvidenceError::UnsupportedVersion {
-                found: u64::from(evidence.version),
-            }),
+            Ok(evidence) => {
+                evidence.check_shape()?;
+                Ok(evidence)
+            }
             Err(parse_error) => {
                 #[derive(Deserialize)]
                 struct VersionOnly {
                     version: u64,
                 }
                 match serde_json::from_slice::<VersionOnly>(bytes) {
-                    Ok(v) if v.version != u64::from(EVIDENCE_VERSION) => {
+                    Ok(v) if !EVIDENCE_VERSIONS.iter().any(|&k| u64::from(k) == v.version) => {
                         Err(EvidenceError::UnsupportedVersion { found: v.version })
                     }
                     _ => Err(EvidenceError::Malformed(parse_error.to_string())),
                 }
             }
         }
+    }
+
+    /// Checks that the version is one this verifier understands and that
+    /// the document carries that version's log and not the other's. Parsing
+    /// does this; [`crate::verify()`] does it again for documents built in
+    /// code.
+    pub fn check_shape(&self) -> Result<(), EvidenceError> {
+        match self.version {
+            EVIDENCE_VERSION_ENCLAVE if !self.node_log.is_empty() => Err(EvidenceError::Malformed(
+                "a version 1 (enclave-reported) document carries eventLog, not nodeLog".into(),
+            )),
+            EVIDENCE_VERSION_NODE if !self.event_log.is_empty() => Err(EvidenceError::Malformed(
+                "a version 2 (node-measured) document carries nodeLog, not eventLog".into(),
+            )),
+            EVIDENCE_VERSION_ENCLAVE | EVIDENCE_VERSION_NODE => Ok(()),
+            other => Err(EvidenceError::UnsupportedVersion {
+                found: u64::from(other),
+            }),
+        }
+    }
+
+    /// Whether the workload was measured by `aver-node` (v2).
+    pub fn is_node_measured(&self) -> bool {
+        self.version == EVIDENCE_VERSION_NODE
     }
 
     /// Indented JSON, for files people read.
@@ -155,11 +220,13 @@ impl Evidence {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::eventlog::WorkloadEvent;
+    use aver_node_log::NodeEvent;
     use proptest::prelude::*;
 
     fn minimal() -> Evidence {
         Evidence {
-            version: EVIDENCE_VERSION,
+            version: EVIDENCE_VERSION_ENCLAVE,
             nonce: Nonce([1; 32]),
             spki_sha256: Sha256Digest([2; 32]),
             quote: Quote {
@@ -171,38 +238,155 @@ mod tests {
                 value: Sha256Digest([0; 32]),
             }],
             ak_public: Base64Bytes(vec![5, 6]),
-            event_log: vec![],
+            event_log: vec![LogEntry {
+                pcr: 15,
+                event: WorkloadEvent::Engine {
+                    digest: Sha256Digest([3; 32]),
+                },
+            }],
+            node_log: vec![],
             batch: None,
         }
     }
 
+    fn node_entry() -> NodeLogEntry {
+        NodeLogEntry {
+            pcr: 15,
+            event: NodeEvent::AgentStart {
+                agent_version: "0.1.0".into(),
+                policy: "version: 1\n".into(),
+            },
+        }
+    }
+
+    fn minimal_v2() -> Evidence {
+        Evidence {
+            version: EVIDENCE_VERSION_NODE,
+            event_log: vec![],
+            node_log: vec![node_entry()],
+            ..minimal()
+        }
+    }
+
+    fn text(e: &Evidence) -> String {
+        String::from_utf8(e.to_json()).unwrap()
+    }
+
     #[test]
-    fn round_trips_and_rejects_other_versions() {
-        let e = minimal();
-        let json = e.to_json();
-        assert_eq!(Evidence::from_json(&json), Ok(e));
-        let v2 = String::from_utf8(json)
-            .unwrap()
-            .replace("\"version\": 1", "\"version\": 2");
-        assert_eq!(
-            Evidence::from_json(v2.as_bytes()),
-            Err(EvidenceError::UnsupportedVersion { found: 2 })
+    fn both_versions_round_trip_with_their_own_log() {
+        let v1 = minimal();
+        let json = text(&v1);
+        assert!(
+            json.contains("\"eventLog\"") && !json.contains("nodeLog"),
+            "{json}"
         );
-        // A future version with fields this verifier does not know is still
-        // reported as a version problem, not a syntax one.
-        let v3 = v2.replace("\"version\": 2", "\"version\": 3, \"newField\": true");
-        assert_eq!(
-            Evidence::from_json(v3.as_bytes()),
-            Err(EvidenceError::UnsupportedVersion { found: 3 })
+        assert_eq!(Evidence::from_json(json.as_bytes()), Ok(v1.clone()));
+        assert!(!v1.is_node_measured());
+
+        let v2 = minimal_v2();
+        let json = text(&v2);
+        assert!(
+            json.contains("\"nodeLog\"") && !json.contains("eventLog"),
+            "{json}"
         );
+        assert!(json.contains("\"type\": \"agent-start\""), "{json}");
+        assert_eq!(Evidence::from_json(json.as_bytes()), Ok(v2.clone()));
+        assert_eq!(Evidence::from_json(&v2.to_json_compact()), Ok(v2.clone()));
+        assert!(v2.is_node_measured());
+    }
+
+    #[test]
+    fn a_log_of_the_other_version_is_malformed() {
+        // v1 with a node log: the version says "the enclave measured itself",
+        // the log says otherwise; neither is read.
+        let mut v1 = minimal();
+        v1.node_log = vec![node_entry()];
+        let error = Evidence::from_json(&v1.to_json()).unwrap_err();
+        assert!(
+            matches!(&error, EvidenceError::Malformed(m) if m.contains("version 1") && m.contains("not nodeLog")),
+            "{error}"
+        );
+        assert_eq!(v1.check_shape(), Err(error));
+
+        let mut v2 = minimal_v2();
+        v2.event_log = minimal().event_log;
+        let error = Evidence::from_json(&v2.to_json()).unwrap_err();
+        assert!(
+            matches!(&error, EvidenceError::Malformed(m) if m.contains("version 2") && m.contains("not eventLog")),
+            "{error}"
+        );
+        // Relabelling a v1 document as v2 does not make it node-measured.
+        let relabelled = text(&minimal()).replace("\"version\": 1", "\"version\": 2");
+        assert!(matches!(
+            Evidence::from_json(relabelled.as_bytes()),
+            Err(EvidenceError::Malformed(_))
+        ));
+        let relabelled = text(&minimal_v2()).replace("\"version\": 2", "\"version\": 1");
+        assert!(matches!(
+            Evidence::from_json(relabelled.as_bytes()),
+            Err(EvidenceError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_missing_log_parses_and_is_left_to_verification() {
+        // An empty log proves nothing, which verification reports with the
+        // PCR it concerns; parsing only checks the shape.
+        let mut v2 = minimal_v2();
+        v2.node_log.clear();
+        assert_eq!(Evidence::from_json(&v2.to_json()), Ok(v2));
+    }
+
+    #[test]
+    fn other_versions_are_unsupported() {
+        for e in [minimal(), minimal_v2()] {
+            let json = text(&e);
+            let from = format!("\"version\": {}", e.version);
+            let v3 = json.replace(&from, "\"version\": 3");
+            assert_eq!(
+                Evidence::from_json(v3.as_bytes()),
+                Err(EvidenceError::UnsupportedVersion { found: 3 })
+            );
+            // A future version with fields this verifier does not know is
+            // still reported as a version problem, not a syntax one.
+            let v4 = json.replace(&from, "\"version\": 4, \"newField\": true");
+            assert_eq!(
+                Evidence::from_json(v4.as_bytes()),
+                Err(EvidenceError::UnsupportedVersion { found: 4 })
+            );
+        }
+        let mut built = minimal_v2();
+        built.version = 0;
+        assert_eq!(
+            built.check_shape(),
+            Err(EvidenceError::UnsupportedVersion { found: 0 })
+        );
+        assert!(EvidenceError::UnsupportedVersion { found: 3 }
+            .to_string()
+            .contains("versions 1 and 2"));
     }
 
     #[test]
     fn unknown_fields_and_oversize_input_are_malformed() {
-        let json = String::from_utf8(minimal().to_json()).unwrap();
-        let extra = json.replacen('{', "{\"extra\": 1,", 1);
+        for e in [minimal(), minimal_v2()] {
+            let json = text(&e);
+            let extra = json.replacen('{', "{\"extra\": 1,", 1);
+            assert!(matches!(
+                Evidence::from_json(extra.as_bytes()),
+                Err(EvidenceError::Malformed(_))
+            ));
+        }
+        // Inside a node event too: a field the verifier does not know could
+        // be one the gate measured.
+        let json =
+            text(&minimal_v2()).replace("\"agentVersion\"", "\"debug\": true, \"agentVersion\"");
         assert!(matches!(
-            Evidence::from_json(extra.as_bytes()),
+            Evidence::from_json(json.as_bytes()),
+            Err(EvidenceError::Malformed(_))
+        ));
+        let unknown_event = text(&minimal_v2()).replace("agent-start", "agent-restart");
+        assert!(matches!(
+            Evidence::from_json(unknown_event.as_bytes()),
             Err(EvidenceError::Malformed(_))
         ));
         let huge = vec![b' '; MAX_EVIDENCE_BYTES + 1];
@@ -214,12 +398,14 @@ mod tests {
 
     #[test]
     fn every_truncation_is_malformed() {
-        let json = minimal().to_json();
-        for len in 0..json.len() - 1 {
-            assert!(
-                Evidence::from_json(&json[..len]).is_err(),
-                "prefix {len} parsed"
-            );
+        for e in [minimal(), minimal_v2()] {
+            let json = e.to_json();
+            for len in 0..json.len() - 1 {
+                assert!(
+                    Evidence::from_json(&json[..len]).is_err(),
+                    "prefix {len} parsed"
+                );
+            }
         }
     }
 

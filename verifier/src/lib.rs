@@ -21,6 +21,8 @@ pub use aver_crds::{AttestationPolicy, Sha256Digest};
 pub use binding::Nonce;
 pub use clock::ClockHistory;
 pub use error::VerifyError;
-pub use evidence::{Evidence, EvidenceError, EVIDENCE_VERSION};
-pub use report::VerifiedReport;
-pub use verify::{verify, verify_activated, Challenge};
+pub use evidence::{
+    Evidence, EvidenceError, EVIDENCE_VERSIONS, EVIDENCE_VERSION_ENCLAVE, EVIDENCE_VERSION_NODE,
+};
+pub use report::{MeasuredBy, MeasuredContainer, VerifiedLaunch, VerifiedReport};
+pub use verify::{verify, verify_activated, verify_with, Challenge, VerifyOptions};

@@ -4,7 +4,11 @@
 //! the right one, which is why callers warn loudly.
 
 use aver_crds::policy::DEFAULT_WORKLOAD_PCR;
-use aver_crds::{AllowedWorkload, AttestationPolicy, ReferencePcr, TrustRoots};
+use aver_crds::{
+    AllowedContainer, AllowedPod, AllowedWorkload, AttestationPolicy, ReferencePcr, Sha256Digest,
+    TrustRoots,
+};
+use aver_node_log::NodeHistory;
 
 use crate::error::VerifyError;
 use crate::eventlog;
@@ -13,7 +17,9 @@ use crate::tpm::AkPublic;
 use crate::verify::{verify, Challenge};
 
 /// A policy that accepts exactly what `evidence` shows: its AK, every quoted
-/// PCR other than the workload PCR as a boot reference, and the latest
+/// PCR other than the workload PCR as a boot reference, and the workload:
+/// for node-measured evidence the containers the key-holding pod ran, its
+/// model and the node policies; for enclave-reported evidence the latest
 /// launch's engine, model and serving config.
 pub fn policy_from_evidence(
     evidence: &Evidence,
@@ -30,7 +36,18 @@ pub fn policy_from_evidence(
         .find(|p| p.pcr == workload_pcr)
         .map(|p| p.value)
         .ok_or(VerifyError::PcrNotQuoted(workload_pcr))?;
-    let launch = eventlog::latest_launch(&evidence.event_log, workload_pcr, &workload_value)?;
+    let allowed = if evidence.is_node_measured() {
+        allowed_from_node_log(evidence, workload_pcr, &workload_value)?
+    } else {
+        let launch = eventlog::latest_launch(&evidence.event_log, workload_pcr, &workload_value)?;
+        AllowedWorkload {
+            engine_digests: vec![launch.engine],
+            model_digests: vec![launch.model],
+            config_digests: Some(vec![launch.serving_config]),
+            pod: None,
+            node_policies: None,
+        }
+    };
     let policy = AttestationPolicy {
         reference_pcrs: evidence
             .pcrs
@@ -42,13 +59,7 @@ pub fn policy_from_evidence(
             })
             .collect(),
         workload_pcr,
-        allowed: AllowedWorkload {
-            engine_digests: vec![launch.engine],
-            model_digests: vec![launch.model],
-            config_digests: Some(vec![launch.serving_config]),
-            pod: None,
-            node_policies: None,
-        },
+        allowed,
         trust: TrustRoots {
             ak_names: vec![ak.name_hex()],
             ek_roots: None,
@@ -63,4 +74,45 @@ pub fn policy_from_evidence(
     };
     verify(evidence, &challenge, &policy)?;
     Ok(policy)
+}
+
+/// The pod the node log binds the evidence's TLS key to, as an allow-list.
+fn allowed_from_node_log(
+    evidence: &Evidence,
+    workload_pcr: u8,
+    workload_value: &Sha256Digest,
+) -> Result<AllowedWorkload, VerifyError> {
+    let history = NodeHistory::from_log(&evidence.node_log, workload_pcr, workload_value, None)?;
+    let bound = history.key_holder(&evidence.spki_sha256)?;
+    let mut containers: Vec<AllowedContainer> = Vec::new();
+    for c in &bound.containers {
+        // Pin the manifest digest people pin images by, where the runtime
+        // knows it; the image ID otherwise.
+        let image = Sha256Digest::parse(&c.image.shown()).unwrap_or(c.image.id);
+        match containers.iter_mut().find(|a| a.name == c.name) {
+            Some(a) => {
+                if !a.image_digests.contains(&image) {
+                    a.image_digests.push(image);
+                }
+                if !a.spec_digests.contains(&c.spec_digest) {
+                    a.spec_digests.push(c.spec_digest);
+                }
+            }
+            None => containers.push(AllowedContainer {
+                name: c.name.clone(),
+                image_digests: vec![image],
+                spec_digests: vec![c.spec_digest],
+            }),
+        }
+    }
+    let mut node_policies = history.policies.clone();
+    node_policies.sort_by_key(|d| d.0);
+    node_policies.dedup();
+    Ok(AllowedWorkload {
+        engine_digests: Vec::new(),
+        model_digests: vec![bound.key.model_digest],
+        config_digests: None,
+        pod: Some(AllowedPod { containers }),
+        node_policies: Some(node_policies),
+    })
 }

@@ -5,7 +5,6 @@ use serde::Serialize;
 
 use crate::binding::Nonce;
 use crate::ek::ActivatedAk;
-use crate::eventlog::LaunchMeasurements;
 
 /// Proof that evidence passed every check against a policy. Only
 /// [`crate::verify()`] makes one (the struct cannot be built outside this
@@ -24,17 +23,87 @@ pub struct VerifiedReport {
     pub clock: QuoteClock,
     /// Boot PCRs checked against the policy's reference values.
     pub boot_pcrs: Vec<CheckedPcr>,
-    /// The workload PCR and the number of enclave launches it records.
+    /// The workload PCR, whose log was replayed to its quoted value.
     pub workload_pcr: CheckedPcr,
+    /// Enclave launches since boot: launch sequences in an enclave-reported
+    /// log; TLS key registrations (by any pod) in a node log.
     pub launches_since_boot: usize,
-    /// Measurements of the running enclave's launch.
-    pub launch: LaunchMeasurements,
+    /// The evidence version verified ([`crate::evidence::EVIDENCE_VERSION_NODE`]
+    /// or [`crate::evidence::EVIDENCE_VERSION_ENCLAVE`]).
+    pub evidence_version: u32,
+    /// Who measured the workload, and so what the report proves.
+    pub measured_by: MeasuredBy,
+    /// What serves behind the attested TLS key.
+    pub launch: VerifiedLaunch,
     /// Whether the quote was shared with other challenges (Merkle batch).
     pub batched: bool,
     /// How the AK was proven TPM-resident, when it was by credential
     /// activation against `trust.ekRoots` (absent: trusted by `akNames`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub activation: Option<ActivatedAk>,
+}
+
+/// Who measured the workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum MeasuredBy {
+    /// `aver-node`, below the pod (evidence v2): the node's runtime
+    /// identified every container of the pod holding the TLS key, and the
+    /// node policy was re-applied to everything the node ran since boot.
+    #[serde(rename_all = "camelCase")]
+    Node {
+        /// The pod holding the TLS key, `namespace/name`.
+        pod: String,
+        pod_uid: String,
+        /// Its `aver.dev/confidential-model` label.
+        confidential_model: String,
+        /// Every container the pod ran, restarts included, in creation order.
+        containers: Vec<MeasuredContainer>,
+        /// How often `aver-node` started since boot.
+        agent_starts: usize,
+        /// Digests of the node policies in force, one per agent start.
+        node_policies: Vec<Sha256Digest>,
+    },
+    /// The enclave itself (evidence v1): proves what the enclave reports,
+    /// not what the node ran. Version and digest are its own claims.
+    #[serde(rename_all = "camelCase")]
+    Enclave {
+        enclave_version: String,
+        enclave_digest: Sha256Digest,
+    },
+}
+
+/// A container of the attested pod, as the node's runtime resolved it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeasuredContainer {
+    pub name: String,
+    /// The image digest shown for it: its first manifest digest, else its ID.
+    pub image: String,
+    /// The runtime's image ID.
+    pub image_id: Sha256Digest,
+    /// Digest of its canonical spec.
+    pub spec_digest: Sha256Digest,
+    pub attempt: u32,
+}
+
+/// What serves behind the attested TLS key, in both evidence versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifiedLaunch {
+    /// Model digest the enclave measured, allowed by the policy.
+    pub model: Sha256Digest,
+    /// The TLS key the measurement binds (the connection's key).
+    pub tls_spki: Sha256Digest,
+    /// Engine image digest the enclave reported (enclave-reported evidence
+    /// only; node-measured evidence identifies it in [`MeasuredBy::Node`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine: Option<Sha256Digest>,
+    /// Serving configuration digest the enclave reported (enclave-reported
+    /// evidence only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serving_config: Option<Sha256Digest>,
 }
 
 /// TPMS_CLOCK_INFO and firmware version of the quote.
@@ -90,14 +159,66 @@ impl VerifiedReport {
                 "es"
             }
         );
-        let _ = writeln!(
-            out,
-            "  enclave           {} ({})",
-            self.launch.enclave_version, self.launch.enclave_digest
-        );
-        let _ = writeln!(out, "  engine            {}", self.launch.engine);
+        match &self.measured_by {
+            MeasuredBy::Node {
+                pod,
+                pod_uid,
+                confidential_model,
+                containers,
+                agent_starts,
+                node_policies,
+            } => {
+                let _ = writeln!(
+                    out,
+                    "  measured by       aver-node, below the pod (evidence v{})",
+                    self.evidence_version
+                );
+                let mut policies: Vec<&Sha256Digest> = node_policies.iter().collect();
+                policies.dedup();
+                for policy in policies {
+                    let _ = writeln!(out, "  node policy       {policy}");
+                }
+                let _ = writeln!(out, "  agent starts      {agent_starts} since boot");
+                let _ = writeln!(
+                    out,
+                    "  pod               {pod} (uid {pod_uid}, confidential model {confidential_model})"
+                );
+                for c in containers {
+                    let _ = writeln!(
+                        out,
+                        "  container         {} image {} spec {}{}",
+                        c.name,
+                        c.image,
+                        c.spec_digest,
+                        if c.attempt > 0 {
+                            format!(" (restart {})", c.attempt)
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
+            }
+            MeasuredBy::Enclave {
+                enclave_version,
+                enclave_digest,
+            } => {
+                let _ = writeln!(
+                    out,
+                    "  measured by       the enclave itself (weaker: proves what the enclave reports, not what the node ran)"
+                );
+                let _ = writeln!(
+                    out,
+                    "  enclave           {enclave_version} ({enclave_digest}, self-reported)"
+                );
+            }
+        }
+        if let Some(engine) = &self.launch.engine {
+            let _ = writeln!(out, "  engine            {engine}");
+        }
         let _ = writeln!(out, "  model             {}", self.launch.model);
-        let _ = writeln!(out, "  serving config    {}", self.launch.serving_config);
+        if let Some(config) = &self.launch.serving_config {
+            let _ = writeln!(out, "  serving config    {config}");
+        }
         let _ = writeln!(out, "  tls spki          {}", self.spki_sha256);
         let _ = writeln!(out, "  nonce             {}", self.nonce.to_hex());
         out

@@ -1,6 +1,7 @@
 //! The verification procedure: raw [`Evidence`] in, [`VerifiedReport`] out.
 
-use aver_crds::{AttestationPolicy, Sha256Digest};
+use aver_crds::{AllowedPod, AttestationPolicy, Sha256Digest};
+use aver_node_log::{ContainerSpec, NodeHistory};
 use sha2::{Digest, Sha256};
 
 use crate::binding::{self, Nonce};
@@ -9,8 +10,10 @@ use crate::ek::chain::roots_sha256;
 use crate::ek::ActivatedAk;
 use crate::error::VerifyError;
 use crate::eventlog::{self, LAUNCH_SEQUENCE_LEN};
-use crate::evidence::{Evidence, EvidenceError, EVIDENCE_VERSION};
-use crate::report::{CheckedPcr, QuoteClock, VerifiedReport};
+use crate::evidence::{Evidence, EVIDENCE_VERSION_ENCLAVE, EVIDENCE_VERSION_NODE};
+use crate::report::{
+    CheckedPcr, MeasuredBy, MeasuredContainer, QuoteClock, VerifiedLaunch, VerifiedReport,
+};
 use crate::tpm::{AkPublic, Attest, Signature};
 
 /// What the verifier itself knows, independent of anything the server says:
@@ -34,6 +37,20 @@ pub fn verify(
     verify_activated(evidence, challenge, policy, None)
 }
 
+/// What a caller may bring to a verification besides evidence, challenge
+/// and policy. Neither field can make evidence pass that would fail without it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VerifyOptions<'a> {
+    /// Proof that an AK is resident in a genuine TPM; see [`verify_activated`].
+    pub activated: Option<&'a ActivatedAk>,
+    /// The expected canonical specs of the pod's containers, by name (as
+    /// `aver policy from-model` renders them), when the caller has them.
+    /// Used only to say what differs when a container's spec digest is not
+    /// allowed ("args …, env HTTPS_PROXY added"); the decision is always
+    /// the policy's `specDigests`.
+    pub reference_specs: &'a [(String, ContainerSpec)],
+}
+
 /// [`verify`], with proof that an AK is resident in a genuine TPM.
 ///
 /// The AK that signed the quote is trusted if `trust.akNames` lists it, or
@@ -48,13 +65,32 @@ pub fn verify_activated(
     policy: &AttestationPolicy,
     activated: Option<&ActivatedAk>,
 ) -> Result<VerifiedReport, VerifyError> {
+    let options = VerifyOptions {
+        activated,
+        ..VerifyOptions::default()
+    };
+    verify_with(evidence, challenge, policy, &options)
+}
+
+/// [`verify_activated`], with every option.
+///
+/// What the workload PCR must prove depends on the policy's mode. With
+/// `allowed.pod` the evidence must be node-measured (v2): its node log
+/// replays to the quoted PCR, everything in it passes the node policy it
+/// records, exactly one `tls-key` event binds this connection's key to a
+/// confidential pod, that pod ran exactly the allowed containers, and the
+/// model its enclave measured is allowed. Without it the evidence must be
+/// enclave-reported (v1), whose latest launch sequence must carry this key
+/// and allowed digests.
+pub fn verify_with(
+    evidence: &Evidence,
+    challenge: &Challenge,
+    policy: &AttestationPolicy,
+    options: &VerifyOptions<'_>,
+) -> Result<VerifiedReport, VerifyError> {
+    let activated = options.activated;
     policy.validate()?;
-    if evidence.version != EVIDENCE_VERSION {
-        return Err(EvidenceError::UnsupportedVersion {
-            found: u64::from(evidence.version),
-        }
-        .into());
-    }
+    evidence.check_shape()?;
     if evidence.nonce != challenge.nonce {
         return Err(VerifyError::NonceMismatch {
             found: evidence.nonce.to_hex(),
@@ -170,11 +206,123 @@ pub fn verify_activated(
         });
     }
 
-    // Code identity: the log replays to the quoted workload PCR and its
-    // latest launch is the server holding this TLS key, running allowed code.
+    // Code identity: the log replays to the quoted workload PCR and binds
+    // this TLS key to allowed code.
     let workload_value = value_of(policy.workload_pcr)?;
-    let launch =
-        eventlog::latest_launch(&evidence.event_log, policy.workload_pcr, &workload_value)?;
+    let workload = match &policy.allowed.pod {
+        Some(pod) => node_measured(
+            evidence,
+            challenge,
+            policy,
+            pod,
+            &workload_value,
+            options.reference_specs,
+        )?,
+        None => enclave_reported(evidence, challenge, policy, &workload_value)?,
+    };
+
+    Ok(VerifiedReport {
+        ak_name,
+        nonce: challenge.nonce,
+        spki_sha256: challenge.spki_sha256,
+        clock: QuoteClock {
+            clock_ms: attest.clock_info.clock,
+            reset_count: attest.clock_info.reset_count,
+            restart_count: attest.clock_info.restart_count,
+            firmware_version: attest.firmware_version,
+        },
+        boot_pcrs,
+        workload_pcr: CheckedPcr {
+            pcr: policy.workload_pcr,
+            value: workload_value,
+        },
+        launches_since_boot: workload.launches_since_boot,
+        evidence_version: evidence.version,
+        measured_by: workload.measured_by,
+        launch: workload.launch,
+        batched: evidence.batch.is_some(),
+        activation,
+    })
+}
+
+/// What the workload PCR proved, in either mode.
+struct Workload {
+    measured_by: MeasuredBy,
+    launch: VerifiedLaunch,
+    launches_since_boot: usize,
+}
+
+/// Node-measured evidence (v2) against `allowed.pod`.
+fn node_measured(
+    evidence: &Evidence,
+    challenge: &Challenge,
+    policy: &AttestationPolicy,
+    pod: &AllowedPod,
+    workload_value: &Sha256Digest,
+    reference_specs: &[(String, ContainerSpec)],
+) -> Result<Workload, VerifyError> {
+    if evidence.version != EVIDENCE_VERSION_NODE {
+        return Err(VerifyError::NodeEvidenceRequired {
+            found: evidence.version,
+        });
+    }
+    let history = NodeHistory::from_log(
+        &evidence.node_log,
+        policy.workload_pcr,
+        workload_value,
+        policy.allowed.node_policies.as_deref(),
+    )?;
+    let bound = history.key_holder(&challenge.spki_sha256)?;
+    bound.check(pod, reference_specs)?;
+    let model = bound.key.model_digest;
+    if !policy.allowed.model_digests.contains(&model) {
+        return Err(VerifyError::ModelNotAllowed(model));
+    }
+    let sandbox = &bound.sandbox.info;
+    Ok(Workload {
+        measured_by: MeasuredBy::Node {
+            pod: sandbox.pod.to_string(),
+            pod_uid: sandbox.pod.uid.clone(),
+            // `check` refused a pod without the label.
+            confidential_model: sandbox.confidential_model.clone().unwrap_or_default(),
+            containers: bound
+                .containers
+                .iter()
+                .map(|c| MeasuredContainer {
+                    name: c.name.clone(),
+                    image: c.image.shown(),
+                    image_id: c.image.id,
+                    spec_digest: c.spec_digest,
+                    attempt: c.attempt,
+                })
+                .collect(),
+            agent_starts: history.agent_starts,
+            node_policies: history.policies.clone(),
+        },
+        launch: VerifiedLaunch {
+            model,
+            tls_spki: bound.key.spki_sha256,
+            engine: None,
+            serving_config: None,
+        },
+        launches_since_boot: history.keys.len(),
+    })
+}
+
+/// Enclave-reported evidence (v1) against `allowed.engineDigests`: the
+/// latest launch is the server holding this TLS key, running allowed code.
+fn enclave_reported(
+    evidence: &Evidence,
+    challenge: &Challenge,
+    policy: &AttestationPolicy,
+    workload_value: &Sha256Digest,
+) -> Result<Workload, VerifyError> {
+    if evidence.version != EVIDENCE_VERSION_ENCLAVE {
+        return Err(VerifyError::EnclaveEvidenceRequired {
+            found: evidence.version,
+        });
+    }
+    let launch = eventlog::latest_launch(&evidence.event_log, policy.workload_pcr, workload_value)?;
     if launch.tls_spki != challenge.spki_sha256 {
         return Err(VerifyError::LaunchSpkiMismatch {
             measured: launch.tls_spki,
@@ -193,26 +341,18 @@ pub fn verify_activated(
             return Err(VerifyError::ConfigNotAllowed(launch.serving_config));
         }
     }
-
-    Ok(VerifiedReport {
-        ak_name,
-        nonce: challenge.nonce,
-        spki_sha256: challenge.spki_sha256,
-        clock: QuoteClock {
-            clock_ms: attest.clock_info.clock,
-            reset_count: attest.clock_info.reset_count,
-            restart_count: attest.clock_info.restart_count,
-            firmware_version: attest.firmware_version,
+    Ok(Workload {
+        measured_by: MeasuredBy::Enclave {
+            enclave_version: launch.enclave_version,
+            enclave_digest: launch.enclave_digest,
         },
-        boot_pcrs,
-        workload_pcr: CheckedPcr {
-            pcr: policy.workload_pcr,
-            value: workload_value,
+        launch: VerifiedLaunch {
+            model: launch.model,
+            tls_spki: launch.tls_spki,
+            engine: Some(launch.engine),
+            serving_config: Some(launch.serving_config),
         },
         launches_since_boot: evidence.event_log.len() / LAUNCH_SEQUENCE_LEN,
-        launch,
-        batched: evidence.batch.is_some(),
-        activation,
     })
 }
 
@@ -301,5 +441,90 @@ mod tests {
         assert!(report
             .to_text()
             .contains("ak trust          listed in trust.akNames"));
+    }
+
+    /// The fixture's policy in node-measured mode.
+    fn pod_policy(policy: &AttestationPolicy) -> AttestationPolicy {
+        let mut policy = policy.clone();
+        policy.allowed.engine_digests.clear();
+        policy.allowed.config_digests = None;
+        policy.allowed.pod = Some(AllowedPod {
+            containers: vec![aver_crds::AllowedContainer {
+                name: "engine".into(),
+                image_digests: vec![Sha256Digest([1; 32])],
+                spec_digests: vec![Sha256Digest([2; 32])],
+            }],
+        });
+        policy
+    }
+
+    #[test]
+    fn enclave_reported_evidence_says_it_is_weaker() {
+        let (evidence, challenge, mut policy, ak_name) = fixture();
+        policy.trust.ak_names = vec![ak_name];
+        let report = verify(&evidence, &challenge, &policy).unwrap();
+        assert_eq!(report.evidence_version, EVIDENCE_VERSION_ENCLAVE);
+        assert!(matches!(report.measured_by, MeasuredBy::Enclave { .. }));
+        assert!(report.launch.engine.is_some());
+        assert_eq!(report.launch.tls_spki, challenge.spki_sha256);
+        let text = report.to_text();
+        assert!(
+            text.contains("measured by       the enclave itself (weaker: proves what the enclave reports, not what the node ran)"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["measuredBy"]["kind"], "enclave");
+        assert_eq!(json["evidenceVersion"], 1);
+    }
+
+    #[test]
+    fn a_pod_policy_refuses_enclave_reported_evidence() {
+        let (evidence, challenge, mut policy, ak_name) = fixture();
+        policy.trust.ak_names = vec![ak_name];
+        let error = verify(&evidence, &challenge, &pod_policy(&policy)).unwrap_err();
+        assert_eq!(error, VerifyError::NodeEvidenceRequired { found: 1 });
+        assert_eq!(error.reason(), "evidence-mode");
+        assert!(error
+            .to_string()
+            .contains("requires node-measured evidence (version 2, from aver-node)"));
+    }
+
+    #[test]
+    fn a_legacy_policy_refuses_node_measured_evidence() {
+        // The version is not signed, but relabelling does not help: a legacy
+        // policy never reads a node log, and a pod policy replays it.
+        let (evidence, challenge, mut policy, ak_name) = fixture();
+        policy.trust.ak_names = vec![ak_name];
+        let mut v2 = evidence.clone();
+        v2.version = EVIDENCE_VERSION_NODE;
+        v2.event_log.clear();
+        v2.node_log = vec![aver_node_log::NodeLogEntry {
+            pcr: 15,
+            event: aver_node_log::NodeEvent::AgentStart {
+                agent_version: "0.1.0".into(),
+                policy: "version: 1\n".into(),
+            },
+        }];
+        assert_eq!(
+            verify(&v2, &challenge, &policy),
+            Err(VerifyError::EnclaveEvidenceRequired { found: 2 })
+        );
+        let error = verify(&v2, &challenge, &pod_policy(&policy)).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                VerifyError::NodeLog(aver_node_log::NodeLogError::ReplayMismatch { .. })
+            ),
+            "{error}"
+        );
+        assert_eq!(error.reason(), "node-log");
+        // Built in code with both logs: refused as malformed before any check.
+        v2.event_log = evidence.event_log.clone();
+        assert!(matches!(
+            verify(&v2, &challenge, &policy),
+            Err(VerifyError::Evidence(
+                crate::evidence::EvidenceError::Malformed(_)
+            ))
+        ));
     }
 }
