@@ -18,12 +18,26 @@ use crate::encoding::Encoder;
 pub const SPEC_DOMAIN: &str = "aver-container-spec";
 pub const SPEC_VERSION: u16 = 1;
 
-/// One environment variable.
+/// One environment variable, its value recorded only as a digest: the node
+/// log is shown to every client of every endpoint on the node, and
+/// environment values are where secrets live. A policy pins the value all
+/// the same, through the digest.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnvVar {
     pub name: String,
-    pub value: String,
+    /// SHA-256 of the value's bytes.
+    pub value_sha256: Sha256Digest,
+}
+
+impl EnvVar {
+    pub fn new(name: impl Into<String>, value: &str) -> Self {
+        use sha2::{Digest as _, Sha256};
+        Self {
+            name: name.into(),
+            value_sha256: Sha256Digest(Sha256::digest(value.as_bytes()).into()),
+        }
+    }
 }
 
 /// The identity a container's processes run as.
@@ -309,7 +323,7 @@ impl ContainerSpec {
         let mut e = Encoder::new(SPEC_DOMAIN, SPEC_VERSION);
         e.strs(&s.command).strs(&s.args);
         e.list(&s.env, |e, v| {
-            e.str(&v.name).str(&v.value);
+            e.str(&v.name).digest_value(&v.value_sha256);
         });
         e.str(&s.working_dir);
         e.opt(s.user.uid.as_ref(), |e, v| {
@@ -380,7 +394,9 @@ impl ContainerSpec {
         for v in &a.env {
             match b.env.iter().find(|w| w.name == v.name) {
                 None => out.push(format!("env {} added", v.name)),
-                Some(w) if w.value != v.value => out.push(format!("env {} changed", v.name)),
+                Some(w) if w.value_sha256 != v.value_sha256 => {
+                    out.push(format!("env {} changed", v.name))
+                }
                 Some(_) => {}
             }
         }
@@ -416,16 +432,7 @@ mod tests {
         ContainerSpec {
             command: vec!["/engine".into()],
             args: vec!["--host".into(), "127.0.0.1".into()],
-            env: vec![
-                EnvVar {
-                    name: "B".into(),
-                    value: "2".into(),
-                },
-                EnvVar {
-                    name: "A".into(),
-                    value: "1".into(),
-                },
-            ],
+            env: vec![EnvVar::new("B", "2"), EnvVar::new("A", "1")],
             mounts: vec![Mount {
                 container_path: "/models".into(),
                 source: MountSource::Volume {
@@ -446,10 +453,7 @@ mod tests {
         let mut b = sample();
         b.env.reverse();
         assert_eq!(a.digest(), b.digest());
-        b.env.push(EnvVar {
-            name: "HTTPS_PROXY".into(),
-            value: "http://evil".into(),
-        });
+        b.env.push(EnvVar::new("HTTPS_PROXY", "http://evil"));
         assert_ne!(a.digest(), b.digest());
         assert_eq!(b.differences(&a), vec!["env HTTPS_PROXY added".to_owned()]);
     }
@@ -532,6 +536,25 @@ mod tests {
                 "{other}"
             );
         }
+    }
+
+    #[test]
+    fn env_values_stay_on_the_node_but_are_pinned() {
+        let mut s = sample();
+        s.env.push(EnvVar::new("API_KEY", "hunter2-secret"));
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(
+            json.contains("API_KEY") && !json.contains("hunter2"),
+            "{json}"
+        );
+        let mut other = s.clone();
+        other.env.pop();
+        other.env.push(EnvVar::new("API_KEY", "another"));
+        assert_ne!(s.digest(), other.digest());
+        assert_eq!(
+            other.differences(&s),
+            vec!["env API_KEY changed".to_owned()]
+        );
     }
 
     #[test]

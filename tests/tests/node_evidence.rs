@@ -67,10 +67,7 @@ fn engine_image() -> ImageIdentity {
 }
 
 fn env(name: &str, value: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: value.into(),
-    }
+    EnvVar::new(name, value)
 }
 
 fn enclave_spec() -> ContainerSpec {

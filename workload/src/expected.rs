@@ -278,7 +278,7 @@ pub fn container_spec(
     // generateContainerConfig: ExpandContainerCommandAndArgs over opts.Envs.
     let vars: BTreeMap<&str, &str> = env
         .iter()
-        .map(|v| (v.name.as_str(), v.value.as_str()))
+        .map(|(name, value)| (name.as_str(), value.as_str()))
         .collect();
     let expand_all = |list: &Option<Vec<String>>| -> Vec<String> {
         list.iter()
@@ -317,7 +317,10 @@ pub fn container_spec(
     let mut spec = ContainerSpec {
         command,
         args,
-        env,
+        env: env
+            .iter()
+            .map(|(name, value)| SpecEnv::new(name.clone(), value))
+            .collect(),
         working_dir: container.working_dir.clone().unwrap_or_default(),
         user: user(pod.security_context.as_ref(), &sc, name, params),
         privileged: sc.privileged.unwrap_or(false),
@@ -384,7 +387,7 @@ fn environment(
     container: &Container,
     namespace: &str,
     params: &KubeletParams,
-) -> Result<Vec<SpecEnv>, String> {
+) -> Result<Vec<(String, String)>, String> {
     // The API server defaults enableServiceLinks to true; then every Service
     // of the namespace adds variables, which the resource does not list.
     if pod.enable_service_links != Some(false) {
@@ -399,22 +402,16 @@ fn environment(
         let value = declared_value(pod, var, namespace, &declared, &service_env)?;
         declared.insert(var.name.clone(), value);
     }
-    let mut env: Vec<SpecEnv> = declared
+    let mut env: Vec<(String, String)> = declared
         .iter()
-        .map(|(name, value)| SpecEnv {
-            name: name.clone(),
-            value: value.clone(),
-        })
+        .map(|(name, value)| (name.clone(), value.clone()))
         .collect();
     // Remaining service variables: those not declared by the container.
     env.extend(
         service_env
             .iter()
             .filter(|(k, _)| !declared.contains_key(*k))
-            .map(|(name, value)| SpecEnv {
-                name: name.clone(),
-                value: value.clone(),
-            }),
+            .map(|(name, value)| (name.clone(), value.clone())),
     );
     Ok(env)
 }
@@ -872,11 +869,17 @@ mod tests {
         container_spec(pod, &pod.containers[0], "ml", &params())
     }
 
-    fn env_of(spec: &ContainerSpec) -> BTreeMap<String, String> {
+    /// Environment values are recorded as digests; `h` gives the digest to
+    /// compare with.
+    fn env_of(spec: &ContainerSpec) -> BTreeMap<String, aver_crds::Sha256Digest> {
         spec.env
             .iter()
-            .map(|v| (v.name.clone(), v.value.clone()))
+            .map(|v| (v.name.clone(), v.value_sha256))
             .collect()
+    }
+
+    fn h(value: &str) -> aver_crds::Sha256Digest {
+        SpecEnv::new("", value).value_sha256
     }
 
     fn unmeasurable(result: Result<ContainerSpec, ExpectedError>, what: &str) {
@@ -891,7 +894,7 @@ mod tests {
     #[test]
     fn the_kubernetes_service_variables_are_injected_without_service_links() {
         let spec = spec(&pod(engine())).unwrap();
-        let expected: BTreeMap<String, String> = [
+        let expected: BTreeMap<String, aver_crds::Sha256Digest> = [
             ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
             ("KUBERNETES_SERVICE_PORT", "443"),
             ("KUBERNETES_SERVICE_PORT_HTTPS", "443"),
@@ -902,7 +905,7 @@ mod tests {
             ("KUBERNETES_PORT_443_TCP_ADDR", "10.96.0.1"),
         ]
         .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .map(|(k, v)| (k.to_owned(), h(v)))
         .collect();
         assert_eq!(env_of(&spec), expected);
         let v6 = kubernetes_service_env("[fd00::1]:6443".parse().unwrap());
@@ -912,7 +915,7 @@ mod tests {
         let mut c = engine();
         c.env = Some(vec![plain("KUBERNETES_SERVICE_HOST", "mine")]);
         let spec = self::spec(&pod(c)).unwrap();
-        assert_eq!(env_of(&spec)["KUBERNETES_SERVICE_HOST"], "mine");
+        assert_eq!(env_of(&spec)["KUBERNETES_SERVICE_HOST"], h("mine"));
         assert_eq!(spec.env.len(), 8);
         // Service links of other Services are not in the resource.
         let mut p = pod(engine());
@@ -966,12 +969,12 @@ mod tests {
         c.working_dir = Some("/work".into());
         let spec = spec(&pod(c)).unwrap();
         let env = env_of(&spec);
-        assert_eq!(env["LATER_REF"], "$(B)", "only earlier variables");
-        assert_eq!(env["SVC"], "10.96.0.1");
-        assert_eq!(env["DUP"], "second");
-        assert_eq!(env["UNSET"], "");
-        assert_eq!(env["NS"], "ml");
-        assert_eq!(env["SA"], "default");
+        assert_eq!(env["LATER_REF"], h("$(B)"), "only earlier variables");
+        assert_eq!(env["SVC"], h("10.96.0.1"));
+        assert_eq!(env["DUP"], h("second"));
+        assert_eq!(env["UNSET"], h(""));
+        assert_eq!(env["NS"], h("ml"));
+        assert_eq!(env["SA"], h("default"));
         assert_eq!(spec.command, ["/bin/b"]);
         assert_eq!(spec.args, ["--x=$(B)", "ml/default"]);
         assert_eq!(spec.working_dir, "/work");
@@ -1384,7 +1387,7 @@ mod tests {
                 "/var/lib/aver"
             ]
         );
-        assert_eq!(env_of(s)["AVER_LOG_FORMAT"], "json");
+        assert_eq!(env_of(s)["AVER_LOG_FORMAT"], h("json"));
         assert_eq!(s.env.len(), 9);
         assert_eq!(s.user.uid, Some(65532));
         assert_eq!(s.user.gid, Some(65532));

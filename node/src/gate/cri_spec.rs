@@ -116,10 +116,7 @@ pub fn container_spec(
         env: config
             .envs
             .iter()
-            .map(|kv| EnvVar {
-                name: kv.key.clone(),
-                value: kv.value.clone(),
-            })
+            .map(|kv| EnvVar::new(kv.key.clone(), &kv.value))
             .collect(),
         working_dir: config.working_dir.clone(),
         user: User {
