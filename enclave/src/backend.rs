@@ -2,7 +2,9 @@
 //! challenges under one qualifying-data value, and whatever signs it.
 //!
 //! - [`LocalTpm`] (`--tcti`, legacy): the enclave's own TPM on a dedicated
-//!   thread, quoting over the enclave's launch sequence (evidence v1).
+//!   thread, quoting over the enclave's launch sequence (evidence v1);
+//! - [`NodeAgentQuoter`] (`--node-agent`): `aver-node` over its agent
+//!   socket, quoting over the node log (evidence v2).
 //!
 //! Either way the batcher asks for one quote at a time and awaits it, so
 //! challenges that arrive meanwhile queue up and share the next quote.
@@ -13,12 +15,15 @@ use tokio::sync::oneshot;
 use crate::endorsement::ActivateError;
 use crate::evidence::QuotedState;
 use crate::launch::Enclave;
+use crate::node_agent::NodeAgentQuoter;
 
 /// Turns a qualifying-data value (a batch's Merkle root) into a quote, the
 /// quoted PCRs, the AK public area and the log that explains them.
 pub enum QuoteBackend {
     /// The enclave's own TPM.
     LocalTpm(LocalTpm),
+    /// aver-node, the only TPM user on a hardened node.
+    NodeAgent(NodeAgentQuoter),
 }
 
 impl QuoteBackend {
@@ -30,6 +35,10 @@ impl QuoteBackend {
                 .quote(qualifying)
                 .await
                 .map_err(|e| format!("TPM quote failed: {e}")),
+            Self::NodeAgent(agent) => agent
+                .quote(qualifying)
+                .await
+                .map_err(|e| format!("aver-node quote failed: {e}")),
         }
     }
 
@@ -40,6 +49,8 @@ impl QuoteBackend {
             // The TPM was opened at launch and the worker owns it; a TPM
             // failure shows in the quote.
             Self::LocalTpm(_) => None,
+            // Quotes need the agent: unreachable means no evidence.
+            Self::NodeAgent(agent) => agent.reachable().await.err(),
         }
     }
 }

@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use aver_crds::Sha256Digest;
 use aver_verifier::binding::Nonce;
@@ -14,6 +15,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::launch::LaunchConfig;
 use crate::launch_log::{check_workload_pcr, DEFAULT_STATE_DIR, DEFAULT_WORKLOAD_PCR};
 use crate::measure::WorkloadInputs;
+use crate::node_agent::NodeAgentConfig;
 use crate::tpm::{DEFAULT_AK_HANDLE, PCR_COUNT};
 
 /// The boot PCRs quoted by default (firmware, boot loader, Secure Boot
@@ -43,8 +45,10 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Measure a launch, then serve attested TLS: evidence at
-    /// /.well-known/aver/evidence, everything else proxied to the engine.
+    /// Serve attested TLS: evidence at /.well-known/aver/evidence,
+    /// everything else proxied to the engine. With --node-agent the evidence
+    /// comes from aver-node; otherwise the launch is first measured into the
+    /// TPM given by --tcti.
     Serve(ServeArgs),
     /// Measure a launch, then write evidence for one nonce to a file and
     /// print the TLS SPKI digest (the value to pass to `aver verify-evidence --spki`).
@@ -67,7 +71,10 @@ pub struct TpmArgs {
     pub ak_handle: u32,
 }
 
-/// Settings of a launch: where its state lives and what it measures.
+/// Settings of a launch the enclave records in its own TPM (local TPM
+/// mode): where its state lives, which PCRs, and the model it measures.
+/// The engine digest is declared by each subcommand, since `serve
+/// --node-agent` has none.
 #[derive(Debug, Clone, Args)]
 pub struct LaunchArgs {
     #[command(flatten)]
@@ -82,9 +89,6 @@ pub struct LaunchArgs {
     /// [default: 0-7 and the workload PCR].
     #[arg(long, env = "AVER_QUOTE_PCRS")]
     pub quote_pcrs: Option<PcrList>,
-    /// Digest of the inference engine image (`sha256:<64 hex>`).
-    #[arg(long, env = "AVER_ENGINE_DIGEST")]
-    pub engine_digest: Sha256Digest,
     /// Directory of the model files that are measured.
     #[arg(long, env = "AVER_MODEL_DIR")]
     pub model_dir: PathBuf,
@@ -109,8 +113,9 @@ impl LaunchArgs {
         }
     }
 
-    /// The launch configuration these settings describe.
-    pub fn to_config(&self) -> LaunchConfig {
+    /// The launch configuration these settings describe, for an engine
+    /// image with digest `engine_digest`.
+    pub fn to_config(&self, engine_digest: Sha256Digest) -> LaunchConfig {
         LaunchConfig {
             tcti: self.tpm.tcti.clone(),
             ak_handle: self.tpm.ak_handle,
@@ -118,7 +123,7 @@ impl LaunchArgs {
             workload_pcr: self.workload_pcr,
             quote_pcrs: self.quote_pcrs(),
             workload: WorkloadInputs {
-                engine_digest: self.engine_digest,
+                engine_digest,
                 model_dir: self.model_dir.clone(),
                 serving_config: self.serving_config.clone(),
             },
@@ -130,6 +135,9 @@ impl LaunchArgs {
 pub struct EvidenceArgs {
     #[command(flatten)]
     pub launch: LaunchArgs,
+    /// Digest of the inference engine image (`sha256:<64 hex>`).
+    #[arg(long, env = "AVER_ENGINE_DIGEST")]
+    pub engine_digest: Sha256Digest,
     /// The verifier's challenge: 64 hex characters.
     #[arg(long, value_parser = parse_nonce)]
     pub nonce: Nonce,
@@ -138,10 +146,70 @@ pub struct EvidenceArgs {
     pub out: PathBuf,
 }
 
+impl EvidenceArgs {
+    /// The launch configuration these settings describe.
+    pub fn to_config(&self) -> LaunchConfig {
+        self.launch.to_config(self.engine_digest)
+    }
+}
+
+/// The `serve` arguments of local TPM mode, which `--node-agent` excludes:
+/// in that mode the enclave opens no TPM, keeps no state, and aver-node
+/// (not the enclave) identifies the engine and its configuration and
+/// decides what is quoted.
+const LOCAL_TPM_ARGS: [&str; 8] = [
+    "tcti",
+    "ak_handle",
+    "state_dir",
+    "workload_pcr",
+    "quote_pcrs",
+    "engine_digest",
+    "serving_config",
+    "ek_chain",
+];
+
+/// Default of `--node-agent-timeout`.
+pub const DEFAULT_NODE_AGENT_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     #[command(flatten)]
     pub launch: LaunchArgs,
+    /// Digest of the inference engine image (`sha256:<64 hex>`); local TPM
+    /// mode only (with --node-agent, aver-node measures the engine).
+    #[arg(
+        long,
+        env = "AVER_ENGINE_DIGEST",
+        required_unless_present = "node_agent"
+    )]
+    pub engine_digest: Option<Sha256Digest>,
+    /// Get evidence from the node agent aver-node on this unix socket (e.g.
+    /// /run/aver-node/agent.sock) instead of using a TPM: the enclave
+    /// registers its TLS key and model digest there at start and never opens
+    /// a TPM, and serves evidence v2 (the node log). Without it, the enclave
+    /// measures its own launch into the TPM given by --tcti (evidence v1).
+    #[arg(
+        long,
+        env = "AVER_NODE_AGENT",
+        value_name = "SOCKET",
+        conflicts_with_all = LOCAL_TPM_ARGS
+    )]
+    pub node_agent: Option<PathBuf>,
+    /// With --node-agent: how long to keep retrying while aver-node is not
+    /// reachable at start, and the bound on each of its answers (e.g. `30s`,
+    /// `500ms`, `2m`; a bare number is seconds) [default: 30s].
+    // No clap default: clap does not check `requires` for an argument that
+    // has one. The conflicts are spelled out because clap does not require
+    // an argument (here --node-agent) that conflicts with one given.
+    #[arg(
+        long,
+        env = "AVER_NODE_AGENT_TIMEOUT",
+        value_name = "DURATION",
+        value_parser = parse_duration,
+        requires = "node_agent",
+        conflicts_with_all = LOCAL_TPM_ARGS
+    )]
+    pub node_agent_timeout: Option<Duration>,
     /// Address the TLS listener binds.
     #[arg(long, env = "AVER_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: std::net::SocketAddr,
@@ -165,6 +233,7 @@ pub struct ServeArgs {
     /// PEM file of the intermediate CA certificates between the TPM's EK
     /// certificate and its manufacturer's root, served to verifiers that
     /// activate the attestation key (vendors do not store them in the TPM).
+    /// Local TPM mode only.
     #[arg(long, env = "AVER_EK_CHAIN")]
     pub ek_chain: Option<PathBuf>,
     /// Names written into the self-signed certificate (comma-separated).
@@ -177,7 +246,34 @@ pub struct ServeArgs {
     pub cert_names: Vec<String>,
 }
 
+/// Where `serve` gets its evidence from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServeMode {
+    /// Its own TPM: the launch is measured into it (evidence v1).
+    LocalTpm(LaunchConfig),
+    /// aver-node, over its agent socket (evidence v2).
+    NodeAgent(NodeAgentConfig),
+}
+
 impl ServeArgs {
+    /// The mode these flags select, with its settings.
+    pub fn mode(&self) -> ServeMode {
+        match (&self.node_agent, self.engine_digest) {
+            (Some(socket), _) => ServeMode::NodeAgent(NodeAgentConfig {
+                socket: socket.clone(),
+                timeout: self
+                    .node_agent_timeout
+                    .unwrap_or(DEFAULT_NODE_AGENT_TIMEOUT),
+                model_dir: self.launch.model_dir.clone(),
+            }),
+            (None, Some(engine_digest)) => {
+                ServeMode::LocalTpm(self.launch.to_config(engine_digest))
+            }
+            // clap requires --engine-digest unless --node-agent is given.
+            (None, None) => unreachable!("--engine-digest is required without --node-agent"),
+        }
+    }
+
     /// The server settings these flags describe.
     pub fn to_serve_config(&self) -> crate::server::ServeConfig {
         crate::server::ServeConfig {
@@ -267,6 +363,29 @@ fn parse_handle(text: &str) -> Result<u32, String> {
     Ok(handle)
 }
 
+/// A duration: a number with unit `ms`, `s`, `m` or `h`, or a bare number
+/// of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let bad = || format!("{text:?} is not a duration (e.g. 30s, 500ms, 2m)");
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let duration = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
+        "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
+        _ => return Err(bad()),
+    };
+    if duration.is_zero() {
+        return Err(format!("{text:?}: the duration must be more than zero"));
+    }
+    Ok(duration)
+}
+
 fn parse_nonce(text: &str) -> Result<Nonce, String> {
     Nonce::from_hex(text).map_err(|e| e.to_string())
 }
@@ -304,7 +423,7 @@ mod tests {
     #[test]
     fn defaults_quote_boot_pcrs_and_the_workload_pcr() {
         let e = evidence(&[]).unwrap();
-        let config = e.launch.to_config();
+        let config = e.to_config();
         assert_eq!(config.workload_pcr, 15);
         assert_eq!(config.quote_pcrs, vec![0, 1, 2, 3, 4, 5, 6, 7, 15]);
         assert_eq!(config.ak_handle, 0x8101_0100);
@@ -386,6 +505,102 @@ mod tests {
         assert_eq!(cli.log_format, LogFormat::Json);
         assert!(matches!(cli.command, Command::Ak(AkArgs { tpm }) if tpm.tcti == "swtpm:port=1"));
         assert!(parse(&["--log-format", "xml", "ak"]).is_err());
+    }
+
+    fn serve(extra: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let mut args = vec![
+            "serve",
+            "--upstream",
+            "http://127.0.0.1:8000",
+            "--model-dir",
+            "/models/m",
+        ];
+        args.extend_from_slice(extra);
+        match parse(&args)?.command {
+            Command::Serve(s) => Ok(s),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn serve_selects_local_tpm_or_node_agent_mode() {
+        let local = serve(&["--engine-digest", DIGEST]).unwrap();
+        let ServeMode::LocalTpm(config) = local.mode() else {
+            panic!("local TPM mode expected");
+        };
+        assert_eq!(config.tcti, "device:/dev/tpmrm0");
+        assert_eq!(config.workload.engine_digest, Sha256Digest([1; 32]));
+
+        let agent = serve(&["--node-agent", "/run/aver-node/agent.sock"]).unwrap();
+        assert_eq!(
+            agent.mode(),
+            ServeMode::NodeAgent(NodeAgentConfig {
+                socket: PathBuf::from("/run/aver-node/agent.sock"),
+                timeout: DEFAULT_NODE_AGENT_TIMEOUT,
+                model_dir: PathBuf::from("/models/m"),
+            })
+        );
+        let agent = serve(&["--node-agent", "/s", "--node-agent-timeout", "500ms"]).unwrap();
+        assert!(
+            matches!(agent.mode(), ServeMode::NodeAgent(c) if c.timeout == Duration::from_millis(500))
+        );
+    }
+
+    #[test]
+    fn node_agent_mode_conflicts_with_the_local_tpm_flags() {
+        use clap::error::ErrorKind;
+        for flags in [
+            &["--tcti", "swtpm:port=1"][..],
+            &["--engine-digest", DIGEST],
+            &["--serving-config", "/etc/serving.yaml"],
+            &["--state-dir", "/var/lib/aver"],
+            &["--ak-handle", "0x81010100"],
+            &["--workload-pcr", "15"],
+            &["--quote-pcrs", "0-7,15"],
+            &["--ek-chain", "/etc/ek-chain.pem"],
+        ] {
+            let mut args = vec!["--node-agent", "/run/aver-node/agent.sock"];
+            args.extend_from_slice(flags);
+            let error = serve(&args).unwrap_err();
+            assert_eq!(
+                error.kind(),
+                ErrorKind::ArgumentConflict,
+                "{flags:?}: {error}"
+            );
+            assert!(error.to_string().contains("--node-agent"), "{error}");
+        }
+        // Without either, the local TPM mode needs its engine digest.
+        let error = serve(&[]).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::MissingRequiredArgument, "{error}");
+        assert!(error.to_string().contains("--engine-digest"), "{error}");
+        // The timeout belongs to node-agent mode.
+        let error = serve(&["--engine-digest", DIGEST, "--node-agent-timeout", "5s"]).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::ArgumentConflict, "{error}");
+        assert!(serve(&["--node-agent-timeout", "5s"]).is_err());
+        // The engine digest is still required for evidence, which has no
+        // node-agent mode.
+        assert!(parse(&[
+            "evidence",
+            "--nonce",
+            &"ab".repeat(32),
+            "--out",
+            "x",
+            "--model-dir",
+            "m",
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "s", "0s", "1.5s", "-1s", "10 days", "5d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! Building the evidence document (see `aver_verifier::evidence`) that
 //! answers one verifier's nonce: format v1 from a quote of the enclave's own
-//! TPM ([`quote`]), whose log is the enclave's launch sequence.
+//! TPM ([`quote`]), whose log is the enclave's launch sequence; format v2
+//! from a quote by aver-node (`crate::node_agent`), whose log is the node
+//! log.
 
 use aver_crds::Sha256Digest;
+use aver_node_log::NodeLogEntry;
 use aver_verifier::binding::{qualifying_data, MerkleProof, Nonce};
 use aver_verifier::eventlog::LogEntry;
 use aver_verifier::evidence::{Base64Bytes, PcrValue, Quote};
-use aver_verifier::{Evidence, EVIDENCE_VERSION_ENCLAVE};
+use aver_verifier::{Evidence, EVIDENCE_VERSION_ENCLAVE, EVIDENCE_VERSION_NODE};
 
 use aver_tpm::pcrs::{QuoteError, QUOTE_ATTEMPTS};
 
@@ -56,6 +59,9 @@ pub struct QuotedState {
 pub enum QuotedLog {
     /// The enclave's own launch sequence (local TPM): evidence v1.
     Launch(Vec<LogEntry>),
+    /// aver-node's log of everything the node ran (`--node-agent`):
+    /// evidence v2.
+    Node(Vec<NodeLogEntry>),
 }
 
 impl QuotedState {
@@ -76,6 +82,17 @@ impl QuotedState {
                 ak_public: self.ak_public.clone(),
                 event_log: event_log.clone(),
                 node_log: Vec::new(),
+                batch,
+            },
+            QuotedLog::Node(node_log) => Evidence {
+                version: EVIDENCE_VERSION_NODE,
+                nonce,
+                spki_sha256: spki,
+                quote: self.quote.clone(),
+                pcrs: self.pcrs.clone(),
+                ak_public: self.ak_public.clone(),
+                event_log: Vec::new(),
+                node_log: node_log.clone(),
                 batch,
             },
         }

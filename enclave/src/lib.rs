@@ -7,6 +7,10 @@
 //! steps together in the order the security properties of DESIGN §3 need;
 //! [`tpm`] (from the shared crate `aver-tpm`) is the only code that talks to
 //! the TPM.
+//!
+//! On a hardened node the enclave has no TPM at all ([`node_agent`]): the
+//! node agent `aver-node` measured the pod, records the enclave's TLS key and
+//! quotes for it. [`backend`] is where the two modes meet the batcher.
 
 /// TPM access lives in the shared crate `aver-tpm` (the node agent uses it
 /// too); re-exported so `aver_enclave::tpm` and `aver_enclave::endorsement`
@@ -20,6 +24,7 @@ pub mod evidence;
 pub mod launch;
 pub mod launch_log;
 pub mod measure;
+pub mod node_agent;
 pub mod server;
 pub mod tls_key;
 
@@ -27,5 +32,6 @@ pub use evidence::{collect, CollectError};
 pub use launch::{Enclave, LaunchConfig, LaunchError};
 pub use launch_log::{LaunchLog, LaunchLogError};
 pub use measure::WorkloadInputs;
+pub use node_agent::{NodeAgentConfig, RegisteredEnclave};
 pub use tls_key::TlsKey;
 pub use tpm::{Tpm, TpmError};

@@ -5,9 +5,9 @@ use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use aver_enclave::cli::{AkArgs, Cli, Command, EvidenceArgs, LogFormat, ServeArgs};
-use aver_enclave::server::Server;
-use aver_enclave::{Enclave, Tpm};
+use aver_enclave::cli::{AkArgs, Cli, Command, EvidenceArgs, LogFormat, ServeArgs, ServeMode};
+use aver_enclave::server::{ServeConfig, Server};
+use aver_enclave::{Enclave, RegisteredEnclave, Tpm};
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 
@@ -50,7 +50,7 @@ fn run(command: Command) -> anyhow::Result<()> {
 }
 
 fn evidence(args: EvidenceArgs) -> anyhow::Result<()> {
-    let mut enclave = Enclave::launch(&args.launch.to_config())?;
+    let mut enclave = Enclave::launch(&args.to_config())?;
     let evidence = enclave.evidence(&args.nonce)?;
     std::fs::write(&args.out, evidence.to_json())
         .with_context(|| format!("cannot write evidence to {}", args.out.display()))?;
@@ -61,31 +61,49 @@ fn evidence(args: EvidenceArgs) -> anyhow::Result<()> {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.to_serve_config();
-    let ek_chain = match &args.ek_chain {
-        Some(path) => {
-            let pem = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read --ek-chain {}", path.display()))?;
-            aver_verifier::ek::chain::ca_certificates_from_pem(&pem, "--ek-chain")
-                .with_context(|| format!("--ek-chain {}", path.display()))?
+    match args.mode() {
+        ServeMode::LocalTpm(launch) => {
+            let ek_chain = match &args.ek_chain {
+                Some(path) => {
+                    let pem = std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read --ek-chain {}", path.display()))?;
+                    aver_verifier::ek::chain::ca_certificates_from_pem(&pem, "--ek-chain")
+                        .with_context(|| format!("--ek-chain {}", path.display()))?
+                }
+                None => Vec::new(),
+            };
+            // Measurement (hashing the model) happens before the runtime
+            // starts, so nothing is served until the launch is recorded in
+            // the TPM.
+            let enclave = Enclave::launch(&launch)?;
+            runtime()?.block_on(async {
+                let server = Server::bind_with_ek_chain(enclave, &config, ek_chain).await?;
+                run_server(server, &config).await
+            })
         }
-        None => Vec::new(),
-    };
-    // Measurement (hashing the model) happens before the runtime starts, so
-    // nothing is served until the launch is recorded in the TPM.
-    let enclave = Enclave::launch(&args.launch.to_config())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+        ServeMode::NodeAgent(agent) => runtime()?.block_on(async {
+            // Nothing is served until aver-node has recorded the key.
+            let enclave = RegisteredEnclave::register(&agent).await?;
+            let server = Server::bind_node_agent(enclave, &config).await?;
+            run_server(server, &config).await
+        }),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        let server = Server::bind_with_ek_chain(enclave, &config, ek_chain).await?;
-        let addr = server.local_addr().context("listener has no address")?;
-        tracing::info!(%addr, upstream = %config.upstream, "serving attested TLS");
-        // One line on stdout, for scripts and tests that bound port 0.
-        println!("listening on https://{addr}");
-        server.run(shutdown_signal()).await;
-        Ok(())
-    })
+        .context("cannot start the async runtime")
+}
+
+async fn run_server(server: Server, config: &ServeConfig) -> anyhow::Result<()> {
+    let addr = server.local_addr().context("listener has no address")?;
+    tracing::info!(%addr, upstream = %config.upstream, "serving attested TLS");
+    // One line on stdout, for scripts and tests that bound port 0.
+    println!("listening on https://{addr}");
+    server.run(shutdown_signal()).await;
+    Ok(())
 }
 
 /// Completes on SIGINT or SIGTERM (what Kubernetes sends before SIGKILL).

@@ -42,6 +42,7 @@ use crate::backend::{LocalTpm, QuoteBackend};
 use crate::batcher::{BatchConfig, QuoteBatcher};
 use crate::endorsement::ActivateError;
 use crate::launch::Enclave;
+use crate::node_agent::RegisteredEnclave;
 use crate::tls_key::TlsKey;
 use body::BoxBody;
 use proxy::Proxy;
@@ -90,6 +91,10 @@ struct AppState {
     counters: Counters,
 }
 
+/// What the activation endpoint says in node-agent mode.
+pub const ACTIVATION_VIA_NODE: &str =
+    "credential activation goes through aver-node; not available yet";
+
 /// Whether this enclave can activate credentials for verifiers.
 enum Activation {
     /// With its own TPM: the offer as served (JSON), or why it is
@@ -99,7 +104,6 @@ enum Activation {
         tpm: LocalTpm,
     },
     /// Not here: the enclave has no TPM; the AK belongs to aver-node.
-    #[allow(dead_code)]
     NotHere(&'static str),
 }
 
@@ -194,6 +198,23 @@ impl Server {
         let batcher =
             QuoteBatcher::with_backend(QuoteBackend::LocalTpm(tpm.clone()), spki, config.batch);
         Ok(listening.into_server(batcher, Activation::LocalTpm { offer, tpm }))
+    }
+
+    /// Serves evidence from aver-node for an enclave that registered its
+    /// key there (`--node-agent`). Credential activation needs the TPM,
+    /// which belongs to aver-node: the activation endpoint answers 501.
+    pub async fn bind_node_agent(
+        enclave: RegisteredEnclave,
+        config: &ServeConfig,
+    ) -> Result<Self, ServeError> {
+        let listening = Listening::bind(enclave.tls_key(), config).await?;
+        let spki = enclave.tls_key().spki_sha256();
+        let batcher = QuoteBatcher::with_backend(
+            QuoteBackend::NodeAgent(enclave.quoter()),
+            spki,
+            config.batch,
+        );
+        Ok(listening.into_server(batcher, Activation::NotHere(ACTIVATION_VIA_NODE)))
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
