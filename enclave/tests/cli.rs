@@ -15,6 +15,8 @@ fn run(args: &[&str]) -> Output {
         .env_remove("AVER_STATE_DIR")
         .env_remove("AVER_ENGINE_DIGEST")
         .env_remove("AVER_MODEL_DIR")
+        .env_remove("AVER_NODE_AGENT")
+        .env_remove("AVER_NODE_AGENT_TIMEOUT")
         .env_remove("TSS2_LOG")
         .output()
         .expect("aver-enclave runs")
@@ -26,7 +28,12 @@ fn stderr(output: &Output) -> String {
 
 #[test]
 fn every_command_has_help() {
-    for args in [&["--help"][..], &["evidence", "--help"], &["ak", "--help"]] {
+    for args in [
+        &["--help"][..],
+        &["evidence", "--help"],
+        &["serve", "--help"],
+        &["ak", "--help"],
+    ] {
         let output = run(args);
         assert!(output.status.success(), "{args:?}: {}", stderr(&output));
         let text = String::from_utf8_lossy(&output.stdout);
@@ -47,6 +54,87 @@ fn every_command_has_help() {
     ] {
         assert!(help.contains(flag), "evidence --help lacks {flag}");
     }
+}
+
+#[test]
+fn serve_help_documents_both_modes() {
+    let help = String::from_utf8_lossy(&run(&["serve", "--help"]).stdout).into_owned();
+    for flag in [
+        "--node-agent <SOCKET>",
+        "AVER_NODE_AGENT",
+        "--node-agent-timeout",
+        "AVER_NODE_AGENT_TIMEOUT",
+        "[default: 30s]",
+        "--tcti",
+        "--engine-digest",
+        "--upstream",
+        "evidence v2",
+    ] {
+        assert!(help.contains(flag), "serve --help lacks {flag}:\n{help}");
+    }
+}
+
+#[test]
+fn node_agent_mode_refuses_local_tpm_flags() {
+    let output = run(&[
+        "serve",
+        "--node-agent",
+        "/run/aver-node/agent.sock",
+        "--tcti",
+        "device:/dev/tpmrm0",
+        "--model-dir",
+        "/m",
+        "--upstream",
+        "http://127.0.0.1:8000",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let text = stderr(&output);
+    assert!(
+        text.contains("--node-agent")
+            && text.contains("--tcti")
+            && text.contains("cannot be used with"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_absent_node_agent_is_retried_then_one_clear_line() {
+    let model = tempfile::tempdir().unwrap();
+    std::fs::write(model.path().join("w.bin"), b"w").unwrap();
+    let socket = model.path().join("no-agent.sock");
+    let started = std::time::Instant::now();
+    let output = run(&[
+        "--log-format",
+        "json",
+        "serve",
+        "--node-agent",
+        socket.to_str().unwrap(),
+        "--node-agent-timeout",
+        "1s",
+        "--model-dir",
+        model.path().to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        "http://127.0.0.1:8000",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    let text = stderr(&output);
+    let errors: Vec<&str> = text.lines().filter(|l| !l.starts_with('{')).collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "exactly one non-log line expected:\n{text}"
+    );
+    assert!(
+        errors[0].contains("aver-node is not reachable")
+            && errors[0].contains(socket.to_str().unwrap()),
+        "{text}"
+    );
+    // It retried, and said so in the log.
+    assert!(text.contains("retrying"), "{text}");
+    assert!(output.stdout.is_empty(), "nothing is served");
 }
 
 #[test]
