@@ -6,6 +6,7 @@
 //! with its own state directory, so tests run in parallel without sharing
 //! PCRs or keys, and a test can simulate a reboot with [`Swtpm::restart`].
 
+pub mod confidential_pod;
 pub mod containerd;
 pub mod controlplane;
 pub mod ek_ca;

@@ -7,45 +7,35 @@
 //! The test plays the kubelet over `aver-node`'s CRI socket
 //! ([`NodeAgent::cri`]) and looks behind the gate on containerd's own
 //! socket ([`NodeAgent::runtime_cri`]). The expected container specs are
-//! built here from the configurations the test sends, not read back from
-//! the node log, so a gate that recorded something else than it received
-//! fails verification.
+//! built from the configurations the test sends
+//! ([`aver_tests::confidential_pod`]), not read back from the node log, so
+//! a gate that recorded something else than it received fails
+//! verification.
 //!
 //! Needs root, containerd, runc, the CNI plugins and swtpm: skipped with a
 //! message outside CI when one is missing, a failure under `CI=true`.
 
 use std::fs;
 use std::io::{self, Write as _};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Instant;
 
-use aver_crds::{AttestationPolicy, Sha256Digest};
-use aver_node_log::spec::{EnvVar, Mount, MountSource, NamespaceMode, Namespaces, User};
+use aver_crds::AttestationPolicy;
 use aver_node_log::{NodeEvent, CONFIDENTIAL_LABEL};
+use aver_tests::confidential_pod::{
+    self, client_policy, engine_container, expected_enclave_spec, expected_spec, ConfidentialPod,
+    ENCLAVE_PORT, ENGINE_ADDR, MODEL, NAMESPACE, PATIENCE,
+};
 use aver_tests::containerd::{
-    build_test_images, images_dir, ContainerSpec, CriClient, Pod, BUSYBOX_IMAGE,
+    build_test_images, images_dir, ContainerSpec, CriClient, BUSYBOX_IMAGE,
 };
 use aver_tests::node_agent::{
     default_node_policy, NodeAgent, AGENT_MOUNT, AGENT_PROBE_IMAGE, AGENT_SOCKET_IN_POD,
-    ENCLAVE_IMAGE, STUB_ENGINE_IMAGE,
+    STUB_ENGINE_IMAGE,
 };
-use aver_tests::{cargo_bin, require_containerd, require_swtpm};
+use aver_tests::{require_containerd, require_swtpm};
 use aver_verifier::measurement::model_digest;
 use k8s_cri::v1 as cri;
-use sha2::{Digest as _, Sha256};
-
-/// How long a pod's enclave gets to come up and register its key.
-const PATIENCE: Duration = Duration::from_secs(60);
-const NAMESPACE: &str = "ml";
-const MODEL: &str = "llama";
-/// The emptyDir the model is in, as the kubelet lays out pod volumes.
-const MODEL_PLUGIN: &str = "kubernetes.io~empty-dir";
-const MODEL_VOLUME: &str = "model";
-const MODEL_MOUNT: &str = "/models";
-const ENGINE_ADDR: &str = "127.0.0.1:8000";
-const ENCLAVE_PORT: u16 = 8443;
 
 /// To the real stderr: the harness shows `eprintln!` only for failures.
 fn note(message: &str) {
@@ -53,275 +43,25 @@ fn note(message: &str) {
 }
 
 // ---------------------------------------------------------------------------
-// What the test sends, and what it expects the node to have measured
+// Pods and verification (the pods, expected specs and client policy are
+// aver_tests::confidential_pod's, shared with the demo)
 
-/// The enclave container of a confidential pod: `aver-enclave serve` with
-/// evidence from aver-node, the agent socket directory read-only, the
-/// model volume read-only.
-fn enclave_container(node: &NodeAgent, model_dir: &Path) -> ContainerSpec {
-    ContainerSpec::new("enclave", ENCLAVE_IMAGE)
-        .command(["/bin/aver-enclave"])
-        .args([
-            "serve",
-            "--node-agent",
-            AGENT_SOCKET_IN_POD,
-            "--model-dir",
-            MODEL_MOUNT,
-            "--upstream",
-            &format!("http://{ENGINE_ADDR}"),
-            "--listen",
-            &format!("0.0.0.0:{ENCLAVE_PORT}"),
-        ])
-        .env("RUST_LOG", "info")
-        .mount(&node.agent_dir(), AGENT_MOUNT, true)
-        .mount(model_dir, MODEL_MOUNT, true)
-}
-
-/// The stub engine on the pod's loopback.
-fn engine_container() -> ContainerSpec {
-    ContainerSpec::new("engine", STUB_ENGINE_IMAGE)
-        .command(["/bin/aver-stub-engine"])
-        .args([ENGINE_ADDR])
-}
-
-/// The canonical spec of a container the test created with `spec` through
-/// [`CriClient::create_container`], written out from what that sends: the
-/// command, args and env as given, the pod's network and IPC namespaces
-/// and a PID namespace of its own, no security settings, and the mounts
-/// with their sources as `mounts` says the node must classify them.
-fn expected_spec(
-    spec: &ContainerSpec,
-    mounts: &[(&str, MountSource)],
-) -> aver_node_log::ContainerSpec {
-    assert_eq!(spec.mounts.len(), mounts.len(), "every mount is described");
-    aver_node_log::ContainerSpec {
-        command: spec.command.clone(),
-        args: spec.args.clone(),
-        env: spec
-            .env
-            .iter()
-            .map(|(name, value)| EnvVar {
-                name: name.clone(),
-                value: value.clone(),
-            })
-            .collect(),
-        working_dir: spec.working_dir.clone(),
-        user: User {
-            uid: spec.run_as_user,
-            ..User::default()
-        },
-        namespaces: Namespaces {
-            network: NamespaceMode::Pod,
-            pid: NamespaceMode::Container,
-            ipc: NamespaceMode::Pod,
-            target_id: String::new(),
-        },
-        mounts: mounts
-            .iter()
-            .map(|(container_path, source)| {
-                let sent = spec
-                    .mounts
-                    .iter()
-                    .find(|m| m.container_path == *container_path)
-                    .expect("the mount was sent");
-                Mount {
-                    container_path: (*container_path).to_owned(),
-                    source: source.clone(),
-                    readonly: sent.readonly,
-                    propagation: "private".into(),
-                    selinux_relabel: false,
-                }
-            })
-            .collect(),
-        ..aver_node_log::ContainerSpec::default()
-    }
-}
-
-fn expected_enclave_spec(
-    node: &NodeAgent,
-    enclave: &ContainerSpec,
-) -> aver_node_log::ContainerSpec {
-    expected_spec(
-        enclave,
-        &[
-            (
-                AGENT_MOUNT,
-                MountSource::HostPath {
-                    path: node.agent_dir().display().to_string(),
-                },
-            ),
-            (
-                MODEL_MOUNT,
-                MountSource::Volume {
-                    plugin: MODEL_PLUGIN.into(),
-                    name: MODEL_VOLUME.into(),
-                },
-            ),
-        ],
-    )
-}
-
-fn digest(text: &str) -> Sha256Digest {
-    Sha256Digest::parse(text.trim()).unwrap_or_else(|e| panic!("{text:?}: {e}"))
-}
-
-/// The client's policy for the genuine pod, as a client writes it: the
-/// node's AK, swtpm's boot PCRs (zero), the model, the node policy file,
-/// and the two containers by manifest digest and expected spec digest.
-fn client_policy(
-    node: &NodeAgent,
-    model: Sha256Digest,
-    enclave_spec: &aver_node_log::ContainerSpec,
-    engine_spec: &aver_node_log::ContainerSpec,
-) -> AttestationPolicy {
-    let container = |name: &str, image: &str, spec: &aver_node_log::ContainerSpec| {
-        serde_json::json!({
-            "name": name,
-            "imageDigests": [digest(&node.image(image).digest).to_string()],
-            "specDigests": [spec.digest().to_string()],
-        })
-    };
-    let node_policy = Sha256Digest(Sha256::digest(node.policy().as_bytes()).into());
-    let policy = serde_json::json!({
-        "referencePcrs": (0..8)
-            .map(|pcr| serde_json::json!({"pcr": pcr, "values": [Sha256Digest([0; 32]).to_string()]}))
-            .collect::<Vec<_>>(),
-        "workloadPcr": 15,
-        "allowed": {
-            "modelDigests": [model.to_string()],
-            "pod": {
-                "containers": [
-                    container("enclave", ENCLAVE_IMAGE, enclave_spec),
-                    container("engine", STUB_ENGINE_IMAGE, engine_spec),
-                ],
-            },
-            "nodePolicies": [node_policy.to_string()],
-        },
-        "trust": {"akNames": [node.ak_name()]},
-        "interval": "30s",
-        "maxEvidenceAge": "5m",
-    });
-    let policy: AttestationPolicy =
-        serde_json::from_value(policy).expect("a node-measured client policy");
-    policy.validate().expect("the client policy is valid");
-    policy
-}
-
-// ---------------------------------------------------------------------------
-// Pods
-
-/// A confidential pod the test started through the gate.
-struct ConfidentialPod {
-    name: String,
-    pod: Pod,
-    enclave: String,
-    engine: String,
-    ip: String,
-    /// Where the model volume is on the node.
-    model_dir: PathBuf,
-    enclave_spec: ContainerSpec,
-}
-
-impl ConfidentialPod {
-    fn url(&self) -> String {
-        format!("https://{}:{ENCLAVE_PORT}", self.ip)
-    }
-}
-
-fn model_volume(node: &NodeAgent, uid: &str) -> PathBuf {
-    let dir = node
-        .pod_volume(uid, MODEL_PLUGIN, MODEL_VOLUME)
-        .expect("model volume");
-    fs::write(dir.join("weights.bin"), b"tiny model weights").unwrap();
-    fs::write(dir.join("tokenizer.json"), b"{\"vocab\":[]}").unwrap();
-    dir
-}
-
-/// Runs `ml/<name>` with the confidential label, an enclave and `engine`,
-/// through the gate, and waits until the enclave registered its TLS key.
+/// Runs `ml/<name>` through the gate and waits until its enclave serves.
 async fn run_confidential_pod(
     node: &NodeAgent,
     cri: &mut CriClient,
     name: &str,
     engine: ContainerSpec,
 ) -> ConfidentialPod {
-    let uid = format!("uid-{name}");
-    let model_dir = model_volume(node, &uid);
-    let pod = cri
-        .run_pod(NAMESPACE, name, &uid, &[(CONFIDENTIAL_LABEL, MODEL)])
+    confidential_pod::run_confidential_pod(node, cri, name, engine)
         .await
-        .unwrap_or_else(|e| panic!("RunPodSandbox {name}: {e:#}"));
-    let enclave_spec = enclave_container(node, &model_dir);
-    let engine_id = cri
-        .create_container(&pod, engine)
-        .await
-        .unwrap_or_else(|e| panic!("engine of {name}: {e:#}"));
-    cri.start_container(&engine_id).await.unwrap();
-    let enclave = cri
-        .create_container(&pod, enclave_spec.clone())
-        .await
-        .unwrap_or_else(|e| panic!("enclave of {name}: {e:#}"));
-    cri.start_container(&enclave).await.unwrap();
-    let ip = cri
-        .pod_status(&pod.id)
-        .await
-        .unwrap()
-        .network
-        .map(|n| n.ip)
-        .unwrap_or_default();
-    assert!(!ip.is_empty(), "pod {name} has no IP");
-    let pod = ConfidentialPod {
-        name: name.to_owned(),
-        pod,
-        enclave,
-        engine: engine_id,
-        ip,
-        model_dir,
-        enclave_spec,
-    };
-    wait_serving(node, cri, &pod).await;
-    pod
-}
-
-/// Waits until the enclave's key is in the node log and its TLS port
-/// accepts connections; fails with the enclave's output if it exits.
-async fn wait_serving(node: &NodeAgent, cri: &mut CriClient, pod: &ConfidentialPod) {
-    let deadline = Instant::now() + PATIENCE;
-    let addr: SocketAddr = format!("{}:{ENCLAVE_PORT}", pod.ip).parse().unwrap();
-    loop {
-        let registered = node.node_log().unwrap_or_default().iter().any(|e| {
-            matches!(&e.event, NodeEvent::TlsKey { container_id, .. } if *container_id == pod.enclave)
-        });
-        if registered && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
-        }
-        let status = cri.container_status(&pod.enclave).await.unwrap();
-        if status.state == cri::ContainerState::ContainerExited as i32 || Instant::now() > deadline
-        {
-            let logs = cri.container_logs(&pod.enclave).await.unwrap_or_default();
-            panic!(
-                "the enclave of {} is not serving (registered: {registered}, state {:?}, exit code {}):\n{logs}",
-                pod.name, status.state, status.exit_code
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// `aver verify URL --policy FILE`: exit status, stdout, stderr.
 fn aver_verify(url: &str, policy: &AttestationPolicy, dir: &Path) -> (bool, String, String) {
-    let path = dir.join(format!("policy-{}.yaml", Sha256::digest(url.as_bytes())[0]));
-    fs::write(&path, policy.to_yaml()).unwrap();
-    let output = Command::new(cargo_bin("aver"))
-        .args(["verify", url, "--policy"])
-        .arg(&path)
-        .output()
-        .expect("aver runs");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let outcome = confidential_pod::aver_verify(url, policy, dir);
+    (outcome.ok, outcome.stdout, outcome.stderr)
 }
 
 fn assert_verified(url: &str, policy: &AttestationPolicy, dir: &Path) -> String {
