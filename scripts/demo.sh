@@ -5,10 +5,14 @@
 # policy written from independently obtained values and only then sends a
 # chat request. A policy that does not match is refused with nothing sent,
 # and the offline evidence round trip shows a one-byte model change refused.
+# Finally the measurement moves below the pod: aver-node in front of a real
+# containerd measures a confidential pod, aver verifies it, and a swapped
+# engine, a debug container and an exec are refused (needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --quiet --bin aver --bin aver-enclave --bin aver-stub-engine
+cargo build --quiet --bin aver --bin aver-enclave --bin aver-stub-engine \
+  --bin aver-node --bin aver-node-demo
 bin=target/debug
 
 work=$(mktemp -d)
@@ -103,5 +107,17 @@ if $bin/aver verify-evidence "$work/evidence2.json" --policy "$work/policy.yaml"
   echo "demo: tampered model was accepted" >&2
   exit 1
 fi
+
 echo
-echo "demo: ok (attested request answered, mismatching policy refused, tampered model refused)"
+echo "== 8. Measurement below the pod: aver-node in front of a real containerd"
+echo "       (swtpm is the node's TPM; aver-node is the node's CRI runtime and the only user of the"
+echo "       TPM; the enclave gets its evidence from aver-node; pods are driven as the kubelet would)"
+node_section="aver-node measured pod verified, swapped engine, debug container and exec refused"
+if [ "$(id -u)" -eq 0 ]; then
+  $bin/aver-node-demo
+else
+  echo "demo: skipped: containerd and runc need root (sudo bash scripts/demo.sh runs this section)" >&2
+  node_section="aver-node section skipped: not root"
+fi
+echo
+echo "demo: ok (attested request answered, mismatching policy refused, tampered model refused; $node_section)"
