@@ -31,6 +31,9 @@ pub struct Gate {
     kubelet_root: Arc<str>,
     measurer: Measurer,
     registry: Arc<Mutex<Registry>>,
+    /// Serialises key registrations, so that two concurrent requests from
+    /// one container cannot both pass the once-only check.
+    keys: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Gate {
@@ -82,6 +85,7 @@ impl Gate {
             kubelet_root: kubelet_root.into(),
             registry: Arc::new(Mutex::new(Registry::from_log(&entries))),
             measurer,
+            keys: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -145,6 +149,7 @@ impl Gate {
         spki: Sha256Digest,
         model: Sha256Digest,
     ) -> Result<(), String> {
+        let _one_at_a_time = self.keys.lock().await;
         let (sandbox_id, registered) = self.key_holder(container_id)?;
         if registered {
             return Err(format!(
