@@ -192,13 +192,9 @@ pub enum EventLogError {
     },
 }
 
-/// Extends a SHA-256 PCR value the way the TPM does.
-pub fn extend(pcr: &Sha256Digest, value: &Sha256Digest) -> Sha256Digest {
-    let mut h = Sha256::new();
-    h.update(pcr.as_bytes());
-    h.update(value.as_bytes());
-    Sha256Digest(h.finalize().into())
-}
+/// Extends a SHA-256 PCR value the way the TPM does (one definition, shared
+/// with the node log).
+pub use aver_node_log::extend;
 
 /// Replays `entries` from a reset PCR (all zeros).
 pub fn replay<'a>(entries: impl IntoIterator<Item = &'a LogEntry>) -> Sha256Digest {
