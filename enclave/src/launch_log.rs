@@ -13,11 +13,12 @@
 //! never leave an extend that no log records, which would make the PCR
 //! unexplainable until the next reboot.
 
-use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::{self, Write as _};
+use std::fs::{self, File};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use aver_crds::Sha256Digest;
+use aver_tpm::state_dir::{self, replace, StateDirError};
 use aver_verifier::eventlog::{replay, LaunchMeasurements, LogEntry};
 use serde::{Deserialize, Serialize};
 
@@ -181,17 +182,7 @@ impl LaunchLog {
             path: self.path(),
             source: io::Error::other(e),
         })?;
-        let temp = self.dir.join(TEMP_FILE);
-        let mut file = File::create(&temp).map_err(io_error("create", &temp))?;
-        file.write_all(&json).map_err(io_error("write", &temp))?;
-        file.sync_all().map_err(io_error("sync", &temp))?;
-        drop(file);
-        let path = self.path();
-        fs::rename(&temp, &path).map_err(io_error("replace", &path))?;
-        File::open(&self.dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(io_error("sync", &self.dir))?;
-        Ok(())
+        replace(&self.dir, LOG_FILE, TEMP_FILE, &json).map_err(LaunchLogError::from)
     }
 }
 
@@ -226,21 +217,23 @@ pub fn record_launch(
 }
 
 fn lock(state_dir: &Path) -> Result<File, LaunchLogError> {
-    let path = state_dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io_error("open", &path))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(LaunchLogError::Busy(state_dir.to_owned())),
-        Err(TryLockError::Error(source)) => Err(LaunchLogError::Io {
-            action: "lock",
-            path,
-            source,
-        }),
+    state_dir::lock(state_dir, LOCK_FILE).map_err(LaunchLogError::from)
+}
+
+impl From<StateDirError> for LaunchLogError {
+    fn from(e: StateDirError) -> Self {
+        match e {
+            StateDirError::Busy(dir) => LaunchLogError::Busy(dir),
+            StateDirError::Io {
+                action,
+                path,
+                source,
+            } => LaunchLogError::Io {
+                action,
+                path,
+                source,
+            },
+        }
     }
 }
 

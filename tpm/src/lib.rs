@@ -16,6 +16,7 @@
 
 pub mod endorsement;
 pub mod pcrs;
+pub mod state_dir;
 pub mod tpm;
 
 pub use pcrs::{PcrQuote, QuoteError, WorkloadPcr};

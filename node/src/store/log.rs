@@ -34,14 +34,15 @@
 //! for each write, which is cheap for the few-kilobyte events the gate
 //! records and bounded by these two limits.
 
-use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::{self, Write as _};
+use std::fs::{self, File};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use aver_crds::policy::WORKLOAD_PCRS;
 use aver_crds::Sha256Digest;
 use aver_node_log::{extend, replay, NodeEvent, NodeLogEntry, MAX_NODE_LOG_EVENTS};
 use aver_tpm::pcrs::{QuoteError, WorkloadPcr};
+use aver_tpm::state_dir::{self, replace, StateDirError};
 use aver_tpm::TpmError;
 use serde::{Deserialize, Serialize};
 
@@ -377,7 +378,7 @@ impl NodeLogStore {
                 };
                 let previous = self.dir.join(PREVIOUS_LOG_FILE);
                 fs::rename(&path, &previous).map_err(io_error("move aside", &path))?;
-                sync_dir(&self.dir)?;
+                state_dir::sync_dir(&self.dir)?;
                 tracing::info!(
                     pcr,
                     stale = %stale,
@@ -462,38 +463,28 @@ impl NodeLogStore {
             path: path.clone(),
             source: io::Error::other(e),
         })?;
-        let temp = self.dir.join(TEMP_FILE);
-        let mut file = File::create(&temp).map_err(io_error("create", &temp))?;
-        file.write_all(&json).map_err(io_error("write", &temp))?;
-        file.sync_all().map_err(io_error("sync", &temp))?;
-        drop(file);
-        fs::rename(&temp, &path).map_err(io_error("replace", &path))?;
-        sync_dir(&self.dir)
+        replace(&self.dir, LOG_FILE, TEMP_FILE, &json).map_err(StoreError::from)
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|dir| dir.sync_all())
-        .map_err(io_error("sync", dir))
+fn lock(state_dir: &Path) -> Result<File, StoreError> {
+    state_dir::lock(state_dir, LOCK_FILE).map_err(StoreError::from)
 }
 
-fn lock(state_dir: &Path) -> Result<File, StoreError> {
-    let path = state_dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io_error("open", &path))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(StoreError::Busy(state_dir.to_owned())),
-        Err(TryLockError::Error(source)) => Err(StoreError::Io {
-            action: "lock",
-            path,
-            source,
-        }),
+impl From<StateDirError> for StoreError {
+    fn from(e: StateDirError) -> Self {
+        match e {
+            StateDirError::Busy(dir) => StoreError::Busy(dir),
+            StateDirError::Io {
+                action,
+                path,
+                source,
+            } => StoreError::Io {
+                action,
+                path,
+                source,
+            },
+        }
     }
 }
 
