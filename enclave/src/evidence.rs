@@ -118,19 +118,13 @@ pub fn quote(
             QuoteError::Mismatch(reason) => CollectError::QuoteMismatch(reason),
             QuoteError::PcrsChanging => CollectError::PcrsChanging,
         })?;
+    let pcrs = quoted.pcr_values();
     Ok(QuotedState {
         quote: Quote {
             attest: Base64Bytes(quoted.attest),
             signature: Base64Bytes(quoted.signature),
         },
-        pcrs: quoted
-            .pcrs
-            .into_iter()
-            .map(|(pcr, value)| PcrValue {
-                pcr,
-                value: Sha256Digest(value),
-            })
-            .collect(),
+        pcrs,
         ak_public: Base64Bytes(tpm.ak_public_tpmt()),
         log: QuotedLog::Launch(log.to_vec()),
     })

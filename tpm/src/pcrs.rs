@@ -6,6 +6,7 @@
 //! through these, so the read-back and consistency checks of a quote are
 //! one piece of code.
 
+use aver_verifier::evidence::PcrValue;
 use aver_verifier::Sha256Digest;
 
 use crate::tpm::{parse_quote, pcr_digest, Tpm, TpmError};
@@ -52,6 +53,19 @@ pub struct PcrQuote {
     pub signature: Vec<u8>,
     /// SHA-256 values of the quoted PCRs, ascending, without duplicates.
     pub pcrs: Vec<(u8, [u8; 32])>,
+}
+
+impl PcrQuote {
+    /// The quoted values as evidence lists them.
+    pub fn pcr_values(&self) -> Vec<PcrValue> {
+        self.pcrs
+            .iter()
+            .map(|&(pcr, value)| PcrValue {
+                pcr,
+                value: Sha256Digest(value),
+            })
+            .collect()
+    }
 }
 
 /// Why no consistent quote was produced.

@@ -245,17 +245,11 @@ fn quote(
             replayed: store.replayed(),
         });
     }
+    let pcrs = quoted.pcr_values();
     Ok(NodeQuote {
         attest: Base64Bytes(quoted.attest),
         signature: Base64Bytes(quoted.signature),
-        pcrs: quoted
-            .pcrs
-            .into_iter()
-            .map(|(pcr, value)| PcrValue {
-                pcr,
-                value: Sha256Digest(value),
-            })
-            .collect(),
+        pcrs,
         ak_public: Base64Bytes(tpm.ak_public_tpmt()),
         node_log,
     })
