@@ -27,6 +27,13 @@ fi
 source "$(dirname "${BASH_SOURCE[0]}")/lib/containerd.sh"
 install_containerd
 
+# QEMU, OVMF and cpio for the VM tests (a real firmware and kernel with
+# swtpm as the TPM), and the guest kernel, cached in target/vm/.
+# shellcheck source=scripts/lib/vm.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/vm.sh"
+install_vm_tools
+"$(dirname "${BASH_SOURCE[0]}")/vm-assets.sh"
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; install Rust (https://rustup.rs) first" >&2
   exit 1
