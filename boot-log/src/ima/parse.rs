@@ -77,7 +77,8 @@ pub enum ImaLogError {
     BadField {
         /// Entry index.
         index: usize,
-        /// Byte offset of the field (or of the template data).
+        /// Byte offset of the field's bytes (after its length), or of the
+        /// trailing bytes.
         offset: usize,
         /// The field (`d-ng`, `n-ng`, `sig`, `buf`, or `template data`).
         field: &'static str,
@@ -89,7 +90,7 @@ pub enum ImaLogError {
     PathNotNulTerminated {
         /// Entry index.
         index: usize,
-        /// Byte offset of the `n-ng` field.
+        /// Byte offset of the `n-ng` field's bytes.
         offset: usize,
     },
     /// The listed template digest is not the SHA-1 of the template data:
