@@ -14,6 +14,7 @@ pub mod node;
 pub mod node_agent;
 pub mod node_sim;
 pub mod stub_upstream;
+pub mod vm;
 
 use std::io::{self, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
