@@ -81,6 +81,15 @@ pub struct CheckOptions {
     pub allow_violations: bool,
 }
 
+impl CheckOptions {
+    /// These options with violation entries accepted (and counted in
+    /// [`CheckedRuntime::violations`]).
+    pub fn allowing_violations(mut self) -> CheckOptions {
+        self.allow_violations = true;
+        self
+    }
+}
+
 /// What a successful check covered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
