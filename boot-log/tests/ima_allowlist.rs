@@ -250,3 +250,12 @@ fn missing_root_is_an_error() {
         Err(AllowlistError::Walk { .. })
     ));
 }
+
+#[test]
+fn root_must_be_a_directory() {
+    let dir = rootfs();
+    assert!(matches!(
+        Allowlist::from_rootfs(&dir.path().join("bin/tool")),
+        Err(AllowlistError::Walk { .. })
+    ));
+}

@@ -431,3 +431,12 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn bare_sha1_that_looks_like_a_prefix_is_still_sha1() {
+    // "md5:\0" + 15 bytes: 20 bytes, a wrong md5 length, so a bare digest.
+    let mut digest = b"md5:\0".to_vec();
+    digest.extend_from_slice(&[7; 15]);
+    let log = parse_one(&template_data(&[&digest, &n_ng(b"/x")])).unwrap();
+    assert_eq!(log.entries()[0].file_digest(), Some(("sha1", &digest[..])));
+}

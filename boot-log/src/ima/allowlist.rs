@@ -175,6 +175,16 @@ impl Allowlist {
     /// skipped silently.
     pub fn from_rootfs(dir: &Path) -> Result<Allowlist, AllowlistError> {
         let mut list = Allowlist::default();
+        let meta = std::fs::metadata(dir).map_err(|source| AllowlistError::Walk {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        if !meta.is_dir() {
+            return Err(AllowlistError::Walk {
+                path: dir.to_path_buf(),
+                source: io::Error::other("not a directory"),
+            });
+        }
         let walk = walkdir::WalkDir::new(dir)
             .follow_links(false)
             .sort_by_file_name();

@@ -209,23 +209,28 @@ fn parse_d_ng(
             }
             Some((std::str::from_utf8(name).ok()?, field.get(colon + 2..)?))
         });
-    match prefixed {
-        Some((alg, digest)) => {
-            let expected = known_digest_size(alg);
-            let ok = match expected {
-                Some(size) => digest.len() == size,
-                None => (1..=MAX_DIGEST_BYTES).contains(&digest.len()),
-            };
-            if !ok {
-                return Err(bad(format!(
-                    "{alg} digest of {} bytes (expected {})",
-                    digest.len(),
-                    expected.map_or_else(|| format!("1..={MAX_DIGEST_BYTES}"), |s| s.to_string())
-                )));
-            }
+    let checked = prefixed.map(|(alg, digest)| {
+        let expected = known_digest_size(alg);
+        let ok = match expected {
+            Some(size) => digest.len() == size,
+            None => (1..=MAX_DIGEST_BYTES).contains(&digest.len()),
+        };
+        if ok {
             Ok((Some(alg.to_owned()), digest.to_vec()))
+        } else {
+            Err(format!(
+                "{alg} digest of {} bytes (expected {})",
+                digest.len(),
+                expected.map_or_else(|| format!("1..={MAX_DIGEST_BYTES}"), |s| s.to_string())
+            ))
         }
-        None if field.len() == 20 => Ok((None, field.to_vec())),
+    });
+    match checked {
+        Some(Ok(parsed)) => Ok(parsed),
+        // A bare SHA-1 digest whose bytes happen to look like a prefix
+        // with a wrong length is still a bare SHA-1 digest.
+        _ if field.len() == 20 => Ok((None, field.to_vec())),
+        Some(Err(reason)) => Err(bad(reason)),
         None => Err(bad(format!(
             "{} bytes, neither \"<alg>:\\0\" + digest nor a 20-byte SHA-1 digest",
             field.len()
