@@ -65,6 +65,8 @@ fn main() {
     let policy = Arc::new(AttestationPolicy {
         reference_pcrs: vec![],
         workload_pcr: 15,
+        boot: None,
+        runtime: None,
         allowed: AllowedWorkload {
             engine_digests: vec![digest(1)],
             model_digests: vec![digest(2)],

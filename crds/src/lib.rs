@@ -10,6 +10,7 @@
 //! workspace dependency) so that policy-only users do not compile the
 //! Kubernetes API types.
 
+pub mod boot_policy;
 pub mod digest;
 pub mod policy;
 
@@ -18,6 +19,7 @@ pub mod confidential_model;
 #[cfg(feature = "resource")]
 pub mod crd;
 
+pub use boot_policy::{AllowedFile, BootPolicy, RuntimePolicy, SecureBoot};
 pub use digest::{DigestParseError, Sha256Digest};
 pub use policy::{
     AllowedContainer, AllowedPod, AllowedWorkload, AttestationPolicy, PolicyError, ReferencePcr,

@@ -8,18 +8,31 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::boot_policy::{BootPolicy, RuntimePolicy, BOOT_LOG_PCRS, IMA_PCR};
 use crate::Sha256Digest;
 
-/// PCR that `aver-enclave` extends with workload events unless told otherwise.
-/// PCR 15 is unused by firmware and boot loaders and resettable only by reboot.
-pub const DEFAULT_WORKLOAD_PCR: u8 = 15;
+/// PCR that `aver-node` (and `aver-enclave` in enclave mode) extends with
+/// workload events unless told otherwise.
+///
+/// PCR 13, because the others a measured Linux boot leaves free are not:
+/// 0–7 are the firmware's, 8–9 the boot loader's and the kernel EFI stub's
+/// (initrd, command line), 10 is IMA's; on systemd images systemd-stub uses
+/// 11 (the UKI) and 12 (command line, credentials), shim 14 (MokList) and
+/// systemd-pcrextend 15 (machine id, file systems). 13 is extended only by
+/// systemd-stub for system extension images, which a hardened node image
+/// does not load, and is where Google's Confidential Space measures its
+/// containers. 16 and 23 can be reset by any local process, 17–22 belong to
+/// dynamic launch. A foreign extend of the workload PCR is detected: the
+/// node log no longer replays to it, and the verifier says so.
+pub const DEFAULT_WORKLOAD_PCR: u8 = 13;
 
 /// Highest PCR index a TPM 2.0 PC-client platform has.
 pub const MAX_PCR: u8 = 23;
 
 /// PCRs that may hold workload measurements: resettable only by a reboot
-/// (unlike 16 and 23) and not used by firmware (0-7) or dynamic launch (17-22).
-pub const WORKLOAD_PCRS: std::ops::RangeInclusive<u8> = 8..=15;
+/// (unlike 16 and 23), and not explained by the firmware event log (0–9),
+/// IMA (10) or dynamic launch (17–22).
+pub const WORKLOAD_PCRS: std::ops::RangeInclusive<u8> = 11..=15;
 
 /// What a verifier requires of an endpoint before any request data is sent.
 ///
@@ -41,10 +54,21 @@ pub struct AttestationPolicy {
     #[schemars(length(max = 24), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["pcr"]))]
     pub reference_pcrs: Vec<ReferencePcr>,
 
-    /// PCR into which aver-enclave extends its workload events (default 15).
+    /// PCR into which aver-node (or aver-enclave in enclave mode) extends
+    /// its workload events (default 13).
     #[serde(default = "default_workload_pcr")]
-    #[schemars(range(min = 8, max = 15), extend("format" = "int32"))]
+    #[schemars(range(min = 11, max = 15), extend("format" = "int32"))]
     pub workload_pcr: u8,
+
+    /// The boot chain the node must have run, checked by meaning against
+    /// the firmware event log the evidence carries (replayed to PCRs 0–9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<BootPolicy>,
+
+    /// What may have run on the node since boot, checked against the
+    /// kernel's IMA list the evidence carries (replayed to PCR 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimePolicy>,
 
     /// Workload measurements the latest launch of aver-enclave must carry.
     pub allowed: AllowedWorkload,
@@ -219,7 +243,7 @@ pub enum PolicyError {
     Syntax(String),
     #[error("policy PCR {0} is out of range (0..={MAX_PCR})")]
     PcrOutOfRange(u8),
-    #[error("policy workloadPcr {0} must be 8 to 15: PCRs 0-7 belong to the boot chain, 16 and 23 can be reset by any local process, 17-22 belong to dynamic launch")]
+    #[error("policy workloadPcr {0} must be 11 to 15: PCRs 0-9 belong to the boot chain, 10 to IMA, 16 and 23 can be reset by any local process, 17-22 belong to dynamic launch")]
     BadWorkloadPcr(u8),
     #[error("policy lists PCR {0} more than once in referencePcrs")]
     DuplicatePcr(u8),
@@ -227,8 +251,10 @@ pub enum PolicyError {
     EmptyPcrValues(u8),
     #[error("policy workloadPcr {0} must not also be a reference (boot) PCR")]
     WorkloadPcrIsReference(u8),
-    #[error("policy allows no {0}: list at least one digest")]
+    #[error("policy allows no {0}: list at least one entry")]
     NothingAllowed(&'static str),
+    #[error("policy runtime.files: {0}")]
+    BadRuntimeFile(String),
     #[error("policy trusts no attestation key: set trust.akNames or trust.ekRoots")]
     NoTrustRoot,
     #[error("policy trust.ekRoots is not a PEM bundle of certificates: {0}")]
@@ -320,6 +346,12 @@ impl AttestationPolicy {
             return Err(PolicyError::WorkloadPcrIsReference(self.workload_pcr));
         }
         self.allowed.validate()?;
+        if let Some(boot) = &self.boot {
+            boot.validate()?;
+        }
+        if let Some(runtime) = &self.runtime {
+            runtime.validate()?;
+        }
         if self.trust.ak_names.is_empty() && self.trust.ek_roots.is_none() {
             return Err(PolicyError::NoTrustRoot);
         }
@@ -350,14 +382,23 @@ impl AttestationPolicy {
         parse_duration("maxEvidenceAge", &self.max_evidence_age)
     }
 
-    /// The PCRs a quote must cover for this policy: every reference PCR and
-    /// the workload PCR, in ascending order.
+    /// The PCRs a quote must cover for this policy: every reference PCR,
+    /// the workload PCR, and the PCRs the boot log (0–9) and the IMA list
+    /// (10) explain when the policy checks them, in ascending order.
     pub fn required_pcrs(&self) -> BTreeSet<u8> {
-        self.reference_pcrs
+        let mut pcrs: BTreeSet<u8> = self
+            .reference_pcrs
             .iter()
             .map(|r| r.pcr)
             .chain(std::iter::once(self.workload_pcr))
-            .collect()
+            .collect();
+        if self.boot.is_some() || self.runtime.is_some() {
+            pcrs.extend(BOOT_LOG_PCRS);
+        }
+        if self.runtime.is_some() {
+            pcrs.insert(IMA_PCR);
+        }
+        pcrs
     }
 }
 
@@ -508,6 +549,8 @@ mod tests {
                 values: vec![digest(0)],
             }],
             workload_pcr: DEFAULT_WORKLOAD_PCR,
+            boot: None,
+            runtime: None,
             allowed: AllowedWorkload {
                 engine_digests: vec![digest(1)],
                 model_digests: vec![digest(2)],
@@ -531,8 +574,73 @@ mod tests {
         assert_eq!(parsed, policy);
         assert_eq!(
             parsed.required_pcrs().into_iter().collect::<Vec<_>>(),
-            [0, 15]
+            [0, 13]
         );
+    }
+
+    #[test]
+    fn boot_and_runtime_policies_require_the_platform_pcrs() {
+        let mut p = sample();
+        p.boot = Some(BootPolicy::default());
+        assert_eq!(
+            p.required_pcrs().into_iter().collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 13]
+        );
+        p.runtime = Some(RuntimePolicy {
+            files: vec![crate::AllowedFile {
+                path: "/init".into(),
+                digests: vec![digest(4)],
+            }],
+        });
+        assert_eq!(p.validate(), Ok(()));
+        assert_eq!(
+            p.required_pcrs().into_iter().collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13]
+        );
+        let parsed = AttestationPolicy::from_yaml(&p.to_yaml()).unwrap();
+        assert_eq!(parsed, p);
+    }
+
+    #[test]
+    fn unenforceable_boot_and_runtime_policies_are_refused() {
+        let mut p = sample();
+        p.boot = Some(BootPolicy {
+            kernel_cmdlines: Some(vec![]),
+            ..BootPolicy::default()
+        });
+        assert_eq!(
+            p.validate(),
+            Err(PolicyError::NothingAllowed("boot.kernelCmdlines"))
+        );
+        for (path, digests, why) in [
+            ("init", vec![digest(1)], "absolute"),
+            ("/init", vec![], "allows no digest"),
+        ] {
+            let mut p = sample();
+            p.runtime = Some(RuntimePolicy {
+                files: vec![crate::AllowedFile {
+                    path: path.into(),
+                    digests,
+                }],
+            });
+            let err = p.validate().unwrap_err();
+            assert!(err.to_string().contains(why), "{err}");
+        }
+        let mut p = sample();
+        let file = crate::AllowedFile {
+            path: "/init".into(),
+            digests: vec![digest(1)],
+        };
+        p.runtime = Some(RuntimePolicy {
+            files: vec![file.clone(), file],
+        });
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("more than once"));
+        let text = "secureBoot: enabled\nkernelCmdlines: [\"ro\"]\nsurprise: 1\n";
+        assert!(serde_norway::from_str::<BootPolicy>(text).is_err());
     }
 
     #[test]
@@ -544,7 +652,7 @@ mod tests {
             n = "cd".repeat(32)
         );
         let p = AttestationPolicy::from_yaml(&yaml).unwrap();
-        assert_eq!(p.workload_pcr, 15);
+        assert_eq!(p.workload_pcr, 13);
         assert_eq!(p.interval().unwrap(), Duration::from_secs(30));
         assert_eq!(p.max_evidence_age().unwrap(), Duration::from_secs(300));
     }
@@ -570,14 +678,14 @@ mod tests {
         assert_eq!(p.validate(), Err(PolicyError::DuplicatePcr(0)));
 
         let mut p = sample();
-        p.reference_pcrs[0].pcr = 15;
-        assert_eq!(p.validate(), Err(PolicyError::WorkloadPcrIsReference(15)));
+        p.reference_pcrs[0].pcr = 13;
+        assert_eq!(p.validate(), Err(PolicyError::WorkloadPcrIsReference(13)));
 
         let mut p = sample();
         p.reference_pcrs[0].pcr = 24;
         assert_eq!(p.validate(), Err(PolicyError::PcrOutOfRange(24)));
 
-        for resettable in [16, 23, 7] {
+        for resettable in [16, 23, 7, 8, 9, 10] {
             let mut p = sample();
             p.workload_pcr = resettable;
             assert_eq!(p.validate(), Err(PolicyError::BadWorkloadPcr(resettable)));

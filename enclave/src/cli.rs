@@ -18,9 +18,9 @@ use crate::measure::WorkloadInputs;
 use crate::node_agent::NodeAgentConfig;
 use crate::tpm::{DEFAULT_AK_HANDLE, PCR_COUNT};
 
-/// The boot PCRs quoted by default (firmware, boot loader, Secure Boot
-/// state), to which the workload PCR is added.
-pub const DEFAULT_BOOT_PCRS: [u8; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
+/// The platform PCRs quoted by default (boot chain 0–9, IMA 10), to which
+/// the workload PCR is added.
+pub const DEFAULT_BOOT_PCRS: [u8; 11] = aver_crds::boot_policy::PLATFORM_PCRS;
 
 /// The hardened server in each model pod: measures the workload into the
 /// TPM and produces attestation evidence bound to its in-memory TLS key.
@@ -82,11 +82,11 @@ pub struct LaunchArgs {
     /// Directory holding the workload event log across restarts.
     #[arg(long, env = "AVER_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
-    /// PCR the launch is measured into (8 to 15).
+    /// PCR the launch is measured into (11 to 15).
     #[arg(long, env = "AVER_WORKLOAD_PCR", default_value_t = DEFAULT_WORKLOAD_PCR, value_parser = parse_workload_pcr)]
     pub workload_pcr: u8,
     /// PCRs every quote covers, e.g. `0,1,2,3,4,5,6,7,15` or `0-7,15`
-    /// [default: 0-7 and the workload PCR].
+    /// [default: 0-10 and the workload PCR].
     #[arg(long, env = "AVER_QUOTE_PCRS")]
     pub quote_pcrs: Option<PcrList>,
     /// Directory of the model files that are measured.
@@ -424,15 +424,21 @@ mod tests {
     fn defaults_quote_boot_pcrs_and_the_workload_pcr() {
         let e = evidence(&[]).unwrap();
         let config = e.to_config();
-        assert_eq!(config.workload_pcr, 15);
-        assert_eq!(config.quote_pcrs, vec![0, 1, 2, 3, 4, 5, 6, 7, 15]);
+        assert_eq!(config.workload_pcr, 13);
+        assert_eq!(
+            config.quote_pcrs,
+            vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13]
+        );
         assert_eq!(config.ak_handle, 0x8101_0100);
         assert_eq!(config.state_dir, PathBuf::from("/var/lib/aver"));
         assert_eq!(config.workload.serving_config, None);
         assert_eq!(e.nonce, Nonce([0xab; 32]));
 
         let e = evidence(&["--workload-pcr", "14"]).unwrap();
-        assert_eq!(e.launch.quote_pcrs(), vec![0, 1, 2, 3, 4, 5, 6, 7, 14]);
+        assert_eq!(
+            e.launch.quote_pcrs(),
+            vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 14]
+        );
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub struct QuotedState {
     pub(crate) pcrs: Vec<PcrValue>,
     pub(crate) ak_public: Base64Bytes,
     pub(crate) log: QuotedLog,
+    pub(crate) boot_log: Option<Base64Bytes>,
+    pub(crate) ima_log: Option<Base64Bytes>,
 }
 
 /// The log that explains the quoted workload PCR, which also decides the
@@ -82,6 +84,8 @@ impl QuotedState {
                 ak_public: self.ak_public.clone(),
                 event_log: event_log.clone(),
                 node_log: Vec::new(),
+                boot_log: self.boot_log.clone(),
+                ima_log: self.ima_log.clone(),
                 batch,
             },
             QuotedLog::Node(node_log) => Evidence {
@@ -93,6 +97,8 @@ impl QuotedState {
                 ak_public: self.ak_public.clone(),
                 event_log: Vec::new(),
                 node_log: node_log.clone(),
+                boot_log: self.boot_log.clone(),
+                ima_log: self.ima_log.clone(),
                 batch,
             },
         }
@@ -127,5 +133,8 @@ pub fn quote(
         pcrs,
         ak_public: Base64Bytes(tpm.ak_public_tpmt()),
         log: QuotedLog::Launch(log.to_vec()),
+        // The enclave mode reads no platform logs: aver-node does.
+        boot_log: None,
+        ima_log: None,
     })
 }

@@ -25,7 +25,7 @@ pub struct LaunchConfig {
     pub ak_handle: u32,
     /// Where the event log is kept between restarts.
     pub state_dir: PathBuf,
-    /// PCR the launch is measured into (8..=15).
+    /// PCR the launch is measured into (11..=15).
     pub workload_pcr: u8,
     /// PCRs every quote covers; must include `workload_pcr`.
     pub quote_pcrs: Vec<u8>,

@@ -31,20 +31,19 @@ pub const LOG_FILE: &str = "workload-event-log.json";
 pub const LOCK_FILE: &str = "lock";
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/aver";
-/// Default workload PCR (DESIGN §3.4).
-pub const DEFAULT_WORKLOAD_PCR: u8 = 15;
+pub use aver_crds::policy::DEFAULT_WORKLOAD_PCR;
 
 /// Format version of the stored log file.
 const STORE_VERSION: u32 = 1;
 const TEMP_FILE: &str = ".workload-event-log.json.tmp";
 
-/// Which PCRs may hold the workload measurements: 8 to 15 start at zero on
+/// Which PCRs may hold the workload measurements: 11 to 15 start at zero on
 /// every TPM reset and can only be extended, never reset, from software.
 /// PCR 16 and 23 can be reset by anyone at locality 0 (so a log could be
 /// forged to match them), and 17 to 22 belong to dynamic launch and do not
-/// start at zero; 0 to 7 carry the boot measurements.
+/// start at zero; 0 to 9 carry the boot measurements, 10 IMA's.
 pub fn check_workload_pcr(pcr: u8) -> Result<(), LaunchLogError> {
-    if (8..=15).contains(&pcr) {
+    if aver_crds::policy::WORKLOAD_PCRS.contains(&pcr) {
         Ok(())
     } else {
         Err(LaunchLogError::UnsuitablePcr(pcr))
@@ -54,7 +53,7 @@ pub fn check_workload_pcr(pcr: u8) -> Result<(), LaunchLogError> {
 /// Why the launch log could not be loaded, stored or extended.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchLogError {
-    #[error("PCR {0} cannot hold workload measurements: use one of PCRs 8 to 15 (never reset except by a TPM reset, and zero after one)")]
+    #[error("PCR {0} cannot hold workload measurements: use one of PCRs 11 to 15 (never reset except by a TPM reset, and not explained by the boot log, 0-9, or IMA, 10)")]
     UnsuitablePcr(u8),
     #[error("cannot {action} {path}: {source}")]
     Io {
@@ -510,13 +509,13 @@ mod tests {
 
     #[test]
     fn resettable_and_boot_pcrs_are_refused() {
-        for pcr in [0, 7, 16, 17, 22, 23, 24] {
+        for pcr in [0, 7, 8, 9, 10, 16, 17, 22, 23, 24] {
             assert!(matches!(
                 check_workload_pcr(pcr),
                 Err(LaunchLogError::UnsuitablePcr(_))
             ));
         }
-        for pcr in 8..=15 {
+        for pcr in 11..=15 {
             assert!(check_workload_pcr(pcr).is_ok());
         }
     }

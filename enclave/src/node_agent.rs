@@ -276,6 +276,8 @@ fn quoted_state(
         pcrs: response.pcrs,
         ak_public: response.ak_public,
         log: QuotedLog::Node(response.node_log),
+        boot_log: response.boot_log,
+        ima_log: response.ima_log,
     })
 }
 

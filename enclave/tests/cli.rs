@@ -247,5 +247,5 @@ fn an_unsuitable_workload_pcr_is_refused() {
         "/e.json",
     ]);
     assert!(!output.status.success());
-    assert!(stderr(&output).contains("8 to 15"), "{}", stderr(&output));
+    assert!(stderr(&output).contains("11 to 15"), "{}", stderr(&output));
 }

@@ -199,6 +199,8 @@ impl Agent for TpmAgent {
                 .collect(),
             ak_public: Base64Bytes(state.tpm.ak_public_tpmt()),
             node_log: state.log.clone(),
+            boot_log: None,
+            ima_log: None,
         })
     }
 }

@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use aver_tpm::tpm::DEFAULT_AK_HANDLE;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// PCR the node log is extended into unless configured otherwise.
-pub const DEFAULT_NODE_PCR: u8 = 15;
+/// PCR the node log is extended into unless configured otherwise (why 13:
+/// [`aver_crds::policy::DEFAULT_WORKLOAD_PCR`]).
+pub const DEFAULT_NODE_PCR: u8 = aver_crds::policy::DEFAULT_WORKLOAD_PCR;
 
 /// The node agent of a hardened node: a CRI proxy in front of containerd
 /// that admits and measures every pod and container into the TPM, and the
@@ -42,6 +43,39 @@ pub enum Command {
     /// Print the attestation key's TPM name (hex), creating and persisting
     /// the key if needed.
     Ak(AkArgs),
+    /// Quote the platform PCRs (boot chain 0-9, IMA 10, the node log PCR)
+    /// once and print the quote with the firmware event log and the IMA
+    /// list as JSON: for checking a node image's boot against a boot policy
+    /// (`aver policy boot`) before it runs workloads.
+    Quote(QuoteArgs),
+}
+
+/// Which firmware event log and IMA list go with every quote.
+#[derive(Debug, Clone, Args)]
+pub struct PlatformLogArgs {
+    /// Firmware event log served with quotes [default: the kernel's
+    /// securityfs file, for a `device:` TPM only].
+    #[arg(long, env = "AVER_NODE_BOOT_LOG")]
+    pub boot_log: Option<PathBuf>,
+    /// IMA measurement list served with quotes [default: the kernel's
+    /// securityfs file, for a `device:` TPM only].
+    #[arg(long, env = "AVER_NODE_IMA_LOG")]
+    pub ima_log: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct QuoteArgs {
+    #[command(flatten)]
+    pub tpm: TpmArgs,
+    #[command(flatten)]
+    pub logs: PlatformLogArgs,
+    /// The 32 bytes (64 hex characters) the quote is bound to, e.g. a
+    /// verifier's nonce.
+    #[arg(long, value_parser = parse_qualifying_data)]
+    pub qualifying_data: [u8; 32],
+    /// The node log PCR, quoted with the platform PCRs (11 to 15).
+    #[arg(long, env = "AVER_NODE_PCR", default_value_t = DEFAULT_NODE_PCR, value_parser = parse_node_pcr)]
+    pub pcr: u8,
 }
 
 /// Which TPM and which attestation key.
@@ -87,7 +121,9 @@ pub struct ServeArgs {
     pub policy: PathBuf,
     #[command(flatten)]
     pub tpm: TpmArgs,
-    /// PCR the node log is extended into (8 to 15).
+    #[command(flatten)]
+    pub logs: PlatformLogArgs,
+    /// PCR the node log is extended into (11 to 15).
     #[arg(long, env = "AVER_NODE_PCR", default_value_t = DEFAULT_NODE_PCR, value_parser = parse_node_pcr)]
     pub pcr: u8,
     /// The kubelet's root directory: host paths below its `pods/` directory
@@ -109,6 +145,14 @@ pub struct AkArgs {
     pub tpm: TpmArgs,
 }
 
+fn parse_qualifying_data(text: &str) -> Result<[u8; 32], String> {
+    let mut out = [0u8; 32];
+    if text.len() != 64 || hex::decode_to_slice(text, &mut out).is_err() {
+        return Err(format!("{text:?} is not 64 hex characters (32 bytes)"));
+    }
+    Ok(out)
+}
+
 fn parse_handle(text: &str) -> Result<u32, String> {
     let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
         Some(hex) => u32::from_str_radix(hex, 16),
@@ -124,12 +168,15 @@ fn parse_handle(text: &str) -> Result<u32, String> {
     Ok(handle)
 }
 
-/// PCRs 8 to 15 are for the OS; 0-7 belong to firmware and 16-23 are
-/// resettable or debug PCRs, neither of which may hold the node log.
+/// PCRs 11 to 15 are for the OS; 0-9 are explained by the boot log, 10 by
+/// IMA, and 16-23 are resettable or dynamic-launch PCRs: none of those may
+/// hold the node log.
 fn parse_node_pcr(text: &str) -> Result<u8, String> {
     match text.parse::<u8>() {
-        Ok(pcr @ 8..=15) => Ok(pcr),
-        _ => Err(format!("{text:?}: the node log PCR must be 8 to 15")),
+        Ok(pcr) if aver_crds::policy::WORKLOAD_PCRS.contains(&pcr) => Ok(pcr),
+        _ => Err(format!(
+            "{text:?}: the node log PCR must be 11 to 15 (0-9 are the boot chain's, 10 is IMA's)"
+        )),
     }
 }
 
@@ -170,6 +217,21 @@ mod tests {
     }
 
     #[test]
+    fn quote_takes_64_hex_qualifying_data_and_the_log_paths() {
+        let hex64 = "ab".repeat(32);
+        let parsed =
+            parse(&["quote", "--qualifying-data", &hex64, "--boot-log", "/tmp/b"]).unwrap();
+        let Command::Quote(args) = parsed.command else {
+            panic!("not quote");
+        };
+        assert_eq!(args.qualifying_data, [0xab; 32]);
+        assert_eq!(args.logs.boot_log, Some(PathBuf::from("/tmp/b")));
+        assert_eq!(args.pcr, 13);
+        assert!(parse(&["quote", "--qualifying-data", "abcd"]).is_err());
+        assert!(parse(&["quote"]).is_err());
+    }
+
+    #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
     }
@@ -190,7 +252,9 @@ mod tests {
         assert_eq!(args.policy, PathBuf::from("/etc/aver/node-policy.yaml"));
         assert_eq!(args.tpm.tcti, "device:/dev/tpmrm0");
         assert_eq!(args.tpm.ak_handle, DEFAULT_AK_HANDLE);
-        assert_eq!(args.pcr, 15);
+        assert_eq!(args.pcr, 13);
+        assert_eq!(args.logs.boot_log, None);
+        assert_eq!(args.logs.ima_log, None);
         assert_eq!(args.kubelet_root, PathBuf::from("/var/lib/kubelet"));
         assert_eq!(args.metrics_addr, None);
     }
@@ -215,8 +279,8 @@ mod tests {
 
     #[test]
     fn bad_pcrs_and_handles_are_refused() {
-        assert_eq!(serve(&["--pcr", "8"]).unwrap().pcr, 8);
-        for pcr in ["7", "16", "x"] {
+        assert_eq!(serve(&["--pcr", "11"]).unwrap().pcr, 11);
+        for pcr in ["7", "8", "10", "16", "x"] {
             assert!(serve(&["--pcr", pcr]).is_err(), "{pcr}");
         }
         assert_eq!(

@@ -6,14 +6,17 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use aver_node::agent::protocol::QuoteResponse;
 use aver_node::agent::AgentServer;
-use aver_node::cli::{AkArgs, Cli, Command, LogFormat, ServeArgs};
+use aver_node::cli::{AkArgs, Cli, Command, LogFormat, QuoteArgs, ServeArgs};
 use aver_node::cri::{CriProxy, Upstream};
 use aver_node::gate::Gate;
 use aver_node::metrics::Metrics;
-use aver_node::store::{Measurer, MeasurerConfig};
+use aver_node::platform_logs::PlatformLogs;
+use aver_node::store::{Measurer, MeasurerConfig, DEFAULT_BOOT_PCRS};
 use aver_node_log::NodePolicy;
 use aver_tpm::Tpm;
+use aver_verifier::evidence::Base64Bytes;
 use clap::Parser as _;
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
@@ -55,6 +58,7 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(args),
         Command::Ak(args) => ak(args),
+        Command::Quote(args) => quote(args),
     }
 }
 
@@ -100,7 +104,15 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<()> {
         .to_str()
         .context("--kubelet-root is not valid UTF-8")?
         .to_owned();
+    let logs = PlatformLogs::resolve(
+        &args.tpm.tcti,
+        args.logs.boot_log.clone(),
+        args.logs.ima_log.clone(),
+    )?;
+    let (boot, ima) = logs.paths();
+    tracing::info!(boot_log = ?boot, ima_log = ?ima, "platform logs served with quotes");
     let config = MeasurerConfig {
+        logs,
         tcti: args.tpm.tcti.clone(),
         ak_handle: args.tpm.ak_handle,
         state_dir: args.state_dir.clone(),
@@ -168,6 +180,32 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term.recv() => {},
     }
+}
+
+/// One quote of the platform PCRs with the logs that explain them, as the
+/// agent socket would answer it (with an empty node log: this command keeps
+/// none).
+fn quote(args: QuoteArgs) -> anyhow::Result<()> {
+    let logs = PlatformLogs::resolve(&args.tpm.tcti, args.logs.boot_log, args.logs.ima_log)?;
+    let mut tpm = Tpm::open(&args.tpm.tcti, args.tpm.ak_handle)?;
+    let mut pcrs = DEFAULT_BOOT_PCRS.to_vec();
+    pcrs.push(args.pcr);
+    let boot_log = logs.read_boot()?;
+    let quoted = tpm
+        .quote_with_values(&pcrs, &args.qualifying_data)
+        .context("quote failed")?;
+    let ima_log = logs.read_ima()?;
+    let response = QuoteResponse {
+        pcrs: quoted.pcr_values(),
+        attest: Base64Bytes(quoted.attest),
+        signature: Base64Bytes(quoted.signature),
+        ak_public: Base64Bytes(tpm.ak_public_tpmt()),
+        node_log: Vec::new(),
+        boot_log,
+        ima_log,
+    };
+    println!("{}", serde_json::to_string(&response)?);
+    Ok(())
 }
 
 fn ak(args: AkArgs) -> anyhow::Result<()> {

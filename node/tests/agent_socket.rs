@@ -62,6 +62,8 @@ impl Agent for TestAgent {
                     policy: "version: 1\n".into(),
                 },
             }],
+            boot_log: None,
+            ima_log: None,
         })
     }
 }

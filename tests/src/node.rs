@@ -147,6 +147,8 @@ pub fn policy_for(ak_names: &[String], model: Sha256Digest) -> AttestationPolicy
             })
             .collect(),
         workload_pcr: 15,
+        boot: None,
+        runtime: None,
         allowed: AllowedWorkload {
             engine_digests: vec![Sha256Digest([0x11; 32])],
             model_digests: vec![model],

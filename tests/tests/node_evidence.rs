@@ -291,6 +291,8 @@ impl Node {
             ak_public: Base64Bytes(self.tpm.ak_public_tpmt()),
             event_log,
             node_log,
+            boot_log: None,
+            ima_log: None,
             batch: None,
         };
         Evidence::from_json(&evidence.to_json_compact()).expect("evidence parses")
@@ -312,6 +314,8 @@ impl Node {
                 })
                 .collect(),
             workload_pcr: WORKLOAD_PCR,
+            boot: None,
+            runtime: None,
             allowed: AllowedWorkload {
                 engine_digests: Vec::new(),
                 model_digests: vec![MODEL],

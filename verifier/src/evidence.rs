@@ -30,6 +30,8 @@
 //!     { "pcr": 15, "event": { "type": "tls-key", "spkiSha256": "sha256:…", "modelDigest": "sha256:…", … } },
 //!     …
 //!   ],
+//!   "bootLog": "<base64 firmware event log>",                 // optional
+//!   "imaLog": "<base64 IMA binary measurement list>",          // optional
 //!   "batch": { "leafIndex": 3, "siblings": ["<64 hex>", …] }   // optional
 //! }
 //! ```
@@ -85,6 +87,15 @@ pub struct Evidence {
     /// v2 only: the node log `aver-node` kept in the workload PCR.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub node_log: Vec<NodeLogEntry>,
+    /// The firmware's event log (`binary_bios_measurements`, TCG PC Client
+    /// format): explains PCRs 0–9. Absent where the node has none to give
+    /// (a software TPM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_log: Option<Base64Bytes>,
+    /// The kernel's IMA list (`binary_runtime_measurements`), read right
+    /// after the quote: a prefix of it explains PCR 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ima_log: Option<Base64Bytes>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<MerkleProof>,
 }
@@ -245,6 +256,8 @@ mod tests {
                 },
             }],
             node_log: vec![],
+            boot_log: None,
+            ima_log: None,
             batch: None,
         }
     }

@@ -3,6 +3,7 @@
 //! log replaying to the quote); what it cannot prove is that the machine was
 //! the right one, which is why callers warn loudly.
 
+use aver_crds::boot_policy::IMA_PCR;
 use aver_crds::policy::DEFAULT_WORKLOAD_PCR;
 use aver_crds::{
     AllowedContainer, AllowedPod, AllowedWorkload, AttestationPolicy, ReferencePcr, Sha256Digest,
@@ -52,13 +53,16 @@ pub fn policy_from_evidence(
         reference_pcrs: evidence
             .pcrs
             .iter()
-            .filter(|p| p.pcr != workload_pcr)
+            // PCR 10 moves with every file IMA measures: never a reference.
+            .filter(|p| p.pcr != workload_pcr && p.pcr != IMA_PCR)
             .map(|p| ReferencePcr {
                 pcr: p.pcr,
                 values: vec![p.value],
             })
             .collect(),
         workload_pcr,
+        boot: None,
+        runtime: None,
         allowed,
         trust: TrustRoots {
             ak_names: vec![ak.name_hex()],

@@ -72,9 +72,9 @@ pub const NODE_ENCLAVE_UID: i64 = 65532;
 pub const HARDENED_TAINT_KEY: &str = "aver.dev/hardened";
 /// Topology key for "one per node".
 const HOSTNAME_TOPOLOGY: &str = "kubernetes.io/hostname";
-/// Boot PCRs the enclave quotes besides those the policy requires, so that
-/// evidence always shows the boot chain (the enclave's own default).
-const DEFAULT_QUOTED_BOOT_PCRS: [u8; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
+/// PCRs the enclave quotes besides the policy's: the platform PCRs every
+/// aver quote covers (boot chain 0–9, IMA 10).
+const DEFAULT_QUOTED_BOOT_PCRS: [u8; 11] = aver_crds::boot_policy::PLATFORM_PCRS;
 
 /// What rendering needs besides the resource: cluster-wide choices of the
 /// platform team, as opposed to per-model choices in the resource.
@@ -815,8 +815,11 @@ mod tests {
         assert_eq!(arg_after(enclave, "--listen"), "0.0.0.0:8443");
         assert_eq!(arg_after(enclave, "--model-dir"), "/models");
         assert_eq!(arg_after(enclave, "--workload-pcr"), "15");
-        // The policy's PCR 9 is quoted besides the default boot PCRs.
-        assert_eq!(arg_after(enclave, "--quote-pcrs"), "0,1,2,3,4,5,6,7,9,15");
+        // The policy's PCR 12 is quoted besides the platform PCRs.
+        assert_eq!(
+            arg_after(enclave, "--quote-pcrs"),
+            "0,1,2,3,4,5,6,7,8,9,10,12,15"
+        );
         let tpm_volume = pod
             .volumes
             .iter()

@@ -44,7 +44,7 @@ pub fn model(name: &str) -> ConfidentialModel {
             // Through JSON, so that fields added to the policy later keep
             // their defaults here.
             attestation: serde_json::from_value(serde_json::json!({
-                "referencePcrs": [{"pcr": 9, "values": [digest(0)]}],
+                "referencePcrs": [{"pcr": 12, "values": [digest(0)]}],
                 "workloadPcr": 15,
                 "allowed": {"engineDigests": [digest(1)], "modelDigests": [digest(2)]},
                 "trust": {"akNames": [format!("000b{}", "cd".repeat(32))]},

@@ -104,6 +104,12 @@ pub struct QuoteResponse {
     /// The node log, in order: what the verifier replays to the workload
     /// PCR.
     pub node_log: Vec<NodeLogEntry>,
+    /// The firmware event log, when the node has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_log: Option<Base64Bytes>,
+    /// The IMA list as read right after the quote, when the node has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ima_log: Option<Base64Bytes>,
 }
 
 /// The body of every error answer (4xx, 5xx): one line saying what is wrong.
@@ -177,12 +183,16 @@ mod tests {
                     policy: "version: 1\n".into(),
                 },
             }],
+            boot_log: Some(Base64Bytes(b"firmware log".to_vec())),
+            ima_log: None,
         };
         let json = serde_json::to_value(&response).unwrap();
         assert_eq!(json["attest"], "AQID");
         assert_eq!(json["akPublic"], "BQY=");
         assert_eq!(json["pcrs"][0]["pcr"], 15);
         assert_eq!(json["nodeLog"][0]["event"]["type"], "agent-start");
+        assert_eq!(json["bootLog"], "ZmlybXdhcmUgbG9n");
+        assert!(json.get("imaLog").is_none());
         let back: QuoteResponse = serde_json::from_value(json).unwrap();
         assert_eq!(back, response);
     }

@@ -52,6 +52,8 @@ impl Agent for Gate {
             pcrs: quote.pcrs,
             ak_public: quote.ak_public,
             node_log: quote.node_log,
+            boot_log: quote.boot_log,
+            ima_log: quote.ima_log,
         })
     }
 }

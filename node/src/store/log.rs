@@ -73,7 +73,7 @@ const TEMP_FILE: &str = ".node-log.json.tmp";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    #[error("PCR {0} cannot hold the node log: use one of PCRs 8 to 15 (never reset except by a TPM reset, and zero after one)")]
+    #[error("PCR {0} cannot hold the node log: use one of PCRs 11 to 15 (never reset except by a TPM reset, and not explained by the boot log, 0-9, or IMA, 10)")]
     UnsuitablePcr(u8),
     #[error("cannot {action} {path}: {source}")]
     Io {
@@ -110,6 +110,8 @@ pub enum StoreError {
         /// What the log replays to with its pending event, if it had one.
         with_pending: Option<Sha256Digest>,
     },
+    #[error(transparent)]
+    PlatformLog(#[from] crate::platform_logs::PlatformLogError),
     #[error("the node log is full ({max} events since boot): aver-node records nothing more, so it refuses new sandboxes and containers until the node reboots")]
     Full { max: usize },
     #[error("{kind} event is {bytes} bytes of JSON, more than the {MAX_EVENT_JSON_BYTES} bytes one node log event may take")]

@@ -21,11 +21,13 @@ use aver_verifier::evidence::{Base64Bytes, PcrValue};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::platform_logs::PlatformLogs;
+
 use super::log::{NodeLogStore, StoreError, DEFAULT_STATE_DIR, DEFAULT_WORKLOAD_PCR};
 
 /// PCRs quoted besides the workload PCR unless configured otherwise: the
-/// boot chain (firmware, boot loader, kernel).
-pub const DEFAULT_BOOT_PCRS: [u8; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
+/// boot chain the firmware event log explains (0–9) and IMA's PCR (10).
+pub const DEFAULT_BOOT_PCRS: [u8; 11] = aver_crds::boot_policy::PLATFORM_PCRS;
 
 /// Requests queued for the TPM thread before senders wait.
 const QUEUE: usize = 256;
@@ -39,17 +41,19 @@ pub struct MeasurerConfig {
     pub ak_handle: u32,
     /// Directory holding the node log across restarts.
     pub state_dir: PathBuf,
-    /// PCR the node log is extended into (8 to 15).
+    /// PCR the node log is extended into (11 to 15).
     pub workload_pcr: u8,
     /// PCRs quoted together with the workload PCR (which is always quoted).
     pub quote_pcrs: Vec<u8>,
     /// The node policy file, verbatim: recorded in `agent-start`.
     pub policy: String,
+    /// The firmware event log and IMA list served with every quote.
+    pub logs: PlatformLogs,
 }
 
 impl MeasurerConfig {
     /// The defaults (AK at [`DEFAULT_AK_HANDLE`], state in
-    /// [`DEFAULT_STATE_DIR`], PCR 15, boot PCRs 0-7 quoted) for `tcti` and
+    /// [`DEFAULT_STATE_DIR`], PCR 13, PCRs 0-10 quoted) for `tcti` and
     /// the node policy text `policy`.
     pub fn new(tcti: impl Into<String>, policy: impl Into<String>) -> Self {
         Self {
@@ -59,6 +63,7 @@ impl MeasurerConfig {
             workload_pcr: DEFAULT_WORKLOAD_PCR,
             quote_pcrs: DEFAULT_BOOT_PCRS.to_vec(),
             policy: policy.into(),
+            logs: PlatformLogs::none(),
         }
     }
 }
@@ -79,6 +84,12 @@ pub struct NodeQuote {
     pub ak_public: Base64Bytes,
     /// The node log as of the quote: it replays to the quoted workload PCR.
     pub node_log: Vec<NodeLogEntry>,
+    /// The firmware event log, when the node has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_log: Option<Base64Bytes>,
+    /// The IMA list read right after the quote, when the node has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ima_log: Option<Base64Bytes>,
 }
 
 enum Job {
@@ -127,9 +138,10 @@ impl Measurer {
         )?;
         let (jobs, queue) = mpsc::channel(QUEUE);
         let worker_pcrs = quote_pcrs.clone();
+        let logs = config.logs.clone();
         std::thread::Builder::new()
             .name("aver-node-tpm".into())
-            .spawn(move || run(tpm, store, worker_pcrs, queue))
+            .spawn(move || run(tpm, store, worker_pcrs, logs, queue))
             .map_err(StoreError::Thread)?;
         Ok(Self {
             jobs,
@@ -185,7 +197,13 @@ impl Measurer {
     }
 }
 
-fn run(mut tpm: Tpm, mut store: NodeLogStore, quote_pcrs: Vec<u8>, mut jobs: mpsc::Receiver<Job>) {
+fn run(
+    mut tpm: Tpm,
+    mut store: NodeLogStore,
+    quote_pcrs: Vec<u8>,
+    logs: PlatformLogs,
+    mut jobs: mpsc::Receiver<Job>,
+) {
     while let Some(job) = jobs.blocking_recv() {
         match job {
             Job::Record(event, reply) => {
@@ -198,7 +216,7 @@ fn run(mut tpm: Tpm, mut store: NodeLogStore, quote_pcrs: Vec<u8>, mut jobs: mps
                 let _ = reply.send(result);
             }
             Job::Quote(qualifying, reply) => {
-                let result = quote(&mut tpm, &store, &quote_pcrs, &qualifying);
+                let result = quote(&mut tpm, &store, &quote_pcrs, &logs, &qualifying);
                 if let Err(error) = &result {
                     tracing::error!(%error, "no quote");
                 }
@@ -224,10 +242,14 @@ fn quote(
     tpm: &mut Tpm,
     store: &NodeLogStore,
     quote_pcrs: &[u8],
+    logs: &PlatformLogs,
     qualifying: &[u8; 32],
 ) -> Result<NodeQuote, StoreError> {
     let node_log = store.entries().to_vec();
+    let boot_log = logs.read_boot()?;
     let quoted = tpm.quote_with_values(quote_pcrs, qualifying)?;
+    // After the quote: the list only grows, so a prefix explains PCR 10.
+    let ima_log = logs.read_ima()?;
     let workload = store.workload_pcr();
     let value = quoted
         .pcrs
@@ -252,5 +274,7 @@ fn quote(
         pcrs,
         ak_public: Base64Bytes(tpm.ak_public_tpmt()),
         node_log,
+        boot_log,
+        ima_log,
     })
 }
