@@ -88,6 +88,7 @@ fn synthesized_log_replays_like_tpm2_eventlog() {
     let bytes = encode_agile(&ALL_BANKS, &events);
     let log = EventLog::parse(&bytes).expect("synthesized log");
     assert_eq!(log.events().len(), 100);
+    eprintln!("synthesized log: {} bytes", bytes.len());
     let want = reference_pcrs(&bytes);
     let got = ours(&log);
     assert_eq!(got, want);

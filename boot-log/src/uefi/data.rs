@@ -106,7 +106,7 @@ fn lossy_trimmed(d: &[u8]) -> String {
 /// UTF-16LE if the data looks like it (even length, NUL high bytes or a
 /// UTF-16 NUL terminator), ASCII otherwise; NULs trimmed.
 fn utf16_or_ascii(d: &[u8]) -> String {
-    let looks_utf16 = d.len() % 2 == 0
+    let looks_utf16 = d.len().is_multiple_of(2)
         && !d.is_empty()
         && (d.ends_with(&[0, 0]) || d.iter().skip(1).step_by(2).all(|b| *b == 0));
     if looks_utf16 {

@@ -141,7 +141,7 @@ fn parse_signature_lists(data: &[u8]) -> Result<Vec<SignatureEntry>, UefiLogErro
         if sig_size <= 16 {
             return Err(bad("SignatureSize too small for an owner and data"));
         }
-        if body % sig_size != 0 {
+        if !body.is_multiple_of(sig_size) {
             return Err(bad("SignatureListSize not a multiple of SignatureSize"));
         }
         let kind = if sig_type == Guid::EFI_CERT_X509_GUID {
