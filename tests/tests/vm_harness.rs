@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use aver_tests::ek_ca::TestCa;
 use aver_tests::vm::{
     quote_init_script, Compression, InitramfsBuilder, Vm, VmAssets, VmOptions, DEFAULT_CMDLINE,
     QEMU_CMDLINE_SUFFIX, READY_MARKER,
@@ -56,7 +57,15 @@ fn boot() -> anyhow::Result<(Vm, aver_tests::vm::Initramfs)> {
         .add_bytes(GUEST_AVER_NODE, fake_aver_node().as_bytes(), 0o755)?
         .add_binary(Path::new("/usr/bin/tpm2_pcrread"), GUEST_PCRREAD)?;
     let initramfs = builder.build(Compression::None)?;
-    let vm = Vm::boot(&assets, &initramfs, DEFAULT_CMDLINE, &VmOptions::default())?;
+    // A TPM manufactured like a real one (EK certificate in NV).
+    let ca = TestCa::new("aver VM harness EK CA")?;
+    let vm = Vm::boot_with_tpm(
+        &assets,
+        &initramfs,
+        DEFAULT_CMDLINE,
+        &VmOptions::default(),
+        |state| ca.manufacture(state),
+    )?;
     Ok((vm, initramfs))
 }
 
