@@ -191,3 +191,33 @@ fn fixture_busybox_digest_matches_local_busybox_when_same_build() {
     assert_eq!(checked.measured_files, 2);
     assert_eq!(checked.distinct_paths, 2);
 }
+
+#[test]
+fn the_prefix_a_quote_covers_is_found_and_nothing_else_is() {
+    let log = ImaLog::parse(FIXTURE).unwrap();
+    let full = log.replay_sha256(IMA_PCR);
+    let covered = log.prefix_replaying_to(IMA_PCR, &full).unwrap();
+    assert_eq!(covered, log);
+
+    // A quote taken after the first two entries covers exactly those.
+    let two = ImaLog::parse(&entry_bytes(FIXTURE, 2)).unwrap();
+    let quoted = two.replay_sha256(IMA_PCR);
+    let covered = log.prefix_replaying_to(IMA_PCR, &quoted).unwrap();
+    assert_eq!(covered.len(), 2);
+    assert_eq!(covered, two);
+
+    assert_eq!(log.prefix_replaying_to(IMA_PCR, &[0; 32]).unwrap().len(), 0);
+    assert!(log.prefix_replaying_to(IMA_PCR, &[7; 32]).is_none());
+}
+
+/// The bytes of the first `n` entries of a list.
+fn entry_bytes(list: &[u8], n: usize) -> Vec<u8> {
+    let mut offset = 0;
+    let u32_at = |o: usize| u32::from_le_bytes(list[o..o + 4].try_into().unwrap()) as usize;
+    for _ in 0..n {
+        offset += 4 + 20;
+        offset += 4 + u32_at(offset);
+        offset += 4 + u32_at(offset);
+    }
+    list[..offset].to_vec()
+}

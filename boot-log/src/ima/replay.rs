@@ -6,6 +6,20 @@ use sha2::{Digest, Sha256};
 
 use super::ImaLog;
 
+/// One step of the SHA-256 bank's replay: a violation extends 0xFF×32, any
+/// other entry the SHA-256 of its template data.
+fn extend_sha256(value: &[u8; 32], e: &super::ImaEntry) -> [u8; 32] {
+    let measurement: [u8; 32] = if e.is_violation() {
+        [0xFF; 32]
+    } else {
+        Sha256::digest(&e.template_data).into()
+    };
+    let mut h = Sha256::new();
+    h.update(value);
+    h.update(measurement);
+    h.finalize().into()
+}
+
 impl ImaLog {
     /// The value the SHA-256 bank of `pcr` holds after the kernel extended
     /// every entry of this list that names `pcr`, starting from zeros
@@ -22,17 +36,37 @@ impl ImaLog {
     pub fn replay_sha256(&self, pcr: u8) -> [u8; 32] {
         let mut value = [0u8; 32];
         for e in self.entries.iter().filter(|e| e.pcr == u32::from(pcr)) {
-            let measurement: [u8; 32] = if e.is_violation() {
-                [0xFF; 32]
-            } else {
-                Sha256::digest(&e.template_data).into()
-            };
-            let mut h = Sha256::new();
-            h.update(value);
-            h.update(measurement);
-            value = h.finalize().into();
+            value = extend_sha256(&value, e);
         }
         value
+    }
+
+    /// The shortest prefix of the list whose SHA-256 replay of `pcr` is
+    /// `quoted`, as a list of its own; `None` if no prefix replays to it.
+    ///
+    /// The list is read after the quote and keeps growing, so it may hold
+    /// entries the quote does not cover: only the returned prefix is
+    /// attested. Entries of other PCRs are kept in place (they are not
+    /// covered by `pcr`'s value; callers refuse lists that have them).
+    pub fn prefix_replaying_to(&self, pcr: u8, quoted: &[u8; 32]) -> Option<ImaLog> {
+        let mut value = [0u8; 32];
+        if value == *quoted {
+            return Some(ImaLog {
+                entries: Vec::new(),
+            });
+        }
+        for (i, e) in self.entries.iter().enumerate() {
+            if e.pcr != u32::from(pcr) {
+                continue;
+            }
+            value = extend_sha256(&value, e);
+            if value == *quoted {
+                return Some(ImaLog {
+                    entries: self.entries.get(..=i)?.to_vec(),
+                });
+            }
+        }
+        None
     }
 
     /// The value the SHA-1 bank of `pcr` holds after this list, for TPMs
