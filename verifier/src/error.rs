@@ -6,6 +6,7 @@ use aver_node_log::{NodeLogError, PodMismatch};
 use crate::ek::ActivationError;
 use crate::eventlog::EventLogError;
 use crate::evidence::EvidenceError;
+use crate::platform::{BootError, RuntimeError};
 use crate::tpm::TpmParseError;
 
 /// Why evidence was not accepted. Callers match on the variant to count
@@ -52,6 +53,10 @@ pub enum VerifyError {
     PcrNotQuoted(u8),
     #[error("boot PCR {pcr} is {value}, which is not a reference value of the policy")]
     BootPcrMismatch { pcr: u8, value: Sha256Digest },
+    #[error("boot chain rejected: {0}")]
+    Boot(#[from] BootError),
+    #[error("runtime rejected: {0}")]
+    Runtime(#[from] RuntimeError),
     #[error("workload event log rejected: {0}")]
     EventLog(#[from] EventLogError),
     #[error("the enclave's latest launch measured TLS key {measured}, not the key {bound} this evidence is bound to")]
@@ -102,6 +107,8 @@ impl VerifyError {
             Self::BadSignature { .. } => "signature",
             Self::PcrSetMismatch(_) | Self::PcrDigestMismatch | Self::PcrNotQuoted(_) => "pcrs",
             Self::BootPcrMismatch { .. } => "boot-pcr",
+            Self::Boot(_) => "boot",
+            Self::Runtime(_) => "runtime",
             Self::EventLog(_) => "event-log",
             Self::NodeEvidenceRequired { .. } | Self::EnclaveEvidenceRequired { .. } => {
                 "evidence-mode"

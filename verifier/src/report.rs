@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::binding::Nonce;
 use crate::ek::ActivatedAk;
+use crate::platform::PlatformReport;
 
 /// Proof that evidence passed every check against a policy. Only
 /// [`crate::verify()`] makes one (the struct cannot be built outside this
@@ -23,6 +24,10 @@ pub struct VerifiedReport {
     pub clock: QuoteClock,
     /// Boot PCRs checked against the policy's reference values.
     pub boot_pcrs: Vec<CheckedPcr>,
+    /// What the firmware event log and the IMA list proved, when the
+    /// policy has `boot` or `runtime` rules.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<PlatformReport>,
     /// The workload PCR, whose log was replayed to its quoted value.
     pub workload_pcr: CheckedPcr,
     /// Enclave launches since boot: launch sequences in an enclave-reported
@@ -146,6 +151,13 @@ impl VerifiedReport {
         );
         for pcr in &self.boot_pcrs {
             let _ = writeln!(out, "  boot pcr {:<8} {} (reference)", pcr.pcr, pcr.value);
+        }
+        if let Some(platform) = &self.platform {
+            for (label, log) in [("boot", &platform.boot), ("runtime", &platform.runtime)] {
+                for statement in log.iter().flat_map(|l| &l.statements) {
+                    let _ = writeln!(out, "  {label:<17} {statement}");
+                }
+            }
         }
         let _ = writeln!(
             out,

@@ -11,6 +11,7 @@ use crate::ek::ActivatedAk;
 use crate::error::VerifyError;
 use crate::eventlog::{self, LAUNCH_SEQUENCE_LEN};
 use crate::evidence::{Evidence, EVIDENCE_VERSION_ENCLAVE, EVIDENCE_VERSION_NODE};
+use crate::platform;
 use crate::report::{
     CheckedPcr, MeasuredBy, MeasuredContainer, QuoteClock, VerifiedLaunch, VerifiedReport,
 };
@@ -206,6 +207,18 @@ pub fn verify_with(
         });
     }
 
+    // The node: its boot chain and what ran since boot, by meaning.
+    let quoted_values = evidence.pcrs.iter().map(|p| (p.pcr, p.value.0)).collect();
+    let platform = platform::verify_platform(
+        evidence,
+        &quoted_values,
+        policy.boot.as_ref(),
+        policy.runtime.as_ref(),
+    )?;
+    if let Some(foreign) = platform::foreign_extend(evidence, policy.workload_pcr) {
+        return Err(foreign.into());
+    }
+
     // Code identity: the log replays to the quoted workload PCR and binds
     // this TLS key to allowed code.
     let workload_value = value_of(policy.workload_pcr)?;
@@ -232,6 +245,7 @@ pub fn verify_with(
             firmware_version: attest.firmware_version,
         },
         boot_pcrs,
+        platform,
         workload_pcr: CheckedPcr {
             pcr: policy.workload_pcr,
             value: workload_value,
