@@ -371,7 +371,7 @@ fn empty_database_why(db: &Database, index: usize) -> String {
             "dbx was measured empty in PCR 7 (event {index}): no revocation is required"
         ),
         _ => format!(
-            "{} was measured empty in PCR 7 (event {index}): no entry is allowed, so a node with a {} enrolled is refused",
+            "{} was measured empty in PCR 7 (event {index}): no entry is allowed, so a node with any {} entry enrolled is refused",
             db.name, db.name
         ),
     }

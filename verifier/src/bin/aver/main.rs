@@ -38,6 +38,9 @@ enum Command {
     /// Compute reference digests for a policy.
     #[command(subcommand)]
     Digest(commands::digest::DigestCommand),
+    /// Read a node's firmware event log and IMA measurement list.
+    #[command(subcommand)]
+    Eventlog(commands::eventlog::EventlogCommand),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
         Command::VerifyEvidence(args) => commands::verify_evidence::run(args),
         Command::Policy(cmd) => commands::policy::run(cmd),
         Command::Digest(cmd) => commands::digest::run(cmd),
+        Command::Eventlog(cmd) => commands::eventlog::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,6 +3,7 @@
 pub mod cluster;
 pub mod digest;
 pub mod discover;
+pub mod eventlog;
 pub mod policy;
 pub mod request;
 pub mod verify;

@@ -21,6 +21,77 @@ pub enum PolicyCommand {
     /// controller renders for it.
     #[command(long_about = FROM_MODEL_ABOUT)]
     FromModel(FromModelArgs),
+    /// Write the boot rules (`boot:`) a known-good node's firmware event log
+    /// supports, each explained in a comment.
+    #[command(long_about = BOOT_ABOUT)]
+    Boot(BootArgs),
+    /// Write the runtime allow-list (`runtime:`) of a node image's root file
+    /// system: every file with its SHA-256, for the IMA list to be checked
+    /// against.
+    #[command(long_about = RUNTIME_ABOUT)]
+    Runtime(RuntimeArgs),
+}
+
+const BOOT_ABOUT: &str = "\
+Write the boot rules a known-good node's firmware event log supports, as a YAML \
+fragment `boot: {...}` to paste into a policy or a ConfidentialModel's \
+spec.attestation: secureBoot from the SecureBoot variable (PCR 7), pk/kek/db as \
+the entries the firmware measured (an empty variable allows no entry), dbx as \
+the entries a future dbx must still hold, bootApplications from PCR 4, \
+initrdDigests from the initrd the kernel's EFI stub measured into PCR 9. Each \
+value is explained in a comment above the fragment.
+
+The EFI stub measures the kernel command line only as a digest, so the log \
+cannot give its text: pass the command line the node booted with \
+(/proc/cmdline on that node; QEMU's direct kernel boot appends ' initrd=initrd') \
+with --cmdline or --cmdline-file. It is checked against the measured digest and \
+refused if it does not match. Without it, the rule is left out (or taken from \
+grub's PCR 8 text when the log has only that).
+
+The values accept exactly the boot the log records (trust on first use): a log \
+from a compromised node yields a policy that accepts that compromise. Compare \
+them with your image build's or your vendor's before relying on them.";
+
+const RUNTIME_ABOUT: &str = "\
+Write the runtime allow-list of a node image's root file system, as a YAML \
+fragment `runtime: { files: [...] }` to paste into a policy: every regular file \
+under DIR with the SHA-256 of its content, keyed by its absolute path on the \
+node (DIR/usr/bin/sh is /usr/bin/sh), sorted by path. Symlinks are not listed \
+(IMA records the resolved path). An unreadable file or a non-UTF-8 name is an \
+error, not skipped.
+
+Give the image's root file system as it will run (an unpacked image or a \
+mounted read-only copy), not a live node's /, whose changing files would make \
+the list only as good as that node.";
+
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("cmdline_source").args(["cmdline", "cmdline_file"])))]
+pub struct BootArgs {
+    /// Known-good firmware event log (binary_bios_measurements) to take
+    /// the values from.
+    #[arg(long = "from-eventlog", value_name = "FILE")]
+    pub from_eventlog: PathBuf,
+    /// The kernel command line the node booted with (/proc/cmdline),
+    /// checked against the digest the EFI stub measured.
+    #[arg(long, value_name = "TEXT")]
+    pub cmdline: Option<String>,
+    /// A file holding the kernel command line (a copy of the node's
+    /// /proc/cmdline; one trailing newline is ignored).
+    #[arg(long, value_name = "FILE")]
+    pub cmdline_file: Option<PathBuf>,
+    /// Write the fragment here instead of stdout (refuses to overwrite).
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RuntimeArgs {
+    /// The node image's root file system.
+    #[arg(long = "from-rootfs", value_name = "DIR")]
+    pub from_rootfs: PathBuf,
+    /// Write the fragment here instead of stdout (refuses to overwrite).
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
 }
 
 const FROM_MODEL_ABOUT: &str = "\
@@ -83,7 +154,90 @@ pub fn run(cmd: PolicyCommand) -> CommandResult {
     match cmd {
         PolicyCommand::Init(args) => init(args),
         PolicyCommand::FromModel(args) => from_model(args),
+        PolicyCommand::Boot(args) => boot(args),
+        PolicyCommand::Runtime(args) => runtime(args),
     }
+}
+
+/// `# ` comment lines of `text`, wrapped at about 100 columns, continued
+/// lines indented.
+fn comment(out: &mut String, text: &str) {
+    const WIDTH: usize = 100;
+    let mut line = String::from("#");
+    for word in text.split(' ') {
+        if line.len() + 1 + word.len() > WIDTH && line.len() > 4 {
+            out.push_str(&line);
+            out.push('\n');
+            line = String::from("#  ");
+        }
+        line.push(' ');
+        line.push_str(word);
+    }
+    out.push_str(&line);
+    out.push('\n');
+}
+
+fn boot(args: BootArgs) -> CommandResult {
+    use aver_verifier::reference_values::boot_policy_from_log;
+    let log = super::eventlog::load_event_log(&args.from_eventlog)?;
+    let cmdline = match (&args.cmdline, &args.cmdline_file) {
+        (Some(text), _) => Some(text.clone()),
+        (None, Some(path)) => {
+            let bytes = read_input(path, "kernel command line")?;
+            let text = String::from_utf8(bytes)
+                .with_context(|| format!("{} is not UTF-8", path.display()))?;
+            Some(text.strip_suffix('\n').unwrap_or(&text).to_owned())
+        }
+        (None, None) => None,
+    };
+    let source = args.from_eventlog.display().to_string();
+    let (policy, explanations) = boot_policy_from_log(&log, cmdline.as_deref())
+        .with_context(|| format!("event log {source}"))?;
+    eprintln!(
+        "WARNING: these boot rules accept exactly the boot {source} records (trust on first use).\n\
+         WARNING: compare the boot application, initrd and key digests with values you obtained independently (your image build, your vendor) before relying on them."
+    );
+    #[derive(serde::Serialize)]
+    struct Fragment<'a> {
+        boot: &'a aver_crds::BootPolicy,
+    }
+    let mut out = format!(
+        "# aver boot policy from the firmware event log {source} (trust on first use):\n\
+         # paste under a policy's top level or a ConfidentialModel's spec.attestation.\n"
+    );
+    for e in &explanations {
+        comment(
+            &mut out,
+            &format!("{}: {} \u{2014} {}", e.rule, e.value, e.why),
+        );
+    }
+    let yaml = serde_norway::to_string(&Fragment { boot: &policy })
+        .context("cannot write the boot policy as YAML")?;
+    out.push_str(&yaml);
+    write_policy(args.out, &out)
+}
+
+fn runtime(args: RuntimeArgs) -> CommandResult {
+    use aver_verifier::reference_values::runtime_policy_from_rootfs;
+    let dir = args.from_rootfs.display().to_string();
+    let policy = runtime_policy_from_rootfs(&args.from_rootfs)
+        .with_context(|| format!("root file system {dir}"))?;
+    #[derive(serde::Serialize)]
+    struct Fragment<'a> {
+        runtime: &'a aver_crds::RuntimePolicy,
+    }
+    let mut out = String::new();
+    comment(
+        &mut out,
+        &format!(
+            "aver runtime policy: {} files under {dir}, each with the SHA-256 of its content, by the absolute path IMA records on the node, sorted by path. Every file IMA measures must be listed here with its digest.",
+            policy.files.len()
+        ),
+    );
+    let yaml = serde_norway::to_string(&Fragment { runtime: &policy })
+        .context("cannot write the runtime policy as YAML")?;
+    out.push_str(&yaml);
+    write_policy(args.out, &out)
 }
 
 fn from_model(args: FromModelArgs) -> CommandResult {
