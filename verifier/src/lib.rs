@@ -26,5 +26,6 @@ pub use error::VerifyError;
 pub use evidence::{
     Evidence, EvidenceError, EVIDENCE_VERSIONS, EVIDENCE_VERSION_ENCLAVE, EVIDENCE_VERSION_NODE,
 };
-pub use report::{MeasuredBy, MeasuredContainer, VerifiedLaunch, VerifiedReport};
-pub use verify::{verify, verify_activated, verify_with, Challenge, VerifyOptions};
+pub use platform::{BootError, CheckedLog, PlatformReport, RuntimeError};
+pub use report::{MeasuredBy, MeasuredContainer, VerifiedLaunch, VerifiedNode, VerifiedReport};
+pub use verify::{verify, verify_activated, verify_node, verify_with, Challenge, VerifyOptions};

@@ -48,6 +48,54 @@ pub struct VerifiedReport {
     pub activation: Option<ActivatedAk>,
 }
 
+/// Proof that a node's platform passed a policy's AK trust, reference PCRs
+/// and boot and runtime rules ([`crate::verify_node`] alone builds one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct VerifiedNode {
+    /// TPM name of the attestation key that signed the quote.
+    pub ak_name: String,
+    /// The verifier's challenge the quote answered.
+    pub nonce: Nonce,
+    /// TPM clock state at quote time.
+    pub clock: QuoteClock,
+    /// Boot PCRs checked against the policy's reference values.
+    pub boot_pcrs: Vec<CheckedPcr>,
+    /// What the firmware event log and the IMA list proved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<PlatformReport>,
+}
+
+impl VerifiedNode {
+    /// A human-readable summary, as the CLI prints it.
+    pub fn to_text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let _ = writeln!(out, "verified: node platform accepted by policy");
+        let _ = writeln!(out, "  attestation key   {}", self.ak_name);
+        for pcr in &self.boot_pcrs {
+            let _ = writeln!(out, "  boot pcr {:<8} {} (reference)", pcr.pcr, pcr.value);
+        }
+        write_platform(&mut out, self.platform.as_ref());
+        let _ = writeln!(out, "  nonce             {}", self.nonce.to_hex());
+        out
+    }
+}
+
+/// The boot and runtime statements, one line each.
+fn write_platform(out: &mut String, platform: Option<&PlatformReport>) {
+    use std::fmt::Write as _;
+    let Some(platform) = platform else {
+        return;
+    };
+    for (label, log) in [("boot", &platform.boot), ("runtime", &platform.runtime)] {
+        for statement in log.iter().flat_map(|l| &l.statements) {
+            let _ = writeln!(out, "  {label:<17} {statement}");
+        }
+    }
+}
+
 /// Who measured the workload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "camelCase")]
@@ -152,13 +200,7 @@ impl VerifiedReport {
         for pcr in &self.boot_pcrs {
             let _ = writeln!(out, "  boot pcr {:<8} {} (reference)", pcr.pcr, pcr.value);
         }
-        if let Some(platform) = &self.platform {
-            for (label, log) in [("boot", &platform.boot), ("runtime", &platform.runtime)] {
-                for statement in log.iter().flat_map(|l| &l.statements) {
-                    let _ = writeln!(out, "  {label:<17} {statement}");
-                }
-            }
-        }
+        write_platform(&mut out, self.platform.as_ref());
         let _ = writeln!(
             out,
             "  workload pcr {:<4} {} ({} launch{} since boot)",

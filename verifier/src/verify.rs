@@ -11,9 +11,10 @@ use crate::ek::ActivatedAk;
 use crate::error::VerifyError;
 use crate::eventlog::{self, LAUNCH_SEQUENCE_LEN};
 use crate::evidence::{Evidence, EVIDENCE_VERSION_ENCLAVE, EVIDENCE_VERSION_NODE};
-use crate::platform;
+use crate::platform::{self, PlatformReport};
 use crate::report::{
-    CheckedPcr, MeasuredBy, MeasuredContainer, QuoteClock, VerifiedLaunch, VerifiedReport,
+    CheckedPcr, MeasuredBy, MeasuredContainer, QuoteClock, VerifiedLaunch, VerifiedNode,
+    VerifiedReport,
 };
 use crate::tpm::{AkPublic, Attest, Signature};
 
@@ -104,6 +105,107 @@ pub fn verify_with(
         });
     }
 
+    let expected_qd = binding::qualifying_data(
+        &challenge.nonce,
+        &challenge.spki_sha256,
+        evidence.batch.as_ref(),
+    );
+    let PlatformStage {
+        ak_name,
+        attest,
+        activation,
+        boot_pcrs,
+        platform,
+    } = verify_platform_stage(evidence, policy, activated, expected_qd)?;
+    if let Some(foreign) = platform::foreign_extend(evidence, policy.workload_pcr) {
+        return Err(foreign.into());
+    }
+
+    // Code identity: the log replays to the quoted workload PCR and binds
+    // this TLS key to allowed code.
+    let workload_value = pcr_value(evidence, policy.workload_pcr)?;
+    let workload = match &policy.allowed.pod {
+        Some(pod) => node_measured(
+            evidence,
+            challenge,
+            policy,
+            pod,
+            &workload_value,
+            options.reference_specs,
+        )?,
+        None => enclave_reported(evidence, challenge, policy, &workload_value)?,
+    };
+
+    Ok(VerifiedReport {
+        ak_name,
+        nonce: challenge.nonce,
+        spki_sha256: challenge.spki_sha256,
+        clock: QuoteClock {
+            clock_ms: attest.clock_info.clock,
+            reset_count: attest.clock_info.reset_count,
+            restart_count: attest.clock_info.restart_count,
+            firmware_version: attest.firmware_version,
+        },
+        boot_pcrs,
+        platform,
+        workload_pcr: CheckedPcr {
+            pcr: policy.workload_pcr,
+            value: workload_value,
+        },
+        launches_since_boot: workload.launches_since_boot,
+        evidence_version: evidence.version,
+        measured_by: workload.measured_by,
+        launch: workload.launch,
+        batched: evidence.batch.is_some(),
+        activation,
+    })
+}
+
+/// Verifies a node's platform alone — its AK, its boot chain and what it
+/// ran since boot — from a quote whose qualifying data is `nonce` itself
+/// (what `aver-node quote --qualifying-data NONCE` produces), for checking
+/// a node image before it runs workloads. The workload PCR is not checked
+/// beyond a boot event that extended it; `policy.allowed` is not used.
+pub fn verify_node(
+    evidence: &Evidence,
+    nonce: &Nonce,
+    policy: &AttestationPolicy,
+) -> Result<VerifiedNode, VerifyError> {
+    policy.validate()?;
+    evidence.check_shape()?;
+    if evidence.nonce != *nonce {
+        return Err(VerifyError::NonceMismatch {
+            found: evidence.nonce.to_hex(),
+        });
+    }
+    let stage = verify_platform_stage(evidence, policy, None, Some(nonce.0))?;
+    if let Some(foreign) = platform::foreign_extend(evidence, policy.workload_pcr) {
+        return Err(foreign.into());
+    }
+    Ok(VerifiedNode {
+        ak_name: stage.ak_name,
+        nonce: *nonce,
+        clock: QuoteClock {
+            clock_ms: stage.attest.clock_info.clock,
+            reset_count: stage.attest.clock_info.reset_count,
+            restart_count: stage.attest.clock_info.restart_count,
+            firmware_version: stage.attest.firmware_version,
+        },
+        boot_pcrs: stage.boot_pcrs,
+        platform: stage.platform,
+    })
+}
+
+/// The platform stage every verification shares: a trusted, restricted AK
+/// signed these quote bytes over `expected_qd`, the PCR values are the
+/// quoted ones, the boot PCRs hold reference values, and the boot chain and
+/// runtime pass the policy's rules.
+fn verify_platform_stage(
+    evidence: &Evidence,
+    policy: &AttestationPolicy,
+    activated: Option<&ActivatedAk>,
+    expected_qd: Option<[u8; 32]>,
+) -> Result<PlatformStage, VerifyError> {
     // Platform: a trusted, restricted AK signed exactly these quote bytes.
     let ak = AkPublic::parse(&evidence.ak_public.0).map_err(|source| VerifyError::Tpm {
         part: "AK public area",
@@ -155,11 +257,6 @@ pub fn verify_with(
     })?;
 
     // Freshness and channel binding.
-    let expected_qd = binding::qualifying_data(
-        &challenge.nonce,
-        &challenge.spki_sha256,
-        evidence.batch.as_ref(),
-    );
     if expected_qd.as_ref().map(<[u8; 32]>::as_slice) != Some(attest.extra_data.as_slice()) {
         return Err(VerifyError::QualifyingDataMismatch);
     }
@@ -182,19 +279,11 @@ pub fn verify_with(
     if h.finalize().as_slice() != attest.pcr_digest.as_slice() {
         return Err(VerifyError::PcrDigestMismatch);
     }
-    let value_of = |pcr: u8| {
-        evidence
-            .pcrs
-            .iter()
-            .find(|p| p.pcr == pcr)
-            .map(|p| p.value)
-            .ok_or(VerifyError::PcrNotQuoted(pcr))
-    };
 
     // Boot chain.
     let mut boot_pcrs = Vec::with_capacity(policy.reference_pcrs.len());
     for reference in &policy.reference_pcrs {
-        let value = value_of(reference.pcr)?;
+        let value = pcr_value(evidence, reference.pcr)?;
         if !reference.values.contains(&value) {
             return Err(VerifyError::BootPcrMismatch {
                 pcr: reference.pcr,
@@ -215,48 +304,33 @@ pub fn verify_with(
         policy.boot.as_ref(),
         policy.runtime.as_ref(),
     )?;
-    if let Some(foreign) = platform::foreign_extend(evidence, policy.workload_pcr) {
-        return Err(foreign.into());
-    }
 
-    // Code identity: the log replays to the quoted workload PCR and binds
-    // this TLS key to allowed code.
-    let workload_value = value_of(policy.workload_pcr)?;
-    let workload = match &policy.allowed.pod {
-        Some(pod) => node_measured(
-            evidence,
-            challenge,
-            policy,
-            pod,
-            &workload_value,
-            options.reference_specs,
-        )?,
-        None => enclave_reported(evidence, challenge, policy, &workload_value)?,
-    };
-
-    Ok(VerifiedReport {
+    Ok(PlatformStage {
         ak_name,
-        nonce: challenge.nonce,
-        spki_sha256: challenge.spki_sha256,
-        clock: QuoteClock {
-            clock_ms: attest.clock_info.clock,
-            reset_count: attest.clock_info.reset_count,
-            restart_count: attest.clock_info.restart_count,
-            firmware_version: attest.firmware_version,
-        },
+        attest,
+        activation,
         boot_pcrs,
         platform,
-        workload_pcr: CheckedPcr {
-            pcr: policy.workload_pcr,
-            value: workload_value,
-        },
-        launches_since_boot: workload.launches_since_boot,
-        evidence_version: evidence.version,
-        measured_by: workload.measured_by,
-        launch: workload.launch,
-        batched: evidence.batch.is_some(),
-        activation,
     })
+}
+
+/// What the platform stage established.
+struct PlatformStage {
+    ak_name: String,
+    attest: Attest,
+    activation: Option<ActivatedAk>,
+    boot_pcrs: Vec<CheckedPcr>,
+    platform: Option<PlatformReport>,
+}
+
+/// The quoted value of `pcr`.
+fn pcr_value(evidence: &Evidence, pcr: u8) -> Result<Sha256Digest, VerifyError> {
+    evidence
+        .pcrs
+        .iter()
+        .find(|p| p.pcr == pcr)
+        .map(|p| p.value)
+        .ok_or(VerifyError::PcrNotQuoted(pcr))
 }
 
 /// What the workload PCR proved, in either mode.
