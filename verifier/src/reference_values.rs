@@ -681,6 +681,31 @@ mod tests {
     }
 
     #[test]
+    fn the_verifier_accepts_the_boot_the_policy_came_from() {
+        use crate::evidence::{Base64Bytes, Evidence};
+        let (boot, _) = boot_policy_from_log(&log(), Some(&proc_cmdline())).unwrap();
+        let mut evidence =
+            Evidence::from_json(include_bytes!("../testdata/evidence-swtpm.json")).unwrap();
+        evidence.boot_log = Some(Base64Bytes(FIXTURE.to_vec()));
+        let bank = log().replay(HashAlg::Sha256).unwrap();
+        let quoted: std::collections::BTreeMap<u8, [u8; 32]> = (0..=9)
+            .map(|pcr| {
+                (
+                    pcr,
+                    bank.get(pcr).map_or([0; 32], |v| v.try_into().unwrap()),
+                )
+            })
+            .collect();
+        let report = crate::platform::verify_platform(&evidence, &quoted, Some(&boot), None)
+            .unwrap()
+            .unwrap();
+        assert!(report.boot.is_some());
+        // Without the command line the rest still verifies.
+        let (partial, _) = boot_policy_from_log(&log(), None).unwrap();
+        crate::platform::verify_platform(&evidence, &quoted, Some(&partial), None).unwrap();
+    }
+
+    #[test]
     fn without_the_cmdline_the_rule_is_left_out_and_said_so() {
         let (policy, why) = boot_policy_from_log(&log(), None).unwrap();
         assert_eq!(policy.kernel_cmdlines, None);
