@@ -3,7 +3,8 @@
 //! log replaying to the quote); what it cannot prove is that the machine was
 //! the right one, which is why callers warn loudly.
 
-use aver_crds::boot_policy::IMA_PCR;
+use aver_boot_log::uefi::EventLog;
+use aver_crds::boot_policy::{BOOT_LOG_PCRS, IMA_PCR};
 use aver_crds::policy::DEFAULT_WORKLOAD_PCR;
 use aver_crds::{
     AllowedContainer, AllowedPod, AllowedWorkload, AttestationPolicy, ReferencePcr, Sha256Digest,
@@ -14,11 +15,13 @@ use aver_node_log::NodeHistory;
 use crate::error::VerifyError;
 use crate::eventlog;
 use crate::evidence::Evidence;
+use crate::reference_values::boot_policy_from_log;
 use crate::tpm::AkPublic;
 use crate::verify::{verify, Challenge};
 
-/// A policy that accepts exactly what `evidence` shows: its AK, every quoted
-/// PCR other than the workload PCR as a boot reference, and the workload:
+/// A policy that accepts exactly what `evidence` shows: its AK, its boot
+/// chain (the rules its firmware event log supports, or else every quoted
+/// PCR but the workload PCR and IMA's as a raw reference), and the workload:
 /// for node-measured evidence the containers the key-holding pod ran, its
 /// model and the node policies; for enclave-reported evidence the latest
 /// launch's engine, model and serving config.
@@ -49,19 +52,23 @@ pub fn policy_from_evidence(
             node_policies: None,
         }
     };
+    // With a firmware event log the boot chain is pinned by meaning (the
+    // rules the log supports) instead of PCRs 0-9 as raw values.
+    let boot = boot_rules(evidence);
     let policy = AttestationPolicy {
         reference_pcrs: evidence
             .pcrs
             .iter()
             // PCR 10 moves with every file IMA measures: never a reference.
             .filter(|p| p.pcr != workload_pcr && p.pcr != IMA_PCR)
+            .filter(|p| boot.is_none() || !BOOT_LOG_PCRS.contains(&p.pcr))
             .map(|p| ReferencePcr {
                 pcr: p.pcr,
                 values: vec![p.value],
             })
             .collect(),
         workload_pcr,
-        boot: None,
+        boot,
         runtime: None,
         allowed,
         trust: TrustRoots {
@@ -78,6 +85,16 @@ pub fn policy_from_evidence(
     };
     verify(evidence, &challenge, &policy)?;
     Ok(policy)
+}
+
+/// The boot rules the evidence's firmware event log supports, if it has a
+/// usable one. The kernel command line is not in the log as text (only its
+/// digest), so that rule is left out: `aver policy boot --cmdline` adds it.
+fn boot_rules(evidence: &Evidence) -> Option<aver_crds::BootPolicy> {
+    let log = EventLog::parse(&evidence.boot_log.as_ref()?.0).ok()?;
+    boot_policy_from_log(&log, None)
+        .ok()
+        .map(|(policy, _)| policy)
 }
 
 /// The pod the node log binds the evidence's TLS key to, as an allow-list.
