@@ -112,6 +112,7 @@ fn main() {
             boot_policy: BootPolicyResult {
                 result: "Passed".into(),
                 checked_pcrs: vec![0, 1, 2, 3, 4, 5, 6, 7],
+                proven: vec![],
             },
             ak_activation: None,
         },

@@ -62,6 +62,12 @@ impl AttestedEndpoint {
                 boot_policy: BootPolicyResult {
                     result: BootPolicyResult::PASSED.to_owned(),
                     checked_pcrs: report.boot_pcrs.iter().map(|p| p.pcr).collect(),
+                    proven: report
+                        .platform
+                        .iter()
+                        .flat_map(|p| p.boot.iter().chain(p.runtime.iter()))
+                        .flat_map(|log| log.statements.iter().cloned())
+                        .collect(),
                 },
                 ak_activation: report.activation.as_ref().map(|a| AkActivation {
                     ek_certificate_sha256: a.ek.certificate_sha256,
@@ -168,6 +174,7 @@ mod tests {
                 boot_policy: BootPolicyResult {
                     result: "Passed".into(),
                     checked_pcrs: vec![0],
+                    proven: vec![],
                 },
                 ak_activation: None,
             },

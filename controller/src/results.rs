@@ -273,6 +273,7 @@ pub(crate) mod tests {
                 boot_policy: BootPolicyResult {
                     result: "Passed".into(),
                     checked_pcrs: vec![9],
+                    proven: vec![],
                 },
                 ak_activation: None,
             },

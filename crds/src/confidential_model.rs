@@ -420,6 +420,12 @@ pub struct BootPolicyResult {
     /// Boot PCRs whose values matched a reference value.
     #[serde(default)]
     pub checked_pcrs: Vec<u8>,
+    /// What the policy's boot and runtime rules proved about the node, one
+    /// sentence each ("Secure Boot is enabled, as boot.secureBoot
+    /// requires"), from the firmware event log and the IMA list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 1024)))]
+    pub proven: Vec<String>,
 }
 
 /// Image references pinned by digest.
