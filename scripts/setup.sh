@@ -28,7 +28,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/containerd.sh"
 install_containerd
 
 # QEMU, OVMF and cpio for the VM tests (a real firmware and kernel with
-# swtpm as the TPM), and the guest kernel, cached in target/vm/.
+# swtpm as the TPM), e2fsprogs and cryptsetup-bin for the dm-verity node
+# image (scripts/node-image.sh, which the boot-chain test runs), and the guest
+# kernel with the modules its initramfs loads, cached in target/vm/.
 # shellcheck source=scripts/lib/vm.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/vm.sh"
 install_vm_tools

@@ -1,9 +1,9 @@
 # shellcheck shell=bash
 # Sourced by scripts/setup.sh (and anything else that boots the test VM):
 # the packages behind the VM harness (tests/src/vm.rs): QEMU, Debian's OVMF
-# firmware (with a TPM 2.0 event log) and cpio for the initramfs. swtpm, the
-# VM's TPM, and busybox-static, the guest's shell, come with the TPM and
-# containerd packages.
+# firmware (with a TPM 2.0 event log), cpio for the initramfs, and e2fsprogs
+# and cryptsetup-bin for the dm-verity node image. swtpm, the VM's TPM, comes
+# with the TPM packages.
 
 # vm_missing_packages: prints, one per line, the Debian packages of the VM
 # harness that are not installed.
@@ -12,6 +12,11 @@ vm_missing_packages() {
   [ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] && [ -f /usr/share/OVMF/OVMF_VARS_4M.fd ] || echo ovmf
   command -v cpio >/dev/null 2>&1 || echo cpio
   command -v objcopy >/dev/null 2>&1 || echo binutils
+  # The node image (scripts/node-image.sh): ext4 without root, dm-verity's
+  # hash tree (and veritysetup in the initramfs), the guest's shell.
+  command -v mke2fs >/dev/null 2>&1 || echo e2fsprogs
+  command -v veritysetup >/dev/null 2>&1 || echo cryptsetup-bin
+  [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || echo busybox-static
 }
 
 # install_vm_tools: installs what vm_missing_packages reports, with apt-get;
