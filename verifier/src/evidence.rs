@@ -100,6 +100,58 @@ pub struct Evidence {
     pub batch: Option<MerkleProof>,
 }
 
+/// A quote of a node's PCRs and the logs that explain them, as `aver-node`
+/// serves it (its agent socket's `POST /v1/quote` answer, and `aver-node
+/// quote`'s output). An enclave wraps it, with its batch proof, into
+/// evidence v2; `aver verify-node` checks one on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeQuote {
+    /// Marshalled `TPMS_ATTEST`, as the TPM signed it.
+    pub attest: Base64Bytes,
+    /// Marshalled `TPMT_SIGNATURE` over `attest` by the AK.
+    pub signature: Base64Bytes,
+    /// The quoted PCR values (SHA-256 bank), ascending.
+    pub pcrs: Vec<PcrValue>,
+    /// Marshalled `TPMT_PUBLIC` of the AK.
+    pub ak_public: Base64Bytes,
+    /// The node log as of the quote: it replays to the quoted workload PCR.
+    pub node_log: Vec<NodeLogEntry>,
+    /// The firmware event log, when the node has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_log: Option<Base64Bytes>,
+    /// The IMA list read right after the quote, when the node has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ima_log: Option<Base64Bytes>,
+}
+
+impl NodeQuote {
+    /// The evidence document (v2) this quote makes for one challenge.
+    pub fn into_evidence(
+        self,
+        nonce: Nonce,
+        spki_sha256: Sha256Digest,
+        batch: Option<MerkleProof>,
+    ) -> Evidence {
+        Evidence {
+            version: EVIDENCE_VERSION_NODE,
+            nonce,
+            spki_sha256,
+            quote: Quote {
+                attest: self.attest,
+                signature: self.signature,
+            },
+            pcrs: self.pcrs,
+            ak_public: self.ak_public,
+            event_log: Vec::new(),
+            node_log: self.node_log,
+            boot_log: self.boot_log,
+            ima_log: self.ima_log,
+            batch,
+        }
+    }
+}
+
 /// A TPM2_Quote result, both parts in TPM wire format.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

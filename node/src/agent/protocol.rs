@@ -7,8 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use aver_crds::Sha256Digest;
-use aver_node_log::NodeLogEntry;
-use aver_verifier::evidence::{Base64Bytes, PcrValue};
+
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Registers the caller's TLS key: body [`TlsKeyRequest`], answer 204.
@@ -87,30 +86,11 @@ impl<'de> Deserialize<'de> for QualifyingData {
     }
 }
 
-/// The answer to `POST /v1/quote`: a TPM quote over the node's PCRs and the
-/// node log that explains the workload PCR. The enclave wraps it, with its
-/// batch proof, into evidence v2.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct QuoteResponse {
-    /// Marshalled `TPMS_ATTEST`, as the TPM signed it.
-    pub attest: Base64Bytes,
-    /// Marshalled `TPMT_SIGNATURE` over `attest` by the AK.
-    pub signature: Base64Bytes,
-    /// The quoted PCR values (SHA-256 bank), ascending.
-    pub pcrs: Vec<PcrValue>,
-    /// Marshalled `TPMT_PUBLIC` of the AK.
-    pub ak_public: Base64Bytes,
-    /// The node log, in order: what the verifier replays to the workload
-    /// PCR.
-    pub node_log: Vec<NodeLogEntry>,
-    /// The firmware event log, when the node has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub boot_log: Option<Base64Bytes>,
-    /// The IMA list as read right after the quote, when the node has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ima_log: Option<Base64Bytes>,
-}
+/// The answer to `POST /v1/quote`: a TPM quote over the node's PCRs, the
+/// node log that explains the workload PCR, and the firmware event log and
+/// IMA list that explain PCRs 0-10. The enclave wraps it, with its batch
+/// proof, into evidence v2. The type lives with the evidence format.
+pub use aver_verifier::evidence::NodeQuote as QuoteResponse;
 
 /// The body of every error answer (4xx, 5xx): one line saying what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,7 +102,8 @@ pub struct ErrorBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aver_node_log::NodeEvent;
+    use aver_node_log::{NodeEvent, NodeLogEntry};
+    use aver_verifier::evidence::{Base64Bytes, PcrValue};
 
     const SPKI: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
     const MODEL: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";

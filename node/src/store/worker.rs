@@ -17,8 +17,7 @@ use aver_crds::Sha256Digest;
 use aver_node_log::{NodeEvent, NodeLogEntry};
 use aver_tpm::tpm::{DEFAULT_AK_HANDLE, PCR_COUNT};
 use aver_tpm::{QuoteError, Tpm, TpmError};
-use aver_verifier::evidence::{Base64Bytes, PcrValue};
-use serde::{Deserialize, Serialize};
+use aver_verifier::evidence::Base64Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::platform_logs::PlatformLogs;
@@ -68,29 +67,9 @@ impl MeasurerConfig {
     }
 }
 
-/// A quote of the node's PCRs and the node log it covers: what the agent
-/// socket answers `POST /v1/quote` with (same JSON field names).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct NodeQuote {
-    /// Marshalled `TPMS_ATTEST`, as the TPM signed it.
-    pub attest: Base64Bytes,
-    /// Marshalled `TPMT_SIGNATURE` over `attest` by the AK.
-    pub signature: Base64Bytes,
-    /// The quoted SHA-256 PCR values, ascending: the workload PCR and the
-    /// configured others.
-    pub pcrs: Vec<PcrValue>,
-    /// Marshalled `TPMT_PUBLIC` of the AK.
-    pub ak_public: Base64Bytes,
-    /// The node log as of the quote: it replays to the quoted workload PCR.
-    pub node_log: Vec<NodeLogEntry>,
-    /// The firmware event log, when the node has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub boot_log: Option<Base64Bytes>,
-    /// The IMA list read right after the quote, when the node has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ima_log: Option<Base64Bytes>,
-}
+/// A quote of the node's PCRs with the node log it covers and the platform
+/// logs: what the agent socket answers `POST /v1/quote` with.
+pub use aver_verifier::evidence::NodeQuote;
 
 enum Job {
     Record(Box<NodeEvent>, oneshot::Sender<Result<(), StoreError>>),

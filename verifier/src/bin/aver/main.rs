@@ -32,6 +32,9 @@ enum Command {
     Discover(commands::discover::Args),
     /// Verify a saved evidence document offline against a policy.
     VerifyEvidence(commands::verify_evidence::Args),
+    /// Verify a node's AK, boot chain and runtime from one `aver-node
+    /// quote`, before it runs workloads.
+    VerifyNode(commands::verify_node::Args),
     /// Create policies.
     #[command(subcommand)]
     Policy(commands::policy::PolicyCommand),
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Command::Request(args) => commands::request::run(args),
         Command::Discover(args) => commands::discover::run(args),
         Command::VerifyEvidence(args) => commands::verify_evidence::run(args),
+        Command::VerifyNode(args) => commands::verify_node::run(args),
         Command::Policy(cmd) => commands::policy::run(cmd),
         Command::Digest(cmd) => commands::digest::run(cmd),
         Command::Eventlog(cmd) => commands::eventlog::run(cmd),

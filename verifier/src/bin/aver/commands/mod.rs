@@ -8,6 +8,7 @@ pub mod policy;
 pub mod request;
 pub mod verify;
 pub mod verify_evidence;
+pub mod verify_node;
 
 use std::fmt;
 use std::path::Path;
