@@ -157,12 +157,15 @@ say "staging the root file system"
 rootfs="$work/rootfs"
 skeleton "$rootfs"
 add_binary "$rootfs" "$aver_node" /bin/aver-node
+# The root is read-only: busybox's applets are linked now, not by the init.
+while read -r applet; do
+  [ -e "$rootfs/$applet" ] || { mkdir -p "$rootfs/$(dirname "$applet")"; ln -s /bin/busybox "$rootfs/$applet"; }
+done < <(/bin/busybox --list-full)
 # The node's init: the same console protocol as tests/src/vm.rs
 # quote_init_script: READY, then per 64-hex-character line an aver-node quote
 # with that qualifying data, its stdout and stderr in base64.
 cat >"$rootfs/init" <<'INIT'
 #!/bin/busybox sh
-/bin/busybox --install -s /bin
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -171,7 +174,7 @@ mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
 stty -echo 2>/dev/null
 echo "AVER-VM CMDLINE $(cat /proc/cmdline)"
-echo "AVER-VM ROOT $(grep ' / ' /proc/mounts | head -n 1)"
+echo "AVER-VM ROOT $(grep ' / ' /proc/mounts | tr '\n' ';')"
 echo "AVER-VM READY"
 while read -r line; do
   if [ ${#line} -eq 64 ] && [ -z "$(echo "$line" | tr -d 0-9a-fA-F)" ]; then

@@ -17,6 +17,10 @@
 //! - [`quote_init_script`] is an `/init` that serves `aver-node quote`
 //!   requests over the console (see its documentation for the protocol),
 //!   and [`Vm::quote`] is the host side of it.
+//! - [`NodeImage`] is the node image of `scripts/node-image.sh`: a
+//!   dm-verity protected root serving that protocol, opened by its
+//!   initramfs under the root hash on the measured kernel command line;
+//!   [`VmOptions::disks`] attaches it.
 //!
 //! The kernel is booted by the firmware (QEMU's `-kernel` through fw_cfg):
 //! its EFI stub measures the initramfs file and the command line into
@@ -68,6 +72,13 @@ pub const QEMU_CMDLINE_SUFFIX: &str = " initrd=initrd";
 pub const DEFAULT_CMDLINE: &str =
     "console=ttyS0 ima_policy=tcb ima_hash=sha256 ima_template=ima-ng rootfstype=ramfs quiet";
 
+/// Printed by the node image's initramfs (`scripts/node-image.sh`) when it
+/// refuses to boot, followed by `: <why>`; the guest then powers off.
+pub const REFUSED_MARKER: &str = "AVER-VM REFUSED";
+/// The kernel command line parameter carrying the node image's dm-verity
+/// root hash.
+pub const ROOT_HASH_PARAM: &str = "aver.verity.roothash";
+
 /// Where Debian's ovmf package installs the firmware.
 const OVMF_DIR: &str = "/usr/share/OVMF";
 /// busybox-static's binary, copied into every initramfs.
@@ -98,8 +109,13 @@ echo "AVER-VM CMDLINE $(cat /proc/cmdline)"
 /// What the harness needs and this machine lacks (empty when it can run).
 pub fn vm_missing() -> Vec<String> {
     let mut missing = Vec::new();
-    if newest_kernel(&vm_dir().join("boot")).is_none() {
-        missing.push("the guest kernel (bash scripts/vm-assets.sh)".to_owned());
+    match newest_kernel(&vm_dir().join("boot")) {
+        None => missing.push("the guest kernel (bash scripts/vm-assets.sh)".to_owned()),
+        Some(kernel) => {
+            if !kernel_modules_dir(&kernel).is_some_and(|dir| dir.join(".complete").is_file()) {
+                missing.push("the guest kernel's modules (bash scripts/vm-assets.sh)".to_owned());
+            }
+        }
     }
     let firmware = Firmware::ovmf();
     if !firmware.code.is_file() || !firmware.vars_template.is_file() {
@@ -112,6 +128,9 @@ pub fn vm_missing() -> Vec<String> {
         ("objcopy", "binutils"),
         ("gzip", "gzip"),
         ("ldd", "libc-bin"),
+        ("mke2fs", "e2fsprogs"),
+        ("debugfs", "e2fsprogs"),
+        ("veritysetup", "cryptsetup-bin"),
     ];
     for (tool, package) in tools {
         if find_in_path(tool).is_none() {
@@ -195,6 +214,14 @@ fn newest_kernel(dir: &Path) -> Option<PathBuf> {
                 .is_some_and(|n| n.starts_with("vmlinuz-") && !n.ends_with(".tmp"))
         })
         .max_by_key(|path| version_key(&path.to_string_lossy()))
+}
+
+/// `target/vm/modules/<version>/`, where `scripts/vm-assets.sh` extracts
+/// the modules of the kernel `vmlinuz-<version>`.
+fn kernel_modules_dir(kernel: &Path) -> Option<PathBuf> {
+    let name = kernel.file_name()?.to_str()?;
+    let version = name.strip_prefix("vmlinuz-")?;
+    Some(vm_dir().join("modules").join(version))
 }
 
 /// The numbers in `name`, in order: compares `6.1.0-57` above `6.1.0-9`.
@@ -425,8 +452,8 @@ impl InitramfsBuilder {
             ),
         );
         Ok(Initramfs {
-            staging: self.staging,
-            _output: output,
+            staging: Staging::Temporary(self.staging),
+            _output: Some(output),
             path,
         })
     }
@@ -490,12 +517,33 @@ impl InitramfsBuilder {
 
 /// A built initramfs: the archive and the staging directory it was made of.
 pub struct Initramfs {
-    staging: tempfile::TempDir,
-    _output: tempfile::TempDir,
+    staging: Staging,
+    _output: Option<tempfile::TempDir>,
     path: PathBuf,
 }
 
+enum Staging {
+    Temporary(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
 impl Initramfs {
+    /// An archive built elsewhere (e.g. by `scripts/node-image.sh`) from
+    /// the directory `staging_dir`; neither is removed on drop.
+    pub fn prebuilt(archive: &Path, staging_dir: &Path) -> anyhow::Result<Self> {
+        ensure!(archive.is_file(), "no initramfs {}", archive.display());
+        ensure!(
+            staging_dir.join("init").is_file(),
+            "{} has no /init",
+            staging_dir.display()
+        );
+        Ok(Self {
+            staging: Staging::Kept(staging_dir.to_path_buf()),
+            _output: None,
+            path: archive.to_path_buf(),
+        })
+    }
+
     /// The archive QEMU loads; the kernel's EFI stub measures the SHA-256
     /// of exactly this file into PCR 9.
     pub fn path(&self) -> &Path {
@@ -504,7 +552,10 @@ impl Initramfs {
 
     /// The guest's `/` as archived (every file the guest can execute).
     pub fn staging_dir(&self) -> &Path {
-        self.staging.path()
+        match &self.staging {
+            Staging::Temporary(dir) => dir.path(),
+            Staging::Kept(dir) => dir,
+        }
     }
 }
 
@@ -657,6 +708,97 @@ fn gzip(file: &Path, level: u32) -> anyhow::Result<PathBuf> {
 }
 
 // ---------------------------------------------------------------------------
+// The node image
+
+/// The dm-verity protected node image `scripts/node-image.sh` builds in
+/// `target/vm/node-image/`: a read-only ext4 root (`aver-node`, busybox and
+/// an `/init` serving [`quote_init_script`]'s protocol), its hash tree, and
+/// the initramfs that opens it under the root hash from the kernel command
+/// line ([`ROOT_HASH_PARAM`]) or prints [`REFUSED_MARKER`] and powers off.
+/// Boot it with [`NodeImage::initramfs`], [`NodeImage::cmdline`] and the
+/// root image and hash tree as the first two disks ([`NodeImage::disks`]).
+#[derive(Clone, Debug)]
+pub struct NodeImage {
+    pub dir: PathBuf,
+    /// The dm-verity root hash, hex.
+    pub root_hash: String,
+    /// How long the script took.
+    pub build_time: Duration,
+}
+
+impl NodeImage {
+    /// Runs `scripts/node-image.sh --aver-node <aver_node>` (reproducible:
+    /// the same inputs give the same image and root hash).
+    pub fn build(aver_node: &Path) -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let script = repo_root().join("scripts").join("node-image.sh");
+        let output = Command::new("bash")
+            .arg(&script)
+            .arg("--aver-node")
+            .arg(aver_node)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("cannot run {}", script.display()))?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        ensure!(
+            output.status.success(),
+            "{} failed ({}):\n{stdout}{}",
+            script.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let build_time = started.elapsed();
+        progress(started, &format!("node image built: {}", stdout.trim_end()));
+        let dir = vm_dir().join("node-image");
+        let root_hash = fs::read_to_string(dir.join("roothash"))
+            .with_context(|| format!("cannot read {}/roothash", dir.display()))?
+            .trim()
+            .to_owned();
+        ensure!(
+            root_hash.len() == 64 && root_hash.bytes().all(|b| b.is_ascii_hexdigit()),
+            "the root hash {root_hash:?} is not 64 hex characters"
+        );
+        Ok(Self {
+            dir,
+            root_hash,
+            build_time,
+        })
+    }
+
+    /// The root file system the image holds (what the node can execute
+    /// after the initramfs).
+    pub fn rootfs_dir(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+
+    /// The ext4 image dm-verity protects.
+    pub fn root_image(&self) -> PathBuf {
+        self.dir.join("root.img")
+    }
+
+    /// Its hash tree (`veritysetup format`).
+    pub fn hash_tree(&self) -> PathBuf {
+        self.dir.join("root.verity")
+    }
+
+    /// The initramfs that opens the image (archive and staging directory).
+    pub fn initramfs(&self) -> anyhow::Result<Initramfs> {
+        Initramfs::prebuilt(&self.dir.join("initrd.cpio"), &self.dir.join("initramfs"))
+    }
+
+    /// `base` followed by the root hash parameter.
+    pub fn cmdline(&self, base: &str) -> String {
+        format!("{base} {ROOT_HASH_PARAM}={}", self.root_hash)
+    }
+
+    /// `root_image` and the hash tree, as [`VmOptions::disks`] (the
+    /// initramfs opens `/dev/vda` with `/dev/vdb`).
+    pub fn disks(&self, root_image: &Path) -> Vec<PathBuf> {
+        vec![root_image.to_path_buf(), self.hash_tree()]
+    }
+}
+
+// ---------------------------------------------------------------------------
 // The console protocol
 
 /// An `/init` that serves `aver-node quote` over the console.
@@ -767,6 +909,9 @@ pub struct VmOptions {
     /// Copy the guest console to stderr as it arrives (default: when
     /// `AVER_VM_CONSOLE=1`).
     pub echo_console: bool,
+    /// Raw disk images attached read-only as virtio block devices, in
+    /// order (`/dev/vda`, `/dev/vdb`, ...).
+    pub disks: Vec<PathBuf>,
 }
 
 impl Default for VmOptions {
@@ -775,6 +920,7 @@ impl Default for VmOptions {
             firmware: Firmware::ovmf(),
             memory_mib: 512,
             echo_console: std::env::var("AVER_VM_CONSOLE").is_ok_and(|v| v == "1"),
+            disks: Vec::new(),
         }
     }
 }
@@ -1076,7 +1222,21 @@ fn qemu_args(
         .with_context(|| format!("cannot resolve {}", initramfs.path().display()))?;
     let socket = root.join("tpm").join("ctrl.sock");
     let code = &options.firmware.code;
-    Ok(vec![
+    let mut disks = Vec::new();
+    for disk in &options.disks {
+        let disk = fs::canonicalize(disk)
+            .with_context(|| format!("cannot resolve the disk image {}", disk.display()))?;
+        let file = disk
+            .to_str()
+            .with_context(|| format!("the disk image {} is not a UTF-8 path", disk.display()))?;
+        ensure!(
+            !file.contains(','),
+            "QEMU cannot take the disk image {file}: a comma in its path"
+        );
+        disks.push("-drive".to_owned());
+        disks.push(format!("file={file},format=raw,if=virtio,readonly=on"));
+    }
+    let mut args: Vec<String> = vec![
         "-machine".into(),
         "q35".into(),
         // /dev/kvm may exist without being able to run the guest: always
@@ -1116,7 +1276,9 @@ fn qemu_args(
         initrd.display().to_string(),
         "-append".into(),
         cmdline.to_owned(),
-    ])
+    ];
+    args.extend(disks);
+    Ok(args)
 }
 
 /// Starts `swtpm socket` in the foreground with its state, control socket

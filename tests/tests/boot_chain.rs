@@ -1,28 +1,52 @@
 //! The boot chain, for real: Debian's OVMF and kernel boot under QEMU with
-//! swtpm as the VM's TPM, the guest runs `aver-node quote` on `/dev/tpmrm0`
-//! (the `device:` TCTI), and the host verifies the real firmware event log
-//! and IMA list against policies generated from a known-good boot.
+//! swtpm as the VM's TPM into the dm-verity protected node image of
+//! `scripts/node-image.sh`, the guest runs `aver-node quote` on
+//! `/dev/tpmrm0` (the `device:` TCTI), and the host verifies the real
+//! firmware event log and IMA list against policies generated from a
+//! known-good boot.
 //!
-//! Two boots per run (a TCG boot takes 10 to 20 s), in parallel:
+//! The node image's root hash is on the kernel command line, which the
+//! kernel's EFI stub measures into PCR 9 with the initramfs; that initramfs
+//! opens the root only through dm-verity under that hash (reading every
+//! block once) and otherwise powers off. So a boot policy pinning the
+//! command line and the initrd covers every byte of the root file system.
+//!
+//! Two boots per run (a TCG boot takes 10 to 20 s), in parallel, chosen for
+//! what only a boot can show:
 //! - **A**, the known-good node image: its firmware log gives the boot
-//!   policy (`aver policy boot --from-eventlog`'s generator) and its
-//!   initramfs the runtime allow-list (`--from-rootfs`);
-//! - **B**, a changed image: another kernel command line and an initramfs
-//!   with one more program, which its init runs.
+//!   policy (`aver policy boot --from-eventlog`'s generator), and the
+//!   image's root directory and its initramfs's directory the runtime
+//!   allow-list (`--from-rootfs` of each: IMA measures what the initramfs
+//!   runs before `switch_root` as well as what the root runs after);
+//! - **B**, the same kernel, initramfs and command line (so the same PCRs
+//!   as A) with one byte of `/bin/aver-node` changed in the root image
+//!   after `veritysetup format`: the guest must refuse to boot it. This is
+//!   the one property the measurements cannot show, since B measures
+//!   exactly like A; it is what makes the root hash on the command line
+//!   mean the root's content.
+//!
+//! A changed command line (another root hash), a changed initrd and a
+//! program outside the allow-list are refused on A's real evidence against
+//! policies that do not allow A's values: the verifier compares the same
+//! events either way, so a third and fourth boot would add time, not proof.
 //!
 //! Nothing in the logs is written by the test: the firmware, the kernel's
 //! EFI stub and IMA produced them, and the TPM quoted the PCRs.
 
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use aver_boot_log::uefi::EventLog;
-use aver_crds::{AttestationPolicy, BootPolicy, SecureBoot, Sha256Digest};
+use aver_crds::{
+    AllowedFile, AttestationPolicy, BootPolicy, RuntimePolicy, SecureBoot, Sha256Digest,
+};
 use aver_node::agent::protocol::QuoteResponse;
 use aver_tests::ek_ca::TestCa;
 use aver_tests::vm::{
-    quote_init_script, Compression, Initramfs, InitramfsBuilder, Vm, VmAssets, VmOptions,
-    DEFAULT_CMDLINE, INIT_PROLOGUE, QEMU_CMDLINE_SUFFIX, READY_MARKER,
+    NodeImage, Vm, VmAssets, VmOptions, DEFAULT_CMDLINE, QEMU_CMDLINE_SUFFIX, READY_MARKER,
+    REFUSED_MARKER, ROOT_HASH_PARAM,
 };
 use aver_verifier::evidence::{Quote, EVIDENCE_VERSION_NODE};
 use aver_verifier::reference_values::{boot_policy_from_log, runtime_policy_from_rootfs};
@@ -31,56 +55,51 @@ use aver_verifier::{verify_node, BootError, Evidence, Nonce, RuntimeError, Verif
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 const QUOTE_TIMEOUT: Duration = Duration::from_secs(120);
 const GUEST_AVER_NODE: &str = "/bin/aver-node";
-/// The program only image B holds, run by its init before it serves.
-const GUEST_EXTRA: &str = "/bin/aver-vm-extra";
 
 /// One booted guest and the quote it produced.
 struct Booted {
     evidence: Evidence,
-    initramfs: Initramfs,
     /// The command line as the guest saw it.
     cmdline: String,
+    console: String,
     ak_name: String,
     seconds_to_ready: f64,
 }
 
-fn boot(cmdline: &str, with_extra: bool, nonce: &Nonce) -> anyhow::Result<Booted> {
+/// A guest that refused its root image.
+struct Refused {
+    console: String,
+    seconds: f64,
+}
+
+fn start(image: &NodeImage, root_image: &Path) -> anyhow::Result<Vm> {
     let assets = VmAssets::locate()?;
-    let mut builder = InitramfsBuilder::new()?;
-    // The same /init in both images: it runs the extra program where the
-    // image has one, so B differs from A by that program alone.
-    let init = quote_init_script(GUEST_AVER_NODE).replacen(
-        INIT_PROLOGUE,
-        &format!("{INIT_PROLOGUE}[ -x {GUEST_EXTRA} ] && {GUEST_EXTRA}\n"),
-        1,
-    );
-    if with_extra {
-        builder.add_bytes(
-            GUEST_EXTRA,
-            b"#!/bin/busybox sh\necho changed image\n",
-            0o755,
-        )?;
-    }
-    builder
-        .init_script(&init)?
-        .add_binary(&aver_tests::cargo_bin("aver-node"), GUEST_AVER_NODE)?;
-    let initramfs = builder.build(Compression::None)?;
+    let initramfs = image.initramfs()?;
     let ca = TestCa::new("aver boot-chain test EK CA")?;
-    let mut vm = Vm::boot_with_tpm(
+    let options = VmOptions {
+        disks: image.disks(root_image),
+        ..VmOptions::default()
+    };
+    Vm::boot_with_tpm(
         &assets,
         &initramfs,
-        cmdline,
-        &VmOptions::default(),
+        &image.cmdline(DEFAULT_CMDLINE),
+        &options,
         |state| ca.manufacture(state),
-    )?;
+    )
+}
+
+fn boot(image: &NodeImage, nonce: &Nonce) -> anyhow::Result<Booted> {
+    let mut vm = start(image, &image.root_image())?;
     vm.wait_for(READY_MARKER, BOOT_TIMEOUT)?;
     let seconds_to_ready = vm.elapsed().as_secs_f64();
     let out = vm.quote(&nonce.to_hex(), QUOTE_TIMEOUT)?;
     anyhow::ensure!(
         out.rc == 0,
-        "aver-node quote failed in the guest (rc {}): {}",
+        "aver-node quote failed in the guest (rc {}): {}{}",
         out.rc,
-        out.stderr
+        out.stderr,
+        String::from_utf8_lossy(&out.stdout)
     );
     let quote: QuoteResponse = serde_json::from_slice(&out.stdout)?;
     let ak_name = aver_verifier::tpm::AkPublic::parse(&quote.ak_public.0)?.name_hex();
@@ -105,14 +124,76 @@ fn boot(cmdline: &str, with_extra: bool, nonce: &Nonce) -> anyhow::Result<Booted
         .ok_or_else(|| anyhow::anyhow!("the guest did not print its command line"))?;
     Ok(Booted {
         evidence,
-        initramfs,
         cmdline,
+        console: vm.console_output(),
         ak_name,
         seconds_to_ready,
     })
 }
 
-/// A policy trusting both guests' AKs, with the given platform rules.
+/// Boots `root_image` (changed after `veritysetup format`) and expects the
+/// initramfs to refuse it.
+fn boot_refused(image: &NodeImage, root_image: &Path) -> anyhow::Result<Refused> {
+    let mut vm = start(image, root_image)?;
+    vm.wait_for(REFUSED_MARKER, BOOT_TIMEOUT)?;
+    let seconds = vm.elapsed().as_secs_f64();
+    // The guest powers off right after: let QEMU exit so the console holds
+    // everything it printed.
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(Refused {
+        console: vm.console_output(),
+        seconds,
+    })
+}
+
+/// A copy of the image's root with one byte of `guest_path`'s content
+/// flipped (found with debugfs), in `dir`.
+fn changed_root_image(image: &NodeImage, guest_path: &str, dir: &Path) -> std::path::PathBuf {
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("bmap {guest_path} 1"))
+        .arg(image.root_image())
+        .output()
+        .expect("debugfs runs (e2fsprogs)");
+    let block: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| {
+            panic!(
+                "debugfs bmap {guest_path}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert!(block > 0, "{guest_path} has a second block in the image");
+    let changed = dir.join("root.img");
+    std::fs::copy(image.root_image(), &changed).expect("copy the root image");
+    let mut bytes = std::fs::read(&changed).expect("read the copy");
+    let offset = usize::try_from(block * 4096 + 123).expect("offset");
+    bytes[offset] ^= 0x01;
+    std::fs::write(&changed, bytes).expect("write the changed copy");
+    changed
+}
+
+/// The allow-lists of several directories as one (paths merged).
+fn merged(policies: &[RuntimePolicy]) -> RuntimePolicy {
+    let mut files: BTreeMap<String, Vec<Sha256Digest>> = BTreeMap::new();
+    for file in policies.iter().flat_map(|p| &p.files) {
+        let digests = files.entry(file.path.clone()).or_default();
+        for digest in &file.digests {
+            if !digests.contains(digest) {
+                digests.push(*digest);
+            }
+        }
+    }
+    RuntimePolicy {
+        files: files
+            .into_iter()
+            .map(|(path, digests)| AllowedFile { path, digests })
+            .collect(),
+    }
+}
+
+/// A policy trusting the given AKs, with the given platform rules.
 fn policy(
     aks: &[&str],
     boot: Option<BootPolicy>,
@@ -175,23 +256,62 @@ fn tpm2_eventlog_sha256(log: &[u8]) -> Vec<(u8, String)> {
 fn a_real_boot_chain_is_verified_by_meaning_and_changes_are_refused() {
     aver_tests::require_vm!();
     let started = Instant::now();
+    let image =
+        NodeImage::build(&aver_tests::cargo_bin("aver-node")).expect("the node image builds");
+    eprintln!(
+        "node image built in {:.1} s, root hash {}",
+        image.build_time.as_secs_f64(),
+        image.root_hash
+    );
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let changed = changed_root_image(&image, GUEST_AVER_NODE, scratch.path());
     let nonce_a = Nonce([0xa1; 32]);
     let nonce_b = Nonce([0xb2; 32]);
-    let changed_cmdline = format!("{DEFAULT_CMDLINE} aver.image=changed");
     let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(|| boot(DEFAULT_CMDLINE, false, &nonce_a));
-        let b = s.spawn(|| boot(&changed_cmdline, true, &nonce_b));
+        let a = s.spawn(|| boot(&image, &nonce_a));
+        let b = s.spawn(|| boot_refused(&image, &changed));
         (a.join().expect("boot A"), b.join().expect("boot B"))
     });
-    let a = a.expect("the known-good image boots and quotes");
-    let b = b.expect("the changed image boots and quotes");
+    let a = a.expect("the known-good node image boots and quotes");
+    let b = b.expect("the changed root image is refused by the guest");
     eprintln!(
-        "two boots to READY in {:.1} s and {:.1} s, both quoted after {:.1} s",
+        "node image to READY in {:.1} s; changed image refused after {:.1} s; both done after {:.1} s",
         a.seconds_to_ready,
-        b.seconds_to_ready,
+        b.seconds,
         started.elapsed().as_secs_f64()
     );
-    assert_eq!(a.cmdline, format!("{DEFAULT_CMDLINE}{QEMU_CMDLINE_SUFFIX}"));
+    let root_hash_arg = format!("{ROOT_HASH_PARAM}={}", image.root_hash);
+    assert_eq!(
+        a.cmdline,
+        format!("{}{QEMU_CMDLINE_SUFFIX}", image.cmdline(DEFAULT_CMDLINE))
+    );
+    // A runs from the verified root, read-only.
+    assert!(
+        a.console
+            .contains("AVER-VM ROOT /dev/mapper/aver-root / ext4 ro"),
+        "A's root is not the dm-verity device:\n{}",
+        a.console
+    );
+    // B: dm-verity found the changed block, the initramfs refused the root
+    // and never reached the node's init.
+    assert!(
+        b.console.contains(&format!(
+            "{REFUSED_MARKER}: the root image does not match root hash {}",
+            image.root_hash
+        )),
+        "B's refusal:\n{}",
+        b.console
+    );
+    assert!(
+        b.console.contains("verity"),
+        "no dm-verity error in:\n{}",
+        b.console
+    );
+    assert!(
+        !b.console.contains(READY_MARKER),
+        "B served:\n{}",
+        b.console
+    );
 
     // The independent reference: tpm2-tools replays the guest's firmware
     // log to exactly the PCRs its TPM quoted.
@@ -210,17 +330,24 @@ fn a_real_boot_chain_is_verified_by_meaning_and_changes_are_refused() {
         assert_eq!(hex::encode(quoted.value.0), value, "PCR {pcr}");
     }
 
-    // Reference values from the known-good boot A, as an operator writes them.
+    // Reference values from the known-good boot A, as an operator writes
+    // them: the boot policy from its log, the allow-list from the image's
+    // root and from its initramfs (IMA measured both stages).
     let log_a = EventLog::parse(&boot_log_a.0).expect("A's firmware log parses");
     let (boot_policy, explanations) =
         boot_policy_from_log(&log_a, Some(&a.cmdline)).expect("a boot policy from A's log");
     assert_eq!(boot_policy.secure_boot, Some(SecureBoot::Disabled));
     assert!(!explanations.is_empty());
-    let runtime_policy = runtime_policy_from_rootfs(a.initramfs.staging_dir())
-        .expect("an allow-list from A's image");
-    let aks = [a.ak_name.as_str(), b.ak_name.as_str()];
+    let initramfs = image.initramfs().expect("the node image's initramfs");
+    let root_only =
+        runtime_policy_from_rootfs(&image.rootfs_dir()).expect("an allow-list from the root");
+    let initramfs_only = runtime_policy_from_rootfs(initramfs.staging_dir())
+        .expect("an allow-list from the initramfs");
+    let runtime_policy = merged(&[root_only.clone(), initramfs_only.clone()]);
+    let aks = [a.ak_name.as_str()];
 
-    // A passes, and the report says what its boot proved.
+    // A passes, and the report says what its boot proved: the command line
+    // it states holds the root hash.
     let good = policy(
         &aks,
         Some(boot_policy.clone()),
@@ -239,6 +366,14 @@ fn a_real_boot_chain_is_verified_by_meaning_and_changes_are_refused() {
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
+    let cmdline_statement = text
+        .lines()
+        .find(|line| line.contains("the kernel command line is"))
+        .expect("a kernel command line statement");
+    assert!(
+        cmdline_statement.contains(&root_hash_arg),
+        "{cmdline_statement}"
+    );
 
     // Evidence for another nonce is refused.
     assert!(matches!(
@@ -262,63 +397,80 @@ fn a_real_boot_chain_is_verified_by_meaning_and_changes_are_refused() {
         other => panic!("expected PCR 7's SecureBoot event named, got {other}"),
     }
 
-    // B's boot is refused event by event. Its kernel may come first: QEMU's
-    // direct boot patches the kernel's setup header for what it loads
-    // (where depends on the initrd), so the firmware may have measured
-    // another image into PCR 4 for the same file.
-    match boot_error(verify_node(&b.evidence, &nonce_b, &good)) {
-        BootError::Refused { pcr: 4, reason, .. } => {
-            assert!(reason.contains("boot.bootApplications"), "{reason}")
-        }
-        BootError::Refused { pcr: 9, reason, .. } => {
-            assert!(reason.contains("kernel command line"), "{reason}")
-        }
-        other => panic!("expected PCR 4's or PCR 9's event named, got {other}"),
-    }
-    let log_b = EventLog::parse(&b.evidence.boot_log.as_ref().expect("B's firmware log").0)
-        .expect("B's firmware log parses");
-    let (b_reference, _) = boot_policy_from_log(&log_b, Some(&b.cmdline)).expect("B's values");
-    let mut relaxed = boot_policy.clone();
-    relaxed
-        .boot_applications
-        .get_or_insert_with(Vec::new)
-        .extend(b_reference.boot_applications.unwrap_or_default());
-    // Then its command line, naming the EFI stub's event.
+    // A policy for another root image (another root hash on the command
+    // line) refuses A at the EFI stub's command line event.
+    let other_root = BootPolicy {
+        kernel_cmdlines: Some(vec![a.cmdline.replace(&image.root_hash, &"0".repeat(64))]),
+        ..boot_policy.clone()
+    };
     match boot_error(verify_node(
-        &b.evidence,
-        &nonce_b,
-        &policy(&aks, Some(relaxed.clone()), None),
+        &a.evidence,
+        &nonce_a,
+        &policy(&aks, Some(other_root), None),
     )) {
         BootError::Refused { pcr: 9, reason, .. } => {
             assert!(reason.contains("kernel command line"), "{reason}")
         }
         other => panic!("expected PCR 9's command line event named, got {other}"),
     }
-    // Allowing B's command line too, its changed initrd is refused next.
-    relaxed
-        .kernel_cmdlines
-        .get_or_insert_with(Vec::new)
-        .push(b.cmdline.clone());
+    // Another initramfs: refused at the initrd event.
+    let other_initrd = BootPolicy {
+        initrd_digests: Some(vec![Sha256Digest([7; 32])]),
+        ..boot_policy.clone()
+    };
     match boot_error(verify_node(
-        &b.evidence,
-        &nonce_b,
-        &policy(&aks, Some(relaxed), None),
+        &a.evidence,
+        &nonce_a,
+        &policy(&aks, Some(other_initrd), None),
     )) {
         BootError::Refused { pcr: 9, reason, .. } => {
             assert!(reason.contains("initrd"), "{reason}")
         }
         other => panic!("expected PCR 9's initrd event named, got {other}"),
     }
-    // What B ran since boot: its extra program is not in A's allow-list.
+
+    // What A ran since boot, program by program: without aver-node in the
+    // allow-list, its measurement is refused by name.
+    let without_aver_node = RuntimePolicy {
+        files: runtime_policy
+            .files
+            .iter()
+            .filter(|f| f.path != GUEST_AVER_NODE)
+            .cloned()
+            .collect(),
+    };
     match verify_node(
-        &b.evidence,
-        &nonce_b,
-        &policy(&aks, None, Some(runtime_policy)),
+        &a.evidence,
+        &nonce_a,
+        &policy(&aks, None, Some(without_aver_node)),
     ) {
         Err(VerifyError::Runtime(RuntimeError::Refused(violation))) => {
-            assert!(violation.to_string().contains(GUEST_EXTRA), "{violation}")
+            assert!(
+                violation.to_string().contains(GUEST_AVER_NODE),
+                "{violation}"
+            )
         }
-        other => panic!("expected {GUEST_EXTRA} refused by the allow-list, got {other:?}"),
+        other => panic!("expected {GUEST_AVER_NODE} refused by the allow-list, got {other:?}"),
+    }
+    // The root's files alone do not cover the boot: IMA measured what the
+    // initramfs ran before switch_root (its /init, veritysetup, the
+    // modules), and the first of those is refused with its digest.
+    match verify_node(&a.evidence, &nonce_a, &policy(&aks, None, Some(root_only))) {
+        Err(VerifyError::Runtime(RuntimeError::Refused(violation))) => {
+            let named = violation.to_string();
+            let initramfs_file = initramfs_only.files.iter().find(|f| {
+                named.contains(&format!("{} ", f.path))
+                    && f.digests.iter().any(|d| named.contains(&hex::encode(d.0)))
+            });
+            assert!(
+                initramfs_file.is_some(),
+                "{named} is not a file of the initramfs"
+            );
+            eprintln!("root-only allow-list refused: {named}");
+        }
+        other => {
+            panic!("expected an initramfs file refused by the root's allow-list, got {other:?}")
+        }
     }
 
     // A firmware log altered after the fact no longer replays to the quote.
