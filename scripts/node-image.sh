@@ -271,7 +271,7 @@ refuse() {
   sleep 10
   exit 1
 }
-step() { echo "aver-initramfs: \$*"; }
+step() { echo "aver-initramfs [\$(cut -d' ' -f1 /proc/uptime) s]: \$*"; }
 roothash=""
 for arg in \$(cat /proc/cmdline); do
   case "\$arg" in $ROOTHASH_PARAM=*) roothash=\${arg#*=} ;; esac
