@@ -81,7 +81,7 @@ pub(super) fn verify(
     };
     check.secure_boot(policy.secure_boot)?;
     for key in KEY_VARIABLES {
-        check.key_variable(&key, key.rule_of(policy))?;
+        check.key_variable(&key, (key.listed)(policy))?;
     }
     if let Some(allowed) = &policy.boot_applications {
         check.boot_applications(allowed)?;
@@ -119,8 +119,11 @@ struct KeyVariable {
     name: &'static str,
     guid: Guid,
     rule: &'static str,
+    /// What `BootError::Missing` says when the log lacks the variable.
+    missing: &'static str,
     /// `dbx` lists what must be present; the others what may be.
     must_contain: bool,
+    listed: fn(&BootPolicy) -> Option<&[Sha256Digest]>,
 }
 
 const KEY_VARIABLES: [KeyVariable; 4] = [
@@ -128,38 +131,35 @@ const KEY_VARIABLES: [KeyVariable; 4] = [
         name: "PK",
         guid: Guid::EFI_GLOBAL_VARIABLE,
         rule: "boot.pk",
+        missing: "PK variable in PCR 7",
         must_contain: false,
+        listed: |p| p.pk.as_deref(),
     },
     KeyVariable {
         name: "KEK",
         guid: Guid::EFI_GLOBAL_VARIABLE,
         rule: "boot.kek",
+        missing: "KEK variable in PCR 7",
         must_contain: false,
+        listed: |p| p.kek.as_deref(),
     },
     KeyVariable {
         name: "db",
         guid: Guid::EFI_IMAGE_SECURITY_DATABASE_GUID,
         rule: "boot.db",
+        missing: "db variable in PCR 7",
         must_contain: false,
+        listed: |p| p.db.as_deref(),
     },
     KeyVariable {
         name: "dbx",
         guid: Guid::EFI_IMAGE_SECURITY_DATABASE_GUID,
         rule: "boot.dbx",
+        missing: "dbx variable in PCR 7",
         must_contain: true,
+        listed: |p| p.dbx.as_deref(),
     },
 ];
-
-impl KeyVariable {
-    fn rule_of<'p>(&self, policy: &'p BootPolicy) -> Option<&'p [Sha256Digest]> {
-        match self.name {
-            "PK" => policy.pk.as_deref(),
-            "KEK" => policy.kek.as_deref(),
-            "db" => policy.db.as_deref(),
-            _ => policy.dbx.as_deref(),
-        }
-    }
-}
 
 struct Checker<'a> {
     log: &'a EventLog,
@@ -240,12 +240,7 @@ impl<'a> Checker<'a> {
         let found = self.variables(key.name, key.guid)?;
         if found.is_empty() {
             return Err(BootError::Missing {
-                what: match key.name {
-                    "PK" => "PK variable in PCR 7",
-                    "KEK" => "KEK variable in PCR 7",
-                    "db" => "db variable in PCR 7",
-                    _ => "dbx variable in PCR 7",
-                },
+                what: key.missing,
                 rule: key.rule,
             });
         }

@@ -345,3 +345,118 @@ fn the_quote_covers_a_prefix_of_the_list_and_only_this_boots_list() {
         RuntimeError::NotQuoted(IMA_PCR)
     );
 }
+
+/// A crypto-agile log (sha256 only) holding one PCR 7 `PK` variable event
+/// whose signature list has one X.509 entry `cert`.
+fn log_with_pk(cert: &[u8]) -> Vec<u8> {
+    use sha2::Digest as _;
+    use aver_boot_log::uefi::Guid;
+    let mut log = Vec::new();
+    let mut spec = b"Spec ID Event03\0".to_vec();
+    spec.extend(0u32.to_le_bytes()); // platformClass
+    spec.extend([0, 2, 0, 2]); // minor, major, errata, uintnSize
+    spec.extend(1u32.to_le_bytes());
+    spec.extend(0x000Bu16.to_le_bytes());
+    spec.extend(32u16.to_le_bytes());
+    spec.push(0); // vendorInfoSize
+    log.extend(0u32.to_le_bytes());
+    log.extend(3u32.to_le_bytes()); // EV_NO_ACTION
+    log.extend([0u8; 20]);
+    log.extend((spec.len() as u32).to_le_bytes());
+    log.extend(&spec);
+
+    let mut list = Guid::EFI_CERT_X509_GUID.0.to_vec();
+    list.extend(((28 + 16 + cert.len()) as u32).to_le_bytes()); // SignatureListSize
+    list.extend(0u32.to_le_bytes()); // SignatureHeaderSize
+    list.extend(((16 + cert.len()) as u32).to_le_bytes()); // SignatureSize
+    list.extend([0x77; 16]); // SignatureOwner
+    list.extend(cert);
+    let name: Vec<u8> = "PK".encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let mut var = Guid::EFI_GLOBAL_VARIABLE.0.to_vec();
+    var.extend(2u64.to_le_bytes());
+    var.extend((list.len() as u64).to_le_bytes());
+    var.extend(&name);
+    var.extend(&list);
+    log.extend(7u32.to_le_bytes());
+    log.extend(0x8000_0001u32.to_le_bytes()); // EV_EFI_VARIABLE_DRIVER_CONFIG
+    log.extend(1u32.to_le_bytes());
+    log.extend(0x000Bu16.to_le_bytes());
+    log.extend(<[u8; 32]>::from(sha2::Sha256::digest(&var)));
+    log.extend((var.len() as u32).to_le_bytes());
+    log.extend(&var);
+    log
+}
+
+#[test]
+fn every_measured_key_must_be_allowed() {
+    use sha2::Digest as _;
+    let cert = b"a platform key certificate (DER)";
+    let log = log_with_pk(cert);
+    let bank = EventLog::parse(&log)
+        .unwrap()
+        .replay(HashAlg::Sha256)
+        .unwrap();
+    let pcrs: BTreeMap<u8, [u8; 32]> = (0..=9)
+        .map(|pcr| {
+            (
+                pcr,
+                bank.get(pcr).map_or([0; 32], |v| v.try_into().unwrap()),
+            )
+        })
+        .collect();
+    let evidence = evidence(Some(&log), None);
+    let cert_digest = Sha256Digest(sha2::Sha256::digest(cert).into());
+
+    let allowed = BootPolicy {
+        pk: Some(vec![cert_digest]),
+        ..BootPolicy::default()
+    };
+    let report = verify_platform(&evidence, &pcrs, Some(&allowed), None)
+        .unwrap()
+        .unwrap();
+    let text = report.boot.unwrap().statements.join("\n");
+    assert!(
+        text.contains("PK holds 1 entry, each allowed by boot.pk"),
+        "{text}"
+    );
+
+    let other = BootPolicy {
+        pk: Some(vec![Sha256Digest([5; 32])]),
+        ..BootPolicy::default()
+    };
+    let err = boot_error(&other, &evidence, &pcrs);
+    assert!(
+        err.to_string().contains(&format!(
+            "PK entry {cert_digest} (X.509 certificate) is not allowed by boot.pk"
+        )),
+        "{err}"
+    );
+    // The log has no KEK variable at all: a kek rule cannot be proven.
+    let kek = BootPolicy {
+        kek: Some(vec![]),
+        ..BootPolicy::default()
+    };
+    let err = boot_error(&kek, &evidence, &pcrs);
+    assert!(
+        matches!(
+            err,
+            BootError::Missing {
+                rule: "boot.kek",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // dbx must hold what the policy forbids: this log has no dbx.
+    let dbx = BootPolicy {
+        dbx: Some(vec![cert_digest]),
+        ..BootPolicy::default()
+    };
+    assert!(matches!(
+        boot_error(&dbx, &evidence, &pcrs),
+        BootError::Missing {
+            rule: "boot.dbx",
+            ..
+        }
+    ));
+}
