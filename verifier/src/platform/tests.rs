@@ -349,8 +349,8 @@ fn the_quote_covers_a_prefix_of_the_list_and_only_this_boots_list() {
 /// A crypto-agile log (sha256 only) holding one PCR 7 `PK` variable event
 /// whose signature list has one X.509 entry `cert`.
 fn log_with_pk(cert: &[u8]) -> Vec<u8> {
-    use sha2::Digest as _;
     use aver_boot_log::uefi::Guid;
+    use sha2::Digest as _;
     let mut log = Vec::new();
     let mut spec = b"Spec ID Event03\0".to_vec();
     spec.extend(0u32.to_le_bytes()); // platformClass
