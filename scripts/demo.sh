@@ -45,7 +45,7 @@ model=$($bin/aver digest model "$work/model")
 cat >"$work/policy.yaml" <<YAML
 referencePcrs:
 $(for i in 0 1 2 3 4 5 6 7; do printf '  - pcr: %s\n    values: ["sha256:%064d"]\n' "$i" 0; done)
-workloadPcr: 15
+workloadPcr: 13
 allowed:
   engineDigests: ["$AVER_ENGINE_DIGEST"]
   modelDigests: ["$model"]

@@ -169,7 +169,7 @@ pub fn client_policy(
         "referencePcrs": (0..8)
             .map(|pcr| serde_json::json!({"pcr": pcr, "values": [Sha256Digest([0; 32]).to_string()]}))
             .collect::<Vec<_>>(),
-        "workloadPcr": 15,
+        "workloadPcr": crate::node_agent::NODE_PCR,
         "allowed": {
             "modelDigests": [model.to_string()],
             "pod": {

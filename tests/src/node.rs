@@ -146,7 +146,7 @@ pub fn policy_for(ak_names: &[String], model: Sha256Digest) -> AttestationPolicy
                 values: vec![Sha256Digest([0; 32])],
             })
             .collect(),
-        workload_pcr: 15,
+        workload_pcr: aver_crds::policy::DEFAULT_WORKLOAD_PCR,
         boot: None,
         runtime: None,
         allowed: AllowedWorkload {

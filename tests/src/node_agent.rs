@@ -50,7 +50,7 @@ pub const AGENT_PROBE_IMAGE: &str = "aver.test/agent-probe:1";
 pub const AGENT_MOUNT: &str = "/run/aver-node";
 pub const AGENT_SOCKET_IN_POD: &str = "/run/aver-node/agent.sock";
 /// The PCR the node log is extended into.
-pub const NODE_PCR: u8 = 15;
+pub const NODE_PCR: u8 = aver_crds::policy::DEFAULT_WORKLOAD_PCR;
 
 /// How long aver-node gets to answer the CRI after it was started.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);

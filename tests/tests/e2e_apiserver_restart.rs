@@ -85,8 +85,8 @@ async fn controller_recovers_from_an_apiserver_restart() {
         .sim
         .node(&victim.node)
         .expect("node")
-        .extend_pcr(15)
-        .expect("extend PCR 15");
+        .extend_pcr(aver_crds::policy::DEFAULT_WORKLOAD_PCR)
+        .expect("extend the workload PCR");
     *tamper.0.lock().unwrap() = Some((Instant::now(), victim.pod.clone(), before));
     eprintln!(
         "e2e: apiserver pid {killed} killed; {} tampered",

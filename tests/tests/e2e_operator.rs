@@ -156,7 +156,8 @@ async fn operator_on_a_real_control_plane() {
         .node(&victim.node)
         .expect("simulated node")
         .clone();
-    node.extend_pcr(15).expect("extend PCR 15");
+    node.extend_pcr(aver_crds::policy::DEFAULT_WORKLOAD_PCR)
+        .expect("extend the workload PCR");
     let tampered = Instant::now();
     cluster
         .wait_for(

@@ -15,6 +15,9 @@ use aver_verifier::evidence::{Evidence, EvidenceError};
 use aver_verifier::measurement::model_digest;
 use aver_verifier::{verify, Challenge, ClockHistory};
 
+/// The PCR the enclave measures into by default.
+const WORKLOAD_PCR: u8 = aver_crds::policy::DEFAULT_WORKLOAD_PCR;
+
 /// Test nodes unwrap their set-up: a failure there is a broken test rig.
 trait Node {
     fn evidence_ok(&self, nonce: &Nonce) -> (Evidence, Sha256Digest);
@@ -163,7 +166,7 @@ fn added_removed_or_edited_events_are_each_named() {
 
     let mut added = evidence.clone();
     added.event_log.push(LogEntry {
-        pcr: 15,
+        pcr: WORKLOAD_PCR,
         event: WorkloadEvent::Model {
             digest: Sha256Digest([9; 32]),
         },
@@ -191,7 +194,7 @@ fn added_removed_or_edited_events_are_each_named() {
     assert!(matches!(
         verify(&edited, &ch, &policy),
         Err(VerifyError::EventLog(EventLogError::ReplayMismatch {
-            pcr: 15,
+            pcr: WORKLOAD_PCR,
             ..
         }))
     ));
@@ -215,7 +218,7 @@ fn extend_by_anyone_else_fails_closed() {
     node.evidence_ok(&nonce);
     // Something other than the enclave extends the workload PCR.
     let status = Command::new("tpm2_pcrextend")
-        .arg(format!("15:sha256={}", "ab".repeat(32)))
+        .arg(format!("{WORKLOAD_PCR}:sha256={}", "ab".repeat(32)))
         .env("TPM2TOOLS_TCTI", node.tpm.tcti())
         .status()
         .expect("tpm2_pcrextend runs");
@@ -227,7 +230,7 @@ fn extend_by_anyone_else_fails_closed() {
     assert!(matches!(
         verify(&evidence, &challenge(nonce, spki), &policy),
         Err(VerifyError::EventLog(EventLogError::ReplayMismatch {
-            pcr: 15,
+            pcr: WORKLOAD_PCR,
             ..
         }))
     ));

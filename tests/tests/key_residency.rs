@@ -37,12 +37,12 @@ async fn the_tls_private_key_is_never_written_or_served() {
     let node = TestNode::start().unwrap();
     let stub = StubUpstream::start().await.unwrap();
     let mut quote_pcrs = DEFAULT_BOOT_PCRS.to_vec();
-    quote_pcrs.push(15);
+    quote_pcrs.push(aver_crds::policy::DEFAULT_WORKLOAD_PCR);
     let config = LaunchConfig {
         tcti: node.tpm.tcti(),
         ak_handle: aver_enclave::tpm::DEFAULT_AK_HANDLE,
         state_dir: node.state.path().to_owned(),
-        workload_pcr: 15,
+        workload_pcr: aver_crds::policy::DEFAULT_WORKLOAD_PCR,
         quote_pcrs,
         workload: WorkloadInputs {
             engine_digest: Sha256Digest::parse(ENGINE).unwrap(),

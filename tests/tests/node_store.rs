@@ -13,7 +13,7 @@ use aver_verifier::tpm::{AkPublic, Attest, Signature};
 use sha2::{Digest as _, Sha256};
 
 const POLICY: &str = "version: 1\n# node policy of the store test\n";
-const WORKLOAD_PCR: u8 = 15;
+const WORKLOAD_PCR: u8 = aver_crds::policy::DEFAULT_WORKLOAD_PCR;
 
 fn access(n: u32) -> NodeEvent {
     NodeEvent::Access {
@@ -24,7 +24,7 @@ fn access(n: u32) -> NodeEvent {
 }
 
 /// Checks a quote the way a verifier would (signature by the AK, extraData,
-/// pcrDigest over the returned values) and returns the quoted PCR 15.
+/// pcrDigest over the returned values) and returns the quoted workload PCR.
 fn check_quote(quote: &NodeQuote, qualifying: &[u8; 32]) -> Sha256Digest {
     let attest = Attest::parse(&quote.attest.0).unwrap();
     assert_eq!(attest.extra_data, qualifying);
@@ -76,9 +76,9 @@ async fn recorded_events_are_quoted_and_the_log_continues_after_a_restart() {
 
     let qualifying = [0x5a; 32];
     let quote = measurer.quote(qualifying).await.unwrap();
-    let pcr15 = check_quote(&quote, &qualifying);
-    assert_eq!(replay(&quote.node_log), pcr15);
-    assert_ne!(pcr15, Sha256Digest([0; 32]));
+    let workload = check_quote(&quote, &qualifying);
+    assert_eq!(replay(&quote.node_log), workload);
+    assert_ne!(workload, Sha256Digest([0; 32]));
     assert_eq!(quote.node_log.len(), 6);
     assert!(matches!(
         &quote.node_log[0].event,
@@ -108,8 +108,8 @@ async fn recorded_events_are_quoted_and_the_log_continues_after_a_restart() {
     measurer.record(access(7)).await.unwrap();
     let qualifying = [0xa5; 32];
     let quote = measurer.quote(qualifying).await.unwrap();
-    let pcr15 = check_quote(&quote, &qualifying);
-    assert_eq!(replay(&quote.node_log), pcr15);
+    let workload = check_quote(&quote, &qualifying);
+    assert_eq!(replay(&quote.node_log), workload);
     assert_eq!(&quote.node_log[..first_log.len()], first_log.as_slice());
     let starts = quote
         .node_log
@@ -134,13 +134,19 @@ async fn an_extend_behind_the_agents_back_is_refused() {
     config.state_dir = state.path().to_owned();
     let measurer = Measurer::start(&config).unwrap();
 
-    // Another program extends PCR 15 while the agent runs: quotes are
+    // Another program extends the workload PCR while the agent runs: quotes are
     // refused (the log no longer explains the PCR)…
     let mut other = aver_enclave::Tpm::open(&swtpm.tcti(), config.ak_handle).unwrap();
     other.extend(WORKLOAD_PCR, &[0x66; 32]).unwrap();
     let error = measurer.quote([1; 32]).await.unwrap_err();
     assert!(
-        matches!(error, StoreError::Diverged { pcr: 15, .. }),
+        matches!(
+            error,
+            StoreError::Diverged {
+                pcr: WORKLOAD_PCR,
+                ..
+            }
+        ),
         "{error}"
     );
     measurer.stop().await;
@@ -148,10 +154,16 @@ async fn an_extend_behind_the_agents_back_is_refused() {
     // …and the agent refuses to start again until the TPM is reset.
     let error = Measurer::start(&config).unwrap_err();
     assert!(
-        matches!(error, StoreError::Foreign { pcr: 15, .. }),
+        matches!(
+            error,
+            StoreError::Foreign {
+                pcr: WORKLOAD_PCR,
+                ..
+            }
+        ),
         "{error}"
     );
-    assert!(error
-        .to_string()
-        .contains("something outside aver-node extended PCR 15"));
+    assert!(error.to_string().contains(&format!(
+        "something outside aver-node extended PCR {WORKLOAD_PCR}"
+    )));
 }

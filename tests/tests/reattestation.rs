@@ -121,7 +121,11 @@ async fn reattestation_publishes_real_keys_and_drops_a_tampered_node() {
     // Someone extends node 1's workload PCR: within an interval or two the
     // loop reports it, asks for the pod to go, and stops listing it.
     let status = std::process::Command::new("tpm2_pcrextend")
-        .arg(format!("15:sha256={}", "ab".repeat(32)))
+        .arg(format!(
+            "{}:sha256={}",
+            aver_crds::policy::DEFAULT_WORKLOAD_PCR,
+            "ab".repeat(32)
+        ))
         .env("TPM2TOOLS_TCTI", nodes[1].tpm.tcti())
         .status()
         .expect("tpm2_pcrextend runs");
