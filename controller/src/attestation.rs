@@ -66,7 +66,9 @@ impl AttestedEndpoint {
                         .platform
                         .iter()
                         .flat_map(|p| p.boot.iter().chain(p.runtime.iter()))
-                        .flat_map(|log| log.statements.iter().cloned())
+                        .flat_map(|log| log.statements.iter())
+                        .take(MAX_PROVEN_STATEMENTS)
+                        .map(|s| truncated(s, MAX_PROVEN_CHARS))
                         .collect(),
                 },
                 ak_activation: report.activation.as_ref().map(|a| AkActivation {
@@ -157,9 +159,32 @@ pub trait EndpointAttester: Send + Sync + 'static {
     ) -> impl Future<Output = Result<AttestedEndpoint, AttestError>> + Send;
 }
 
+/// Bounds of `bootPolicy.proven` in the CRD schema: a statement quoting a
+/// long kernel command line is cut rather than failing the status update.
+const MAX_PROVEN_STATEMENTS: usize = 64;
+const MAX_PROVEN_CHARS: usize = 1024;
+
+fn truncated(text: &str, max_chars: usize) -> String {
+    if text.chars().count() <= max_chars {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(max_chars - 1).collect();
+    cut.push('…');
+    cut
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_statements_are_cut_to_the_schema_bound() {
+        let long = "x".repeat(5000);
+        let cut = truncated(&long, MAX_PROVEN_CHARS);
+        assert_eq!(cut.chars().count(), MAX_PROVEN_CHARS);
+        assert!(cut.ends_with('…'));
+        assert_eq!(truncated("short", MAX_PROVEN_CHARS), "short");
+    }
 
     #[test]
     fn pem_wraps_at_64_columns() {
