@@ -67,6 +67,8 @@ VERITY_UUID=5d1c0c7e-5b1e-4a4e-9f3a-0a7e5e0c0de2
 VERITY_SALT=61766572206e6f646520696d6167652c20646d2d76657269747920726f6f7421
 EPOCH=1700000000
 ROOTHASH_PARAM=aver.verity.roothash
+# mke2fs, debugfs and veritysetup are in the sbin directories.
+export PATH="$PATH:/usr/sbin:/sbin"
 
 # --- packages and inputs ------------------------------------------------------
 # shellcheck source=scripts/lib/vm.sh

@@ -185,8 +185,11 @@ pub fn vm_dir() -> PathBuf {
 }
 
 fn find_in_path(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
+    // mke2fs and veritysetup live in the sbin directories, which a
+    // non-login PATH may lack; scripts/node-image.sh adds them too.
+    let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
         .map(|dir| dir.join(tool))
         .find(|candidate| candidate.is_file())
 }
