@@ -234,6 +234,13 @@ pub struct TrustRoots {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 262144))]
     pub ek_roots: Option<String>,
+
+    /// Accept quotes that rely on SHA-1: an attestation key whose signing
+    /// scheme hashes with SHA-1, or a quote selecting the sha1 PCR bank.
+    /// SHA-1 is collision-prone, so this is off by default; old TPMs that
+    /// offer nothing else need it, and a report verified this way says so.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_sha1: bool,
 }
 
 /// A policy that cannot be enforced as written.
@@ -561,6 +568,7 @@ mod tests {
             trust: TrustRoots {
                 ak_names: vec![format!("000b{}", "cd".repeat(32))],
                 ek_roots: None,
+                allow_sha1: false,
             },
             interval: "30s".into(),
             max_evidence_age: "5m".into(),

@@ -74,6 +74,7 @@ pub fn policy_from_evidence(
         trust: TrustRoots {
             ak_names: vec![ak.name_hex()],
             ek_roots: None,
+            allow_sha1: false,
         },
         interval: "30s".to_owned(),
         max_evidence_age: "5m".to_owned(),
