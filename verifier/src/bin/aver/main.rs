@@ -44,6 +44,12 @@ enum Command {
     /// Read a node's firmware event log and IMA measurement list.
     #[command(subcommand)]
     Eventlog(commands::eventlog::EventlogCommand),
+    /// Check TPM structures made by tpm2-tools (quotes).
+    #[command(subcommand)]
+    Tpm(commands::tpm::TpmCommand),
+    /// Check EK certificates against manufacturer roots.
+    #[command(subcommand)]
+    Ek(commands::ek::EkCommand),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +64,8 @@ fn main() -> ExitCode {
         Command::Policy(cmd) => commands::policy::run(cmd),
         Command::Digest(cmd) => commands::digest::run(cmd),
         Command::Eventlog(cmd) => commands::eventlog::run(cmd),
+        Command::Tpm(cmd) => commands::tpm::run(cmd),
+        Command::Ek(cmd) => commands::ek::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,9 +3,11 @@
 pub mod cluster;
 pub mod digest;
 pub mod discover;
+pub mod ek;
 pub mod eventlog;
 pub mod policy;
 pub mod request;
+pub mod tpm;
 pub mod verify;
 pub mod verify_evidence;
 pub mod verify_node;
@@ -28,12 +30,14 @@ pub enum Failure {
     Unattested(ClientError),
     /// `--fail` and the server answered with this error status.
     HttpStatus(u16),
+    /// A check on TPM data made elsewhere failed; the message names it.
+    Failed(String),
 }
 
 impl Failure {
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Self::Rejected(_) | Self::Unattested(_) => ExitCode::from(1),
+            Self::Rejected(_) | Self::Unattested(_) | Self::Failed(_) => ExitCode::from(1),
             Self::Input(_) => ExitCode::from(2),
             Self::HttpStatus(_) => ExitCode::from(3),
         }
@@ -48,6 +52,7 @@ impl fmt::Display for Failure {
             Self::Input(e) => write!(f, "error: {e:#}"),
             Self::Unattested(e) => write!(f, "not attested, nothing sent: {e}"),
             Self::HttpStatus(code) => write!(f, "server answered HTTP {code}"),
+            Self::Failed(message) => f.write_str(message),
         }
     }
 }
