@@ -210,10 +210,16 @@ pub struct AllowedContainer {
 /// `ekRoots`; at least one of the two must be set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "(has(self.akNames) && size(self.akNames) > 0) || has(self.ekRoots)",
-    "message": "trust needs akNames or ekRoots"
-}]))]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "(has(self.akNames) && size(self.akNames) > 0) || has(self.ekRoots)",
+        "message": "trust needs akNames or ekRoots"
+    },
+    {
+        "rule": "!has(self.ekPins) || has(self.ekRoots)",
+        "message": "trust.ekPins needs trust.ekRoots: pins narrow which TPMs activation against ekRoots accepts"
+    }
+]))]
 pub struct TrustRoots {
     /// TPM names (hex, nameAlg-prefixed, e.g. "000b…") of attestation keys
     /// trusted directly by their public key.
@@ -234,6 +240,16 @@ pub struct TrustRoots {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 262144))]
     pub ek_roots: Option<String>,
+
+    /// The operator's own nodes: SHA-256 of each enrolled TPM's EK
+    /// certificate (DER, without NV padding) or EK public key (DER
+    /// SubjectPublicKeyInfo), as `aver-node enroll` prints them. ekRoots
+    /// alone trusts every TPM of a vendor, including one in an attacker's
+    /// machine booting the public node image; with ekPins an AK activated
+    /// against ekRoots is accepted only if its EK is pinned here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(min = 1, max = 4096), transform = drop_default)]
+    pub ek_pins: Vec<Sha256Digest>,
 
     /// Accept quotes that rely on SHA-1: an attestation key whose signing
     /// scheme hashes with SHA-1, or a quote selecting the sha1 PCR bank.
@@ -266,6 +282,10 @@ pub enum PolicyError {
     NoTrustRoot,
     #[error("policy trust.ekRoots is not a PEM bundle of certificates: {0}")]
     BadEkRoots(String),
+    #[error("policy trust.ekPins needs trust.ekRoots: pins narrow which TPMs activation against ekRoots accepts, and without ekRoots nothing is activated")]
+    EkPinsWithoutRoots,
+    #[error("policy trust.ekPins lists {0} more than once")]
+    DuplicateEkPin(Sha256Digest),
     #[error("policy akName {0:?} is not a hex TPM name with a SHA-256 nameAlg (000b + 64 hex)")]
     BadAkName(String),
     #[error("policy {field} {value:?} is not a duration like \"30s\" or \"5m\"")]
@@ -364,6 +384,15 @@ impl AttestationPolicy {
         }
         if let Some(roots) = &self.trust.ek_roots {
             check_pem_bundle(roots).map_err(PolicyError::BadEkRoots)?;
+        }
+        if !self.trust.ek_pins.is_empty() && self.trust.ek_roots.is_none() {
+            return Err(PolicyError::EkPinsWithoutRoots);
+        }
+        let mut pins = BTreeSet::new();
+        for pin in &self.trust.ek_pins {
+            if !pins.insert(pin.0) {
+                return Err(PolicyError::DuplicateEkPin(*pin));
+            }
         }
         for name in &self.trust.ak_names {
             let ok = name.len() == 68
@@ -568,6 +597,7 @@ mod tests {
             trust: TrustRoots {
                 ak_names: vec![format!("000b{}", "cd".repeat(32))],
                 ek_roots: None,
+                ek_pins: vec![],
                 allow_sha1: false,
             },
             interval: "30s".into(),
@@ -824,6 +854,21 @@ mod tests {
         let parsed = AttestationPolicy::from_yaml(&p.to_yaml()).unwrap();
         assert_eq!(parsed.trust.ek_roots.as_deref(), Some(PEM));
         assert!(parsed.trust.ak_names.is_empty());
+    }
+
+    #[test]
+    fn ek_pins_need_ek_roots_and_are_unique() {
+        let mut p = sample();
+        p.trust.ek_pins = vec![digest(8)];
+        assert_eq!(p.validate(), Err(PolicyError::EkPinsWithoutRoots));
+        p.trust.ek_roots = Some(PEM.into());
+        assert_eq!(p.validate(), Ok(()));
+        let yaml = p.to_yaml();
+        assert!(yaml.contains("ekPins"), "{yaml}");
+        assert_eq!(AttestationPolicy::from_yaml(&yaml).unwrap(), p);
+        assert!(!sample().to_yaml().contains("ekPins"));
+        p.trust.ek_pins.push(digest(8));
+        assert_eq!(p.validate(), Err(PolicyError::DuplicateEkPin(digest(8))));
     }
 
     #[test]

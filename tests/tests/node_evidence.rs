@@ -339,6 +339,7 @@ impl Node {
             trust: TrustRoots {
                 ak_names: vec![self.ak_name.clone()],
                 ek_roots: None,
+                ek_pins: vec![],
                 allow_sha1: false,
             },
             interval: "30s".into(),

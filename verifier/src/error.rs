@@ -35,6 +35,12 @@ pub enum VerifyError {
     UntrustedAk { name: String },
     #[error("attestation key {name} is neither listed in trust.akNames nor proven resident in a genuine TPM (trust.ekRoots needs credential activation, which was not done for this key)")]
     AkNotProven { name: String },
+    #[error("attestation key {name} is resident in a TPM certified by trust.ekRoots, but that TPM is not one of the policy's nodes: its EK certificate {certificate} and EK public key {public_key} are not in trust.ekPins (to enrol the node, run `aver-node enroll` on it and add its pins to trust.ekPins)")]
+    EkNotPinned {
+        name: String,
+        certificate: Sha256Digest,
+        public_key: Sha256Digest,
+    },
     #[error("credential activation proved attestation key {activated}, but the quote is signed by {quoted}")]
     ActivatedAkMismatch { activated: String, quoted: String },
     #[error("attestation key activation failed: {0}")]
@@ -101,7 +107,8 @@ impl VerifyError {
             Self::SpkiMismatch { .. } | Self::LaunchSpkiMismatch { .. } => "channel-binding",
             Self::NotAnAttestationKey { .. }
             | Self::UntrustedAk { .. }
-            | Self::AkNotProven { .. } => "untrusted-key",
+            | Self::AkNotProven { .. }
+            | Self::EkNotPinned { .. } => "untrusted-key",
             Self::ActivatedAkMismatch { .. } => "activation",
             Self::Activation(e) => e.reason(),
             Self::BadSignature { .. } => "signature",

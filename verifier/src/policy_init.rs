@@ -74,6 +74,7 @@ pub fn policy_from_evidence(
         trust: TrustRoots {
             ak_names: vec![ak.name_hex()],
             ek_roots: None,
+            ek_pins: vec![],
             allow_sha1: false,
         },
         interval: "30s".to_owned(),

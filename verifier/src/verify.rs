@@ -234,7 +234,10 @@ fn verify_platform_stage(
             .ek_roots
             .as_deref()
             .filter(|roots| proof.vouches_for(&ak_name, &roots_sha256(roots), unix_now()))
-            .map(|_| proof.clone()),
+            .map(|_| pinned(proof, &policy.trust.ek_pins))
+            .transpose()
+            // An AK listed by name needs no proof, pinned or not.
+            .or_else(|error| if listed { Ok(None) } else { Err(error) })?,
     };
     if !listed && activation.is_none() {
         return Err(if policy.trust.ek_roots.is_some() {
@@ -312,6 +315,27 @@ fn verify_platform_stage(
         boot_pcrs,
         platform,
     })
+}
+
+/// `proof`, if `pins` is empty (any TPM of the `ekRoots` vendors) or lists
+/// its EK (the operator's own nodes), with the pin it matched.
+fn pinned(proof: &ActivatedAk, pins: &[Sha256Digest]) -> Result<ActivatedAk, VerifyError> {
+    let mut proof = proof.clone();
+    if pins.is_empty() {
+        proof.pinned_by = None;
+        return Ok(proof);
+    }
+    match proof.ek_pin.is_pinned(pins) {
+        Some(pin) => {
+            proof.pinned_by = Some(pin);
+            Ok(proof)
+        }
+        None => Err(VerifyError::EkNotPinned {
+            name: proof.ak_name,
+            certificate: proof.ek_pin.certificate_sha256,
+            public_key: proof.ek_pin.public_key_sha256,
+        }),
+    }
 }
 
 /// What the platform stage established.
@@ -447,7 +471,7 @@ fn enclave_reported(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ek::{EkCertificateInfo, EkKind};
+    use crate::ek::{EkCertificateInfo, EkKind, EkPin};
 
     const EVIDENCE: &[u8] = include_bytes!("../testdata/evidence-swtpm.json");
     const POLICY: &str = include_str!("../testdata/policy-swtpm.yaml");
@@ -481,6 +505,11 @@ mod tests {
                 chain: vec!["\"CN=Vendor\"".into()],
             },
             roots_sha256: roots_sha256(roots),
+            ek_pin: EkPin {
+                certificate_sha256: Sha256Digest([7; 32]),
+                public_key_sha256: Sha256Digest([8; 32]),
+            },
+            pinned_by: None,
             activated_at: "2026-01-01T00:00:00Z".into(),
             valid_until,
         }
@@ -518,6 +547,37 @@ mod tests {
         let error = verify_activated(&evidence, &challenge, &policy, Some(&other_ak)).unwrap_err();
         assert!(matches!(error, VerifyError::ActivatedAkMismatch { .. }));
         assert_eq!(error.reason(), "activation");
+    }
+
+    #[test]
+    fn with_ek_pins_only_an_enrolled_tpm_is_trusted() {
+        let (evidence, challenge, mut policy, ak_name) = fixture();
+        let activated = proof(&ak_name, ROOTS, i64::MAX);
+        for pin in [Sha256Digest([7; 32]), Sha256Digest([8; 32])] {
+            policy.trust.ek_pins = vec![Sha256Digest([9; 32]), pin];
+            let report =
+                verify_activated(&evidence, &challenge, &policy, Some(&activated)).unwrap();
+            assert_eq!(report.activation.as_ref().unwrap().pinned_by, Some(pin));
+            assert!(report.to_text().contains(&format!("node pinned       {pin}")));
+        }
+        policy.trust.ek_pins = vec![Sha256Digest([9; 32])];
+        let error =
+            verify_activated(&evidence, &challenge, &policy, Some(&activated)).unwrap_err();
+        assert_eq!(
+            error,
+            VerifyError::EkNotPinned {
+                name: ak_name.clone(),
+                certificate: Sha256Digest([7; 32]),
+                public_key: Sha256Digest([8; 32]),
+            }
+        );
+        let message = error.to_string();
+        assert!(message.contains(&Sha256Digest([7; 32]).to_string()), "{message}");
+        assert!(message.contains("aver-node enroll"), "{message}");
+        assert_eq!(error.reason(), "untrusted-key");
+        // A listed AK is trusted by its name, pins or not.
+        policy.trust.ak_names = vec![ak_name];
+        assert!(verify(&evidence, &challenge, &policy).is_ok());
     }
 
     #[test]

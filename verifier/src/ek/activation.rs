@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use super::chain::{validate_ek_certificate, EkCertificateInfo, EkChainError, TrustAnchors};
 use super::credential::{make_credential, CredentialError, SEED_BYTES};
+use super::pin::EkPin;
 use super::EkKind;
 use crate::evidence::Base64Bytes;
 use crate::tpm::{AkPublic, TpmParseError};
@@ -200,6 +201,12 @@ pub struct ActivatedAk {
     /// SHA-256 of the policy's `trust.ekRoots` text the chain was checked
     /// against.
     pub roots_sha256: Sha256Digest,
+    /// The digests that pin this TPM in `trust.ekPins`.
+    pub ek_pin: EkPin,
+    /// The `trust.ekPins` entry this TPM matched, when the policy pins
+    /// nodes (set by the verification that relied on this proof).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pinned_by: Option<Sha256Digest>,
     /// When the TPM released the secret (RFC 3339).
     pub activated_at: String,
     /// Unix time at which a certificate of the path expires; the proof is
@@ -228,6 +235,12 @@ impl ActivatedAk {
             ek.kind
         );
         let _ = writeln!(out, "  ek certificate    {}", ek.certificate_sha256);
+        if let Some(pin) = &self.pinned_by {
+            let _ = writeln!(
+                out,
+                "  node pinned       {pin} (trust.ekPins): this is an enrolled TPM, not just one of its vendor's"
+            );
+        }
         let _ = writeln!(
             out,
             "    subject         {} (serial {})",
@@ -257,6 +270,7 @@ pub struct PendingActivation {
     ak_name: String,
     secret: [u8; SEED_BYTES],
     ek: EkCertificateInfo,
+    ek_pin: EkPin,
     roots_sha256: Sha256Digest,
     valid_until: i64,
 }
@@ -286,6 +300,16 @@ impl PendingActivation {
         let mut first_error = None;
         let mut validated = None;
         for candidate in &offer.endorsement_keys {
+            let pin = match EkPin::from_nv(&candidate.certificate.0) {
+                Ok(pin) => pin,
+                Err(reason) => {
+                    first_error.get_or_insert(ActivationError::Malformed {
+                        document: "offer",
+                        reason: format!("{} EK certificate: {reason}", candidate.kind),
+                    });
+                    continue;
+                }
+            };
             match validate_ek_certificate(
                 &candidate.certificate.0,
                 candidate.kind,
@@ -294,7 +318,7 @@ impl PendingActivation {
                 now,
             ) {
                 Ok(ek) => {
-                    validated = Some(ek);
+                    validated = Some((ek, pin));
                     break;
                 }
                 Err(source) => {
@@ -305,7 +329,7 @@ impl PendingActivation {
                 }
             }
         }
-        let Some(ek) = validated else {
+        let Some((ek, ek_pin)) = validated else {
             return Err(first_error.unwrap_or(ActivationError::NoEkCertificate));
         };
         let mut secret = [0u8; SEED_BYTES];
@@ -324,6 +348,7 @@ impl PendingActivation {
                 ak_name,
                 secret,
                 ek: ek.info,
+                ek_pin,
                 roots_sha256: anchors.policy_sha256(),
                 valid_until: ek.valid_until,
             },
@@ -355,6 +380,8 @@ impl PendingActivation {
             ak_name: self.ak_name,
             ek: self.ek,
             roots_sha256: self.roots_sha256,
+            ek_pin: self.ek_pin,
+            pinned_by: None,
             activated_at: jiff::Timestamp::now().to_string(),
             valid_until: self.valid_until,
         })

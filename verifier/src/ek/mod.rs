@@ -21,6 +21,7 @@ pub mod activation;
 pub mod chain;
 pub mod credential;
 pub mod kdf;
+pub mod pin;
 
 #[cfg(test)]
 pub(crate) mod testing;
@@ -31,6 +32,7 @@ pub use activation::{
 };
 pub use chain::{EkCertificateInfo, EkChainError, TpmIdentity, TrustAnchors};
 pub use credential::{make_credential, CredentialBlob, EkPublicKey};
+pub use pin::EkPin;
 
 use serde::{Deserialize, Serialize};
 
