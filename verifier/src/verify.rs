@@ -558,11 +558,12 @@ mod tests {
             let report =
                 verify_activated(&evidence, &challenge, &policy, Some(&activated)).unwrap();
             assert_eq!(report.activation.as_ref().unwrap().pinned_by, Some(pin));
-            assert!(report.to_text().contains(&format!("node pinned       {pin}")));
+            assert!(report
+                .to_text()
+                .contains(&format!("node pinned       {pin}")));
         }
         policy.trust.ek_pins = vec![Sha256Digest([9; 32])];
-        let error =
-            verify_activated(&evidence, &challenge, &policy, Some(&activated)).unwrap_err();
+        let error = verify_activated(&evidence, &challenge, &policy, Some(&activated)).unwrap_err();
         assert_eq!(
             error,
             VerifyError::EkNotPinned {
@@ -572,7 +573,10 @@ mod tests {
             }
         );
         let message = error.to_string();
-        assert!(message.contains(&Sha256Digest([7; 32]).to_string()), "{message}");
+        assert!(
+            message.contains(&Sha256Digest([7; 32]).to_string()),
+            "{message}"
+        );
         assert!(message.contains("aver-node enroll"), "{message}");
         assert_eq!(error.reason(), "untrusted-key");
         // A listed AK is trusted by its name, pins or not.

@@ -81,7 +81,10 @@ mod tests {
         let mut padded = der.to_vec();
         padded.extend([0xff; 9]);
         assert_eq!(strip_nv_padding(&padded), Ok(&der[..]));
-        assert_eq!(strip_nv_padding(&[0x30, 0x02, 5, 6, 0]), Ok(&[0x30, 0x02, 5, 6][..]));
+        assert_eq!(
+            strip_nv_padding(&[0x30, 0x02, 5, 6, 0]),
+            Ok(&[0x30, 0x02, 5, 6][..])
+        );
         assert!(strip_nv_padding(&[0x30, 0x82, 0x01]).is_err());
         assert!(strip_nv_padding(&[0x30, 0x05, 1]).is_err());
         assert!(strip_nv_padding(&[0xff; 8]).is_err());
@@ -94,8 +97,14 @@ mod tests {
             certificate_sha256: Sha256Digest([1; 32]),
             public_key_sha256: Sha256Digest([2; 32]),
         };
-        assert_eq!(pin.is_pinned(&[Sha256Digest([2; 32])]), Some(Sha256Digest([2; 32])));
-        assert_eq!(pin.is_pinned(&[Sha256Digest([1; 32])]), Some(Sha256Digest([1; 32])));
+        assert_eq!(
+            pin.is_pinned(&[Sha256Digest([2; 32])]),
+            Some(Sha256Digest([2; 32]))
+        );
+        assert_eq!(
+            pin.is_pinned(&[Sha256Digest([1; 32])]),
+            Some(Sha256Digest([1; 32]))
+        );
         assert_eq!(pin.is_pinned(&[Sha256Digest([3; 32])]), None);
     }
 }
