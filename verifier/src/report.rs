@@ -46,6 +46,11 @@ pub struct VerifiedReport {
     /// activation against `trust.ekRoots` (absent: trusted by `akNames`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub activation: Option<ActivatedAk>,
+    /// The quote's signing hash or the AK's nameAlg is SHA-1, accepted only
+    /// because the policy sets `trust.allowSha1`: collisions in SHA-1 are
+    /// practical, so this report proves less than a SHA-256 one.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub weak_hash: bool,
 }
 
 /// Proof that a node's platform passed a policy's AK trust, reference PCRs
@@ -188,6 +193,12 @@ impl VerifiedReport {
             None => {
                 let _ = writeln!(out, "  ak trust          listed in trust.akNames");
             }
+        }
+        if self.weak_hash {
+            let _ = writeln!(
+                out,
+                "  weak hash         SHA-1 accepted by trust.allowSha1 (quote signature or AK name)"
+            );
         }
         let _ = writeln!(
             out,

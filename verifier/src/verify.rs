@@ -2,7 +2,6 @@
 
 use aver_crds::{AllowedPod, AttestationPolicy, Sha256Digest};
 use aver_node_log::{ContainerSpec, NodeHistory};
-use sha2::{Digest, Sha256};
 
 use crate::binding::{self, Nonce};
 use crate::ek::activation::unix_now;
@@ -16,7 +15,7 @@ use crate::report::{
     CheckedPcr, MeasuredBy, MeasuredContainer, QuoteClock, VerifiedLaunch, VerifiedNode,
     VerifiedReport,
 };
-use crate::tpm::{AkPublic, Attest, Signature};
+use crate::tpm::{self, alg, AkPublic, Attest, Signature, TpmParseError};
 
 /// What the verifier itself knows, independent of anything the server says:
 /// the nonce it sent and the TLS key it is talking to.
@@ -112,6 +111,7 @@ pub fn verify_with(
     );
     let PlatformStage {
         ak_name,
+        sha1,
         attest,
         activation,
         boot_pcrs,
@@ -158,6 +158,7 @@ pub fn verify_with(
         launch: workload.launch,
         batched: evidence.batch.is_some(),
         activation,
+        weak_hash: sha1,
     })
 }
 
@@ -254,6 +255,23 @@ fn verify_platform_stage(
     if !signature.verifies(&ak.key, &evidence.quote.attest.0) {
         return Err(VerifyError::BadSignature { name: ak_name });
     }
+    // SHA-1 (the quote's signing hash, or the AK's nameAlg, which its name
+    // and so its trust rest on) only when the policy accepts it.
+    let sha1_uses: Vec<&'static str> = [
+        (signature.hash_alg() == alg::SHA1, "quote signature hash"),
+        (ak.name_alg == alg::SHA1, "attestation key nameAlg"),
+    ]
+    .into_iter()
+    .filter_map(|(sha1, what)| sha1.then_some(what))
+    .collect();
+    if let Some(what) = sha1_uses.first() {
+        if !policy.trust.allow_sha1 {
+            return Err(VerifyError::Tpm {
+                part: "quote signature",
+                source: TpmParseError::Sha1NotAllowed { what },
+            });
+        }
+    }
     let attest = Attest::parse(&evidence.quote.attest.0).map_err(|source| VerifyError::Tpm {
         part: "quote",
         source,
@@ -264,7 +282,8 @@ fn verify_platform_stage(
         return Err(VerifyError::QualifyingDataMismatch);
     }
 
-    // PCR values are exactly the quoted ones.
+    // PCR values are exactly the quoted ones: evidence carries the sha256
+    // bank, whatever hash the AK signs with.
     let quoted = attest.sha256_pcrs().map_err(|source| VerifyError::Tpm {
         part: "quote PCR selection",
         source,
@@ -275,11 +294,16 @@ fn verify_platform_stage(
             "quote covers PCRs {quoted:?}, evidence lists {listed:?}"
         )));
     }
-    let mut h = Sha256::new();
-    for p in &evidence.pcrs {
-        h.update(p.value.as_bytes());
-    }
-    if h.finalize().as_slice() != attest.pcr_digest.as_slice() {
+    // TPM2_Quote hashes the selected PCR values with the signing scheme's
+    // hash (a SHA-384 AK quoting the sha256 bank makes a SHA-384 pcrDigest).
+    let concatenated: Vec<u8> = evidence
+        .pcrs
+        .iter()
+        .flat_map(|p| p.value.as_bytes().iter().copied())
+        .collect();
+    if tpm::digest(signature.hash_alg(), &concatenated).as_deref()
+        != Some(attest.pcr_digest.as_slice())
+    {
         return Err(VerifyError::PcrDigestMismatch);
     }
 
@@ -310,6 +334,7 @@ fn verify_platform_stage(
 
     Ok(PlatformStage {
         ak_name,
+        sha1: !sha1_uses.is_empty(),
         attest,
         activation,
         boot_pcrs,
@@ -341,6 +366,8 @@ fn pinned(proof: &ActivatedAk, pins: &[Sha256Digest]) -> Result<ActivatedAk, Ver
 /// What the platform stage established.
 struct PlatformStage {
     ak_name: String,
+    /// The quote or the AK's name relied on SHA-1 (`trust.allowSha1`).
+    sha1: bool,
     attest: Attest,
     activation: Option<ActivatedAk>,
     boot_pcrs: Vec<CheckedPcr>,

@@ -113,22 +113,16 @@ impl Attest {
         })
     }
 
-    /// The quoted PCR indices of the sha256 bank, provided that is the only
-    /// bank quoted (a mixed-bank digest is not something this verifier can
-    /// recompute from sha256 values alone).
-    pub fn sha256_pcrs(&self) -> Result<&[u8], TpmParseError> {
+    /// The one PCR bank the quote selects and its PCR indices; a mixed-bank
+    /// digest is not something this verifier can recompute.
+    pub fn quoted_bank(&self) -> Result<&PcrSelection, TpmParseError> {
         let banks: Vec<&PcrSelection> = self
             .pcr_select
             .iter()
             .filter(|s| !s.pcrs.is_empty())
             .collect();
         match banks.as_slice() {
-            [only] if only.hash_alg == alg::SHA256 => Ok(&only.pcrs),
-            [only] => Err(TpmParseError::Unsupported {
-                structure: "TPMS_ATTEST",
-                what: "PCR bank",
-                value: only.hash_alg,
-            }),
+            [only] => Ok(only),
             [] => Err(TpmParseError::Invalid {
                 structure: "TPMS_ATTEST",
                 reason: "quote selects no PCRs",
@@ -138,6 +132,19 @@ impl Attest {
                 reason: "quote selects more than one PCR bank",
             }),
         }
+    }
+
+    /// The quoted PCR indices of the sha256 bank, provided that is the only
+    /// bank quoted: evidence carries sha256 PCR values, so a quote of
+    /// another bank is [`TpmParseError::OtherPcrBank`].
+    pub fn sha256_pcrs(&self) -> Result<&[u8], TpmParseError> {
+        let bank = self.quoted_bank()?;
+        if bank.hash_alg != alg::SHA256 {
+            return Err(TpmParseError::OtherPcrBank {
+                bank: super::bank_name(bank.hash_alg),
+            });
+        }
+        Ok(&bank.pcrs)
     }
 }
 
@@ -232,10 +239,11 @@ pub(crate) mod tests {
     fn sha1_bank_is_unsupported() {
         let mut a = sample();
         a.pcr_select[0].hash_alg = 0x0004;
-        assert!(matches!(
-            a.sha256_pcrs(),
-            Err(TpmParseError::Unsupported { .. })
-        ));
+        let err = a.sha256_pcrs().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "evidence PCR values are sha256; the quote selects the sha1 bank"
+        );
     }
 
     proptest! {

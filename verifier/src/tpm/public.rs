@@ -1,14 +1,13 @@
 //! TPMT_PUBLIC of an attestation key, and its TPM name.
 
-use sha2::{Digest, Sha256};
-
 use super::reader::Reader;
-use super::{alg, TpmParseError, ECC_NIST_P256};
+use super::{alg, digest, TpmParseError, ECC_NIST_P256, ECC_NIST_P384};
 
 const MAX_DIGEST: usize = 64;
 const MAX_ECC_PARAMETER: usize = 66;
 const MAX_RSA_KEY: usize = 512;
 const MIN_RSA_BITS: u16 = 2048;
+const MAX_RSA_BITS: u16 = 4096;
 
 /// TPMA_OBJECT bits an attestation key must (and must not) have.
 pub mod attributes {
@@ -24,73 +23,105 @@ pub mod attributes {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublicKey {
     EccP256 { x: [u8; 32], y: [u8; 32] },
+    EccP384 { x: [u8; 48], y: [u8; 48] },
     Rsa { n: Vec<u8>, e: u32 },
 }
 
 /// An AK public area with the name the TPM gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AkPublic {
-    /// TPM name: nameAlg (SHA-256) followed by SHA-256 of the TPMT_PUBLIC.
+    /// TPM name: nameAlg (SHA-1, SHA-256, SHA-384 or SHA-512) followed by
+    /// that hash of the TPMT_PUBLIC, as `tpm2_readpublic` prints it.
     pub name: Vec<u8>,
+    pub name_alg: u16,
     pub object_attributes: u32,
+    /// The key's own signing scheme and its hash (`alg::RSASSA`,
+    /// `alg::SHA384`), or `None` for a key whose scheme is NULL (the
+    /// signer chooses per quote).
+    pub scheme: Option<(u16, u16)>,
     pub key: PublicKey,
 }
 
 impl AkPublic {
+    /// Parses a TPMT_PUBLIC, or a TPM2B_PUBLIC (the TPMT_PUBLIC with a
+    /// two-byte size prefix, as `tpm2_createak -u` writes it by default).
+    /// The name is always of the TPMT_PUBLIC, without the prefix.
     pub fn parse(bytes: &[u8]) -> Result<Self, TpmParseError> {
+        let first = match bytes {
+            [a, b, ..] => u16::from_be_bytes([*a, *b]),
+            _ => return Self::parse_tpmt(bytes),
+        };
+        let rest = bytes.len() - 2;
+        if first == alg::RSA || first == alg::ECC {
+            // A key type: a TPMT_PUBLIC, unless it is really a TPM2B whose
+            // size happens to equal a key type and whose inner parses.
+            return match Self::parse_tpmt(bytes) {
+                Err(e) if usize::from(first) == rest => {
+                    Self::parse_tpmt(&bytes[2..]).map_err(|_| e)
+                }
+                tpmt => tpmt,
+            };
+        }
+        if usize::from(first) == rest {
+            return Self::parse_tpmt(&bytes[2..]);
+        }
+        Err(TpmParseError::UnrecognisedPublic {
+            len: bytes.len(),
+            first,
+            rest,
+        })
+    }
+
+    fn parse_tpmt(bytes: &[u8]) -> Result<Self, TpmParseError> {
         let mut r = Reader::new(bytes, "TPMT_PUBLIC");
         let key_type = r.u16()?;
         let name_alg = r.u16()?;
-        if name_alg != alg::SHA256 {
-            return Err(TpmParseError::Unsupported {
-                structure: "TPMT_PUBLIC",
-                what: "nameAlg",
-                value: name_alg,
-            });
+        if super::hash_name(name_alg).is_none() {
+            return Err(unsupported("nameAlg", name_alg));
         }
         let object_attributes = r.u32()?;
         r.tpm2b("authPolicy", MAX_DIGEST)?;
-        let key = match key_type {
+        let (scheme, key) = match key_type {
             alg::ECC => {
                 expect_null_symmetric(&mut r)?;
-                let scheme = r.u16()?;
-                match scheme {
-                    alg::NULL => {}
-                    alg::ECDSA => {
-                        let hash = r.u16()?;
-                        if hash != alg::SHA256 {
-                            return Err(unsupported("ECDSA scheme hash", hash));
-                        }
-                    }
+                let scheme = match r.u16()? {
+                    alg::NULL => None,
+                    alg::ECDSA => Some((alg::ECDSA, scheme_hash(&mut r, "ECDSA scheme hash")?)),
                     other => return Err(unsupported("ECC scheme", other)),
-                }
+                };
                 let curve = r.u16()?;
-                if curve != ECC_NIST_P256 {
+                if curve != ECC_NIST_P256 && curve != ECC_NIST_P384 {
                     return Err(unsupported("ECC curve", curve));
                 }
                 let kdf = r.u16()?;
                 if kdf != alg::NULL {
                     return Err(unsupported("ECC KDF", kdf));
                 }
-                let x = coordinate(r.tpm2b("unique.x", MAX_ECC_PARAMETER)?)?;
-                let y = coordinate(r.tpm2b("unique.y", MAX_ECC_PARAMETER)?)?;
-                PublicKey::EccP256 { x, y }
+                let x = r.tpm2b("unique.x", MAX_ECC_PARAMETER)?;
+                let y = r.tpm2b("unique.y", MAX_ECC_PARAMETER)?;
+                let key = if curve == ECC_NIST_P256 {
+                    PublicKey::EccP256 {
+                        x: coordinate(x)?,
+                        y: coordinate(y)?,
+                    }
+                } else {
+                    PublicKey::EccP384 {
+                        x: coordinate(x)?,
+                        y: coordinate(y)?,
+                    }
+                };
+                (scheme, key)
             }
             alg::RSA => {
                 expect_null_symmetric(&mut r)?;
-                let scheme = r.u16()?;
-                match scheme {
-                    alg::NULL => {}
-                    alg::RSASSA => {
-                        let hash = r.u16()?;
-                        if hash != alg::SHA256 {
-                            return Err(unsupported("RSASSA scheme hash", hash));
-                        }
-                    }
+                let scheme = match r.u16()? {
+                    alg::NULL => None,
+                    alg::RSASSA => Some((alg::RSASSA, scheme_hash(&mut r, "RSASSA scheme hash")?)),
+                    alg::RSAPSS => Some((alg::RSAPSS, scheme_hash(&mut r, "RSAPSS scheme hash")?)),
                     other => return Err(unsupported("RSA scheme", other)),
-                }
+                };
                 let bits = r.u16()?;
-                if bits < MIN_RSA_BITS {
+                if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
                     return Err(unsupported("RSA key size (bits)", bits));
                 }
                 let e = match r.u32()? {
@@ -104,16 +135,18 @@ impl AkPublic {
                         reason: "RSA modulus length does not match keyBits",
                     });
                 }
-                PublicKey::Rsa { n, e }
+                (scheme, PublicKey::Rsa { n, e })
             }
             other => return Err(unsupported("key type", other)),
         };
         r.finish()?;
-        let mut name = alg::SHA256.to_be_bytes().to_vec();
-        name.extend_from_slice(&Sha256::digest(bytes));
+        let mut name = name_alg.to_be_bytes().to_vec();
+        name.extend(digest(name_alg, bytes).unwrap_or_default());
         Ok(Self {
             name,
+            name_alg,
             object_attributes,
+            scheme,
             key,
         })
     }
@@ -150,15 +183,24 @@ fn expect_null_symmetric(r: &mut Reader<'_>) -> Result<(), TpmParseError> {
     Ok(())
 }
 
-fn coordinate(v: &[u8]) -> Result<[u8; 32], TpmParseError> {
-    if v.len() > 32 {
+/// The hash of a signing scheme: one this verifier can compute.
+fn scheme_hash(r: &mut Reader<'_>, what: &'static str) -> Result<u16, TpmParseError> {
+    let hash = r.u16()?;
+    if super::hash_name(hash).is_none() {
+        return Err(unsupported(what, hash));
+    }
+    Ok(hash)
+}
+
+fn coordinate<const N: usize>(v: &[u8]) -> Result<[u8; N], TpmParseError> {
+    if v.len() > N {
         return Err(TpmParseError::Invalid {
             structure: "TPMT_PUBLIC",
-            reason: "P-256 coordinate longer than 32 bytes",
+            reason: "ECC coordinate longer than the curve's field",
         });
     }
-    let mut out = [0u8; 32];
-    out[32 - v.len()..].copy_from_slice(v);
+    let mut out = [0u8; N];
+    out[N - v.len()..].copy_from_slice(v);
     Ok(out)
 }
 
@@ -166,6 +208,7 @@ fn coordinate(v: &[u8]) -> Result<[u8; 32], TpmParseError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use sha2::{Digest, Sha256};
 
     pub(crate) fn ecc_public(attributes: u32) -> Vec<u8> {
         crate::ek::testing::ak_public(attributes, [1; 32], [2; 32])
@@ -206,13 +249,26 @@ mod tests {
     #[test]
     fn other_curves_are_unsupported() {
         let mut bytes = ecc_public(AK);
-        bytes[17] = 0x04; // TPM_ECC_NIST_P384 in curveID
+        bytes[17] = 0x05; // TPM_ECC_NIST_P521 in curveID
         assert!(matches!(
             AkPublic::parse(&bytes),
             Err(TpmParseError::Unsupported {
                 what: "ECC curve",
                 ..
             })
+        ));
+    }
+
+    #[test]
+    fn a_size_prefix_is_accepted_and_not_named() {
+        let bytes = ecc_public(AK);
+        let mut tpm2b = (bytes.len() as u16).to_be_bytes().to_vec();
+        tpm2b.extend(&bytes);
+        assert_eq!(AkPublic::parse(&tpm2b), AkPublic::parse(&bytes));
+        tpm2b.push(0);
+        assert!(matches!(
+            AkPublic::parse(&tpm2b),
+            Err(TpmParseError::UnrecognisedPublic { .. })
         ));
     }
 
