@@ -67,9 +67,21 @@ pub fn read_certificates(tpm: &mut Tpm) -> Result<Vec<(EkKind, Vec<u8>)>, TpmErr
                 nv::read_full(ctx, auth, handle)
             })
             .map_err(nv_error(index))?;
-        certificates.push((kind, der));
+        certificates.push((kind, trim_nv_padding(der)));
     }
     Ok(certificates)
+}
+
+/// The certificate without the padding vendors leave after it in a larger
+/// NV index (0xFF or 0x00 up to the index's size): the DER length of the
+/// outer SEQUENCE says where it ends. Contents that are not a certificate
+/// followed by padding are passed on whole, for the verifier to report.
+pub fn trim_nv_padding(mut contents: Vec<u8>) -> Vec<u8> {
+    if let Ok(certificate) = aver_verifier::ek::chain::strip_nv_padding(&contents) {
+        let length = certificate.len();
+        contents.truncate(length);
+    }
+    contents
 }
 
 fn nv_error(index: u32) -> impl FnOnce(tss_esapi::Error) -> TpmError {
@@ -253,4 +265,35 @@ fn endorsement_policy_session(context: &mut Context) -> Result<AuthSession, TpmE
         return Err(error);
     }
     Ok(session)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trim_nv_padding;
+
+    /// A DER SEQUENCE of 200 content bytes (long-form length).
+    fn certificate() -> Vec<u8> {
+        let mut der = vec![0x30, 0x81, 200];
+        der.extend((0..200).map(|i| i as u8));
+        der
+    }
+
+    #[test]
+    fn nv_padding_after_the_certificate_is_trimmed() {
+        for pad in [0xff, 0x00] {
+            let mut nv = certificate();
+            nv.resize(1024, pad);
+            assert_eq!(trim_nv_padding(nv), certificate());
+        }
+        assert_eq!(trim_nv_padding(certificate()), certificate());
+    }
+
+    #[test]
+    fn other_contents_are_passed_on_whole() {
+        let mut garbage = certificate();
+        garbage.extend([0xff, 0x01]);
+        assert_eq!(trim_nv_padding(garbage.clone()), garbage);
+        let short = certificate()[..100].to_vec();
+        assert_eq!(trim_nv_padding(short.clone()), short);
+    }
 }

@@ -91,9 +91,14 @@ impl AttestedConnection {
         let anchors = TrustAnchors::from_pem(roots)
             .map_err(|e| crate::VerifyError::from(ActivationError::BadRoots(e)))?;
         let offer = self.activation_offer().await?;
-        let (request, pending) =
+        // Chain validation is CPU work on what the server sent: off the
+        // async threads.
+        let (request, pending) = tokio::task::spawn_blocking(move || {
             PendingActivation::prepare(&offer, &anchors, unix_now(), &mut rand::thread_rng())
-                .map_err(crate::VerifyError::from)?;
+        })
+        .await
+        .map_err(|e| ClientError::Request(format!("EK certificate validation stopped: {e}")))?
+        .map_err(crate::VerifyError::from)?;
         let result = match self.submit_activation(&request).await? {
             Ok(response) => pending.complete(&response),
             Err(Answer::Refused(message)) => Err(pending.refused(message)),

@@ -115,6 +115,8 @@ pub enum ActivationError {
     BadRoots(EkChainError),
     #[error("the endpoint's TPM presents no EK certificate (NV 0x01c00002 for RSA 2048, 0x01c0000a for ECC P-256)")]
     NoEkCertificate,
+    #[error("activation offer refused: {0}")]
+    OfferTooLarge(EkChainError),
     #[error("{kind} EK certificate rejected: {source}")]
     EkChain { kind: EkKind, source: EkChainError },
     #[error("malformed AK public area in the activation offer: {0}")]
@@ -133,9 +135,10 @@ impl ActivationError {
     /// A short, stable label for metrics and logs.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Malformed { .. } | Self::UnsupportedVersion { .. } | Self::AkPublic(_) => {
-                "malformed"
-            }
+            Self::Malformed { .. }
+            | Self::UnsupportedVersion { .. }
+            | Self::AkPublic(_)
+            | Self::OfferTooLarge(_) => "malformed",
             Self::NoEkRoots | Self::BadRoots(_) => "policy-invalid",
             Self::NoEkCertificate | Self::EkChain { .. } => "ek-chain",
             Self::NotAnAttestationKey { .. } => "untrusted-key",
@@ -291,6 +294,8 @@ impl PendingActivation {
                 found: offer.version,
             });
         }
+        super::chain::check_offer_size(offer.endorsement_keys.len(), offer.ek_chain.len())
+            .map_err(ActivationError::OfferTooLarge)?;
         let ak = AkPublic::parse(&offer.ak_public.0).map_err(ActivationError::AkPublic)?;
         let ak_name = ak.name_hex();
         if !ak.is_attestation_key() {

@@ -11,10 +11,22 @@
 //!
 //! - each certificate's issuer name is its parent's subject, and its
 //!   signature verifies with the parent's key (SHA-1 is refused);
-//! - every certificate, the root included, is within its validity period;
+//! - the EK certificate and the trust anchor are within their validity
+//!   periods; an intermediate must be valid now, or, once expired, must
+//!   have been valid when the certificate below it was issued (its
+//!   notBefore): vendors keep issuing nothing new from an expired
+//!   intermediate, but the EK certificates it issued at manufacture stay
+//!   in the field for the TPM's life, and TCG treats the EK certificate as
+//!   a statement made at manufacture;
+//! - signatures are ECDSA (P-256, P-384, P-521), RSA PKCS#1 v1.5 or RSA-PSS
+//!   with SHA-256/384/512 ([`super::cert_signature`]); anything else is
+//!   unsupported, SHA-1 is weak;
 //! - every parent is a CA (basicConstraints cA, keyCertSign if keyUsage is
 //!   present) whose pathLenConstraint allows the intermediates below it;
-//! - no certificate carries a critical extension this code does not know;
+//! - no certificate carries a critical extension this code does not
+//!   enforce (basicConstraints, keyUsage, subjectAltName, and on the EK
+//!   certificate extendedKeyUsage): a critical nameConstraints or
+//!   policyConstraints is refused, not ignored;
 //! - the path ends at a certificate of `ekRoots` (every certificate in the
 //!   bundle is a trust anchor), within [`MAX_CHAIN`] links;
 //! - the leaf is an EK certificate: not a CA, keyUsage (if present) allows
@@ -24,11 +36,14 @@
 use aver_crds::Sha256Digest;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
+use std::collections::HashMap;
 use x509_parser::certificate::X509Certificate;
+
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::time::ASN1Time;
 use x509_parser::x509::X509Name;
 
+use super::cert_signature::{self, SignatureFailure};
 use super::credential::EkPublicKey;
 use super::EkKind;
 
@@ -38,6 +53,19 @@ pub const MAX_CHAIN: usize = 6;
 /// Largest certificate accepted anywhere in a path. Real EK and CA
 /// certificates are 1–2 KiB.
 pub const MAX_CERTIFICATE_BYTES: usize = 16 * 1024;
+
+/// Most EK certificates an activation offer may carry. A TPM has a handful
+/// of EK certificate indices (RSA and ECC, low and high range).
+pub const MAX_EK_CERTIFICATES: usize = 8;
+
+/// Most intermediates an activation offer may carry. Real vendor paths
+/// have one or two.
+pub const MAX_INTERMEDIATES: usize = 32;
+
+const OID_BASIC_CONSTRAINTS: &str = "2.5.29.19";
+const OID_KEY_USAGE: &str = "2.5.29.15";
+const OID_SUBJECT_ALT_NAME: &str = "2.5.29.17";
+const OID_EXTENDED_KEY_USAGE: &str = "2.5.29.37";
 
 const OID_TPM_MANUFACTURER: &str = "2.23.133.2.1";
 const OID_TPM_MODEL: &str = "2.23.133.2.2";
@@ -49,6 +77,14 @@ const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
 const OID_NIST_P256: &str = "1.2.840.10045.3.1.7";
 /// sha1WithRSAEncryption, sha1WithRSA (OIW), ecdsa-with-SHA1.
 const SHA1_SIGNATURES: [&str; 3] = ["1.2.840.113549.1.1.5", "1.3.14.3.2.29", "1.2.840.10045.4.1"];
+
+/// Whether a certificate is the EK certificate or a CA of its path: which
+/// critical extensions are enforced differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Ek,
+    Ca,
+}
 
 /// Why an EK certificate (or the policy's roots) was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -91,6 +127,12 @@ pub enum EkChainError {
     ChainTooLong,
     #[error("{subject} has a critical extension {oid} that this verifier does not understand")]
     UnknownCriticalExtension { subject: String, oid: String },
+    #[error("the activation offer holds {found} {what}, more than the {limit} accepted")]
+    TooManyCertificates {
+        what: &'static str,
+        found: usize,
+        limit: usize,
+    },
     #[error("not an EK certificate ({subject}): {reason}")]
     NotAnEkCertificate { subject: String, reason: String },
     #[error("EK certificate key is not an {expected} key: {found}")]
@@ -223,12 +265,13 @@ impl TpmIdentity {
 fn vendor_code(manufacturer: &str) -> Option<String> {
     let hex_id = manufacturer.strip_prefix("id:")?;
     let bytes = hex::decode(hex_id).ok()?;
-    let code: String = bytes
-        .iter()
-        .take_while(|&&b| b != 0)
-        .map(|&b| b as char)
-        .collect();
-    (!code.is_empty() && code.chars().all(|c| c.is_ascii_graphic())).then_some(code)
+    // A 4-byte code, padded with spaces or NULs ("STM ", "IFX\0").
+    if bytes.len() != 4 {
+        return None;
+    }
+    let code: String = bytes.iter().map(|&b| b as char).collect();
+    let code = code.trim_end_matches([' ', '\0']);
+    (!code.is_empty() && code.chars().all(|c| c.is_ascii_graphic())).then(|| code.to_owned())
 }
 
 /// An EK certificate whose chain reached a trust anchor, and its key.
@@ -240,9 +283,91 @@ pub struct ValidatedEk {
     pub valid_until: i64,
 }
 
+/// Checks the size of an activation offer before any certificate is
+/// parsed: a hostile server cannot make the verifier try thousands of
+/// certificates against each other.
+pub fn check_offer_size(ek_certificates: usize, intermediates: usize) -> Result<(), EkChainError> {
+    if ek_certificates > MAX_EK_CERTIFICATES {
+        return Err(EkChainError::TooManyCertificates {
+            what: "EK certificates",
+            found: ek_certificates,
+            limit: MAX_EK_CERTIFICATES,
+        });
+    }
+    if intermediates > MAX_INTERMEDIATES {
+        return Err(EkChainError::TooManyCertificates {
+            what: "EK chain certificates",
+            found: intermediates,
+            limit: MAX_INTERMEDIATES,
+        });
+    }
+    Ok(())
+}
+
+/// The DER certificate at the start of an NV index's contents. TPM
+/// vendors (STMicroelectronics among them) provision the EK certificate in
+/// an NV index larger than it, the rest left erased (0xFF) or zeroed; the
+/// outer SEQUENCE's length says where the certificate ends. Anything after
+/// it other than only 0xFF or only 0x00 is refused.
+pub fn strip_nv_padding(bytes: &[u8]) -> Result<&[u8], EkChainError> {
+    let malformed = |reason: String| EkChainError::Malformed {
+        what: "EK certificate".into(),
+        reason,
+    };
+    let Some(length) = der_sequence_length(bytes) else {
+        return Err(malformed(
+            "not a DER X.509 certificate (no outer SEQUENCE)".into(),
+        ));
+    };
+    if length > bytes.len() {
+        return Err(malformed(format!(
+            "truncated: the certificate says {length} bytes, {} were read",
+            bytes.len()
+        )));
+    }
+    let (certificate, rest) = bytes.split_at(length);
+    let padding = rest.iter().all(|&b| b == 0xff) || rest.iter().all(|&b| b == 0x00);
+    if !padding {
+        return Err(malformed(format!(
+            "{} trailing bytes after the certificate that are not NV padding (0xFF or 0x00)",
+            rest.len()
+        )));
+    }
+    Ok(certificate)
+}
+
+/// Total length (header included) of the DER SEQUENCE `bytes` starts with.
+pub fn der_sequence_length(bytes: &[u8]) -> Option<usize> {
+    let (&tag, rest) = bytes.split_first()?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (&first, rest) = rest.split_first()?;
+    if first < 0x80 {
+        return Some(2 + first as usize);
+    }
+    let count = (first & 0x7f) as usize;
+    // DER: long form only for lengths of 128 and more, at most 4 bytes
+    // here (certificates are far smaller), no leading zero byte.
+    if count == 0 || count > 4 || rest.len() < count || rest[0] == 0 {
+        return None;
+    }
+    let length = rest[..count]
+        .iter()
+        .fold(0usize, |acc, &b| (acc << 8) | b as usize);
+    if length < 0x80 {
+        return None;
+    }
+    Some(2 + count + length)
+}
+
 /// Validates the EK certificate `ek_der` (read from the NV index of
-/// `kind`) up to one of `anchors`, using `intermediates` (untrusted,
-/// presented by the server) to build the path, at Unix time `now`.
+/// `kind`, possibly followed by NV padding) up to one of `anchors`, using
+/// `intermediates` (untrusted, presented by the server, at most
+/// [`MAX_INTERMEDIATES`]) to build the path, at Unix time `now`.
+///
+/// This is CPU work bounded by the limits above (a few signature checks
+/// per link); callers on an async runtime run it on a blocking thread.
 pub fn validate_ek_certificate(
     ek_der: &[u8],
     kind: EkKind,
@@ -250,14 +375,16 @@ pub fn validate_ek_certificate(
     anchors: &TrustAnchors,
     now: i64,
 ) -> Result<ValidatedEk, EkChainError> {
+    check_offer_size(1, intermediates.len())?;
     let now = ASN1Time::from_timestamp(now).map_err(|e| EkChainError::Malformed {
         what: "verifier clock".into(),
         reason: e.to_string(),
     })?;
+    let ek_der = strip_nv_padding(ek_der)?;
     let ek = parse(ek_der, "EK certificate")?;
     let ek_subject = name(ek.subject());
     check_validity(&ek, "EK certificate", now)?;
-    check_critical_extensions(&ek)?;
+    check_critical_extensions(&ek, Role::Ek)?;
     check_ek_usage(&ek, &ek_subject)?;
     let public_key = ek_public_key(&ek, kind)?;
     let tpm = tpm_identity(&ek);
@@ -267,6 +394,15 @@ pub fn validate_ek_certificate(
         .enumerate()
         .map(|(i, der)| parse(der, &format!("EK chain certificate {}", i + 1)))
         .collect::<Result<_, _>>()?;
+    // Candidates for an issuer are found by subject name, not by trying
+    // every certificate presented.
+    let mut by_subject: HashMap<&[u8], Vec<usize>> = HashMap::new();
+    for (i, cert) in intermediates.iter().enumerate() {
+        by_subject
+            .entry(cert.subject().as_raw())
+            .or_default()
+            .push(i);
+    }
     let anchor_certs: Vec<X509Certificate<'_>> = anchors
         .certificates
         .iter()
@@ -287,16 +423,23 @@ pub fn validate_ek_certificate(
         let issuer_name = child.issuer();
         check_signature_algorithm(child, &subject)?;
         let mut bad_signature = None;
+        let signed_by = |issuer: &X509Certificate<'_>| -> Result<bool, EkChainError> {
+            match cert_signature::verify(child, issuer.public_key()) {
+                Ok(()) => Ok(true),
+                Err(SignatureFailure::Bad) => Ok(false),
+                Err(failure) => Err(signature_error(failure, &subject)),
+            }
+        };
 
         // A trust anchor that signed `child` ends the path.
         for anchor in anchor_certs
             .iter()
             .filter(|a| a.subject().as_raw() == issuer_name.as_raw())
         {
-            if child.verify_signature(Some(anchor.public_key())).is_ok() {
+            if signed_by(anchor)? {
                 let what = "EK root certificate";
                 check_validity(anchor, what, now)?;
-                check_critical_extensions(anchor)?;
+                check_critical_extensions(anchor, Role::Ca)?;
                 check_issuer(anchor, what, intermediates_below)?;
                 chain.push(name(anchor.subject()));
                 valid_until = valid_until.min(anchor.validity().not_after.timestamp());
@@ -306,7 +449,7 @@ pub fn validate_ek_certificate(
                         certificate_sha256: Sha256Digest(Sha256::digest(ek_der).into()),
                         subject: ek_subject,
                         issuer: name(ek.issuer()),
-                        serial: ek.raw_serial_as_string(),
+                        serial: serial(ek.raw_serial()),
                         not_after: rfc3339(ek.validity().not_after),
                         tpm,
                         chain,
@@ -319,18 +462,23 @@ pub fn validate_ek_certificate(
         }
 
         // Otherwise an intermediate the server presented, not used yet.
-        let next = intermediates.iter().enumerate().find(|(i, c)| {
-            !used.contains(i)
-                && c.subject().as_raw() == issuer_name.as_raw()
-                && child.verify_signature(Some(c.public_key())).is_ok()
-        });
-        let Some((index, parent)) = next else {
-            if let Some(issuer) = bad_signature.or_else(|| {
-                intermediates
-                    .iter()
-                    .find(|c| c.subject().as_raw() == issuer_name.as_raw())
-                    .map(|c| name(c.subject()))
-            }) {
+        let candidates = by_subject
+            .get(issuer_name.as_raw())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let mut next = None;
+        for &index in candidates {
+            if used.contains(&index) {
+                continue;
+            }
+            if signed_by(&intermediates[index])? {
+                next = Some(index);
+                break;
+            }
+            bad_signature.get_or_insert_with(|| name(intermediates[index].subject()));
+        }
+        let Some(index) = next else {
+            if let Some(issuer) = bad_signature {
                 return Err(EkChainError::BadSignature { subject, issuer });
             }
             return Err(EkChainError::UntrustedIssuer {
@@ -338,16 +486,54 @@ pub fn validate_ek_certificate(
                 issuer: name(issuer_name),
             });
         };
+        let parent = &intermediates[index];
         let what = "EK intermediate certificate";
-        check_validity(parent, what, now)?;
-        check_critical_extensions(parent)?;
+        match check_validity(parent, what, now) {
+            Ok(()) => valid_until = valid_until.min(parent.validity().not_after.timestamp()),
+            // Expired since, but valid when it issued `child`: accepted,
+            // and its past expiry does not bound the activation.
+            Err(EkChainError::Expired { .. })
+                if parent.validity().is_valid_at(child.validity().not_before) => {}
+            Err(error) => return Err(error),
+        }
+        check_critical_extensions(parent, Role::Ca)?;
         check_issuer(parent, what, intermediates_below)?;
         chain.push(name(parent.subject()));
-        valid_until = valid_until.min(parent.validity().not_after.timestamp());
         used.push(index);
         intermediates_below += 1;
         child = parent;
     }
+}
+
+fn signature_error(failure: SignatureFailure, subject: &str) -> EkChainError {
+    match failure {
+        SignatureFailure::Weak => EkChainError::WeakSignature {
+            subject: subject.to_owned(),
+        },
+        SignatureFailure::Unsupported(algorithm) => EkChainError::UnsupportedSignature {
+            subject: subject.to_owned(),
+            algorithm,
+        },
+        // Not an error of the algorithm: the caller tries other issuers.
+        SignatureFailure::Bad => EkChainError::BadSignature {
+            subject: subject.to_owned(),
+            issuer: "(unknown)".into(),
+        },
+    }
+}
+
+/// A certificate serial as colon-separated hex, without the leading zero
+/// byte DER adds to keep a positive INTEGER positive.
+fn serial(raw: &[u8]) -> String {
+    let mut bytes = raw;
+    while bytes.len() > 1 && bytes[0] == 0 {
+        bytes = &bytes[1..];
+    }
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn parse<'a>(der: &'a [u8], what: &str) -> Result<X509Certificate<'a>, EkChainError> {
@@ -438,21 +624,31 @@ fn check_signature_algorithm(
             subject: subject.to_owned(),
         });
     }
-    Ok(())
+    cert_signature::check_algorithm(cert).map_err(|failure| signature_error(failure, subject))
 }
 
-/// Extensions this verifier understands: x509-parser parses them, and the
-/// TCG ones EK certificates mark critical are handled here.
-fn check_critical_extensions(cert: &X509Certificate<'_>) -> Result<(), EkChainError> {
+/// Critical extensions are accepted only when this validator enforces
+/// them: basicConstraints and keyUsage (CA and EK checks), subjectAltName
+/// (EK certificates mark their directoryName SAN critical, which often is
+/// their only name), and extendedKeyUsage on the EK certificate (checked
+/// for tcg-kp-EKCertificate). Anything else critical, nameConstraints and
+/// policyConstraints included, is refused rather than silently ignored.
+fn check_critical_extensions(cert: &X509Certificate<'_>, role: Role) -> Result<(), EkChainError> {
     for extension in cert.extensions().iter().filter(|e| e.critical) {
-        let understood = !matches!(
+        let oid = extension.oid.to_id_string();
+        let enforced = match oid.as_str() {
+            OID_BASIC_CONSTRAINTS | OID_KEY_USAGE | OID_SUBJECT_ALT_NAME => true,
+            OID_EXTENDED_KEY_USAGE => role == Role::Ek,
+            _ => false,
+        };
+        let parsed = !matches!(
             extension.parsed_extension(),
             ParsedExtension::UnsupportedExtension { .. } | ParsedExtension::ParseError { .. }
         );
-        if !understood {
+        if !enforced || !parsed {
             return Err(EkChainError::UnknownCriticalExtension {
                 subject: name(cert.subject()),
-                oid: extension.oid.to_id_string(),
+                oid,
             });
         }
     }
@@ -751,7 +947,7 @@ mod tests {
             ));
         }
         let mut trailing = ek.clone();
-        trailing.push(0);
+        trailing.push(0x42);
         assert!(matches!(
             check(&trailing, &[], &roots),
             Err(EkChainError::Malformed { .. })

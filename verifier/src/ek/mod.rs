@@ -18,6 +18,7 @@
 //!    `trust.akNames` entry.
 
 pub mod activation;
+mod cert_signature;
 pub mod chain;
 pub mod credential;
 pub mod kdf;
