@@ -170,7 +170,7 @@ const SERIALIZED_DIGEST_LIST: usize = 4 + DIGESTS_PER_LIST * (2 + DIGEST_MAX);
 /// marshaling: TPML_PCR_SELECTION, a UINT32 count, that many TPML_DIGEST).
 fn parse_pcr_file(bytes: &[u8]) -> anyhow::Result<PcrFile> {
     let serialized = bytes.len() >= SERIALIZED_SELECTION + 4
-        && (bytes.len() - SERIALIZED_SELECTION - 4) % SERIALIZED_DIGEST_LIST == 0
+        && (bytes.len() - SERIALIZED_SELECTION - 4).is_multiple_of(SERIALIZED_DIGEST_LIST)
         // A little-endian count of at least one; the marshaled (big-endian)
         // count starts with a zero byte.
         && bytes[0] != 0;
@@ -427,8 +427,8 @@ mod tests {
 
     #[test]
     fn reads_the_serialized_format() {
-        let d = [7u8; 32];
-        let file = parse_pcr_file(&serialized(&[(alg::SHA256, &[0x87, 0, 0])], &[&d; 4])).unwrap();
+        let d: &[u8] = &[7u8; 32];
+        let file = parse_pcr_file(&serialized(&[(alg::SHA256, &[0x87, 0, 0])], &[d; 4])).unwrap();
         assert_eq!(file.selection[0].pcrs, vec![0, 1, 2, 7]);
         assert_eq!(file.digests.len(), 4);
         assert_eq!(file.digests[3], d);
