@@ -43,6 +43,10 @@ pub enum Command {
     /// Print the attestation key's TPM name (hex), creating and persisting
     /// the key if needed.
     Ak(AkArgs),
+    /// Print what enrols this node in a policy: the digests of its TPM's EK
+    /// certificates and EK public keys, as `trust.ekPins` entries to paste
+    /// under the policy's `trust:` (and the AK name, for `trust.akNames`).
+    Enroll(AkArgs),
     /// Quote the platform PCRs (boot chain 0-9, IMA 10, the node log PCR)
     /// once and print the quote with the firmware event log and the IMA
     /// list as JSON: for checking a node image's boot against a boot policy

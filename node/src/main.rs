@@ -58,6 +58,7 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(args),
         Command::Ak(args) => ak(args),
+        Command::Enroll(args) => enroll(args),
         Command::Quote(args) => quote(args),
     }
 }
@@ -211,6 +212,23 @@ fn quote(args: QuoteArgs) -> anyhow::Result<()> {
 fn ak(args: AkArgs) -> anyhow::Result<()> {
     let tpm = Tpm::open(&args.tpm.tcti, args.tpm.ak_handle)?;
     println!("{}", hex::encode(tpm.ak_name()));
+    Ok(())
+}
+
+/// The `trust:` entries that pin this node's TPM, read from the EK
+/// certificates in its NV indices.
+fn enroll(args: AkArgs) -> anyhow::Result<()> {
+    let mut tpm = Tpm::open(&args.tpm.tcti, args.tpm.ak_handle)?;
+    let ak_name = hex::encode(tpm.ak_name());
+    let certificates = aver_tpm::endorsement::read_certificates(&mut tpm)?;
+    if certificates.is_empty() {
+        anyhow::bail!(
+            "this TPM has no EK certificate (NV 0x01c00002 for RSA 2048, 0x01c0000a for ECC P-256), so it cannot be pinned in trust.ekPins; trust its attestation key by name instead: akNames: [\"{ak_name}\"]"
+        );
+    }
+    let yaml = aver_verifier::ek::pin::enrolment_yaml(&ak_name, &certificates)
+        .map_err(|reason| anyhow::anyhow!("cannot pin this TPM: {reason}"))?;
+    print!("{yaml}");
     Ok(())
 }
 

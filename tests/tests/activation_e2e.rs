@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use aver_crds::AttestationPolicy;
+use aver_crds::{AttestationPolicy, Sha256Digest};
 use aver_tests::ek_ca::TestCa;
 use aver_tests::node::{EnclaveProcess, TestNode};
 use aver_tests::stub_upstream::StubUpstream;
@@ -277,4 +277,96 @@ async fn intermediates_served_by_the_enclave_complete_the_chain() {
             "\"O=aver tests, CN=aver e2e vendor root\""
         ]
     );
+}
+
+/// What `aver-node enroll` prints for the TPM behind `tcti`.
+fn enroll(tcti: &str) -> String {
+    let output = std::process::Command::new(cargo_bin("aver-node"))
+        .args(["enroll", "--tcti", tcti])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "aver-node enroll failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// `policy` with the lines `aver-node enroll` printed pasted under `trust:`.
+fn pasted(policy: &AttestationPolicy, enrolment: &str) -> AttestationPolicy {
+    let indented: String = enrolment.lines().map(|l| format!("  {l}\n")).collect();
+    let yaml = policy
+        .to_yaml()
+        .replacen("\ntrust:\n", &format!("\ntrust:\n{indented}"), 1);
+    AttestationPolicy::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}:\n{yaml}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ek_pins_accept_the_enrolled_node_and_refuse_another_of_the_same_vendor() {
+    require_swtpm!();
+    let ca = TestCa::new("aver e2e TPM CA").unwrap();
+    let node = TestNode::with_tpm(Swtpm::start_with_ek_cert(&ca).unwrap()).unwrap();
+    let mine = enroll(&node.tpm.tcti());
+    // Another machine with a TPM of the same vendor (the same CA).
+    let other = enroll(&Swtpm::start_with_ek_cert(&ca).unwrap().tcti());
+    let pins = |text: &str| -> Vec<Sha256Digest> {
+        text.lines()
+            .filter_map(|l| l.trim().strip_prefix("- "))
+            .map(|l| Sha256Digest::parse(l.split_whitespace().next().unwrap()).unwrap())
+            .collect()
+    };
+    assert_eq!(pins(&mine).len(), 2, "{mine}");
+    assert!(
+        mine.contains("# rsa2048 EK certificate (NV 0x01c00002)"),
+        "{mine}"
+    );
+    assert!(mine.contains(&node.ak_name().unwrap()), "{mine}");
+    assert_ne!(pins(&mine), pins(&other));
+
+    let stub = StubUpstream::start().await.unwrap();
+    let enclave = node.serve(&stub.url(), &[]).unwrap();
+    let endpoint = Endpoint::from_url(&enclave.url).unwrap();
+    let roots = ek_policy(&node, ca.root_pem());
+
+    let policy = pasted(&roots, &mine);
+    assert_eq!(policy.trust.ek_pins, pins(&mine));
+    let client = AttestedClient::new(policy).unwrap();
+    let attested = tokio::time::timeout(PATIENCE, client.attest(&endpoint))
+        .await
+        .unwrap()
+        .expect("the enrolled node is accepted");
+    let report = attested.report().expect("fresh report");
+    let activation = report.activation.as_ref().expect("trusted by activation");
+    assert_eq!(activation.pinned_by, Some(pins(&mine)[0]));
+    assert!(
+        report.to_text().contains("node pinned"),
+        "{}",
+        report.to_text()
+    );
+
+    // Pinning only the public key is enough too.
+    let mut policy = pasted(&roots, &mine);
+    policy.trust.ek_pins.remove(0);
+    let client = AttestedClient::new(policy).unwrap();
+    client
+        .attest(&endpoint)
+        .await
+        .expect("pinned by its EK public key");
+
+    let client = AttestedClient::new(pasted(&roots, &other)).unwrap();
+    let error = client
+        .request(get(&enclave.url, "/v1/models"))
+        .await
+        .unwrap_err();
+    match &error {
+        ClientError::Verify(VerifyError::EkNotPinned { certificate, .. }) => {
+            assert_eq!(*certificate, pins(&mine)[0]);
+        }
+        other => panic!("{other}"),
+    }
+    let message = error.to_string();
+    assert!(message.contains(&pins(&mine)[0].to_string()), "{message}");
+    assert!(message.contains("aver-node enroll"), "{message}");
+    assert_eq!(stub.requests(), 0, "nothing reached the engine");
 }

@@ -42,6 +42,48 @@ impl EkPin {
     }
 }
 
+/// What `aver-node enroll` prints: the `trust:` entries that pin this TPM
+/// (EK certificate and EK public key digest of every EK certificate in NV)
+/// and, commented out, the AK name for trusting the AK by name instead.
+/// Errors name an EK certificate that cannot be read as one.
+pub fn enrolment_yaml(
+    ak_name: &str,
+    certificates: &[(super::EkKind, Vec<u8>)],
+) -> Result<String, String> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# This node's TPM, for the policy's trust: section (with trust.ekRoots set)."
+    );
+    let _ = writeln!(
+        out,
+        "# Either digest of an EK pins it; the public key outlives a re-issued certificate."
+    );
+    let _ = writeln!(out, "ekPins:");
+    for (kind, nv) in certificates {
+        let pin = EkPin::from_nv(nv).map_err(|reason| {
+            format!(
+                "{kind} EK certificate (NV 0x{:08x}): {reason}",
+                kind.certificate_nv_index()
+            )
+        })?;
+        let index = kind.certificate_nv_index();
+        let _ = writeln!(
+            out,
+            "  - {}  # {kind} EK certificate (NV 0x{index:08x})",
+            pin.certificate_sha256
+        );
+        let _ = writeln!(out, "  - {}  # {kind} EK public key", pin.public_key_sha256);
+    }
+    let _ = writeln!(
+        out,
+        "# Or trust this attestation key by name (no activation, no ekRoots needed):"
+    );
+    let _ = writeln!(out, "# akNames: [\"{ak_name}\"]");
+    Ok(out)
+}
+
 fn sha256(bytes: &[u8]) -> Sha256Digest {
     Sha256Digest(Sha256::digest(bytes).into())
 }
@@ -89,6 +131,32 @@ mod tests {
         assert!(strip_nv_padding(&[0x30, 0x05, 1]).is_err());
         assert!(strip_nv_padding(&[0xff; 8]).is_err());
         assert!(EkPin::from_nv(&padded).is_err());
+    }
+
+    #[test]
+    fn a_padded_certificate_pins_by_its_der_and_its_public_key() {
+        let der = crate::ek::testing::TestCa::root("pin test").der;
+        let mut nv = der.clone();
+        nv.resize(der.len() + 100, 0xff);
+        let pin = EkPin::from_nv(&nv).unwrap();
+        assert_eq!(pin.certificate_sha256, sha256(&der));
+        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+        assert_eq!(pin.public_key_sha256, sha256(cert.public_key().raw));
+        assert_ne!(pin.certificate_sha256, pin.public_key_sha256);
+
+        let name = format!("000b{}", "ab".repeat(32));
+        let yaml = enrolment_yaml(&name, &[(super::super::EkKind::Rsa2048, nv)]).unwrap();
+        assert!(yaml.contains(&format!(
+            "  - {}  # rsa2048 EK certificate (NV 0x01c00002)",
+            pin.certificate_sha256
+        )));
+        assert!(yaml.contains(&format!(
+            "  - {}  # rsa2048 EK public key",
+            pin.public_key_sha256
+        )));
+        assert!(yaml.contains(&name));
+        let error = enrolment_yaml(&name, &[(super::super::EkKind::EccP256, vec![0xff; 4])]);
+        assert!(error.unwrap_err().contains("NV 0x01c0000a"));
     }
 
     #[test]
