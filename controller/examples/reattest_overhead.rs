@@ -67,6 +67,7 @@ fn main() {
         workload_pcr: 15,
         boot: None,
         runtime: None,
+        allow_unverified_boot: true,
         allowed: AllowedWorkload {
             engine_digests: vec![digest(1)],
             model_digests: vec![digest(2)],

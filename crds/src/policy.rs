@@ -42,10 +42,16 @@ pub const WORKLOAD_PCRS: std::ops::RangeInclusive<u8> = 11..=15;
 /// check for policy files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "!has(self.referencePcrs) || !has(self.workloadPcr) || !self.referencePcrs.exists(r, r.pcr == self.workloadPcr)",
-    "message": "workloadPcr must not also be a reference (boot) PCR"
-}]))]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.referencePcrs) || !has(self.workloadPcr) || !self.referencePcrs.exists(r, r.pcr == self.workloadPcr)",
+        "message": "workloadPcr must not also be a reference (boot) PCR"
+    },
+    {
+        "rule": "(has(self.referencePcrs) && size(self.referencePcrs) > 0) || has(self.boot) || (has(self.allowUnverifiedBoot) && self.allowUnverifiedBoot)",
+        "message": "the policy checks no boot chain: set boot rules (aver policy boot) or referencePcrs, or allowUnverifiedBoot: true for development on a software TPM"
+    }
+]))]
 pub struct AttestationPolicy {
     /// Boot-time PCRs (sha256 bank) and the values a hardened node image may
     /// produce in them. Each listed PCR must be quoted and hold one of its
@@ -69,6 +75,13 @@ pub struct AttestationPolicy {
     /// kernel's IMA list the evidence carries (replayed to PCR 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<RuntimePolicy>,
+
+    /// Accept any boot chain, for development on a software TPM (swtpm),
+    /// whose PCRs no firmware extended. A policy that sets neither
+    /// referencePcrs nor boot rules is refused unless this is true: it would
+    /// accept a node that booted anything.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_unverified_boot: bool,
 
     /// Workload measurements the latest launch of aver-enclave must carry.
     pub allowed: AllowedWorkload,
@@ -274,6 +287,8 @@ pub enum PolicyError {
     EmptyPcrValues(u8),
     #[error("policy workloadPcr {0} must not also be a reference (boot) PCR")]
     WorkloadPcrIsReference(u8),
+    #[error("policy checks no boot chain: it sets neither boot rules nor referencePcrs, so a node that booted anything would pass; add boot rules (`aver policy boot`) or referencePcrs, or set allowUnverifiedBoot: true for development on a software TPM")]
+    UnverifiedBoot,
     #[error("policy allows no {0}: list at least one entry")]
     NothingAllowed(&'static str),
     #[error("policy runtime.files: {0}")]
@@ -371,6 +386,9 @@ impl AttestationPolicy {
         }
         if seen.contains(&self.workload_pcr) {
             return Err(PolicyError::WorkloadPcrIsReference(self.workload_pcr));
+        }
+        if self.reference_pcrs.is_empty() && self.boot.is_none() && !self.allow_unverified_boot {
+            return Err(PolicyError::UnverifiedBoot);
         }
         self.allowed.validate()?;
         if let Some(boot) = &self.boot {
@@ -587,6 +605,7 @@ mod tests {
             workload_pcr: DEFAULT_WORKLOAD_PCR,
             boot: None,
             runtime: None,
+            allow_unverified_boot: false,
             allowed: AllowedWorkload {
                 engine_digests: vec![digest(1)],
                 model_digests: vec![digest(2)],
@@ -682,9 +701,26 @@ mod tests {
     }
 
     #[test]
+    fn a_policy_checking_no_boot_chain_must_say_so() {
+        let mut p = sample();
+        p.reference_pcrs.clear();
+        assert_eq!(p.validate(), Err(PolicyError::UnverifiedBoot));
+        assert!(PolicyError::UnverifiedBoot
+            .to_string()
+            .contains("allowUnverifiedBoot: true"));
+        p.allow_unverified_boot = true;
+        assert_eq!(p.validate(), Ok(()));
+        assert!(p.to_yaml().contains("allowUnverifiedBoot: true"));
+        assert!(!sample().to_yaml().contains("allowUnverifiedBoot"));
+        p.allow_unverified_boot = false;
+        p.boot = Some(BootPolicy::default());
+        assert_eq!(p.validate(), Ok(()));
+    }
+
+    #[test]
     fn defaults_apply_when_omitted() {
         let yaml = format!(
-            "allowed:\n  engineDigests: [{e}]\n  modelDigests: [{m}]\ntrust:\n  akNames: [\"000b{n}\"]\n",
+            "allowUnverifiedBoot: true\nallowed:\n  engineDigests: [{e}]\n  modelDigests: [{m}]\ntrust:\n  akNames: [\"000b{n}\"]\n",
             e = digest(1),
             m = digest(2),
             n = "cd".repeat(32)

@@ -149,6 +149,7 @@ pub fn policy_for(ak_names: &[String], model: Sha256Digest) -> AttestationPolicy
         workload_pcr: aver_crds::policy::DEFAULT_WORKLOAD_PCR,
         boot: None,
         runtime: None,
+        allow_unverified_boot: false,
         allowed: AllowedWorkload {
             engine_digests: vec![Sha256Digest([0x11; 32])],
             model_digests: vec![model],

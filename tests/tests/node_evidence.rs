@@ -316,6 +316,7 @@ impl Node {
             workload_pcr: WORKLOAD_PCR,
             boot: None,
             runtime: None,
+            allow_unverified_boot: false,
             allowed: AllowedWorkload {
                 engine_digests: Vec::new(),
                 model_digests: vec![MODEL],

@@ -70,6 +70,7 @@ pub fn policy_from_evidence(
         workload_pcr,
         boot,
         runtime: None,
+        allow_unverified_boot: false,
         allowed,
         trust: TrustRoots {
             ak_names: vec![ak.name_hex()],
