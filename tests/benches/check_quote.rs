@@ -5,7 +5,7 @@
 //! noise. Medians and their ratio.
 //!
 //! `cargo build --release -p aver-verifier --bin aver && cargo bench -p aver-tests --bench check_quote`
-//! (needs swtpm and tpm2-tools).
+//! (needs swtpm and tpm2-tools; `AVER_BIN=path` measures another aver build).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -110,7 +110,10 @@ fn main() {
     );
     drop(tpm);
 
-    let aver = cargo_bin("aver");
+    // AVER_BIN measures another build (e.g. release from a dev-profile bench).
+    let aver = std::env::var_os("AVER_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| cargo_bin("aver"));
     let mut aver_cmd = Command::new(&aver);
     aver_cmd.current_dir(d).args([
         "tpm",
