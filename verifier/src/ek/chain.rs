@@ -548,6 +548,13 @@ fn parse<'a>(der: &'a [u8], what: &str) -> Result<X509Certificate<'a>, EkChainEr
         )));
     }
     match x509_parser::parse_x509_certificate(der) {
+        // RFC 5280 §4.1.1.2: the unsigned copy of the signature algorithm
+        // must equal the signed one; otherwise one certificate has many
+        // byte forms (and digests) that all verify.
+        Ok(([], cert)) if !same_algorithm(&cert) => Err(malformed(
+            "the signatureAlgorithm outside the signed part differs from the one inside it"
+                .to_owned(),
+        )),
         Ok(([], cert)) => Ok(cert),
         Ok((rest, _)) => Err(malformed(format!(
             "{} trailing bytes after the certificate",
@@ -555,6 +562,17 @@ fn parse<'a>(der: &'a [u8], what: &str) -> Result<X509Certificate<'a>, EkChainEr
         ))),
         Err(e) => Err(malformed(format!("not a DER X.509 certificate ({e})"))),
     }
+}
+
+/// Whether the outer signatureAlgorithm is the signed one, byte for byte.
+fn same_algorithm(cert: &X509Certificate<'_>) -> bool {
+    let outer = &cert.signature_algorithm;
+    let inner = &cert.tbs_certificate.signature;
+    outer.algorithm == inner.algorithm
+        && outer.parameters.as_ref().map(|p| p.as_bytes())
+            == inner.parameters.as_ref().map(|p| p.as_bytes())
+        && outer.parameters.as_ref().map(|p| p.header.tag())
+            == inner.parameters.as_ref().map(|p| p.header.tag())
 }
 
 /// A name for messages; EK certificates often have an empty subject.
@@ -962,6 +980,27 @@ mod tests {
         let i = ek.len() / 2;
         ek[i] ^= 0x01;
         assert!(check(&ek, &[], &anchors(&[&root])).is_err());
+    }
+
+    #[test]
+    fn the_unsigned_signature_algorithm_must_equal_the_signed_one() {
+        let root = TestCa::root("Root");
+        let ek = ek_certificate(&root, &rsa_key(), (2020, 2099), |_| {});
+        let cert = x509_parser::parse_x509_certificate(&ek).unwrap().1;
+        let oid = cert.signature_algorithm.algorithm.as_bytes().to_vec();
+        // The outer AlgorithmIdentifier is the last copy of the OID.
+        let at = ek
+            .windows(oid.len())
+            .rposition(|w| w == oid.as_slice())
+            .unwrap();
+        let mut altered = ek.clone();
+        altered[at + oid.len() - 1] ^= 0x80;
+        let err = check(&altered, &[], &anchors(&[&root])).unwrap_err();
+        assert!(
+            err.to_string().contains("differs from the one inside it"),
+            "{err}"
+        );
+        assert!(check(&ek, &[], &anchors(&[&root])).is_ok());
     }
 
     #[test]
