@@ -294,6 +294,11 @@ impl ServeArgs {
 pub struct AkArgs {
     #[command(flatten)]
     pub tpm: TpmArgs,
+    /// Print, instead of the name alone, the `trust:` entries that enrol
+    /// this TPM: its EK certificate and EK public key digests for
+    /// `trust.ekPins`, and the AK name.
+    #[arg(long)]
+    pub pins: bool,
 }
 
 /// A sorted, duplicate-free list of PCR numbers, written `0,1,2` with
@@ -509,7 +514,14 @@ mod tests {
     fn ak_and_log_format_parse() {
         let cli = parse(&["--log-format", "json", "ak", "--tcti", "swtpm:port=1"]).unwrap();
         assert_eq!(cli.log_format, LogFormat::Json);
-        assert!(matches!(cli.command, Command::Ak(AkArgs { tpm }) if tpm.tcti == "swtpm:port=1"));
+        assert!(
+            matches!(cli.command, Command::Ak(AkArgs { tpm, pins: false }) if tpm.tcti == "swtpm:port=1")
+        );
+        let cli = parse(&["ak", "--pins"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Ak(AkArgs { pins: true, .. })
+        ));
         assert!(parse(&["--log-format", "xml", "ak"]).is_err());
     }
 

@@ -131,8 +131,21 @@ async fn shutdown_signal() {
 }
 
 fn ak(args: AkArgs) -> anyhow::Result<()> {
-    let tpm = Tpm::open(&args.tpm.tcti, args.tpm.ak_handle)?;
-    println!("{}", hex::encode(tpm.ak_name()));
+    let mut tpm = Tpm::open(&args.tpm.tcti, args.tpm.ak_handle)?;
+    let ak_name = hex::encode(tpm.ak_name());
+    if !args.pins {
+        println!("{ak_name}");
+        return Ok(());
+    }
+    let certificates = aver_tpm::endorsement::read_certificates(&mut tpm)?;
+    if certificates.is_empty() {
+        anyhow::bail!(
+            "this TPM has no EK certificate (NV 0x01c00002 for RSA 2048, 0x01c0000a for ECC P-256), so it cannot be pinned in trust.ekPins; trust its attestation key by name instead: akNames: [\"{ak_name}\"]"
+        );
+    }
+    let yaml = aver_verifier::ek::pin::enrolment_yaml(&ak_name, &certificates)
+        .map_err(|reason| anyhow::anyhow!("cannot pin this TPM: {reason}"))?;
+    print!("{yaml}");
     Ok(())
 }
 

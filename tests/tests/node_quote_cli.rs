@@ -81,7 +81,12 @@ fn a_node_quote_verifies_on_its_own_and_foreign_logs_are_refused() {
     let quote_arg = quote_file.to_str().expect("utf-8 path");
 
     // The platform without boot rules: the AK and the quote verify.
-    let plain = policy_file(dir.path(), "plain.yaml", &ak_name, "");
+    let plain = policy_file(
+        dir.path(),
+        "plain.yaml",
+        &ak_name,
+        "allowUnverifiedBoot: true\n",
+    );
     let plain_arg = plain.to_str().expect("utf-8 path");
     let out = run(
         "aver",

@@ -305,16 +305,6 @@ impl PendingActivation {
         let mut first_error = None;
         let mut validated = None;
         for candidate in &offer.endorsement_keys {
-            let pin = match EkPin::from_nv(&candidate.certificate.0) {
-                Ok(pin) => pin,
-                Err(reason) => {
-                    first_error.get_or_insert(ActivationError::Malformed {
-                        document: "offer",
-                        reason: format!("{} EK certificate: {reason}", candidate.kind),
-                    });
-                    continue;
-                }
-            };
             match validate_ek_certificate(
                 &candidate.certificate.0,
                 candidate.kind,
@@ -322,10 +312,19 @@ impl PendingActivation {
                 anchors,
                 now,
             ) {
-                Ok(ek) => {
-                    validated = Some((ek, pin));
-                    break;
-                }
+                // A certificate that validated parses, so it has pins.
+                Ok(ek) => match EkPin::from_nv(&candidate.certificate.0) {
+                    Ok(pin) => {
+                        validated = Some((ek, pin));
+                        break;
+                    }
+                    Err(reason) => {
+                        first_error.get_or_insert(ActivationError::Malformed {
+                            document: "offer",
+                            reason: format!("{} EK certificate: {reason}", candidate.kind),
+                        });
+                    }
+                },
                 Err(source) => {
                     first_error.get_or_insert(ActivationError::EkChain {
                         kind: candidate.kind,
