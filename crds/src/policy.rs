@@ -301,8 +301,10 @@ pub enum PolicyError {
     EkPinsWithoutRoots,
     #[error("policy trust.ekPins lists {0} more than once")]
     DuplicateEkPin(Sha256Digest),
-    #[error("policy akName {0:?} is not a hex TPM name with a SHA-256 nameAlg (000b + 64 hex)")]
+    #[error("policy akName {0:?} is not a hex TPM name: nameAlg and digest, 000b + 64 hex (SHA-256), 000c + 96 (SHA-384), 000d + 128 (SHA-512), or 0004 + 40 (SHA-1, with trust.allowSha1)")]
     BadAkName(String),
+    #[error("policy akName {0:?} is a SHA-1 name: SHA-1 collisions are practical, so it is accepted only with trust.allowSha1")]
+    Sha1AkName(String),
     #[error("policy {field} {value:?} is not a duration like \"30s\" or \"5m\"")]
     BadDuration { field: &'static str, value: String },
     #[error("policy interval must be at least 5s, got {0:?}")]
@@ -327,7 +329,8 @@ pub enum PolicyError {
 const DURATION_PATTERN: &str = "^[0-9]+(ms|s|m|h)$";
 
 /// A TPM name with a SHA-256 nameAlg, as `validate` requires.
-const AK_NAME_PATTERN: &str = "^000b[0-9a-fA-F]{64}$";
+const AK_NAME_PATTERN: &str =
+    "^(0004[0-9a-fA-F]{40}|000b[0-9a-fA-F]{64}|000c[0-9a-fA-F]{96}|000d[0-9a-fA-F]{128})$";
 
 /// Removes the schema default of a field whose serde default (empty) would
 /// not pass its own `minItems` (the API server refuses a CRD whose defaults
@@ -413,11 +416,19 @@ impl AttestationPolicy {
             }
         }
         for name in &self.trust.ak_names {
-            let ok = name.len() == 68
-                && name.starts_with("000b")
-                && name.bytes().all(|b| b.is_ascii_hexdigit());
+            let digest_hex = match name.get(..4) {
+                Some("0004") => 40,
+                Some("000b") => 64,
+                Some("000c") => 96,
+                Some("000d") => 128,
+                _ => return Err(PolicyError::BadAkName(name.clone())),
+            };
+            let ok = name.len() == 4 + digest_hex && name.bytes().all(|b| b.is_ascii_hexdigit());
             if !ok {
                 return Err(PolicyError::BadAkName(name.clone()));
+            }
+            if name.starts_with("0004") && !self.trust.allow_sha1 {
+                return Err(PolicyError::Sha1AkName(name.clone()));
             }
         }
         let interval = self.interval()?;
@@ -778,6 +789,21 @@ mod tests {
 
         let mut p = sample();
         p.trust.ak_names = vec!["0004abcd".into()];
+        assert!(matches!(p.validate(), Err(PolicyError::BadAkName(_))));
+
+        // SHA-384 and SHA-512 names are fine; a SHA-1 name needs the opt-in.
+        let mut p = sample();
+        p.trust.ak_names = vec![
+            format!("000c{}", "ab".repeat(48)),
+            format!("000d{}", "ab".repeat(64)),
+        ];
+        assert_eq!(p.validate(), Ok(()));
+        let sha1_name = format!("0004{}", "ab".repeat(20));
+        p.trust.ak_names = vec![sha1_name.clone()];
+        assert_eq!(p.validate(), Err(PolicyError::Sha1AkName(sha1_name)));
+        p.trust.allow_sha1 = true;
+        assert_eq!(p.validate(), Ok(()));
+        p.trust.ak_names = vec![format!("000c{}", "ab".repeat(32))];
         assert!(matches!(p.validate(), Err(PolicyError::BadAkName(_))));
     }
 

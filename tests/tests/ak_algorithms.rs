@@ -8,6 +8,9 @@ use std::process::Command;
 
 use aver_verifier::tpm::{self, alg, AkPublic, Attest, Signature, TpmParseError};
 
+/// The qualifying data of every quote: 32 bytes, a verifier's nonce.
+const NONCE: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+
 fn tool(tcti: &str, dir: &Path, args: &[&str]) -> bool {
     let out = Command::new(args[0])
         .args(&args[1..])
@@ -69,7 +72,7 @@ fn quote(key: &str, hash: &str, scheme: &str, selection: &str, quote_hash: &str)
         ]
     ));
     flush();
-    let nonce = "a1b2c3d4e5f60718293a4b5c6d7e8f90";
+    let nonce = NONCE;
     assert!(tool(
         &tcti,
         d,
@@ -214,4 +217,82 @@ fn other_banks_are_refused_by_name() {
             format!("evidence PCR values are sha256; the quote selects the {bank} bank")
         );
     }
+}
+
+/// The quote as `aver-node` would serve it, for the verifier's node check.
+fn node_evidence(q: &Quoted, pcrs: &[u8]) -> aver_verifier::Evidence {
+    use aver_verifier::evidence::{Base64Bytes, NodeQuote, PcrValue};
+    let pcrs = pcrs
+        .iter()
+        .zip(q.pcr_values.chunks(32))
+        .map(|(&pcr, value)| PcrValue {
+            pcr,
+            value: aver_verifier::Sha256Digest(value.try_into().unwrap()),
+        })
+        .collect();
+    NodeQuote {
+        attest: Base64Bytes(q.attest.clone()),
+        signature: Base64Bytes(q.signature.clone()),
+        pcrs,
+        ak_public: Base64Bytes(q.ak_pub.clone()),
+        node_log: vec![],
+        boot_log: None,
+        ima_log: None,
+    }
+    .into_evidence(
+        aver_verifier::Nonce::from_hex(NONCE).unwrap(),
+        aver_verifier::Sha256Digest([0; 32]),
+        None,
+    )
+}
+
+fn node_policy(
+    ak_name: &str,
+    allow_sha1: bool,
+) -> Result<aver_crds::AttestationPolicy, aver_crds::PolicyError> {
+    let digest = |b: u8| format!("sha256:{}", format!("{b:02x}").repeat(32));
+    aver_crds::AttestationPolicy::from_yaml(&format!(
+        "allowUnverifiedBoot: true\nallowed:\n  engineDigests: [\"{}\"]\n  modelDigests: [\"{}\"]\ntrust:\n  akNames: [\"{ak_name}\"]\n  allowSha1: {allow_sha1}\n",
+        digest(1),
+        digest(2)
+    ))
+}
+
+#[test]
+fn sha1_passes_verification_only_with_the_policys_opt_in() {
+    aver_tests::require_swtpm!();
+    let nonce = aver_verifier::Nonce::from_hex(NONCE).unwrap();
+
+    // A SHA-256 ECDSA AK: verified without any opt-in, not weak.
+    let q = quote("ecc", "sha256", "ecdsa", "sha256:0,1", "sha256");
+    let name = AkPublic::parse(&q.ak_pub).unwrap().name_hex();
+    let report = aver_verifier::verify_node(
+        &node_evidence(&q, &[0, 1]),
+        &nonce,
+        &node_policy(&name, false).unwrap(),
+    )
+    .expect("a SHA-256 AK verifies");
+    assert!(!report.weak_hash);
+
+    // An RSASSA-SHA1 AK: refused without trust.allowSha1 (by the policy
+    // itself when its name is a SHA-1 name, else by the verifier), accepted
+    // and reported as weak with it.
+    let q = quote("rsa", "sha1", "rsassa", "sha256:0,1", "sha1");
+    let name = AkPublic::parse(&q.ak_pub).unwrap().name_hex();
+    let evidence = node_evidence(&q, &[0, 1]);
+    match node_policy(&name, false) {
+        Err(e) => assert!(matches!(e, aver_crds::PolicyError::Sha1AkName(_)), "{e}"),
+        Ok(strict) => {
+            let err = aver_verifier::verify_node(&evidence, &nonce, &strict).unwrap_err();
+            assert_eq!(err.reason(), "weak-hash", "{err}");
+        }
+    }
+    let report = aver_verifier::verify_node(&evidence, &nonce, &node_policy(&name, true).unwrap())
+        .expect("accepted with trust.allowSha1");
+    assert!(report.weak_hash);
+    assert!(
+        report.to_text().contains("weak hash"),
+        "{}",
+        report.to_text()
+    );
 }

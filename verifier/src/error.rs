@@ -45,6 +45,8 @@ pub enum VerifyError {
     ActivatedAkMismatch { activated: String, quoted: String },
     #[error("attestation key activation failed: {0}")]
     Activation(#[from] ActivationError),
+    #[error("the {what} is SHA-1, which the policy does not accept (set trust.allowSha1 for TPMs that can do no better)")]
+    Sha1NotAllowed { what: &'static str },
     #[error("quote signature does not verify with attestation key {name}")]
     BadSignature { name: String },
     #[error("quote qualifying data does not commit to this nonce and TLS key: replayed quote or evidence for another connection")]
@@ -112,6 +114,7 @@ impl VerifyError {
             Self::ActivatedAkMismatch { .. } => "activation",
             Self::Activation(e) => e.reason(),
             Self::BadSignature { .. } => "signature",
+            Self::Sha1NotAllowed { .. } => "weak-hash",
             Self::PcrSetMismatch(_) | Self::PcrDigestMismatch | Self::PcrNotQuoted(_) => "pcrs",
             Self::BootPcrMismatch { .. } => "boot-pcr",
             Self::Boot(_) => "boot",

@@ -70,6 +70,9 @@ pub struct VerifiedNode {
     /// What the firmware event log and the IMA list proved.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub platform: Option<PlatformReport>,
+    /// SHA-1 was relied on (quote signature or AK name), accepted only
+    /// because the policy sets `trust.allowSha1`.
+    pub weak_hash: bool,
 }
 
 impl VerifiedNode {
@@ -79,6 +82,12 @@ impl VerifiedNode {
         let mut out = String::new();
         let _ = writeln!(out, "verified: node platform accepted by policy");
         let _ = writeln!(out, "  attestation key   {}", self.ak_name);
+        if self.weak_hash {
+            let _ = writeln!(
+                out,
+                "  weak hash         SHA-1 accepted by trust.allowSha1 (quote signature or AK name)"
+            );
+        }
         for pcr in &self.boot_pcrs {
             let _ = writeln!(out, "  boot pcr {:<8} {} (reference)", pcr.pcr, pcr.value);
         }

@@ -15,7 +15,7 @@ use crate::report::{
     CheckedPcr, MeasuredBy, MeasuredContainer, QuoteClock, VerifiedLaunch, VerifiedNode,
     VerifiedReport,
 };
-use crate::tpm::{self, alg, AkPublic, Attest, Signature, TpmParseError};
+use crate::tpm::{self, alg, AkPublic, Attest, Signature};
 
 /// What the verifier itself knows, independent of anything the server says:
 /// the nonce it sent and the TLS key it is talking to.
@@ -194,6 +194,7 @@ pub fn verify_node(
         },
         boot_pcrs: stage.boot_pcrs,
         platform: stage.platform,
+        weak_hash: stage.sha1,
     })
 }
 
@@ -266,10 +267,7 @@ fn verify_platform_stage(
     .collect();
     if let Some(what) = sha1_uses.first() {
         if !policy.trust.allow_sha1 {
-            return Err(VerifyError::Tpm {
-                part: "quote signature",
-                source: TpmParseError::Sha1NotAllowed { what },
-            });
+            return Err(VerifyError::Sha1NotAllowed { what });
         }
     }
     let attest = Attest::parse(&evidence.quote.attest.0).map_err(|source| VerifyError::Tpm {

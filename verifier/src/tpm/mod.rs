@@ -107,8 +107,6 @@ pub enum TpmParseError {
          a key type (RSA 0x0001, ECC 0x0023) nor the size of the rest ({rest} bytes)"
     )]
     UnrecognisedPublic { len: usize, first: u16, rest: usize },
-    #[error("the {what} is SHA-1, which the policy does not accept (trust.allowSha1)")]
-    Sha1NotAllowed { what: &'static str },
     #[error("{structure}: {reason}")]
     Invalid {
         structure: &'static str,
