@@ -25,7 +25,7 @@ impl EkPin {
     /// The digests of the EK certificate read from an NV index (`nv`, which
     /// may be padded after the certificate), or why it is not one.
     pub fn from_nv(nv: &[u8]) -> Result<Self, String> {
-        let der = strip_nv_padding(nv)?;
+        let der = super::chain::strip_nv_padding(nv).map_err(|e| e.to_string())?;
         let (_, certificate) =
             X509Certificate::from_der(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
         Ok(Self {
@@ -88,49 +88,15 @@ fn sha256(bytes: &[u8]) -> Sha256Digest {
     Sha256Digest(Sha256::digest(bytes).into())
 }
 
-/// The certificate's own DER: the outer SEQUENCE, without what follows it
-/// (NV indices are often larger than the certificate and padded with 0x00
-/// or 0xff).
-pub fn strip_nv_padding(nv: &[u8]) -> Result<&[u8], String> {
-    let too_short = || format!("{} bytes are too short for a certificate", nv.len());
-    if nv.first() != Some(&0x30) {
-        return Err("does not start with a DER SEQUENCE".into());
-    }
-    let first = *nv.get(1).ok_or_else(too_short)?;
-    let (header, length) = if first < 0x80 {
-        (2, usize::from(first))
-    } else {
-        let count = usize::from(first & 0x7f);
-        if count == 0 || count > 4 {
-            return Err("DER length is indefinite or too large".into());
-        }
-        let bytes = nv.get(2..2 + count).ok_or_else(too_short)?;
-        let length = bytes
-            .iter()
-            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-        (2 + count, length)
-    };
-    nv.get(..header + length).ok_or_else(too_short)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn padding_after_the_certificate_is_not_part_of_it() {
-        let der = [0x30, 0x82, 0x00, 0x03, 1, 2, 3];
-        let mut padded = der.to_vec();
-        padded.extend([0xff; 9]);
-        assert_eq!(strip_nv_padding(&padded), Ok(&der[..]));
-        assert_eq!(
-            strip_nv_padding(&[0x30, 0x02, 5, 6, 0]),
-            Ok(&[0x30, 0x02, 5, 6][..])
-        );
-        assert!(strip_nv_padding(&[0x30, 0x82, 0x01]).is_err());
-        assert!(strip_nv_padding(&[0x30, 0x05, 1]).is_err());
-        assert!(strip_nv_padding(&[0xff; 8]).is_err());
-        assert!(EkPin::from_nv(&padded).is_err());
+    fn what_is_not_a_padded_certificate_has_no_pin() {
+        for nv in [&[0x30, 0x82, 0x01][..], &[0x30, 0x05, 1], &[0xff; 8]] {
+            assert!(EkPin::from_nv(nv).is_err(), "{nv:?}");
+        }
     }
 
     #[test]
