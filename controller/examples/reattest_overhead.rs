@@ -78,6 +78,7 @@ fn main() {
         trust: TrustRoots {
             ak_names: vec![format!("000b{}", "cd".repeat(32))],
             ek_roots: None,
+            ak_roots: None,
             ek_pins: vec![],
             allow_sha1: false,
         },

@@ -220,13 +220,14 @@ pub struct AllowedContainer {
 /// Roots of trust for the platform: which attestation keys (AKs) may sign
 /// quotes. An AK is trusted if `akNames` lists it, or if credential
 /// activation proves it resident in a TPM whose EK certificate chains to
-/// `ekRoots`; at least one of the two must be set.
+/// `ekRoots`, or if the node presents a certificate for it chaining to
+/// `akRoots` (cloud vTPMs); at least one of the three must be set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "(has(self.akNames) && size(self.akNames) > 0) || has(self.ekRoots)",
-        "message": "trust needs akNames or ekRoots"
+        "rule": "(has(self.akNames) && size(self.akNames) > 0) || has(self.ekRoots) || has(self.akRoots)",
+        "message": "trust needs akNames, ekRoots or akRoots"
     },
     {
         "rule": "!has(self.ekPins) || has(self.ekRoots)",
@@ -253,6 +254,16 @@ pub struct TrustRoots {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 262144))]
     pub ek_roots: Option<String>,
+
+    /// CA certificates that certify attestation keys (PEM bundle), such as
+    /// a cloud provider's vTPM root. An AK not listed in akNames is trusted
+    /// if the quote carries an AK certificate (read from the vTPM's NV)
+    /// chaining to one of these whose key is the quoting AK's (every
+    /// certificate of the bundle is a trust anchor; intermediates may come
+    /// with the quote).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 262144))]
+    pub ak_roots: Option<String>,
 
     /// The operator's own nodes: SHA-256 of each enrolled TPM's EK
     /// certificate (DER, without NV padding) or EK public key (DER
@@ -293,10 +304,12 @@ pub enum PolicyError {
     NothingAllowed(&'static str),
     #[error("policy runtime.files: {0}")]
     BadRuntimeFile(String),
-    #[error("policy trusts no attestation key: set trust.akNames or trust.ekRoots")]
+    #[error("policy trusts no attestation key: set trust.akNames, trust.ekRoots or trust.akRoots")]
     NoTrustRoot,
     #[error("policy trust.ekRoots is not a PEM bundle of certificates: {0}")]
     BadEkRoots(String),
+    #[error("policy trust.akRoots is not a PEM bundle of certificates: {0}")]
+    BadAkRoots(String),
     #[error("policy trust.ekPins needs trust.ekRoots: pins narrow which TPMs activation against ekRoots accepts, and without ekRoots nothing is activated")]
     EkPinsWithoutRoots,
     #[error("policy trust.ekPins lists {0} more than once")]
@@ -400,11 +413,17 @@ impl AttestationPolicy {
         if let Some(runtime) = &self.runtime {
             runtime.validate()?;
         }
-        if self.trust.ak_names.is_empty() && self.trust.ek_roots.is_none() {
+        if self.trust.ak_names.is_empty()
+            && self.trust.ek_roots.is_none()
+            && self.trust.ak_roots.is_none()
+        {
             return Err(PolicyError::NoTrustRoot);
         }
         if let Some(roots) = &self.trust.ek_roots {
             check_pem_bundle(roots).map_err(PolicyError::BadEkRoots)?;
+        }
+        if let Some(roots) = &self.trust.ak_roots {
+            check_pem_bundle(roots).map_err(PolicyError::BadAkRoots)?;
         }
         if !self.trust.ek_pins.is_empty() && self.trust.ek_roots.is_none() {
             return Err(PolicyError::EkPinsWithoutRoots);
@@ -627,6 +646,7 @@ mod tests {
             trust: TrustRoots {
                 ak_names: vec![format!("000b{}", "cd".repeat(32))],
                 ek_roots: None,
+                ak_roots: None,
                 ek_pins: vec![],
                 allow_sha1: false,
             },
@@ -916,6 +936,20 @@ mod tests {
         let parsed = AttestationPolicy::from_yaml(&p.to_yaml()).unwrap();
         assert_eq!(parsed.trust.ek_roots.as_deref(), Some(PEM));
         assert!(parsed.trust.ak_names.is_empty());
+    }
+
+    #[test]
+    fn ak_roots_alone_are_a_trust_root_and_are_checked() {
+        let mut p = sample();
+        p.trust.ak_names.clear();
+        p.trust.ak_roots = Some(PEM.into());
+        assert_eq!(p.validate(), Ok(()));
+        let parsed = AttestationPolicy::from_yaml(&p.to_yaml()).unwrap();
+        assert_eq!(parsed.trust.ak_roots.as_deref(), Some(PEM));
+        p.trust.ak_roots = Some("not pem".into());
+        assert!(matches!(p.validate(), Err(PolicyError::BadAkRoots(_))));
+        p.trust.ak_roots = None;
+        assert_eq!(p.validate(), Err(PolicyError::NoTrustRoot));
     }
 
     #[test]

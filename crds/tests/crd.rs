@@ -334,13 +334,18 @@ fn schema_bounds_what_cel_cannot_need_to() {
 fn trust_needs_ak_names_or_ek_roots() {
     refused(
         |o| o["spec"]["attestation"]["trust"] = json!({}),
-        "trust needs akNames or ekRoots",
+        "trust needs akNames, ekRoots or akRoots",
     );
     let mut ek_only = good();
     ek_only["spec"]["attestation"]["trust"] = json!({
         "ekRoots": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
     });
     cel(&ek_only).expect("ekRoots alone is a trust root");
+    let mut ak_only = good();
+    ak_only["spec"]["attestation"]["trust"] = json!({
+        "akRoots": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    });
+    cel(&ak_only).expect("akRoots alone is a trust root");
 }
 
 /// The attestation policy of [`good`] in node-measured mode.

@@ -53,6 +53,9 @@ pub struct QuotedState {
     pub(crate) log: QuotedLog,
     pub(crate) boot_log: Option<Base64Bytes>,
     pub(crate) ima_log: Option<Base64Bytes>,
+    /// The node's AK certificate and its intermediates (node mode).
+    pub(crate) ak_certificate: Option<Base64Bytes>,
+    pub(crate) ak_chain: Vec<Base64Bytes>,
 }
 
 /// The log that explains the quoted workload PCR, which also decides the
@@ -87,6 +90,8 @@ impl QuotedState {
                 boot_log: self.boot_log.clone(),
                 ima_log: self.ima_log.clone(),
                 batch,
+                ak_certificate: self.ak_certificate.clone(),
+                ak_chain: self.ak_chain.clone(),
             },
             QuotedLog::Node(node_log) => Evidence {
                 version: EVIDENCE_VERSION_NODE,
@@ -100,6 +105,8 @@ impl QuotedState {
                 boot_log: self.boot_log.clone(),
                 ima_log: self.ima_log.clone(),
                 batch,
+                ak_certificate: self.ak_certificate.clone(),
+                ak_chain: self.ak_chain.clone(),
             },
         }
     }
@@ -136,5 +143,7 @@ pub fn quote(
         // The enclave mode reads no platform logs: aver-node does.
         boot_log: None,
         ima_log: None,
+        ak_certificate: None,
+        ak_chain: Vec::new(),
     })
 }

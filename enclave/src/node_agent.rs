@@ -278,6 +278,8 @@ fn quoted_state(
         log: QuotedLog::Node(response.node_log),
         boot_log: response.boot_log,
         ima_log: response.ima_log,
+        ak_certificate: response.ak_certificate,
+        ak_chain: response.ak_chain,
     })
 }
 

@@ -201,6 +201,8 @@ impl Agent for TpmAgent {
             node_log: state.log.clone(),
             boot_log: None,
             ima_log: None,
+            ak_certificate: None,
+            ak_chain: Vec::new(),
         })
     }
 }

@@ -65,6 +65,18 @@ pub struct PlatformLogArgs {
     /// securityfs file, for a `device:` TPM only].
     #[arg(long, env = "AVER_NODE_IMA_LOG")]
     pub ima_log: Option<PathBuf>,
+    /// NV index holding the AK's certificate, served with quotes for
+    /// policies with trust.akRoots (a cloud vTPM's: GCE 0x01c10000 RSA,
+    /// 0x01c10002 ECC; Azure 0x01c101d0).
+    #[arg(long, env = "AVER_NODE_AK_CERTIFICATE_NV", value_parser = parse_nv_index, conflicts_with = "ak_certificate")]
+    pub ak_certificate_nv: Option<u32>,
+    /// File holding the AK's certificate (DER), instead of an NV index.
+    #[arg(long, env = "AVER_NODE_AK_CERTIFICATE")]
+    pub ak_certificate: Option<PathBuf>,
+    /// Intermediate CA certificates (PEM) between the AK certificate and
+    /// the verifier's trust.akRoots, served with quotes.
+    #[arg(long, env = "AVER_NODE_AK_CHAIN")]
+    pub ak_chain: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -155,6 +167,20 @@ fn parse_qualifying_data(text: &str) -> Result<[u8; 32], String> {
         return Err(format!("{text:?} is not 64 hex characters (32 bytes)"));
     }
     Ok(out)
+}
+
+fn parse_nv_index(text: &str) -> Result<u32, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse::<u32>(),
+    };
+    let index = parsed.map_err(|_| format!("{text:?} is not an NV index (e.g. 0x01c10002)"))?;
+    if index >> 24 != 0x01 {
+        return Err(format!(
+            "0x{index:08x} is not an NV index (0x01000000 to 0x01ffffff)"
+        ));
+    }
+    Ok(index)
 }
 
 fn parse_handle(text: &str) -> Result<u32, String> {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use aver_node::agent::protocol::QuoteResponse;
 use aver_node::agent::AgentServer;
-use aver_node::cli::{AkArgs, Cli, Command, LogFormat, QuoteArgs, ServeArgs};
+use aver_node::cli::{AkArgs, Cli, Command, LogFormat, PlatformLogArgs, QuoteArgs, ServeArgs};
 use aver_node::cri::{CriProxy, Upstream};
 use aver_node::gate::Gate;
 use aver_node::metrics::Metrics;
@@ -110,6 +110,13 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<()> {
         args.logs.boot_log.clone(),
         args.logs.ima_log.clone(),
     )?;
+    // The NV index is read once, before the measurer owns the TPM.
+    let mut tpm = match args.logs.ak_certificate_nv {
+        Some(_) => Some(Tpm::open(&args.tpm.tcti, args.tpm.ak_handle)?),
+        None => None,
+    };
+    let logs = with_ak_certificate(logs, &args.logs, tpm.as_mut())?;
+    drop(tpm);
     let (boot, ima) = logs.paths();
     tracing::info!(boot_log = ?boot, ima_log = ?ima, "platform logs served with quotes");
     let config = MeasurerConfig {
@@ -187,8 +194,13 @@ async fn shutdown_signal() {
 /// agent socket would answer it (with an empty node log: this command keeps
 /// none).
 fn quote(args: QuoteArgs) -> anyhow::Result<()> {
-    let logs = PlatformLogs::resolve(&args.tpm.tcti, args.logs.boot_log, args.logs.ima_log)?;
+    let logs = PlatformLogs::resolve(
+        &args.tpm.tcti,
+        args.logs.boot_log.clone(),
+        args.logs.ima_log.clone(),
+    )?;
     let mut tpm = Tpm::open(&args.tpm.tcti, args.tpm.ak_handle)?;
+    let logs = with_ak_certificate(logs, &args.logs, Some(&mut tpm))?;
     let mut pcrs = DEFAULT_BOOT_PCRS.to_vec();
     pcrs.push(args.pcr);
     let boot_log = logs.read_boot()?;
@@ -204,9 +216,52 @@ fn quote(args: QuoteArgs) -> anyhow::Result<()> {
         node_log: Vec::new(),
         boot_log,
         ima_log,
+        ak_certificate: logs.ak_certificate(),
+        ak_chain: logs.ak_chain(),
     };
     println!("{}", serde_json::to_string(&response)?);
     Ok(())
+}
+
+/// `logs` with the AK certificate of `--ak-certificate-nv` (read from
+/// `tpm`) or `--ak-certificate`, and the intermediates of `--ak-chain`.
+fn with_ak_certificate(
+    logs: PlatformLogs,
+    args: &PlatformLogArgs,
+    tpm: Option<&mut Tpm>,
+) -> anyhow::Result<PlatformLogs> {
+    let certificate = match (args.ak_certificate_nv, &args.ak_certificate, tpm) {
+        (Some(index), _, Some(tpm)) => {
+            let contents = aver_tpm::endorsement::read_nv(tpm, index).with_context(|| {
+                format!("cannot read the AK certificate NV index 0x{index:08x}")
+            })?;
+            let der = aver_verifier::ek::chain::strip_nv_padding_of(&contents, "AK certificate")
+                .with_context(|| format!("NV index 0x{index:08x}"))?;
+            der.to_vec()
+        }
+        (None, Some(path), _) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read --ak-certificate {}", path.display()))?;
+            aver_verifier::ek::chain::strip_nv_padding_of(&bytes, "AK certificate")
+                .with_context(|| format!("--ak-certificate {}", path.display()))?
+                .to_vec()
+        }
+        _ => {
+            if args.ak_chain.is_some() {
+                anyhow::bail!("--ak-chain needs --ak-certificate-nv or --ak-certificate");
+            }
+            return Ok(logs);
+        }
+    };
+    let chain = match &args.ak_chain {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --ak-chain {}", path.display()))?;
+            aver_verifier::ek::chain::ca_certificates_from_pem(&text, "--ak-chain")?
+        }
+        None => Vec::new(),
+    };
+    Ok(logs.with_ak_certificate(certificate, chain))
 }
 
 fn ak(args: AkArgs) -> anyhow::Result<()> {

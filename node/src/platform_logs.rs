@@ -32,6 +32,10 @@ pub const MAX_IMA_LOG_BYTES: u64 = 2 << 20;
 pub struct PlatformLogs {
     boot: Option<PathBuf>,
     ima: Option<PathBuf>,
+    /// The AK's certificate (DER) and its intermediates, read once at
+    /// start and attached to every quote.
+    ak_certificate: Option<Base64Bytes>,
+    ak_chain: Vec<Base64Bytes>,
 }
 
 /// A log that should be served but cannot be.
@@ -89,7 +93,27 @@ impl PlatformLogs {
         Ok(Self {
             boot: pick(boot, DEFAULT_BOOT_LOG, "firmware event log")?,
             ima: pick(ima, DEFAULT_IMA_LOG, "IMA measurement list")?,
+            ak_certificate: None,
+            ak_chain: Vec::new(),
         })
+    }
+
+    /// These logs, with the AK certificate (DER, NV padding already
+    /// stripped) and its intermediates (DER) attached to every quote.
+    pub fn with_ak_certificate(mut self, certificate: Vec<u8>, chain: Vec<Vec<u8>>) -> Self {
+        self.ak_certificate = Some(Base64Bytes(certificate));
+        self.ak_chain = chain.into_iter().map(Base64Bytes).collect();
+        self
+    }
+
+    /// The AK certificate served with quotes, if any.
+    pub fn ak_certificate(&self) -> Option<Base64Bytes> {
+        self.ak_certificate.clone()
+    }
+
+    /// The AK certificate's intermediates served with quotes.
+    pub fn ak_chain(&self) -> Vec<Base64Bytes> {
+        self.ak_chain.clone()
     }
 
     /// The firmware event log, if served.

@@ -64,6 +64,8 @@ impl Agent for TestAgent {
             }],
             boot_log: None,
             ima_log: None,
+            ak_certificate: None,
+            ak_chain: Vec::new(),
         })
     }
 }

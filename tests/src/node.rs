@@ -160,6 +160,7 @@ pub fn policy_for(ak_names: &[String], model: Sha256Digest) -> AttestationPolicy
         trust: TrustRoots {
             ak_names: ak_names.to_vec(),
             ek_roots: None,
+            ak_roots: None,
             ek_pins: vec![],
             allow_sha1: false,
         },

@@ -238,6 +238,8 @@ fn node_evidence(q: &Quoted, pcrs: &[u8]) -> aver_verifier::Evidence {
         node_log: vec![],
         boot_log: None,
         ima_log: None,
+        ak_certificate: None,
+        ak_chain: Vec::new(),
     }
     .into_evidence(
         aver_verifier::Nonce::from_hex(NONCE).unwrap(),

@@ -118,6 +118,8 @@ fn boot(image: &NodeImage, nonce: &Nonce) -> anyhow::Result<Booted> {
         boot_log: quote.boot_log,
         ima_log: quote.ima_log,
         batch: None,
+        ak_certificate: None,
+        ak_chain: Vec::new(),
     };
     let cmdline = vm
         .guest_cmdline()

@@ -294,6 +294,8 @@ impl Node {
             boot_log: None,
             ima_log: None,
             batch: None,
+            ak_certificate: None,
+            ak_chain: Vec::new(),
         };
         Evidence::from_json(&evidence.to_json_compact()).expect("evidence parses")
     }
@@ -340,6 +342,7 @@ impl Node {
             trust: TrustRoots {
                 ak_names: vec![self.ak_name.clone()],
                 ek_roots: None,
+                ak_roots: None,
                 ek_pins: vec![],
                 allow_sha1: false,
             },

@@ -55,21 +55,40 @@ pub fn read_certificates(tpm: &mut Tpm) -> Result<Vec<(EkKind, Vec<u8>)>, TpmErr
         if !defined.contains(&index) {
             continue;
         }
-        let handle = NvIndexTpmHandle::new(index).map_err(nv_error(index))?;
-        let auth = context
-            .execute_without_session(|ctx| {
-                ctx.tr_from_tpm_public(TpmHandle::NvIndex(handle))
-                    .map(|object| NvAuth::NvIndex(object.into()))
-            })
-            .map_err(nv_error(index))?;
-        let der = context
-            .execute_with_session(Some(AuthSession::Password), |ctx| {
-                nv::read_full(ctx, auth, handle)
-            })
-            .map_err(nv_error(index))?;
+        let der = read_index(context, index)?;
         certificates.push((kind, trim_nv_padding(der)));
     }
     Ok(certificates)
+}
+
+/// The whole contents of NV index `index` (with the index's own, empty,
+/// authorization), such as a cloud vTPM's AK certificate (GCE
+/// `0x01c10000`/`0x01c10002`, Azure `0x01c101d0`). An index that is not
+/// defined is an error naming it.
+pub fn read_nv(tpm: &mut Tpm, index: u32) -> Result<Vec<u8>, TpmError> {
+    let (context, _) = tpm.context_and_ak();
+    if !defined_nv_indices_from(context, index, 1)?.contains(&index) {
+        return Err(TpmError::UnexpectedResponse {
+            command: "NV_Read",
+            reason: format!("NV index 0x{index:08x} is not defined"),
+        });
+    }
+    read_index(context, index)
+}
+
+fn read_index(context: &mut Context, index: u32) -> Result<Vec<u8>, TpmError> {
+    let handle = NvIndexTpmHandle::new(index).map_err(nv_error(index))?;
+    let auth = context
+        .execute_without_session(|ctx| {
+            ctx.tr_from_tpm_public(TpmHandle::NvIndex(handle))
+                .map(|object| NvAuth::NvIndex(object.into()))
+        })
+        .map_err(nv_error(index))?;
+    context
+        .execute_with_session(Some(AuthSession::Password), |ctx| {
+            nv::read_full(ctx, auth, handle)
+        })
+        .map_err(nv_error(index))
 }
 
 /// The certificate without the padding vendors leave after it in a larger
@@ -87,17 +106,23 @@ pub fn trim_nv_padding(mut contents: Vec<u8>) -> Vec<u8> {
 fn nv_error(index: u32) -> impl FnOnce(tss_esapi::Error) -> TpmError {
     move |source| TpmError::UnexpectedResponse {
         command: "NV_Read",
-        reason: format!(
-            "cannot read EK certificate NV index 0x{index:08x}: {}",
-            describe(&source)
-        ),
+        reason: format!("cannot read NV index 0x{index:08x}: {}", describe(&source)),
     }
 }
 
 /// NV indices defined in the EK certificate range 0x01c00000..
 fn defined_nv_indices(context: &mut Context) -> Result<Vec<u32>, TpmError> {
+    defined_nv_indices_from(context, 0x01c0_0000, 64)
+}
+
+/// Up to `count` NV indices defined from `start` on.
+fn defined_nv_indices_from(
+    context: &mut Context,
+    start: u32,
+    count: u32,
+) -> Result<Vec<u32>, TpmError> {
     let (capability, _) = context
-        .get_capability(CapabilityType::Handles, 0x01c0_0000, 64)
+        .get_capability(CapabilityType::Handles, start, count)
         .map_err(|source| TpmError::Command {
             command: "GetCapability",
             source,

@@ -35,6 +35,21 @@ pub enum VerifyError {
     UntrustedAk { name: String },
     #[error("attestation key {name} is neither listed in trust.akNames nor proven resident in a genuine TPM (trust.ekRoots needs credential activation, which was not done for this key)")]
     AkNotProven { name: String },
+    #[error("attestation key {name} is not listed in trust.akNames, and the quote carries no AK certificate for trust.akRoots (no certificate)")]
+    NoAkCertificate { name: String },
+    #[error("attestation key {name}: its AK certificate was issued by {issuer}, which does not chain to trust.akRoots (untrusted issuer)")]
+    AkCertificateUntrusted { name: String, issuer: String },
+    #[error("attestation key {name}: the AK certificate ({subject}, issued by {issuer}) certifies another key (key mismatch)")]
+    AkCertificateKeyMismatch {
+        name: String,
+        subject: String,
+        issuer: String,
+    },
+    #[error("attestation key {name}: its AK certificate is not accepted: {source}")]
+    AkCertificateInvalid {
+        name: String,
+        source: crate::ek::EkChainError,
+    },
     #[error("attestation key {name} is resident in a TPM certified by trust.ekRoots, but that TPM is not one of the policy's nodes: its EK certificate {certificate} and EK public key {public_key} are not in trust.ekPins (to enrol the node, run `aver-node enroll` on it and add its pins to trust.ekPins)")]
     EkNotPinned {
         name: String,
@@ -110,7 +125,11 @@ impl VerifyError {
             Self::NotAnAttestationKey { .. }
             | Self::UntrustedAk { .. }
             | Self::AkNotProven { .. }
-            | Self::EkNotPinned { .. } => "untrusted-key",
+            | Self::EkNotPinned { .. }
+            | Self::NoAkCertificate { .. }
+            | Self::AkCertificateUntrusted { .. }
+            | Self::AkCertificateKeyMismatch { .. }
+            | Self::AkCertificateInvalid { .. } => "untrusted-key",
             Self::ActivatedAkMismatch { .. } => "activation",
             Self::Activation(e) => e.reason(),
             Self::BadSignature { .. } => "signature",

@@ -32,7 +32,9 @@
 //!   ],
 //!   "bootLog": "<base64 firmware event log>",                 // optional
 //!   "imaLog": "<base64 IMA binary measurement list>",          // optional
-//!   "batch": { "leafIndex": 3, "siblings": ["<64 hex>", …] }   // optional
+//!   "batch": { "leafIndex": 3, "siblings": ["<64 hex>", …] },  // optional
+//!   "akCertificate": "<base64 DER AK certificate>",           // optional
+//!   "akChain": ["<base64 DER intermediate CA>", …]            // optional
 //! }
 //! ```
 //!
@@ -98,6 +100,15 @@ pub struct Evidence {
     pub ima_log: Option<Base64Bytes>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<MerkleProof>,
+    /// The AK's certificate (DER, NV padding stripped) where the TPM has
+    /// one, as cloud vTPMs provision in NV: trusts the AK under
+    /// `trust.akRoots`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ak_certificate: Option<Base64Bytes>,
+    /// Intermediate CA certificates (DER) between the AK certificate and
+    /// `trust.akRoots`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ak_chain: Vec<Base64Bytes>,
 }
 
 /// A quote of a node's PCRs and the logs that explain them, as `aver-node`
@@ -123,6 +134,15 @@ pub struct NodeQuote {
     /// The IMA list read right after the quote, when the node has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ima_log: Option<Base64Bytes>,
+    /// The AK's certificate (DER, NV padding stripped) where the TPM has
+    /// one, as cloud vTPMs provision in NV: trusts the AK under
+    /// `trust.akRoots`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ak_certificate: Option<Base64Bytes>,
+    /// Intermediate CA certificates (DER) between the AK certificate and
+    /// `trust.akRoots`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ak_chain: Vec<Base64Bytes>,
 }
 
 impl NodeQuote {
@@ -148,6 +168,8 @@ impl NodeQuote {
             boot_log: self.boot_log,
             ima_log: self.ima_log,
             batch,
+            ak_certificate: self.ak_certificate,
+            ak_chain: self.ak_chain,
         }
     }
 }
@@ -311,6 +333,8 @@ mod tests {
             boot_log: None,
             ima_log: None,
             batch: None,
+            ak_certificate: None,
+            ak_chain: Vec::new(),
         }
     }
 

@@ -75,6 +75,7 @@ pub fn policy_from_evidence(
         trust: TrustRoots {
             ak_names: vec![ak.name_hex()],
             ek_roots: None,
+            ak_roots: None,
             ek_pins: vec![],
             allow_sha1: false,
         },

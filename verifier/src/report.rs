@@ -4,6 +4,7 @@ use aver_crds::Sha256Digest;
 use serde::Serialize;
 
 use crate::binding::Nonce;
+use crate::ek::chain::AkCertificateInfo;
 use crate::ek::ActivatedAk;
 use crate::platform::PlatformReport;
 
@@ -46,6 +47,10 @@ pub struct VerifiedReport {
     /// activation against `trust.ekRoots` (absent: trusted by `akNames`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub activation: Option<ActivatedAk>,
+    /// The AK certificate that made the AK trusted under `trust.akRoots`
+    /// (a cloud vTPM's), when it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ak_certificate: Option<AkCertificateInfo>,
     /// The quote's signing hash or the AK's nameAlg is SHA-1, accepted only
     /// because the policy sets `trust.allowSha1`: collisions in SHA-1 are
     /// practical, so this report proves less than a SHA-256 one.
@@ -70,6 +75,10 @@ pub struct VerifiedNode {
     /// What the firmware event log and the IMA list proved.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub platform: Option<PlatformReport>,
+    /// The AK certificate that made the AK trusted under `trust.akRoots`
+    /// (a cloud vTPM's), when it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ak_certificate: Option<AkCertificateInfo>,
     /// SHA-1 was relied on (quote signature or AK name), accepted only
     /// because the policy sets `trust.allowSha1`.
     pub weak_hash: bool,
@@ -82,6 +91,9 @@ impl VerifiedNode {
         let mut out = String::new();
         let _ = writeln!(out, "verified: node platform accepted by policy");
         let _ = writeln!(out, "  attestation key   {}", self.ak_name);
+        if let Some(certificate) = &self.ak_certificate {
+            write_ak_certificate(&mut out, certificate);
+        }
         if self.weak_hash {
             let _ = writeln!(
                 out,
@@ -95,6 +107,24 @@ impl VerifiedNode {
         let _ = writeln!(out, "  nonce             {}", self.nonce.to_hex());
         out
     }
+}
+
+/// How an AK certificate made the AK trusted.
+fn write_ak_certificate(out: &mut String, certificate: &AkCertificateInfo) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "  ak trust          certified by {} (trust.akRoots)",
+        certificate.issuer
+    );
+    let _ = writeln!(
+        out,
+        "  ak certificate    {} {} (serial {}, not after {})",
+        certificate.certificate_sha256,
+        certificate.subject,
+        certificate.serial,
+        certificate.not_after
+    );
 }
 
 /// The boot and runtime statements, one line each.
@@ -197,9 +227,10 @@ impl VerifiedReport {
         let mut out = String::new();
         let _ = writeln!(out, "verified: evidence accepted by policy");
         let _ = writeln!(out, "  attestation key   {}", self.ak_name);
-        match &self.activation {
-            Some(activation) => out.push_str(&activation.to_text()),
-            None => {
+        match (&self.activation, &self.ak_certificate) {
+            (Some(activation), _) => out.push_str(&activation.to_text()),
+            (None, Some(certificate)) => write_ak_certificate(&mut out, certificate),
+            (None, None) => {
                 let _ = writeln!(out, "  ak trust          listed in trust.akNames");
             }
         }

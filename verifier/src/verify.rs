@@ -5,7 +5,9 @@ use aver_node_log::{ContainerSpec, NodeHistory};
 
 use crate::binding::{self, Nonce};
 use crate::ek::activation::unix_now;
-use crate::ek::chain::roots_sha256;
+use crate::ek::chain::{
+    roots_sha256, validate_ak_certificate, AkCertificateInfo, EkChainError, TrustAnchors,
+};
 use crate::ek::ActivatedAk;
 use crate::error::VerifyError;
 use crate::eventlog::{self, LAUNCH_SEQUENCE_LEN};
@@ -111,6 +113,7 @@ pub fn verify_with(
     );
     let PlatformStage {
         ak_name,
+        ak_certificate,
         sha1,
         attest,
         activation,
@@ -158,6 +161,7 @@ pub fn verify_with(
         launch: workload.launch,
         batched: evidence.batch.is_some(),
         activation,
+        ak_certificate,
         weak_hash: sha1,
     })
 }
@@ -194,6 +198,7 @@ pub fn verify_node(
         },
         boot_pcrs: stage.boot_pcrs,
         platform: stage.platform,
+        ak_certificate: stage.ak_certificate,
         weak_hash: stage.sha1,
     })
 }
@@ -241,7 +246,15 @@ fn verify_platform_stage(
             // An AK listed by name needs no proof, pinned or not.
             .or_else(|error| if listed { Ok(None) } else { Err(error) })?,
     };
-    if !listed && activation.is_none() {
+    let certified = match (&policy.trust.ak_roots, listed || activation.is_some()) {
+        (Some(roots), false)
+            if evidence.ak_certificate.is_some() || policy.trust.ek_roots.is_none() =>
+        {
+            Some(certified_ak(evidence, &ak, &ak_name, roots)?)
+        }
+        _ => None,
+    };
+    if !listed && activation.is_none() && certified.is_none() {
         return Err(if policy.trust.ek_roots.is_some() {
             VerifyError::AkNotProven { name: ak_name }
         } else {
@@ -332,6 +345,7 @@ fn verify_platform_stage(
 
     Ok(PlatformStage {
         ak_name,
+        ak_certificate: certified,
         sha1: !sha1_uses.is_empty(),
         attest,
         activation,
@@ -361,9 +375,48 @@ fn pinned(proof: &ActivatedAk, pins: &[Sha256Digest]) -> Result<ActivatedAk, Ver
     }
 }
 
+/// The AK certificate of `evidence`, if it chains to `roots`
+/// (`trust.akRoots`) and certifies exactly the quoting AK's key.
+fn certified_ak(
+    evidence: &Evidence,
+    ak: &AkPublic,
+    ak_name: &str,
+    roots: &str,
+) -> Result<AkCertificateInfo, VerifyError> {
+    let invalid = |source: EkChainError| match source {
+        EkChainError::UntrustedIssuer { issuer, .. } => VerifyError::AkCertificateUntrusted {
+            name: ak_name.to_owned(),
+            issuer,
+        },
+        source => VerifyError::AkCertificateInvalid {
+            name: ak_name.to_owned(),
+            source,
+        },
+    };
+    let Some(certificate) = &evidence.ak_certificate else {
+        return Err(VerifyError::NoAkCertificate {
+            name: ak_name.to_owned(),
+        });
+    };
+    let anchors = TrustAnchors::from_pem_field(roots, "trust.akRoots").map_err(invalid)?;
+    let chain: Vec<Vec<u8>> = evidence.ak_chain.iter().map(|c| c.0.clone()).collect();
+    let validated =
+        validate_ak_certificate(&certificate.0, &chain, &anchors, unix_now()).map_err(invalid)?;
+    if !ak.key.matches_spki(&validated.subject_public_key_info) {
+        return Err(VerifyError::AkCertificateKeyMismatch {
+            name: ak_name.to_owned(),
+            subject: validated.info.subject,
+            issuer: validated.info.issuer,
+        });
+    }
+    Ok(validated.info)
+}
+
 /// What the platform stage established.
 struct PlatformStage {
     ak_name: String,
+    /// The AK certificate that made the AK trusted (`trust.akRoots`).
+    ak_certificate: Option<AkCertificateInfo>,
     /// The quote or the AK's name relied on SHA-1 (`trust.allowSha1`).
     sha1: bool,
     attest: Attest,

@@ -166,6 +166,8 @@ mod tests {
             }],
             boot_log: Some(Base64Bytes(b"firmware log".to_vec())),
             ima_log: None,
+            ak_certificate: None,
+            ak_chain: Vec::new(),
         };
         let json = serde_json::to_value(&response).unwrap();
         assert_eq!(json["attest"], "AQID");

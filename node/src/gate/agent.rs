@@ -54,6 +54,8 @@ impl Agent for Gate {
             node_log: quote.node_log,
             boot_log: quote.boot_log,
             ima_log: quote.ima_log,
+            ak_certificate: quote.ak_certificate,
+            ak_chain: quote.ak_chain,
         })
     }
 }

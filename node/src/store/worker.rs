@@ -255,5 +255,7 @@ fn quote(
         node_log,
         boot_log,
         ima_log,
+        ak_certificate: logs.ak_certificate(),
+        ak_chain: logs.ak_chain(),
     })
 }

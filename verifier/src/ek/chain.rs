@@ -83,14 +83,16 @@ const SHA1_SIGNATURES: [&str; 3] = ["1.2.840.113549.1.1.5", "1.3.14.3.2.29", "1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
     Ek,
+    /// An AK certificate: nothing beyond the CA rules is enforced on it.
+    Ak,
     Ca,
 }
 
 /// Why an EK certificate (or the policy's roots) was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EkChainError {
-    #[error("trust.ekRoots holds no PEM certificate")]
-    NoRoots,
+    #[error("{field} holds no PEM certificate")]
+    NoRoots { field: &'static str },
     #[error("not a bundle of PEM certificates: {0}")]
     BadRoots(String),
     #[error("malformed {what}: {reason}")]
@@ -107,8 +109,13 @@ pub enum EkChainError {
         subject: String,
         not_before: String,
     },
-    #[error("{subject} was issued by {issuer}, which is neither in trust.ekRoots nor a certificate of the chain the TPM presented: EK certificate from an untrusted CA")]
-    UntrustedIssuer { subject: String, issuer: String },
+    #[error("{subject} was issued by {issuer}, which is neither in {roots} nor a certificate of the chain the TPM presented: certificate from an untrusted CA")]
+    UntrustedIssuer {
+        subject: String,
+        issuer: String,
+        /// The policy field of the roots (`trust.ekRoots`, `trust.akRoots`).
+        roots: &'static str,
+    },
     #[error("the signature on {subject} does not verify with the key of its issuer {issuer}")]
     BadSignature { subject: String, issuer: String },
     #[error("{subject} is signed with SHA-1, which is not accepted")]
@@ -148,6 +155,8 @@ pub enum EkChainError {
 pub struct TrustAnchors {
     certificates: Vec<Vec<u8>>,
     policy_sha256: Sha256Digest,
+    /// The policy field the bundle came from, for messages.
+    label: &'static str,
 }
 
 /// The certificates (DER) of a PEM bundle, each parsed and a CA: the form
@@ -179,13 +188,19 @@ pub fn ca_certificates_from_pem(bundle: &str, what: &str) -> Result<Vec<Vec<u8>>
 impl TrustAnchors {
     /// Parses `trust.ekRoots`. Each certificate must parse and be a CA.
     pub fn from_pem(bundle: &str) -> Result<Self, EkChainError> {
-        let certificates = ca_certificates_from_pem(bundle, "trust.ekRoots")?;
+        Self::from_pem_field(bundle, "trust.ekRoots")
+    }
+
+    /// Parses the roots of policy field `field` (`trust.akRoots`).
+    pub fn from_pem_field(bundle: &str, field: &'static str) -> Result<Self, EkChainError> {
+        let certificates = ca_certificates_from_pem(bundle, field)?;
         if certificates.is_empty() {
-            return Err(EkChainError::NoRoots);
+            return Err(EkChainError::NoRoots { field });
         }
         Ok(Self {
             certificates,
             policy_sha256: roots_sha256(bundle),
+            label: field,
         })
     }
 
@@ -310,8 +325,13 @@ pub fn check_offer_size(ek_certificates: usize, intermediates: usize) -> Result<
 /// outer SEQUENCE's length says where the certificate ends. Anything after
 /// it other than only 0xFF or only 0x00 is refused.
 pub fn strip_nv_padding(bytes: &[u8]) -> Result<&[u8], EkChainError> {
+    strip_nv_padding_of(bytes, "EK certificate")
+}
+
+/// [`strip_nv_padding`], naming the certificate `what` in errors.
+pub fn strip_nv_padding_of<'a>(bytes: &'a [u8], what: &str) -> Result<&'a [u8], EkChainError> {
     let malformed = |reason: String| EkChainError::Malformed {
-        what: "EK certificate".into(),
+        what: what.into(),
         reason,
     };
     let Some(length) = der_sequence_length(bytes) else {
@@ -389,10 +409,66 @@ pub fn validate_ek_certificate(
     let public_key = ek_public_key(&ek, kind)?;
     let tpm = tpm_identity(&ek);
 
+    let path = validate_path(&ek, intermediates, anchors, now, &EK_PATH)?;
+    Ok(ValidatedEk {
+        info: EkCertificateInfo {
+            kind,
+            certificate_sha256: Sha256Digest(Sha256::digest(ek_der).into()),
+            subject: ek_subject,
+            issuer: name(ek.issuer()),
+            serial: serial(ek.raw_serial()),
+            not_after: rfc3339(ek.validity().not_after),
+            tpm,
+            chain: path.chain,
+        },
+        public_key,
+        valid_until: path.valid_until,
+    })
+}
+
+/// How the certificates of one kind of path are named in errors.
+struct PathLabels {
+    chain: &'static str,
+    intermediate: &'static str,
+    root: &'static str,
+}
+
+const EK_PATH: PathLabels = PathLabels {
+    chain: "EK chain certificate",
+    intermediate: "EK intermediate certificate",
+    root: "EK root certificate",
+};
+
+const AK_PATH: PathLabels = PathLabels {
+    chain: "AK chain certificate",
+    intermediate: "AK intermediate certificate",
+    root: "AK root certificate",
+};
+
+/// A path from a leaf up to a trust anchor.
+struct ValidPath {
+    /// Subjects of the issuers, from the leaf's issuer up to the anchor.
+    chain: Vec<String>,
+    /// Unix time at which the first certificate of the path expires.
+    valid_until: i64,
+}
+
+/// The path shared by EK and AK certificates: from `leaf` (whose own
+/// validity, critical extensions and role-specific rules the caller has
+/// checked) through `intermediates` up to one of `anchors`, checking each
+/// link's signature algorithm and signature, each parent's validity,
+/// critical extensions, CA status and path length.
+fn validate_path(
+    leaf: &X509Certificate<'_>,
+    intermediates: &[Vec<u8>],
+    anchors: &TrustAnchors,
+    now: ASN1Time,
+    labels: &PathLabels,
+) -> Result<ValidPath, EkChainError> {
     let intermediates: Vec<X509Certificate<'_>> = intermediates
         .iter()
         .enumerate()
-        .map(|(i, der)| parse(der, &format!("EK chain certificate {}", i + 1)))
+        .map(|(i, der)| parse(der, &format!("{} {}", labels.chain, i + 1)))
         .collect::<Result<_, _>>()?;
     // Candidates for an issuer are found by subject name, not by trying
     // every certificate presented.
@@ -406,14 +482,14 @@ pub fn validate_ek_certificate(
     let anchor_certs: Vec<X509Certificate<'_>> = anchors
         .certificates
         .iter()
-        .map(|der| parse(der, "trust.ekRoots certificate"))
+        .map(|der| parse(der, &format!("{} certificate", anchors.label)))
         .collect::<Result<_, _>>()?;
 
     let mut chain = Vec::new();
     let mut used = Vec::new();
-    let mut valid_until = ek.validity().not_after.timestamp();
-    let mut child = &ek;
-    // Intermediate CAs between the current issuer and the EK certificate.
+    let mut valid_until = leaf.validity().not_after.timestamp();
+    let mut child = leaf;
+    // Intermediate CAs between the current issuer and the leaf.
     let mut intermediates_below = 0usize;
     loop {
         if chain.len() >= MAX_CHAIN {
@@ -437,26 +513,12 @@ pub fn validate_ek_certificate(
             .filter(|a| a.subject().as_raw() == issuer_name.as_raw())
         {
             if signed_by(anchor)? {
-                let what = "EK root certificate";
-                check_validity(anchor, what, now)?;
+                check_validity(anchor, labels.root, now)?;
                 check_critical_extensions(anchor, Role::Ca)?;
-                check_issuer(anchor, what, intermediates_below)?;
+                check_issuer(anchor, labels.root, intermediates_below)?;
                 chain.push(name(anchor.subject()));
                 valid_until = valid_until.min(anchor.validity().not_after.timestamp());
-                return Ok(ValidatedEk {
-                    info: EkCertificateInfo {
-                        kind,
-                        certificate_sha256: Sha256Digest(Sha256::digest(ek_der).into()),
-                        subject: ek_subject,
-                        issuer: name(ek.issuer()),
-                        serial: serial(ek.raw_serial()),
-                        not_after: rfc3339(ek.validity().not_after),
-                        tpm,
-                        chain,
-                    },
-                    public_key,
-                    valid_until,
-                });
+                return Ok(ValidPath { chain, valid_until });
             }
             bad_signature = Some(name(anchor.subject()));
         }
@@ -484,14 +546,15 @@ pub fn validate_ek_certificate(
             return Err(EkChainError::UntrustedIssuer {
                 subject,
                 issuer: name(issuer_name),
+                roots: anchors.label,
             });
         };
         let parent = &intermediates[index];
-        let what = "EK intermediate certificate";
+        let what = labels.intermediate;
         match check_validity(parent, what, now) {
             Ok(()) => valid_until = valid_until.min(parent.validity().not_after.timestamp()),
             // Expired since, but valid when it issued `child`: accepted,
-            // and its past expiry does not bound the activation.
+            // and its past expiry does not bound the path.
             Err(EkChainError::Expired { .. })
                 if parent.validity().is_valid_at(child.validity().not_before) => {}
             Err(error) => return Err(error),
@@ -503,6 +566,68 @@ pub fn validate_ek_certificate(
         intermediates_below += 1;
         child = parent;
     }
+}
+
+/// What a valid AK certificate says, for reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AkCertificateInfo {
+    /// SHA-256 of the certificate's DER (without NV padding).
+    pub certificate_sha256: Sha256Digest,
+    pub subject: String,
+    pub issuer: String,
+    pub serial: String,
+    /// RFC 3339.
+    pub not_after: String,
+    /// Subjects of the issuers, from the AK certificate's issuer up to the
+    /// trust anchor (last).
+    pub chain: Vec<String>,
+}
+
+/// An AK certificate (a cloud vTPM's, read from its NV) whose path reached
+/// one of `anchors` (`trust.akRoots`), with its SubjectPublicKeyInfo.
+#[derive(Debug, Clone)]
+pub struct ValidatedAkCertificate {
+    pub info: AkCertificateInfo,
+    /// DER SubjectPublicKeyInfo of the certified key.
+    pub subject_public_key_info: Vec<u8>,
+    /// Unix time at which the first certificate of the path expires.
+    pub valid_until: i64,
+}
+
+/// Validates an AK certificate (possibly followed by NV padding) up to one
+/// of `anchors`, using the untrusted `intermediates`, at Unix time `now`:
+/// the same path checks as an EK certificate's, without the EK-specific
+/// rules for the leaf (its usage and key kind). Whether the certified key
+/// is the quoting AK is the caller's check.
+pub fn validate_ak_certificate(
+    ak_der: &[u8],
+    intermediates: &[Vec<u8>],
+    anchors: &TrustAnchors,
+    now: i64,
+) -> Result<ValidatedAkCertificate, EkChainError> {
+    check_offer_size(1, intermediates.len())?;
+    let now = ASN1Time::from_timestamp(now).map_err(|e| EkChainError::Malformed {
+        what: "verifier clock".into(),
+        reason: e.to_string(),
+    })?;
+    let ak_der = strip_nv_padding_of(ak_der, "AK certificate")?;
+    let ak = parse(ak_der, "AK certificate")?;
+    check_validity(&ak, "AK certificate", now)?;
+    check_critical_extensions(&ak, Role::Ak)?;
+    let path = validate_path(&ak, intermediates, anchors, now, &AK_PATH)?;
+    Ok(ValidatedAkCertificate {
+        info: AkCertificateInfo {
+            certificate_sha256: Sha256Digest(Sha256::digest(ak_der).into()),
+            subject: name(ak.subject()),
+            issuer: name(ak.issuer()),
+            serial: serial(ak.raw_serial()),
+            not_after: rfc3339(ak.validity().not_after),
+            chain: path.chain,
+        },
+        subject_public_key_info: ak.public_key().raw.to_vec(),
+        valid_until: path.valid_until,
+    })
 }
 
 fn signature_error(failure: SignatureFailure, subject: &str) -> EkChainError {
@@ -1114,7 +1239,9 @@ mod tests {
     fn root_bundles_are_checked_when_loaded() {
         assert_eq!(
             TrustAnchors::from_pem("").unwrap_err(),
-            EkChainError::NoRoots
+            EkChainError::NoRoots {
+                field: "trust.ekRoots"
+            }
         );
         assert!(matches!(
             TrustAnchors::from_pem(

@@ -35,6 +35,8 @@ fn evidence(boot_log: Option<&[u8]>, ima_log: Option<&[u8]>) -> Evidence {
         boot_log: boot_log.map(|b| Base64Bytes(b.to_vec())),
         ima_log: ima_log.map(|b| Base64Bytes(b.to_vec())),
         batch: None,
+        ak_certificate: None,
+        ak_chain: Vec::new(),
     }
 }
 

@@ -27,6 +27,58 @@ pub enum PublicKey {
     Rsa { n: Vec<u8>, e: u32 },
 }
 
+impl PublicKey {
+    /// Whether the DER SubjectPublicKeyInfo `spki` holds this key: the same
+    /// RSA modulus and exponent, or the same curve and point (uncompressed
+    /// or compressed).
+    pub fn matches_spki(&self, spki: &[u8]) -> bool {
+        use x509_parser::prelude::FromDer as _;
+        use x509_parser::public_key::PublicKey as Spki;
+        const NIST_P256: &str = "1.2.840.10045.3.1.7";
+        const NIST_P384: &str = "1.3.132.0.34";
+        let Ok(([], info)) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki) else {
+            return false;
+        };
+        let curve = info
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .map(|oid| oid.to_id_string());
+        let unsigned = |bytes: &[u8]| -> Vec<u8> {
+            let start = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+            bytes[start..].to_vec()
+        };
+        match (self, info.parsed()) {
+            (Self::Rsa { n, e }, Ok(Spki::RSA(key))) => {
+                unsigned(key.modulus) == unsigned(n)
+                    && unsigned(key.exponent) == unsigned(&e.to_be_bytes())
+            }
+            (Self::EccP256 { x, y }, Ok(Spki::EC(point)))
+                if curve.as_deref() == Some(NIST_P256) =>
+            {
+                p256::PublicKey::from_sec1_bytes(point.data()).is_ok_and(|key| {
+                    use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+                    let encoded = key.to_encoded_point(false);
+                    encoded.x().map(|v| v.as_slice()) == Some(x.as_slice())
+                        && encoded.y().map(|v| v.as_slice()) == Some(y.as_slice())
+                })
+            }
+            (Self::EccP384 { x, y }, Ok(Spki::EC(point)))
+                if curve.as_deref() == Some(NIST_P384) =>
+            {
+                p384::PublicKey::from_sec1_bytes(point.data()).is_ok_and(|key| {
+                    use p384::elliptic_curve::sec1::ToEncodedPoint as _;
+                    let encoded = key.to_encoded_point(false);
+                    encoded.x().map(|v| v.as_slice()) == Some(x.as_slice())
+                        && encoded.y().map(|v| v.as_slice()) == Some(y.as_slice())
+                })
+            }
+            _ => false,
+        }
+    }
+}
+
 /// An AK public area with the name the TPM gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AkPublic {

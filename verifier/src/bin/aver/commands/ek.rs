@@ -110,9 +110,9 @@ fn verify(args: VerifyArgs) -> CommandResult {
 /// readable but not valid (exit 1).
 fn chain_failure(error: EkChainError) -> Failure {
     match error {
-        EkChainError::NoRoots | EkChainError::BadRoots(_) | EkChainError::Malformed { .. } => {
-            Failure::Input(anyhow::Error::new(error))
-        }
+        EkChainError::NoRoots { .. }
+        | EkChainError::BadRoots(_)
+        | EkChainError::Malformed { .. } => Failure::Input(anyhow::Error::new(error)),
         other => Failure::Failed(format!("EK certificate check failed: {other}")),
     }
 }
