@@ -680,6 +680,12 @@ fn parse<'a>(der: &'a [u8], what: &str) -> Result<X509Certificate<'a>, EkChainEr
             "the signatureAlgorithm outside the signed part differs from the one inside it"
                 .to_owned(),
         )),
+        // A signature is whole octets: unused bits in its BIT STRING would
+        // again give the certificate other byte forms that verify.
+        Ok(([], cert)) if cert.signature_value.unused_bits != 0 => Err(malformed(format!(
+            "the signature BIT STRING declares {} unused bits; a signature has none",
+            cert.signature_value.unused_bits
+        ))),
         Ok(([], cert)) => Ok(cert),
         Ok((rest, _)) => Err(malformed(format!(
             "{} trailing bytes after the certificate",
