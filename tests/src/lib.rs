@@ -13,8 +13,11 @@ pub mod ek_ca;
 pub mod node;
 pub mod node_agent;
 pub mod node_sim;
+pub mod slow_tpm;
 pub mod stub_upstream;
 pub mod vm;
+
+pub use slow_tpm::{Delays, SlowTpm};
 
 use std::io::{self, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
