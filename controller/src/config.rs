@@ -71,16 +71,18 @@ pub struct Args {
     #[arg(long, env = "AVER_ATTEST_JITTER", default_value_t = 0.1, value_parser = parse_fraction)]
     pub attest_jitter: f64,
 
-    /// Delete the pod of an endpoint that fails attestation, so that it is
-    /// rescheduled (an unreachable endpoint only after
-    /// --unreachable-threshold failures in a row).
+    /// Delete the pod of an endpoint whose evidence is refused, so that it is
+    /// rescheduled. An endpoint that is merely unavailable (unreachable,
+    /// timed out, busy) is left out of the status but never deleted: load
+    /// and network failures prove nothing about the pod.
     #[arg(long, env = "AVER_DELETE_FAILED_PODS", default_value_t = true, action = clap::ArgAction::Set)]
     pub delete_failed_pods: bool,
 
-    /// Failures in a row after which an unreachable (not rejected) endpoint's
-    /// pod is deleted.
-    #[arg(long, env = "AVER_UNREACHABLE_THRESHOLD", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
-    pub unreachable_threshold: u32,
+    /// Most pods deleted per minute across all models (a token bucket), so
+    /// that a bad policy or a verifier bug cannot delete the whole fleet at
+    /// once; deletions over it are deferred to the pod's next failure.
+    #[arg(long, env = "AVER_MAX_POD_DELETIONS_PER_MINUTE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_pod_deletions_per_minute: u32,
 
     /// Address of the /metrics, /healthz and /readyz endpoint.
     #[arg(long, env = "AVER_METRICS_ADDR", default_value = "0.0.0.0:9090")]
@@ -142,10 +144,10 @@ pub struct ReattestConfig {
     pub jitter: f64,
     /// How often the endpoint source is re-read.
     pub refresh: Duration,
-    /// Failures in a row before an unreachable endpoint's pod is deleted.
-    pub unreachable_threshold: u32,
-    /// Whether failing endpoints' pods are deleted at all.
+    /// Whether rejected endpoints' pods are deleted at all.
     pub delete_failed_pods: bool,
+    /// Fleet-wide budget of pod deletions per minute.
+    pub max_pod_deletions_per_minute: u32,
 }
 
 impl Default for ReattestConfig {
@@ -155,8 +157,8 @@ impl Default for ReattestConfig {
             timeout: Duration::from_secs(10),
             jitter: 0.1,
             refresh: Duration::from_secs(2),
-            unreachable_threshold: 3,
             delete_failed_pods: true,
+            max_pod_deletions_per_minute: 10,
         }
     }
 }
@@ -201,7 +203,7 @@ impl Args {
             concurrency: usize::try_from(self.attest_concurrency).unwrap_or(64),
             timeout: self.attest_timeout,
             jitter: self.attest_jitter,
-            unreachable_threshold: self.unreachable_threshold,
+            max_pod_deletions_per_minute: self.max_pod_deletions_per_minute,
             delete_failed_pods: self.delete_failed_pods,
             ..ReattestConfig::default()
         }

@@ -63,6 +63,22 @@ impl Effects {
             &failure.reference,
         )
         .await;
+        if failure.deletion_deferred {
+            self.publish(
+                Event {
+                    type_: EventType::Warning,
+                    reason: "PodDeletionDeferred".to_owned(),
+                    note: Some(truncate(format!(
+                        "pod {} failed attestation ({}) but was not deleted: the controller's budget of pod deletions per minute is spent; it is retried at the next failure",
+                        target.pod, failure.reason
+                    ))),
+                    action: "Delete".to_owned(),
+                    secondary: Some(pod_ref.clone()),
+                },
+                &failure.reference,
+            )
+            .await;
+        }
         if !failure.delete_pod {
             return;
         }

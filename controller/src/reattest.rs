@@ -54,10 +54,49 @@ pub struct Failure {
     pub message: String,
     /// Failures of this endpoint in a row.
     pub consecutive: u32,
-    /// Whether the pod should be deleted so that it is rescheduled: at once
-    /// for a rejection, after the configured number in a row when
-    /// unreachable, never if pod deletion is disabled.
+    /// Whether the pod should be deleted so that it is rescheduled: only
+    /// for a rejection (evidence refused, or an answer no honest enclave
+    /// gives), never for unavailability (unreachable, timeouts, 429/503:
+    /// load and network failures prove nothing), never if pod deletion is
+    /// disabled, and only within the fleet-wide deletion budget.
     pub delete_pod: bool,
+    /// The pod would have been deleted, but the fleet-wide budget of
+    /// deletions per minute is spent; it is retried at its next failure.
+    pub deletion_deferred: bool,
+}
+
+/// The fleet-wide cap on pod deletions: a token bucket holding
+/// `per_minute` deletions, refilled continuously. A bad policy rollout or a
+/// verifier bug makes every endpoint fail at once; the cap turns that into
+/// a slow trickle an operator can stop, instead of deleting every GPU pod.
+#[derive(Debug)]
+struct DeletionBudget {
+    per_minute: u32,
+    tokens: f64,
+    updated: Instant,
+}
+
+impl DeletionBudget {
+    fn new(per_minute: u32, now: Instant) -> Self {
+        Self {
+            per_minute,
+            tokens: f64::from(per_minute),
+            updated: now,
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.updated = now;
+        let cap = f64::from(self.per_minute);
+        self.tokens = (self.tokens + elapsed * cap / 60.0).min(cap);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Per-model settings the loop keeps between refreshes.
@@ -112,6 +151,7 @@ pub struct Reattester<S, A> {
     due: BinaryHeap<HeapEntry>,
     next_id: u64,
     dirty: HashSet<ModelKey>,
+    deletions: DeletionBudget,
 }
 
 impl<S: EndpointSource, A: EndpointAttester> Reattester<S, A> {
@@ -123,7 +163,9 @@ impl<S: EndpointSource, A: EndpointAttester> Reattester<S, A> {
         metrics: Metrics,
         events: mpsc::UnboundedSender<AttestationEvent>,
     ) -> Self {
+        let deletions = DeletionBudget::new(config.max_pod_deletions_per_minute, Instant::now());
         Self {
+            deletions,
             source,
             attester,
             store,
@@ -388,8 +430,16 @@ impl<S: EndpointSource, A: EndpointAttester> Reattester<S, A> {
                     reason, consecutive, error = %message,
                     "endpoint failed attestation"
                 );
-                let delete_pod = self.config.delete_failed_pods
-                    && (error.is_rejection() || consecutive >= self.config.unreachable_threshold);
+                let wants_deletion = self.config.delete_failed_pods && error.is_rejection();
+                let delete_pod = wants_deletion && self.deletions.take(Instant::now());
+                let deletion_deferred = wants_deletion && !delete_pod;
+                if deletion_deferred {
+                    tracing::warn!(
+                        model = %model, pod = %target.pod,
+                        per_minute = self.config.max_pod_deletions_per_minute,
+                        "pod deletion deferred: the fleet-wide deletion budget is spent"
+                    );
+                }
                 let reference = self
                     .models
                     .get(&model)
@@ -405,6 +455,7 @@ impl<S: EndpointSource, A: EndpointAttester> Reattester<S, A> {
                     message,
                     consecutive,
                     delete_pod,
+                    deletion_deferred,
                 })));
             }
         }
@@ -547,8 +598,8 @@ mod tests {
             timeout: Duration::from_secs(2),
             jitter: 0.1,
             refresh: Duration::from_millis(500),
-            unreachable_threshold: 3,
             delete_failed_pods: true,
+            max_pod_deletions_per_minute: 10,
         }
     }
 
@@ -652,8 +703,18 @@ mod tests {
         h.stop().await;
     }
 
+    fn failures(events: Vec<AttestationEvent>) -> Vec<Failure> {
+        events
+            .into_iter()
+            .filter_map(|e| match e {
+                AttestationEvent::Failed(f) => Some(*f),
+                AttestationEvent::Changed(_) => None,
+            })
+            .collect()
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn unreachable_pods_are_deleted_only_after_the_threshold() {
+    async fn unavailable_pods_are_never_deleted() {
         let interval = Duration::from_secs(10);
         let attester = Arc::new(ScriptedAttester::default());
         attester
@@ -663,20 +724,17 @@ mod tests {
             .insert("a".into());
         let source = StaticSource::new(vec![model(&["a"], interval)]);
         let mut h = start(source, Arc::clone(&attester), config());
-        tokio::time::sleep(Duration::from_secs(35)).await;
-        let failures: Vec<Failure> = h
-            .drain()
-            .into_iter()
-            .filter_map(|e| match e {
-                AttestationEvent::Failed(f) => Some(*f),
-                AttestationEvent::Changed(_) => None,
-            })
-            .collect();
-        let flags: Vec<(u32, bool)> = failures
+        tokio::time::sleep(Duration::from_secs(55)).await;
+        let flags: Vec<(u32, bool, bool)> = failures(h.drain())
             .iter()
-            .map(|f| (f.consecutive, f.delete_pod))
+            .map(|f| (f.consecutive, f.delete_pod, f.deletion_deferred))
             .collect();
-        assert_eq!(flags, [(1, false), (2, false), (3, true), (4, true)]);
+        assert_eq!(
+            flags,
+            (1..=6).map(|n| (n, false, false)).collect::<Vec<_>>(),
+            "unreachable six times in a row, and never deleted"
+        );
+        assert_eq!(h.store.verified_count(), 0, "nor shown as verified");
         h.stop().await;
 
         let mut no_delete = config();
@@ -685,10 +743,41 @@ mod tests {
         let source = StaticSource::new(vec![model(&["a"], interval)]);
         let mut h = start(source, Arc::clone(&attester), no_delete);
         tokio::time::sleep(Duration::from_secs(2)).await;
-        assert!(h.drain().iter().all(|e| match e {
-            AttestationEvent::Failed(f) => !f.delete_pod,
-            AttestationEvent::Changed(_) => true,
-        }));
+        assert!(failures(h.drain()).iter().all(|f| !f.delete_pod));
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deletions_are_capped_fleet_wide_and_deferred_ones_retried() {
+        let interval = Duration::from_secs(10);
+        let attester = Arc::new(ScriptedAttester::default());
+        let pods: Vec<String> = (0..8).map(|i| format!("p{i}")).collect();
+        let names: Vec<&str> = pods.iter().map(String::as_str).collect();
+        attester
+            .rejected
+            .lock()
+            .expect("lock")
+            .extend(pods.iter().cloned());
+        let source = StaticSource::new(vec![model(&names, interval)]);
+        let mut capped = config();
+        capped.max_pod_deletions_per_minute = 3;
+        let mut h = start(source, Arc::clone(&attester), capped);
+        // The first round: every pod is refused, three may go.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let first = failures(h.drain());
+        assert_eq!(first.len(), 8);
+        assert_eq!(first.iter().filter(|f| f.delete_pod).count(), 3);
+        assert!(first.iter().all(|f| f.delete_pod != f.deletion_deferred));
+        // Over the next two minutes the budget refills by six, no more: the
+        // deferred pods are retried as they fail again.
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        let later = failures(h.drain());
+        let deleted = later.iter().filter(|f| f.delete_pod).count();
+        assert!(
+            (4..=7).contains(&deleted),
+            "{deleted} deleted in two minutes"
+        );
+        assert!(later.iter().any(|f| f.deletion_deferred));
         h.stop().await;
     }
 

@@ -79,14 +79,27 @@ impl EndpointAttester for TlsAttester {
 }
 
 /// Sorts client failures into the controller's classes: refused evidence,
-/// dishonest answers (treated like refusals), and transient unavailability.
+/// dishonest answers (treated like refusals), and unavailability — the
+/// network (refused, reset, TLS or HTTP exchange cut short) or load (the
+/// enclave says 429 or 503, or 408 for a request it could not finish in
+/// time). Unavailability never deletes a pod.
 fn classify(error: ClientError) -> AttestError {
     let reason = error.reason();
     match error {
         ClientError::Verify(e) => AttestError::Rejected(e),
-        ClientError::Connect { .. } | ClientError::ConnectTimeout(_) | ClientError::Tls { .. } => {
+        ClientError::Connect { .. }
+        | ClientError::ConnectTimeout(_)
+        | ClientError::Tls { .. }
+        | ClientError::Http { .. } => AttestError::Unavailable {
+            reason,
+            message: error.to_string(),
+        },
+        ClientError::EvidenceStatus { status, .. }
+        | ClientError::ActivationStatus { status, .. }
+            if is_busy(status) =>
+        {
             AttestError::Unavailable {
-                reason,
+                reason: "busy",
                 message: error.to_string(),
             }
         }
@@ -95,6 +108,16 @@ fn classify(error: ClientError) -> AttestError {
             message: other.to_string(),
         },
     }
+}
+
+/// Statuses an honest enclave answers under load.
+fn is_busy(status: http::StatusCode) -> bool {
+    matches!(
+        status,
+        http::StatusCode::TOO_MANY_REQUESTS
+            | http::StatusCode::SERVICE_UNAVAILABLE
+            | http::StatusCode::REQUEST_TIMEOUT
+    )
 }
 
 #[cfg(test)]
@@ -137,5 +160,36 @@ mod tests {
         });
         assert!(error.is_rejection());
         assert_eq!(error.reason(), "evidence-fetch");
+    }
+
+    #[test]
+    fn an_enclave_under_load_is_unavailable_not_rejected() {
+        for status in [
+            http::StatusCode::TOO_MANY_REQUESTS,
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            http::StatusCode::REQUEST_TIMEOUT,
+        ] {
+            let error = classify(ClientError::EvidenceStatus {
+                endpoint: "x".into(),
+                status,
+            });
+            assert!(!error.is_rejection(), "{status}");
+            assert_eq!(error.reason(), "busy");
+            let error = classify(ClientError::ActivationStatus {
+                endpoint: "x".into(),
+                status,
+                message: "retry later".into(),
+            });
+            assert!(!error.is_rejection(), "{status}");
+        }
+        let error = classify(ClientError::ActivationStatus {
+            endpoint: "x".into(),
+            status: http::StatusCode::INTERNAL_SERVER_ERROR,
+            message: "nonsense".into(),
+        });
+        assert!(
+            error.is_rejection(),
+            "other statuses are still protocol failures"
+        );
     }
 }
