@@ -13,7 +13,9 @@ use aver_verifier::binding::Nonce;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::launch::LaunchConfig;
-use crate::launch_log::{check_workload_pcr, DEFAULT_STATE_DIR, DEFAULT_WORKLOAD_PCR};
+use crate::launch_log::{
+    check_workload_pcr, DEFAULT_MAX_LAUNCHES, DEFAULT_STATE_DIR, DEFAULT_WORKLOAD_PCR,
+};
 use crate::measure::WorkloadInputs;
 use crate::node_agent::NodeAgentConfig;
 use crate::tpm::{DEFAULT_AK_HANDLE, PCR_COUNT};
@@ -85,6 +87,14 @@ pub struct LaunchArgs {
     /// PCR the launch is measured into (11 to 15).
     #[arg(long, env = "AVER_WORKLOAD_PCR", default_value_t = DEFAULT_WORKLOAD_PCR, value_parser = parse_workload_pcr)]
     pub workload_pcr: u8,
+    /// Most launches measured into the workload PCR per boot (TPM reset).
+    /// The PCR cannot be compacted, so each start adds a launch sequence
+    /// (about 650 bytes) to the log every verifier fetches; the start after
+    /// this many is refused, with nothing extended, until the node reboots.
+    /// The default, 1024 (about 650 KiB of evidence), lasts a pod crash
+    /// looping every 5 minutes three and a half days.
+    #[arg(long, env = "AVER_MAX_LAUNCHES", default_value_t = DEFAULT_MAX_LAUNCHES, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_launches: u32,
     /// PCRs every quote covers, e.g. `0,1,2,3,4,5,6,7,15` or `0-7,15`
     /// [default: 0-10 and the workload PCR].
     #[arg(long, env = "AVER_QUOTE_PCRS")]
@@ -122,6 +132,7 @@ impl LaunchArgs {
             state_dir: self.state_dir.clone(),
             workload_pcr: self.workload_pcr,
             quote_pcrs: self.quote_pcrs(),
+            max_launches: self.max_launches,
             workload: WorkloadInputs {
                 engine_digest,
                 model_dir: self.model_dir.clone(),
@@ -157,11 +168,12 @@ impl EvidenceArgs {
 /// in that mode the enclave opens no TPM, keeps no state, and aver-node
 /// (not the enclave) identifies the engine and its configuration and
 /// decides what is quoted.
-const LOCAL_TPM_ARGS: [&str; 8] = [
+const LOCAL_TPM_ARGS: [&str; 9] = [
     "tcti",
     "ak_handle",
     "state_dir",
     "workload_pcr",
+    "max_launches",
     "quote_pcrs",
     "engine_digest",
     "serving_config",

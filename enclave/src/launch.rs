@@ -11,7 +11,9 @@ use aver_verifier::Evidence;
 
 use crate::endorsement::{self, ActivateError};
 use crate::evidence::{collect, quote, CollectError, QuotedState};
-use crate::launch_log::{check_workload_pcr, record_launch, LaunchLog, LaunchLogError};
+use crate::launch_log::{
+    check_workload_pcr, record_launch, LaunchLog, LaunchLogError, LaunchStats,
+};
 use crate::measure::{measure_launch, MeasureError, WorkloadInputs};
 use crate::tls_key::{TlsKey, TlsKeyError};
 use crate::tpm::{Tpm, TpmError};
@@ -29,6 +31,10 @@ pub struct LaunchConfig {
     pub workload_pcr: u8,
     /// PCRs every quote covers; must include `workload_pcr`.
     pub quote_pcrs: Vec<u8>,
+    /// Most launches recorded per boot (TPM reset); the start after that is
+    /// refused with nothing extended ([`LaunchLogError::LaunchLimit`]).
+    /// [`crate::launch_log::DEFAULT_MAX_LAUNCHES`] unless configured.
+    pub max_launches: u32,
     /// What is measured.
     pub workload: WorkloadInputs,
 }
@@ -59,6 +65,7 @@ pub struct Enclave {
     tls_key: TlsKey,
     measurements: LaunchMeasurements,
     quote_pcrs: Vec<u8>,
+    max_launches: u32,
 }
 
 impl Enclave {
@@ -66,6 +73,10 @@ impl Enclave {
     /// to the workload PCR and its log. The workload is measured before the
     /// TPM is opened, so hashing a large model neither holds the TPM nor
     /// the state directory's lock.
+    ///
+    /// When the log already holds `config.max_launches` launches of this
+    /// boot, fails with [`LaunchLogError::LaunchLimit`] (inside
+    /// [`LaunchError::Log`]) before anything is stored or extended.
     pub fn launch(config: &LaunchConfig) -> Result<Self, LaunchError> {
         check_workload_pcr(config.workload_pcr)?;
         if !config.quote_pcrs.contains(&config.workload_pcr) {
@@ -88,6 +99,7 @@ impl Enclave {
             &mut tpm,
             &config.state_dir,
             config.workload_pcr,
+            config.max_launches,
             &measurements,
         )?;
         Ok(Self {
@@ -96,6 +108,7 @@ impl Enclave {
             tls_key,
             measurements,
             quote_pcrs: config.quote_pcrs.clone(),
+            max_launches: config.max_launches,
         })
     }
 
@@ -155,6 +168,17 @@ impl Enclave {
     /// The workload event log since the last TPM reset.
     pub fn log(&self) -> &LaunchLog {
         &self.log
+    }
+
+    /// Launches recorded since the TPM was last reset (this one included)
+    /// and the most allowed, for the metrics `aver_enclave_launches` and
+    /// `aver_enclave_launch_limit`. Fixed for the life of this value: the
+    /// state directory stays locked, so no other enclave adds a launch.
+    pub fn launch_stats(&self) -> LaunchStats {
+        LaunchStats {
+            launches: self.log.launches(),
+            limit: self.max_launches,
+        }
     }
 
     /// The TPM, for callers that need more than evidence (e.g. the AK name).

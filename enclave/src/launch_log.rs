@@ -12,6 +12,16 @@
 //! never reached the PCR, which the next start recognises and drops; it can
 //! never leave an extend that no log records, which would make the PCR
 //! unexplainable until the next reboot.
+//!
+//! The log is bounded: a PCR cannot be compacted (every extend since the
+//! TPM reset must stay in the log for the replay to match), and every
+//! verifier fetches the whole log with every attestation, so an enclave that
+//! restarts without end (a crash loop) would grow it without end, towards
+//! the verifier's evidence size limit. At most `max_launches` launches are
+//! recorded per boot ([`DEFAULT_MAX_LAUNCHES`], `--max-launches`); the start
+//! after that is refused before anything is written or extended
+//! ([`LaunchLogError::LaunchLimit`]). [`LaunchStats`] reports how close the
+//! log is to the bound.
 
 use std::fs::{self, File};
 use std::io;
@@ -19,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use aver_crds::Sha256Digest;
 use aver_tpm::state_dir::{self, replace, StateDirError};
-use aver_verifier::eventlog::{replay, LaunchMeasurements, LogEntry};
+use aver_verifier::eventlog::{replay, EventKind, LaunchMeasurements, LogEntry};
 use serde::{Deserialize, Serialize};
 
 use crate::tpm::{Tpm, TpmError};
@@ -32,6 +42,31 @@ pub const LOCK_FILE: &str = "lock";
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/aver";
 pub use aver_crds::policy::DEFAULT_WORKLOAD_PCR;
+
+/// Default bound on the launches recorded per boot (per TPM reset).
+///
+/// One launch sequence (five events) adds 647 bytes to the compact JSON
+/// evidence every verifier fetches with every attestation (and 922 bytes to
+/// the pretty-printed stored log), so 1024 launches cost about 650 KiB of
+/// evidence: a sixth of `aver_verifier::evidence::MAX_EVIDENCE_BYTES`
+/// (4 MiB), next to the few KiB of a log with one launch. A pod in a crash
+/// loop restarts at most every five minutes (the kubelet's back-off), 288
+/// times a day, so the bound is reached after three and a half days of
+/// crash looping, not within one night.
+pub const DEFAULT_MAX_LAUNCHES: u32 = 1024;
+
+/// How many launches the log holds since the TPM was last reset, and the
+/// most it may hold: for the metrics `aver_enclave_launches` and
+/// `aver_enclave_launch_limit`. A launch interrupted before all its events
+/// were extended still counts (its events stay in the log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaunchStats {
+    /// Launches recorded since the TPM reset, this one included.
+    pub launches: u32,
+    /// The most launches per boot (`--max-launches`); the start that would
+    /// record one more is refused until the node reboots.
+    pub limit: u32,
+}
 
 /// Format version of the stored log file.
 const STORE_VERSION: u32 = 1;
@@ -71,6 +106,8 @@ pub enum LaunchLogError {
         stored: u8,
         configured: u8,
     },
+    #[error("the workload PCR already holds {launches} launches since the TPM was last reset, the most allowed (--max-launches {limit}): the enclave refuses to start, before extending anything, rather than grow the event log every verifier fetches towards the evidence size limit. A PCR cannot be compacted (every extend since the reset must stay in the log for the replay to match): reboot the node (a TPM reset starts a new log) or move the pod to another node, and find out why the enclave keeps restarting")]
+    LaunchLimit { launches: u32, limit: u32 },
     #[error(transparent)]
     Tpm(#[from] TpmError),
 }
@@ -142,13 +179,38 @@ impl LaunchLog {
         self.dir.join(LOG_FILE)
     }
 
+    /// Launches the log records since the TPM was last reset: its
+    /// `launch-start` events, so a launch interrupted part-way counts too.
+    pub fn launches(&self) -> u32 {
+        let count = self
+            .entries
+            .iter()
+            .filter(|entry| entry.event.kind() == EventKind::LaunchStart)
+            .count();
+        u32::try_from(count).unwrap_or(u32::MAX)
+    }
+
     /// Appends one launch sequence: for each event, store the log with the
     /// event, then extend the PCR with its digest.
+    ///
+    /// Refused with [`LaunchLogError::LaunchLimit`], before anything is
+    /// stored or extended, when the log already holds `max_launches`
+    /// launches. The count was read with the state directory locked, and the
+    /// lock is held until this value is dropped, so no other enclave can
+    /// append between the check and the append.
     pub fn append_launch(
         &mut self,
         measurements: &LaunchMeasurements,
+        max_launches: u32,
         tpm: &mut impl WorkloadPcr,
     ) -> Result<(), LaunchLogError> {
+        let launches = self.launches();
+        if launches >= max_launches {
+            return Err(LaunchLogError::LaunchLimit {
+                launches,
+                limit: max_launches,
+            });
+        }
         for event in measurements.events() {
             let digest = event.digest();
             self.entries.push(LogEntry {
@@ -186,22 +248,28 @@ impl LaunchLog {
 }
 
 /// Opens the state directory, measures a launch into the workload PCR and
-/// returns the log (still locked) that now ends with it.
+/// returns the log (still locked) that now ends with it. Refused, with
+/// nothing stored or extended, when the log already holds `max_launches`
+/// launches of this boot ([`LaunchLogError::LaunchLimit`]).
 pub fn record_launch(
     tpm: &mut Tpm,
     state_dir: &Path,
     workload_pcr: u8,
+    max_launches: u32,
     measurements: &LaunchMeasurements,
 ) -> Result<LaunchLog, LaunchLogError> {
     let mut log = LaunchLog::open(state_dir, workload_pcr, tpm)?;
     let before = log.entries().len();
-    log.append_launch(measurements, tpm)?;
+    log.append_launch(measurements, max_launches, tpm)?;
+    let launches = log.launches();
     let now = WorkloadPcr::read(tpm, workload_pcr)?;
     if replay(log.entries()) == now {
         tracing::info!(
             pcr = workload_pcr,
             previous_events = before,
             events = log.entries().len(),
+            launches,
+            max_launches,
             value = %now,
             "launch measured into the workload PCR"
         );
@@ -210,6 +278,14 @@ pub fn record_launch(
             pcr = workload_pcr,
             value = %now,
             "launch measured, but the workload PCR does not match the log: something else extends it, and verifiers will reject this enclave's evidence"
+        );
+    }
+    // Said while there is still time to reboot the node on one's own terms.
+    if launches >= max_launches - max_launches / 10 {
+        tracing::warn!(
+            launches,
+            max_launches,
+            "the enclave has started {launches} times since the TPM was last reset; at {max_launches} (--max-launches) it refuses to start until the node reboots"
         );
     }
     Ok(log)
@@ -400,7 +476,8 @@ mod tests {
     fn launch_into(dir: &Path, pcrs: &mut FakePcrs, seed: u8) -> Vec<LogEntry> {
         let mut log = LaunchLog::open(dir, 15, pcrs).unwrap();
         pcrs.log_path = Some(log.path());
-        log.append_launch(&launch(seed), pcrs).unwrap();
+        log.append_launch(&launch(seed), DEFAULT_MAX_LAUNCHES, pcrs)
+            .unwrap();
         log.entries().to_vec()
     }
 
@@ -457,7 +534,9 @@ mod tests {
         let mut pcrs = FakePcrs::new();
         pcrs.fail_extend_at = Some(2);
         let mut log = LaunchLog::open(dir.path(), 15, &mut pcrs).unwrap();
-        assert!(log.append_launch(&launch(1), &mut pcrs).is_err());
+        assert!(log
+            .append_launch(&launch(1), DEFAULT_MAX_LAUNCHES, &mut pcrs)
+            .is_err());
         drop(log);
         pcrs.fail_extend_at = None;
         let log = LaunchLog::open(dir.path(), 15, &mut pcrs).unwrap();
@@ -530,5 +609,172 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, vec![LOCK_FILE.to_owned(), LOG_FILE.to_owned()]);
+    }
+
+    /// Opens the log and appends one launch under `limit`, as a start of
+    /// the enclave does; returns the launches counted after it.
+    fn start(dir: &Path, pcrs: &mut FakePcrs, seed: u8, limit: u32) -> Result<u32, LaunchLogError> {
+        let mut log = LaunchLog::open(dir, 15, pcrs)?;
+        pcrs.log_path = Some(log.path());
+        log.append_launch(&launch(seed), limit, pcrs)?;
+        Ok(log.launches())
+    }
+
+    #[test]
+    fn the_launch_limit_is_reached_exactly_at_max_launches() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pcrs = FakePcrs::new();
+        for n in 1..=3 {
+            assert_eq!(start(dir.path(), &mut pcrs, n as u8, 3).unwrap(), n);
+        }
+        let error = start(dir.path(), &mut pcrs, 4, 3).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                LaunchLogError::LaunchLimit {
+                    launches: 3,
+                    limit: 3
+                }
+            ),
+            "{error}"
+        );
+        let text = error.to_string();
+        for needed in [
+            "--max-launches 3",
+            "reboot the node",
+            "another node",
+            "compacted",
+        ] {
+            assert!(text.contains(needed), "{needed:?} missing from: {text}");
+        }
+        // A higher limit lets the next start through: the refusal changed
+        // nothing that a later start depends on.
+        assert_eq!(start(dir.path(), &mut pcrs, 4, 4).unwrap(), 4);
+        let log = LaunchLog::open(dir.path(), 15, &mut pcrs).unwrap();
+        assert_eq!(log.entries().len(), 4 * LAUNCH_SEQUENCE_LEN);
+        assert_eq!(
+            latest_launch(log.entries(), 15, &pcrs.values[15]),
+            Ok(launch(4))
+        );
+    }
+
+    #[test]
+    fn a_refused_start_leaves_the_log_and_the_pcr_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pcrs = FakePcrs::new();
+        start(dir.path(), &mut pcrs, 1, 2).unwrap();
+        start(dir.path(), &mut pcrs, 2, 2).unwrap();
+        let path = dir.path().join(LOG_FILE);
+        let stored = fs::read(&path).unwrap();
+        let modified = fs::metadata(&path).unwrap().modified().unwrap();
+        let pcr = pcrs.values;
+        let extends = pcrs.extends;
+
+        let mut log = LaunchLog::open(dir.path(), 15, &mut pcrs).unwrap();
+        assert!(matches!(
+            log.append_launch(&launch(3), 2, &mut pcrs),
+            Err(LaunchLogError::LaunchLimit {
+                launches: 2,
+                limit: 2
+            })
+        ));
+        assert_eq!(
+            log.entries().len(),
+            2 * LAUNCH_SEQUENCE_LEN,
+            "nothing half-applied in memory"
+        );
+        assert_eq!(log.launches(), 2);
+        drop(log);
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            stored,
+            "the stored log is byte-identical"
+        );
+        assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), modified);
+        assert_eq!(pcrs.values, pcr, "no PCR was extended");
+        assert_eq!(pcrs.extends, extends);
+        assert_eq!(
+            latest_launch(&parse_stored(&stored).unwrap().entries, 15, &pcr[15]),
+            Ok(launch(2))
+        );
+    }
+
+    #[test]
+    fn a_tpm_reset_starts_the_count_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pcrs = FakePcrs::new();
+        start(dir.path(), &mut pcrs, 1, 2).unwrap();
+        start(dir.path(), &mut pcrs, 2, 2).unwrap();
+        assert!(matches!(
+            start(dir.path(), &mut pcrs, 3, 2),
+            Err(LaunchLogError::LaunchLimit { .. })
+        ));
+        // Reboot: the PCR is all zeros again, the stale log is discarded.
+        let mut rebooted = FakePcrs::new();
+        assert_eq!(start(dir.path(), &mut rebooted, 3, 2).unwrap(), 1);
+        let log = LaunchLog::open(dir.path(), 15, &mut rebooted).unwrap();
+        assert_eq!(log.entries().len(), LAUNCH_SEQUENCE_LEN);
+        assert_eq!(
+            latest_launch(log.entries(), 15, &rebooted.values[15]),
+            Ok(launch(3))
+        );
+        drop(log);
+        assert_eq!(start(dir.path(), &mut rebooted, 4, 2).unwrap(), 2);
+    }
+
+    #[test]
+    fn an_interrupted_launch_counts_towards_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pcrs = FakePcrs::new();
+        pcrs.fail_extend_at = Some(2);
+        assert!(matches!(
+            start(dir.path(), &mut pcrs, 1, 1),
+            Err(LaunchLogError::Tpm(_))
+        ));
+        pcrs.fail_extend_at = None;
+        // Its two extended events stay in the log for good.
+        assert!(matches!(
+            start(dir.path(), &mut pcrs, 2, 1),
+            Err(LaunchLogError::LaunchLimit {
+                launches: 1,
+                limit: 1
+            })
+        ));
+    }
+
+    #[test]
+    fn the_default_limit_keeps_the_log_well_under_the_evidence_limit() {
+        use aver_verifier::evidence::MAX_EVIDENCE_BYTES;
+        // A realistic launch: the version string this enclave writes.
+        let mut measurements = launch(1);
+        measurements.enclave_version = env!("CARGO_PKG_VERSION").into();
+        let entries = |launches: usize| -> Vec<LogEntry> {
+            (0..launches)
+                .flat_map(|_| measurements.events())
+                .map(|event| LogEntry { pcr: 15, event })
+                .collect()
+        };
+        // Evidence carries the log as compact JSON, a `,` between entries.
+        let wire = |launches: usize| serde_json::to_vec(&entries(launches)).unwrap().len();
+        let per_launch = wire(2) - wire(1);
+        let stored = |launches: usize| {
+            serde_json::to_vec_pretty(&StoredLog {
+                version: STORE_VERSION,
+                workload_pcr: 15,
+                entries: entries(launches),
+            })
+            .unwrap()
+            .len()
+        };
+        let stored_per_launch = stored(2) - stored(1);
+        let at_limit = wire(DEFAULT_MAX_LAUNCHES as usize);
+        eprintln!(
+            "one launch sequence: {per_launch} bytes of evidence, {stored_per_launch} bytes of stored log; {DEFAULT_MAX_LAUNCHES} launches: {at_limit} bytes of evidence"
+        );
+        assert!(at_limit <= MAX_EVIDENCE_BYTES / 6, "{at_limit} bytes");
+        assert!(
+            (600..700).contains(&per_launch),
+            "{per_launch} bytes: update the doc of DEFAULT_MAX_LAUNCHES"
+        );
     }
 }

@@ -132,6 +132,7 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("TPM worker start panicked")?
         .context("cannot open the TPM and the node log")?;
+    metrics.watch_node_log(measurer.log_size());
     let gate = Gate::new(policy, kubelet_root, measurer.clone())
         .await
         .context("cannot read the node log")?;

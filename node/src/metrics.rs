@@ -3,11 +3,15 @@
 //!
 //! Refusals are what an operator watches: a node that refuses pods is either
 //! under attack or misconfigured, and the counter says which call it was.
+//! The node log's size against its bound (`aver_node_log_events`,
+//! `aver_node_log_event_limit`) says how long until the node refuses every
+//! new pod and must be rebooted ([`crate::store::StoreError::Full`]).
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use aver_node_log::MAX_NODE_LOG_EVENTS;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -17,8 +21,11 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+
+use crate::store::worker::NodeLogSize;
 
 /// Label naming a CRI call by its method name (`RunPodSandbox`, `Exec`, …).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -32,6 +39,9 @@ pub struct Metrics {
     registry: Arc<Registry>,
     cri_requests: Family<CallLabel, Counter>,
     refusals: Family<CallLabel, Counter>,
+    log_events: Gauge,
+    /// Where `log_events` is read from at each scrape, once known.
+    log_size: Arc<OnceLock<NodeLogSize>>,
 }
 
 impl Default for Metrics {
@@ -61,11 +71,32 @@ impl Metrics {
             "CRI calls the gate refused (or undid after the runtime acted), by method",
             refusals.clone(),
         );
+        let log_events: Gauge = Gauge::default();
+        registry.register(
+            "log_events",
+            "Events in the node log since boot; at aver_node_log_event_limit every new pod is refused until the node reboots",
+            log_events.clone(),
+        );
+        let log_event_limit: Gauge = Gauge::default();
+        log_event_limit.set(i64::try_from(MAX_NODE_LOG_EVENTS).unwrap_or(i64::MAX));
+        registry.register(
+            "log_event_limit",
+            "Most events the node log holds per boot",
+            log_event_limit,
+        );
         Self {
             registry: Arc::new(registry),
             cri_requests,
             refusals,
+            log_events,
+            log_size: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Exports the size of this node log (from [`crate::store::Measurer::log_size`])
+    /// as `aver_node_log_events`. Only the first call counts.
+    pub fn watch_node_log(&self, size: NodeLogSize) {
+        let _ = self.log_size.set(size);
     }
 
     /// Counts one CRI call.
@@ -106,6 +137,10 @@ impl Metrics {
 
     /// The metrics in the Prometheus text format.
     pub fn encode(&self) -> String {
+        if let Some(size) = self.log_size.get() {
+            self.log_events
+                .set(i64::try_from(size.events()).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -187,5 +222,22 @@ mod tests {
         );
         assert_eq!(metrics.refusals("Exec"), 1);
         assert_eq!(metrics.refusals("Attach"), 0);
+    }
+
+    #[test]
+    fn the_node_log_gauge_follows_the_log_and_names_its_bound() {
+        let metrics = Metrics::new();
+        let text = metrics.encode();
+        assert!(text.contains("aver_node_log_events 0"), "{text}");
+        assert!(
+            text.contains(&format!("aver_node_log_event_limit {MAX_NODE_LOG_EVENTS}")),
+            "{text}"
+        );
+        let size = NodeLogSize::default();
+        metrics.watch_node_log(size.clone());
+        size.set(17);
+        assert!(metrics.encode().contains("aver_node_log_events 17"));
+        size.set(18);
+        assert!(metrics.clone().encode().contains("aver_node_log_events 18"));
     }
 }

@@ -48,6 +48,7 @@ impl Dirs {
             state_dir: self.state.path().to_owned(),
             workload_pcr: WORKLOAD_PCR,
             quote_pcrs: QUOTE_PCRS.to_vec(),
+            max_launches: aver_enclave::launch_log::DEFAULT_MAX_LAUNCHES,
             workload: WorkloadInputs {
                 engine_digest: Sha256Digest([0x42; 32]),
                 model_dir: self.model.path().to_owned(),

@@ -44,6 +44,7 @@ async fn the_tls_private_key_is_never_written_or_served() {
         state_dir: node.state.path().to_owned(),
         workload_pcr: aver_crds::policy::DEFAULT_WORKLOAD_PCR,
         quote_pcrs,
+        max_launches: aver_enclave::launch_log::DEFAULT_MAX_LAUNCHES,
         workload: WorkloadInputs {
             engine_digest: Sha256Digest::parse(ENGINE).unwrap(),
             model_dir: node.model.path().to_owned(),

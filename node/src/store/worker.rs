@@ -11,6 +11,7 @@
 //! verifiers' nonces and sends one qualifying-data per quote.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use aver_crds::Sha256Digest;
@@ -85,6 +86,25 @@ pub struct Measurer {
     jobs: mpsc::Sender<Job>,
     workload_pcr: u8,
     quote_pcrs: Arc<[u8]>,
+    log_size: NodeLogSize,
+}
+
+/// How many events the node log holds, kept current by the TPM thread and
+/// read without asking it (for the `aver_node_log_events` gauge). Cheap to
+/// clone; holding one does not keep the TPM thread alive.
+#[derive(Debug, Clone, Default)]
+pub struct NodeLogSize(Arc<AtomicUsize>);
+
+impl NodeLogSize {
+    /// Events in the node log, at most
+    /// [`aver_node_log::MAX_NODE_LOG_EVENTS`].
+    pub fn events(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set(&self, events: usize) {
+        self.0.store(events, Ordering::Relaxed);
+    }
 }
 
 impl Measurer {
@@ -118,14 +138,18 @@ impl Measurer {
         let (jobs, queue) = mpsc::channel(QUEUE);
         let worker_pcrs = quote_pcrs.clone();
         let logs = config.logs.clone();
+        let log_size = NodeLogSize::default();
+        log_size.set(store.entries().len());
+        let worker_size = log_size.clone();
         std::thread::Builder::new()
             .name("aver-node-tpm".into())
-            .spawn(move || run(tpm, store, worker_pcrs, logs, queue))
+            .spawn(move || run(tpm, store, worker_pcrs, logs, worker_size, queue))
             .map_err(StoreError::Thread)?;
         Ok(Self {
             jobs,
             workload_pcr: config.workload_pcr,
             quote_pcrs: quote_pcrs.into(),
+            log_size,
         })
     }
 
@@ -156,6 +180,11 @@ impl Measurer {
         let _ = self.ask(Job::Stop).await;
     }
 
+    /// The size of the node log, kept current as events are recorded.
+    pub fn log_size(&self) -> NodeLogSize {
+        self.log_size.clone()
+    }
+
     /// The PCR the node log is extended into.
     pub fn workload_pcr(&self) -> u8 {
         self.workload_pcr
@@ -181,6 +210,7 @@ fn run(
     mut store: NodeLogStore,
     quote_pcrs: Vec<u8>,
     logs: PlatformLogs,
+    log_size: NodeLogSize,
     mut jobs: mpsc::Receiver<Job>,
 ) {
     while let Some(job) = jobs.blocking_recv() {
@@ -188,6 +218,7 @@ fn run(
             Job::Record(event, reply) => {
                 let kind = event.kind();
                 let result = store.append(*event, &mut tpm);
+                log_size.set(store.entries().len());
                 if let Err(error) = &result {
                     tracing::error!(event = kind, %error, "event not recorded");
                 }
