@@ -7,7 +7,7 @@
 //! One quote is in flight at a time; what signs it is the
 //! [`QuoteBackend`] (the enclave's own TPM, or aver-node).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,6 +59,10 @@ pub enum BatchError {
     Quote(String),
     #[error("the evidence batcher has stopped")]
     Stopped,
+    /// More challenges wait than the next few quotes can answer: said at
+    /// once (503) instead of making the caller wait without bound.
+    #[error("too many evidence requests are waiting for the TPM; retry shortly")]
+    Busy,
 }
 
 struct Pending {
@@ -73,6 +77,9 @@ pub struct QuoteBatcher {
     tx: mpsc::Sender<Pending>,
     backend: Arc<QuoteBackend>,
     stats: Arc<BatchStats>,
+    /// Challenges queued or being quoted; the local TPM's worker reads it
+    /// to give quotes precedence over credential activations.
+    demand: Arc<AtomicUsize>,
 }
 
 impl QuoteBatcher {
@@ -88,7 +95,13 @@ impl QuoteBatcher {
     /// through `backend` for challenges bound to the TLS key `spki`.
     pub fn with_backend(backend: QuoteBackend, spki: Sha256Digest, config: BatchConfig) -> Self {
         let stats = Arc::new(BatchStats::default());
+        let demand = match &backend {
+            QuoteBackend::LocalTpm(tpm) => tpm.demand(),
+            QuoteBackend::NodeAgent(_) => Arc::new(AtomicUsize::new(0)),
+        };
         let backend = Arc::new(backend);
+        // Room for four batches behind the one being signed: beyond that a
+        // challenge would wait five quotes or more, and is told 503.
         let (tx, rx) = mpsc::channel(config.max_batch.max(1).saturating_mul(4));
         tokio::spawn(collect_batches(
             rx,
@@ -96,21 +109,35 @@ impl QuoteBatcher {
             spki,
             config,
             stats.clone(),
+            demand.clone(),
         ));
-        Self { tx, backend, stats }
+        Self {
+            tx,
+            backend,
+            stats,
+            demand,
+        }
     }
 
     /// Evidence answering `nonce`, bound to the enclave's TLS key.
     pub async fn evidence(&self, nonce: Nonce) -> Result<Evidence, BatchError> {
         let (reply, answer) = oneshot::channel();
+        // Counted before it is queued, so that the count is never below
+        // what waits; the collector subtracts once the batch is answered.
+        self.demand.fetch_add(1, Ordering::AcqRel);
         self.tx
-            .send(Pending {
+            .try_send(Pending {
                 nonce,
                 arrived: Instant::now(),
                 reply,
             })
-            .await
-            .map_err(|_| BatchError::Stopped)?;
+            .map_err(|e| {
+                self.demand.fetch_sub(1, Ordering::AcqRel);
+                match e {
+                    mpsc::error::TrySendError::Full(_) => BatchError::Busy,
+                    mpsc::error::TrySendError::Closed(_) => BatchError::Stopped,
+                }
+            })?;
         answer.await.map_err(|_| BatchError::Stopped)?
     }
 
@@ -130,6 +157,7 @@ async fn collect_batches(
     spki: Sha256Digest,
     config: BatchConfig,
     stats: Arc<BatchStats>,
+    demand: Arc<AtomicUsize>,
 ) {
     let max = config.max_batch.max(1);
     while let Some(first) = rx.recv().await {
@@ -160,11 +188,13 @@ async fn collect_batches(
         }
         let leaves = batch.iter().map(|p| leaf(&p.nonce, &spki)).collect();
         let Some(tree) = MerkleTree::new(leaves) else {
+            demand.fetch_sub(batch.len(), Ordering::AcqRel);
             continue;
         };
         // Awaited before the next batch is collected: whatever queues
         // meanwhile goes under the next quote (group commit).
         let quoted = backend.quote(tree.root()).await.map_err(BatchError::Quote);
+        demand.fetch_sub(batch.len(), Ordering::AcqRel);
         stats
             .challenges
             .fetch_add(batch.len() as u64, Ordering::Relaxed);

@@ -242,6 +242,27 @@ pub struct ServeArgs {
     /// Most evidence requests under one TPM quote (1 disables batching).
     #[arg(long, env = "AVER_MAX_BATCH", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub max_batch: u64,
+    /// Most TLS connections open at once; more wait in the listen backlog.
+    /// Keep it below the open-files limit (`ulimit -n`).
+    #[arg(long, env = "AVER_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+    /// Seconds a connection may stay open without a request (also the time
+    /// a client has to send a request's headers). Streaming answers are not
+    /// cut by it.
+    #[arg(long, env = "AVER_IDLE_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub idle_timeout_secs: u64,
+    /// Seconds an evidence or activation request may take in all (body,
+    /// waiting for the TPM, quoting) before it is answered 503 or 408.
+    #[arg(long, env = "AVER_REQUEST_DEADLINE_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub request_deadline_secs: u64,
+    /// Credential activations admitted at once (running or waiting behind
+    /// quotes); more are answered 429.
+    #[arg(long, env = "AVER_ACTIVATION_QUEUE", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub activation_queue: u64,
+    /// Credential activations one client address may ask for per minute;
+    /// more are answered 429 with Retry-After. A verifier needs one per TPM.
+    #[arg(long, env = "AVER_ACTIVATIONS_PER_PEER_PER_MINUTE", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=6000))]
+    pub activations_per_peer_per_minute: u32,
     /// PEM file of the intermediate CA certificates between the TPM's EK
     /// certificate and its manufacturer's root, served to verifiers that
     /// activate the attestation key (vendors do not store them in the TPM).
@@ -298,6 +319,16 @@ impl ServeArgs {
                 max_batch: usize::try_from(self.max_batch).unwrap_or(usize::MAX),
             },
             certificate_names: self.cert_names.clone(),
+            limits: crate::server::limits::Limits {
+                max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+                idle_timeout: std::time::Duration::from_secs(self.idle_timeout_secs),
+                request_deadline: std::time::Duration::from_secs(self.request_deadline_secs),
+                activation_queue: usize::try_from(self.activation_queue).unwrap_or(usize::MAX),
+                activations_per_peer_per_minute: std::num::NonZeroU32::new(
+                    self.activations_per_peer_per_minute,
+                )
+                .unwrap_or(std::num::NonZeroU32::MIN),
+            },
         }
     }
 }

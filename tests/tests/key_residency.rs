@@ -66,6 +66,7 @@ async fn the_tls_private_key_is_never_written_or_served() {
         upstream_timeout: Duration::from_secs(10),
         batch: Default::default(),
         certificate_names: vec!["localhost".into()],
+        limits: Default::default(),
     };
     let server = Server::bind(enclave, &serve).await.unwrap();
     let url = format!("https://{}", server.local_addr().unwrap());

@@ -23,6 +23,7 @@ use tss_esapi::interface_types::key_bits::RsaKeyBits;
 use tss_esapi::interface_types::resource_handles::NvAuth;
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{CapabilityData, EncryptedSecret, IdObject, SymmetricDefinition};
+use tss_esapi::utils::TpmsContext;
 use tss_esapi::Context;
 
 use crate::tpm::{describe, Tpm, TpmError};
@@ -167,11 +168,13 @@ pub fn offer(
 /// Runs TPM2_ActivateCredential with the AK as the object and the EK of
 /// `request.kind` as the decryption key; returns the released secret.
 ///
-/// The EK is created for the activation and flushed after it: without a
-/// resource manager (swtpm, /dev/tpm0) a transient object outlives the
-/// connection, and an EK left loaded by every enclave start would soon
-/// fill the TPM's few object slots. Activations are rare (once per TPM
-/// per verifier), so the cost of re-creating the primary is acceptable.
+/// The EK is derived once per [`Tpm`] (TPM2_CreatePrimary, seconds for RSA
+/// on a hardware TPM) and its context saved; each activation loads the
+/// saved context and flushes the object after it. Without a resource
+/// manager (swtpm, /dev/tpm0) a transient object outlives the connection,
+/// so an EK left loaded by every enclave start would soon fill the TPM's
+/// few object slots; a saved context takes no slot. A context that no
+/// longer loads (the TPM was restarted) is replaced by a fresh primary.
 pub fn activate(tpm: &mut Tpm, request: &ActivationRequest) -> Result<Vec<u8>, ActivateError> {
     if request.version != ACTIVATION_VERSION {
         return Err(ActivateError::UnsupportedVersion(request.version));
@@ -184,12 +187,8 @@ pub fn activate(tpm: &mut Tpm, request: &ActivationRequest) -> Result<Vec<u8>, A
         EkKind::Rsa2048 => AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048),
         EkKind::EccP256 => AsymmetricAlgorithmSelection::Ecc(EccCurve::NistP256),
     };
-    let (context, ak) = tpm.context_and_ak();
-    let ek =
-        ek::create_ek_object_2(context, selection, None).map_err(|source| TpmError::Command {
-            command: "CreatePrimary",
-            source,
-        })?;
+    let (context, ak, saved) = tpm.context_ak_and_saved_eks();
+    let ek = load_or_create_ek(context, saved, request.kind, selection)?;
     let result = activate_with(context, ak, ek, blob, secret);
     let flushed = context.flush_context(ObjectHandle::from(ek));
     let released = result?;
@@ -198,6 +197,38 @@ pub fn activate(tpm: &mut Tpm, request: &ActivationRequest) -> Result<Vec<u8>, A
         source,
     })?;
     Ok(released)
+}
+
+/// The EK of `kind`, loaded from its saved context, or created (and its
+/// context saved) if there is none or it no longer loads.
+fn load_or_create_ek(
+    context: &mut Context,
+    saved: &mut Vec<(EkKind, TpmsContext)>,
+    kind: EkKind,
+    selection: AsymmetricAlgorithmSelection,
+) -> Result<KeyHandle, TpmError> {
+    if let Some(index) = saved.iter().position(|(k, _)| *k == kind) {
+        match context.context_load(saved[index].1.clone()) {
+            Ok(handle) => return Ok(KeyHandle::from(handle)),
+            Err(error) => {
+                tracing::info!(ek = %kind, error = %describe(&error), "saved EK context does not load; deriving the EK again");
+                saved.remove(index);
+            }
+        }
+    }
+    let ek =
+        ek::create_ek_object_2(context, selection, None).map_err(|source| TpmError::Command {
+            command: "CreatePrimary",
+            source,
+        })?;
+    match context.context_save(ObjectHandle::from(ek)) {
+        Ok(saved_context) => saved.push((kind, saved_context)),
+        // Still usable for this activation; the next one derives it again.
+        Err(error) => {
+            tracing::warn!(ek = %kind, error = %describe(&error), "cannot save the EK context")
+        }
+    }
+    Ok(ek)
 }
 
 fn activate_with(

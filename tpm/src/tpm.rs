@@ -113,6 +113,10 @@ pub struct Tpm {
     ak_public_tpmt: Vec<u8>,
     ak_name: Vec<u8>,
     ak_handle: u32,
+    /// Saved contexts of the EKs created so far (one per kind), so that a
+    /// credential activation costs a ContextLoad instead of re-deriving the
+    /// primary (seconds for RSA on a hardware TPM).
+    saved_eks: Vec<(aver_verifier::ek::EkKind, tss_esapi::utils::TpmsContext)>,
 }
 
 impl std::fmt::Debug for Tpm {
@@ -164,6 +168,7 @@ impl Tpm {
             ak_public_tpmt,
             ak_name: computed,
             ak_handle,
+            saved_eks: Vec::new(),
         })
     }
 
@@ -188,6 +193,18 @@ impl Tpm {
     /// other modules (credential activation in [`crate::endorsement`]).
     pub(crate) fn context_and_ak(&mut self) -> (&mut Context, KeyHandle) {
         (&mut self.context, self.ak)
+    }
+
+    /// The TSS context, the AK and the saved EK contexts, for
+    /// [`crate::endorsement`].
+    pub(crate) fn context_ak_and_saved_eks(
+        &mut self,
+    ) -> (
+        &mut Context,
+        KeyHandle,
+        &mut Vec<(aver_verifier::ek::EkKind, tss_esapi::utils::TpmsContext)>,
+    ) {
+        (&mut self.context, self.ak, &mut self.saved_eks)
     }
 
     /// Reads PCRs of the SHA-256 bank, returned in ascending PCR order

@@ -24,3 +24,14 @@ pub fn error(status: StatusCode, message: &str) -> Response<BoxBody> {
         .body(full(json.to_string()))
         .unwrap_or_else(|_| Response::new(full("")))
 }
+
+/// [`error`] with `Retry-After`, for refusals that say "not now" (429 and
+/// 503), so that well-behaved clients back off instead of retrying at once.
+pub fn retry_later(status: StatusCode, message: &str, retry_after_secs: u64) -> Response<BoxBody> {
+    let mut response = error(status, message);
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        http::HeaderValue::from(retry_after_secs),
+    );
+    response
+}

@@ -13,12 +13,19 @@
 //!   inference engine accepts connections;
 //! - `GET /metrics`: Prometheus counters;
 //! - everything else: reverse-proxied to the inference engine.
+//!
+//! What clients may make the server do is bounded ([`limits`]): open
+//! connections, idle time, whole-request deadlines on the aver endpoints,
+//! and credential activations (429 when over their share), which queue
+//! behind quotes on the TPM thread. Evidence requests beyond what the next
+//! few quotes can answer get 503 at once.
 
 pub mod body;
+pub mod limits;
 pub mod proxy;
 pub mod tls;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,12 +46,13 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::backend::{LocalTpm, QuoteBackend};
-use crate::batcher::{BatchConfig, QuoteBatcher};
+use crate::batcher::{BatchConfig, BatchError, QuoteBatcher};
 use crate::endorsement::ActivateError;
 use crate::launch::Enclave;
 use crate::node_agent::RegisteredEnclave;
 use crate::tls_key::TlsKey;
 use body::BoxBody;
+use limits::{AcceptBackoff, ActivationGate, AfterAcceptError, Limits};
 use proxy::Proxy;
 
 /// Settings of the server, beyond the launch.
@@ -57,6 +65,8 @@ pub struct ServeConfig {
     pub batch: BatchConfig,
     /// DNS names (or IPs) written into the self-signed certificate.
     pub certificate_names: Vec<String>,
+    /// Bounds on connections, deadlines and credential activations.
+    pub limits: Limits,
 }
 
 /// Why the server could not start.
@@ -79,15 +89,26 @@ pub enum ServeError {
 struct Counters {
     evidence_requests: AtomicU64,
     evidence_failures: AtomicU64,
+    evidence_busy: AtomicU64,
     proxied_requests: AtomicU64,
     activations: AtomicU64,
     activation_refusals: AtomicU64,
+    activations_limited_peer: AtomicU64,
+    activations_limited_queue: AtomicU64,
+    deadlines_exceeded: AtomicU64,
+    connections_open: AtomicU64,
+    accept_errors: AtomicU64,
 }
 
 struct AppState {
     batcher: QuoteBatcher,
     activation: Activation,
+    gate: ActivationGate,
     proxy: Proxy,
+    limits: Limits,
+    /// Launches recorded in this boot's launch log, and the bound (local
+    /// TPM mode; aver-node keeps the node log and its own gauge).
+    launches: Option<crate::launch_log::LaunchStats>,
     counters: Counters,
 }
 
@@ -119,6 +140,7 @@ struct Listening {
     listener: TcpListener,
     acceptor: TlsAcceptor,
     proxy: Proxy,
+    limits: Limits,
 }
 
 impl Listening {
@@ -146,17 +168,26 @@ impl Listening {
             listener,
             acceptor: TlsAcceptor::from(tls_config),
             proxy,
+            limits: config.limits.clone(),
         })
     }
 
-    fn into_server(self, batcher: QuoteBatcher, activation: Activation) -> Server {
+    fn into_server(
+        self,
+        batcher: QuoteBatcher,
+        activation: Activation,
+        launches: Option<crate::launch_log::LaunchStats>,
+    ) -> Server {
         Server {
             listener: self.listener,
             acceptor: self.acceptor,
             state: Arc::new(AppState {
                 batcher,
                 activation,
+                gate: ActivationGate::new(&self.limits),
                 proxy: self.proxy,
+                limits: self.limits,
+                launches,
                 counters: Counters::default(),
             }),
         }
@@ -194,10 +225,11 @@ impl Server {
             }
         };
         let spki = enclave.tls_key().spki_sha256();
+        let launches = enclave.launch_stats();
         let tpm = LocalTpm::start(enclave).map_err(ServeError::Worker)?;
         let batcher =
             QuoteBatcher::with_backend(QuoteBackend::LocalTpm(tpm.clone()), spki, config.batch);
-        Ok(listening.into_server(batcher, Activation::LocalTpm { offer, tpm }))
+        Ok(listening.into_server(batcher, Activation::LocalTpm { offer, tpm }, Some(launches)))
     }
 
     /// Serves evidence from aver-node for an enclave that registered its
@@ -214,7 +246,7 @@ impl Server {
             spki,
             config.batch,
         );
-        Ok(listening.into_server(batcher, Activation::NotHere(ACTIVATION_VIA_NODE)))
+        Ok(listening.into_server(batcher, Activation::NotHere(ACTIVATION_VIA_NODE), None))
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -223,25 +255,64 @@ impl Server {
 
     /// Serves until `shutdown` completes, then lets open connections finish
     /// (bounded) before returning.
+    ///
+    /// At most `limits.max_connections` connections are open: the next one
+    /// is accepted when one closes (until then it waits in the kernel's
+    /// backlog). Accept errors from running out of descriptors back off.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            self.state.limits.max_connections.max(1),
+        ));
+        let mut backoff = AcceptBackoff::default();
+        let mut housekeeping = tokio::time::interval(Duration::from_secs(60));
         tokio::pin!(shutdown);
         loop {
+            let slot = tokio::select! {
+                slot = Arc::clone(&slots).acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => break, // never closed
+                },
+                _ = housekeeping.tick() => {
+                    self.state.gate.forget_idle_peers();
+                    continue;
+                }
+                () = &mut shutdown => break,
+            };
             let (tcp, peer) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok(conn) => conn,
                     Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
+                        self.state.counters.accept_errors.fetch_add(1, Ordering::Relaxed);
+                        match backoff.on_error(&e) {
+                            AfterAcceptError::Retry => {
+                                tracing::debug!(error = %e, "accept failed");
+                            }
+                            AfterAcceptError::Wait { delay, log } => {
+                                if log {
+                                    tracing::warn!(error = %e, retry_in = ?delay, "accept failed: backing off");
+                                }
+                                tokio::select! {
+                                    () = tokio::time::sleep(delay) => {}
+                                    () = &mut shutdown => break,
+                                }
+                            }
+                        }
                         continue;
                     }
                 },
                 () = &mut shutdown => break,
             };
+            let streak = backoff.on_success();
+            if streak > 1 {
+                tracing::info!(failures = streak, "accepting again after accept failures");
+            }
             let _ = tcp.set_nodelay(true);
             let acceptor = self.acceptor.clone();
             let state = self.state.clone();
             let watcher = graceful.watcher();
             tokio::spawn(async move {
+                let open = OpenConnection::new(&state.counters.connections_open, slot);
                 let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
                     .await
                 {
@@ -255,17 +326,24 @@ impl Server {
                         return;
                     }
                 };
+                let service_state = state.clone();
                 let service = service_fn(move |request| {
-                    let state = state.clone();
-                    async move { Ok::<_, std::convert::Infallible>(route(&state, request).await) }
+                    let state = service_state.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(route(&state, peer.ip(), request).await)
+                    }
                 });
+                // hyper's header timer also runs while a keep-alive
+                // connection waits for its next request: it is the idle
+                // timeout. It does not run while a response streams.
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(30))
+                    .header_read_timeout(state.limits.idle_timeout)
                     .serve_connection(TokioIo::new(tls), service);
                 if let Err(e) = watcher.watch(connection).await {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
+                drop(open);
             });
         }
         tracing::info!("shutting down: finishing open connections");
@@ -278,13 +356,33 @@ impl Server {
     }
 }
 
-async fn route(state: &AppState, request: Request<Incoming>) -> Response<BoxBody> {
+/// One open connection: counted in the gauge and holding its slot until
+/// it closes.
+struct OpenConnection<'a> {
+    gauge: &'a AtomicU64,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<'a> OpenConnection<'a> {
+    fn new(gauge: &'a AtomicU64, slot: tokio::sync::OwnedSemaphorePermit) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Self { gauge, _slot: slot }
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.gauge.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn route(state: &AppState, peer: IpAddr, request: Request<Incoming>) -> Response<BoxBody> {
     let path = request.uri().path();
     match (request.method(), path) {
         (&Method::GET, EVIDENCE_PATH) => evidence(state, request.uri().query()).await,
         (_, EVIDENCE_PATH) => body::error(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
         (&Method::GET, ACTIVATE_PATH) => activation_offer(state),
-        (&Method::POST, ACTIVATE_PATH) => activate(state, request).await,
+        (&Method::POST, ACTIVATE_PATH) => activate(state, peer, request).await,
         (_, ACTIVATE_PATH) => body::error(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST"),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => readyz(state).await,
@@ -322,12 +420,31 @@ async fn evidence(state: &AppState, query: Option<&str>) -> Response<BoxBody> {
             )
         }
     };
-    match state.batcher.evidence(nonce).await {
+    let deadline = state.limits.request_deadline;
+    let produced = match tokio::time::timeout(deadline, state.batcher.evidence(nonce)).await {
+        Ok(produced) => produced,
+        Err(_) => {
+            state
+                .counters
+                .deadlines_exceeded
+                .fetch_add(1, Ordering::Relaxed);
+            return body::retry_later(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("no evidence within {deadline:?}: the TPM is slow or busy"),
+                1,
+            );
+        }
+    };
+    match produced {
         Ok(evidence) => Response::builder()
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::CACHE_CONTROL, "no-store")
             .body(body::full(evidence.to_json_compact()))
             .unwrap_or_else(|_| body::error(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed")),
+        Err(e @ BatchError::Busy) => {
+            state.counters.evidence_busy.fetch_add(1, Ordering::Relaxed);
+            body::retry_later(StatusCode::SERVICE_UNAVAILABLE, &e.to_string(), 1)
+        }
         Err(e) => {
             state
                 .counters
@@ -355,30 +472,73 @@ fn activation_offer(state: &AppState) -> Response<BoxBody> {
 
 /// TPM2_ActivateCredential for a verifier. A refusal by the TPM (the
 /// credential is not for this TPM's EK and AK) is 422, so that a verifier
-/// can tell "not resident" from "TPM unavailable" (503).
-async fn activate(state: &AppState, request: Request<Incoming>) -> Response<BoxBody> {
+/// can tell "not resident" from "TPM unavailable" (503). Over its share
+/// (per peer, or the queue is full) a request gets 429 before its body is
+/// read; the whole request has `limits.request_deadline`.
+async fn activate(state: &AppState, peer: IpAddr, request: Request<Incoming>) -> Response<BoxBody> {
     let tpm = match &state.activation {
         Activation::LocalTpm { tpm, .. } => tpm,
         Activation::NotHere(reason) => return body::error(StatusCode::NOT_IMPLEMENTED, reason),
     };
-    let body = match Limited::new(request.into_body(), MAX_ACTIVATION_BYTES)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => {
-            return body::error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "activation request too large or cut short",
-            )
+    let place = match state.gate.admit(peer) {
+        Ok(place) => place,
+        Err(refused) => {
+            let counter = match refused {
+                limits::Refused::PeerRate { .. } => &state.counters.activations_limited_peer,
+                limits::Refused::QueueFull { .. } => &state.counters.activations_limited_queue,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, reason = refused.reason(), "credential activation not admitted");
+            return body::retry_later(
+                StatusCode::TOO_MANY_REQUESTS,
+                &refused.to_string(),
+                refused.retry_after_secs(),
+            );
         }
     };
-    let request = match ActivationRequest::from_json(&body) {
-        Ok(request) => request,
-        Err(e) => return body::error(StatusCode::BAD_REQUEST, &e.to_string()),
+    let deadline = state.limits.request_deadline;
+    let work = async {
+        let body = match Limited::new(request.into_body(), MAX_ACTIVATION_BYTES)
+            .collect()
+            .await
+        {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => {
+                return body::error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "activation request too large or cut short",
+                )
+            }
+        };
+        let request = match ActivationRequest::from_json(&body) {
+            Ok(request) => request,
+            Err(e) => return body::error(StatusCode::BAD_REQUEST, &e.to_string()),
+        };
+        let kind = request.kind;
+        activation_answer(state, kind, tpm.activate(request, place).await)
     };
-    let kind = request.kind;
-    match tpm.activate(request).await {
+    match tokio::time::timeout(deadline, work).await {
+        Ok(response) => response,
+        Err(_) => {
+            state
+                .counters
+                .deadlines_exceeded
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "credential activation request exceeded its deadline");
+            body::error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!("the activation request did not complete within {deadline:?}"),
+            )
+        }
+    }
+}
+
+fn activation_answer(
+    state: &AppState,
+    kind: aver_verifier::ek::EkKind,
+    result: Result<Vec<u8>, ActivateError>,
+) -> Response<BoxBody> {
+    match result {
         Ok(secret) => {
             state.counters.activations.fetch_add(1, Ordering::Relaxed);
             tracing::info!(ek = %kind, "credential activated");
@@ -436,36 +596,106 @@ fn metrics(state: &AppState) -> Response<BoxBody> {
     let stats = state.batcher.stats();
     let c = &state.counters;
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let text_body = format!(
-        "# HELP aver_enclave_evidence_requests_total Evidence requests received.\n\
-         # TYPE aver_enclave_evidence_requests_total counter\n\
-         aver_enclave_evidence_requests_total {}\n\
-         # HELP aver_enclave_evidence_failures_total Evidence requests answered with an error.\n\
-         # TYPE aver_enclave_evidence_failures_total counter\n\
-         aver_enclave_evidence_failures_total {}\n\
-         # HELP aver_enclave_quotes_total TPM quotes signed (one per batch of challenges).\n\
-         # TYPE aver_enclave_quotes_total counter\n\
-         aver_enclave_quotes_total {}\n\
-         # HELP aver_enclave_challenges_total Challenges answered by those quotes.\n\
-         # TYPE aver_enclave_challenges_total counter\n\
-         aver_enclave_challenges_total {}\n\
-         # HELP aver_enclave_proxied_requests_total Requests forwarded to the inference engine.\n\
-         # TYPE aver_enclave_proxied_requests_total counter\n\
-         aver_enclave_proxied_requests_total {}\n\
-         # HELP aver_enclave_activations_total Credentials the TPM activated for verifiers.\n\
-         # TYPE aver_enclave_activations_total counter\n\
-         aver_enclave_activations_total {}\n\
-         # HELP aver_enclave_activation_refusals_total Credentials the TPM refused to activate.\n\
-         # TYPE aver_enclave_activation_refusals_total counter\n\
-         aver_enclave_activation_refusals_total {}\n",
-        load(&c.evidence_requests),
-        load(&c.evidence_failures),
-        load(&stats.quotes),
-        load(&stats.challenges),
-        load(&c.proxied_requests),
-        load(&c.activations),
-        load(&c.activation_refusals),
-    );
+    let series: [(&str, &str, &str, u64); 14] = [
+        (
+            "evidence_requests_total",
+            "counter",
+            "Evidence requests received.",
+            load(&c.evidence_requests),
+        ),
+        (
+            "evidence_failures_total",
+            "counter",
+            "Evidence requests answered with an error.",
+            load(&c.evidence_failures),
+        ),
+        (
+            "evidence_busy_total",
+            "counter",
+            "Evidence requests answered 503 because too many were waiting for the TPM.",
+            load(&c.evidence_busy),
+        ),
+        (
+            "quotes_total",
+            "counter",
+            "TPM quotes signed (one per batch of challenges).",
+            load(&stats.quotes),
+        ),
+        (
+            "challenges_total",
+            "counter",
+            "Challenges answered by those quotes.",
+            load(&stats.challenges),
+        ),
+        (
+            "proxied_requests_total",
+            "counter",
+            "Requests forwarded to the inference engine.",
+            load(&c.proxied_requests),
+        ),
+        (
+            "activations_total",
+            "counter",
+            "Credentials the TPM activated for verifiers.",
+            load(&c.activations),
+        ),
+        (
+            "activation_refusals_total",
+            "counter",
+            "Credentials the TPM refused to activate.",
+            load(&c.activation_refusals),
+        ),
+        (
+            "activations_limited_peer_total",
+            "counter",
+            "Activation requests answered 429: over the per-peer rate.",
+            load(&c.activations_limited_peer),
+        ),
+        (
+            "activations_limited_queue_total",
+            "counter",
+            "Activation requests answered 429: the activation queue was full.",
+            load(&c.activations_limited_queue),
+        ),
+        (
+            "deadlines_exceeded_total",
+            "counter",
+            "Evidence or activation requests that exceeded the request deadline.",
+            load(&c.deadlines_exceeded),
+        ),
+        (
+            "connections_open",
+            "gauge",
+            "TLS connections open now.",
+            load(&c.connections_open),
+        ),
+        (
+            "connections_limit",
+            "gauge",
+            "Most connections open at once (--max-connections).",
+            state.limits.max_connections as u64,
+        ),
+        (
+            "accept_errors_total",
+            "counter",
+            "Failed accepts (e.g. out of file descriptors).",
+            load(&c.accept_errors),
+        ),
+    ];
+    let launches = state.launches.iter().flat_map(|l| {
+        [
+            ("launches", "gauge", "Launches recorded in this boot's launch log (the workload PCR cannot be compacted).", u64::from(l.launches)),
+            ("launch_limit", "gauge", "Most launches per boot (--max-launches); the next start beyond it is refused until the node reboots.", u64::from(l.limit)),
+        ]
+    });
+    let mut text_body = String::new();
+    for (name, kind, help, value) in series.into_iter().chain(launches) {
+        use std::fmt::Write as _;
+        let _ = write!(
+            text_body,
+            "# HELP aver_enclave_{name} {help}\n# TYPE aver_enclave_{name} {kind}\naver_enclave_{name} {value}\n"
+        );
+    }
     Response::builder()
         .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
         .body(body::full(text_body))
