@@ -1,6 +1,7 @@
 //! `aver-enclave`: the hardened server in each model pod.
 //!
-//! It generates its TLS key in memory ([`tls_key`]), measures the workload
+//! It makes itself non-dumpable ([`hardening`]), generates its TLS key in
+//! one locked page of memory ([`tls_key`]), measures the workload
 //! it fronts ([`measure`]) into the workload PCR with a write-ahead event log
 //! that survives restarts ([`launch_log`]), and answers verifiers' nonces with
 //! TPM-signed evidence bound to that key ([`evidence`]). [`launch`] ties the
@@ -21,8 +22,10 @@ pub mod backend;
 pub mod batcher;
 pub mod cli;
 pub mod evidence;
+pub mod hardening;
 pub mod launch;
 pub mod launch_log;
+mod locked_page;
 pub mod measure;
 pub mod node_agent;
 pub mod server;

@@ -12,6 +12,12 @@ use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // Before anything else, in particular before the TLS key exists: every
+    // subcommand that launches an enclave holds the key.
+    if let Err(error) = aver_enclave::hardening::make_non_dumpable() {
+        eprintln!("aver-enclave: error: refusing to start: {error}");
+        return ExitCode::FAILURE;
+    }
     quiet_tss_logging();
     let cli = Cli::parse();
     init_logging(cli.log_format);
@@ -155,7 +161,7 @@ fn ak(args: AkArgs) -> anyhow::Result<()> {
 /// them by setting `TSS2_LOG` (e.g. `TSS2_LOG=all+debug`).
 fn quiet_tss_logging() {
     if std::env::var_os("TSS2_LOG").is_none() {
-        // Runs first thing in main, before any thread exists.
+        // Runs at the start of main, before any thread exists.
         std::env::set_var("TSS2_LOG", "all+NONE");
     }
 }

@@ -2,6 +2,8 @@
 //! its memory. It is in no file the enclave writes and in no answer of any
 //! endpoint, and what clients pin is its public half.
 
+mod process_memory;
+
 use std::time::Duration;
 
 use aver_enclave::cli::DEFAULT_BOOT_PCRS;
@@ -16,6 +18,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt as _, Full};
+use p256::pkcs8::EncodePrivateKey as _;
 
 /// Every encoding in which key bytes could plausibly leak.
 fn encodings(secret: &[u8]) -> Vec<Vec<u8>> {
@@ -52,12 +55,23 @@ async fn the_tls_private_key_is_never_written_or_served() {
         },
     };
     let enclave = tokio::task::block_in_place(|| Enclave::launch(&config)).unwrap();
-    // The test reads the private key only to search for it elsewhere.
-    let private_der = enclave.tls_key().key_pair().serialize_der();
-    // Every 32-byte window of the PKCS#8 DER, one of which is the secret
-    // scalar, raw, hex and base64.
-    let secrets: Vec<Vec<u8>> = private_der.windows(32).flat_map(encodings).collect();
     let spki = enclave.tls_key().spki_sha256();
+    // The test finds the private key only to search for it elsewhere: the
+    // key has no export, so it is read from where this process holds it, the
+    // one locked page of the enclave's key (tests/key_hygiene.rs).
+    let scalar = process_memory::find_locked_scalar("self", &spki)
+        .expect("the TLS key's scalar is in a locked page of this process");
+    let private_der = p256::SecretKey::from_slice(&scalar)
+        .unwrap()
+        .to_pkcs8_der()
+        .unwrap();
+    // Every 32-byte window of its PKCS#8 DER, one of which is the secret
+    // scalar, raw, hex and base64.
+    let secrets: Vec<Vec<u8>> = private_der
+        .as_bytes()
+        .windows(32)
+        .flat_map(encodings)
+        .collect();
 
     let serve = ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use rcgen::CertificateParams;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::CertificateDer;
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::ServerConfig;
 
 use crate::tls_key::TlsKey;
@@ -21,20 +22,23 @@ pub enum ServerTlsError {
 
 /// A TLS 1.3-only server configuration whose certificate carries `key`.
 /// Returns the certificate DER as well, for logging its digest.
+///
+/// Neither rcgen nor rustls receives the private key: both sign through
+/// `key`, whose scalar stays in its locked page (see [`crate::tls_key`]).
 pub fn server_config(
     key: &TlsKey,
     names: &[String],
 ) -> Result<(Arc<ServerConfig>, CertificateDer<'static>), ServerTlsError> {
     let params = CertificateParams::new(names.to_vec())?;
-    let cert = params.self_signed(key.key_pair())?;
-    let cert_der = cert.der().clone();
-    // The PKCS#8 copy handed to rustls stays in this process's memory.
-    let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.key_pair().serialize_der()));
+    let cert_der = key.self_signed(&params)?.der().clone();
+    let certified = CertifiedKey::new(vec![cert_der.clone()], key.rustls_signing_key());
+    // What `with_single_cert` checks: the certificate is the signer's.
+    certified.keys_match()?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
-        .with_single_cert(vec![cert_der.clone()], private)?;
+        .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok((Arc::new(config), cert_der))
 }
