@@ -49,6 +49,9 @@ pub enum AgentError {
     /// The agent cannot serve this now (503), e.g. not configured yet.
     #[error("{0}")]
     Unavailable(String),
+    /// The caller already has as much work in flight as it may (429).
+    #[error("{0}")]
+    Busy(String),
     /// The agent failed (500), e.g. the TPM did not answer.
     #[error("{0}")]
     Internal(String),
@@ -62,6 +65,7 @@ impl AgentError {
             AgentError::Forbidden(_) => http::StatusCode::FORBIDDEN,
             AgentError::NotFound(_) => http::StatusCode::NOT_FOUND,
             AgentError::Unavailable(_) => http::StatusCode::SERVICE_UNAVAILABLE,
+            AgentError::Busy(_) => http::StatusCode::TOO_MANY_REQUESTS,
             AgentError::Internal(_) => http::StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -41,6 +41,7 @@ impl Agent for Gate {
                 "container {container} has not registered its TLS key; register it before asking for evidence"
             )));
         }
+        let _in_flight = self.begin_quote(container)?;
         let quote = self
             .measurer()
             .quote(qualifying)
@@ -57,5 +58,64 @@ impl Agent for Gate {
             ak_certificate: quote.ak_certificate,
             ak_chain: quote.ak_chain,
         })
+    }
+}
+
+/// At most one piece of work in flight per key (a container ID).
+#[derive(Debug, Clone, Default)]
+pub(super) struct OnePerKey(std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>);
+
+/// A key's one piece of work in flight; the place is freed when dropped.
+pub(super) struct InFlight {
+    set: OnePerKey,
+    key: String,
+}
+
+impl OnePerKey {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The place of `key`, or `None` while it has one.
+    pub(super) fn begin(&self, key: &str) -> Option<InFlight> {
+        self.lock().insert(key.to_owned()).then(|| InFlight {
+            set: self.clone(),
+            key: key.to_owned(),
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.set.lock().remove(&self.key);
+    }
+}
+
+impl Gate {
+    /// Admits one quote for `container`, or says it already has one.
+    fn begin_quote(&self, container: &str) -> Result<InFlight, AgentError> {
+        self.quoting.begin(container).ok_or_else(|| {
+            AgentError::Busy(format!(
+                "container {container} already has a quote in flight; one at a time (batch challenges under one quote)"
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OnePerKey;
+
+    #[test]
+    fn one_quote_in_flight_per_container() {
+        let quoting = OnePerKey::default();
+        let first = quoting.begin("enclave-a").expect("first quote");
+        assert!(quoting.begin("enclave-a").is_none(), "a second one waits");
+        let other = quoting.begin("enclave-b");
+        assert!(other.is_some(), "another container is not held up");
+        drop(first);
+        assert!(quoting.begin("enclave-a").is_some(), "freed when done");
     }
 }

@@ -34,6 +34,10 @@ pub struct Gate {
     /// Serialises key registrations, so that two concurrent requests from
     /// one container cannot both pass the once-only check.
     keys: Arc<tokio::sync::Mutex<()>>,
+    /// Containers with a quote in flight: one each, so that no container
+    /// can queue TPM work for the others to wait behind (the enclave's
+    /// batcher never needs more than one).
+    quoting: agent::OnePerKey,
 }
 
 impl std::fmt::Debug for Gate {
@@ -86,6 +90,7 @@ impl Gate {
             registry: Arc::new(Mutex::new(Registry::from_log(&entries))),
             measurer,
             keys: Arc::new(tokio::sync::Mutex::new(())),
+            quoting: agent::OnePerKey::default(),
         })
     }
 
