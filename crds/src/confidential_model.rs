@@ -1,7 +1,7 @@
 //! The `ConfidentialModel` resource (group `aver.dev`, version `v1alpha1`):
 //! what a platform team writes to serve a model from attested enclaves, and
 //! the status through which the controller publishes the endpoints it has
-//! verified (DESIGN §5).
+//! verified (docs/architecture.md#contracts).
 //!
 //! The status is a discovery and pinning convenience, not a root of trust:
 //! anyone who can write the API can write it. Zero-trust clients re-verify

@@ -1,4 +1,4 @@
-//! Nonce batching (DESIGN §4): a TPM signs a few tens of quotes a second,
+//! Nonce batching (docs/architecture.md#evidence-flow): a TPM signs a few tens of quotes a second,
 //! so evidence requests that arrive within a short window share one quote
 //! whose qualifying data is the Merkle root over their (nonce, SPKI) leaves.
 //! Each response carries its inclusion proof. A request alone is the

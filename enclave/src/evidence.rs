@@ -27,7 +27,7 @@ pub enum CollectError {
 }
 
 /// Quotes `quote_pcrs` with qualifying data binding `nonce` to the TLS key
-/// `spki` (DESIGN §3.1, §3.2) and packages the quote with the PCR values,
+/// `spki` (docs/architecture.md, "Freshness", "Channel binding") and packages the quote with the PCR values,
 /// the AK public area and the workload event log.
 pub fn collect(
     tpm: &mut Tpm,

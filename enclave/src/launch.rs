@@ -1,4 +1,4 @@
-//! One start of the enclave, in the order DESIGN §3.4 requires: create the
+//! One start of the enclave, in the order docs/architecture.md#code-identity requires: create the
 //! TLS key, measure the workload, record the launch in the workload PCR —
 //! all before anything is served.
 
@@ -135,7 +135,7 @@ impl Enclave {
         )
     }
 
-    /// What a verifier activates the AK against (DESIGN §3.5): the AK
+    /// What a verifier activates the AK against (docs/architecture.md#platform-identity): the AK
     /// public area and the EK certificates in the TPM's NV, with
     /// `ek_chain` (intermediate CA certificates, DER) to help build the path.
     pub fn activation_offer(

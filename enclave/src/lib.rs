@@ -5,7 +5,8 @@
 //! it fronts ([`measure`]) into the workload PCR with a write-ahead event log
 //! that survives restarts ([`launch_log`]), and answers verifiers' nonces with
 //! TPM-signed evidence bound to that key ([`evidence`]). [`launch`] ties the
-//! steps together in the order the security properties of DESIGN §3 need;
+//! steps together in the order the security properties need
+//! (docs/architecture.md#security-properties);
 //! [`tpm`] (from the shared crate `aver-tpm`) is the only code that talks to
 //! the TPM.
 //!

@@ -1,4 +1,4 @@
-//! The enclave's TLS key (DESIGN §3.3): generated at start inside this
+//! The enclave's TLS key (docs/architecture.md#key-residency): generated at start inside this
 //! process, held only in memory, never written, logged or exported. Its
 //! public half is what the evidence binds (the SPKI hash in the quote's
 //! qualifying data and in the launch measurements); the private half signs

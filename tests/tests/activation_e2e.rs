@@ -1,4 +1,4 @@
-//! Zero-trust AK activation end to end (DESIGN §3.5): swtpm manufactured
+//! Zero-trust AK activation end to end (docs/architecture.md#platform-identity): swtpm manufactured
 //! with an EK certificate from a test CA, `aver-enclave serve`, and the
 //! attested client / `aver verify --activate` with a policy that trusts no
 //! AK by name, only the CA (`trust.ekRoots`).

@@ -1,4 +1,5 @@
-//! Attested TLS end to end (DESIGN §3.2, §4): real swtpm, real
+//! Attested TLS end to end (docs/architecture.md, "Channel binding" and
+//! "Evidence flow"): real swtpm, real
 //! `aver-enclave serve`, a real HTTP stub engine, and the attested client.
 //! A request reaches the engine only after the TLS key it travels over is
 //! proven to be the measured enclave's.

@@ -1,4 +1,4 @@
-//! DESIGN §3 properties proven against evidence from a real TPM (swtpm):
+//! The security properties of docs/architecture.md proven against evidence from a real TPM (swtpm):
 //! freshness, channel binding, code identity and fail-closed parsing. Each
 //! tamper case must fail with its own typed error.
 

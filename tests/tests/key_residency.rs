@@ -1,4 +1,4 @@
-//! DESIGN §3.3, key residency: the enclave's TLS private key exists only in
+//! Key residency (docs/architecture.md#key-residency): the enclave's TLS private key exists only in
 //! its memory. It is in no file the enclave writes and in no answer of any
 //! endpoint, and what clients pin is its public half.
 

@@ -1,6 +1,6 @@
 //! The TPM's endorsement key (EK): its certificates, read from the TCG NV
 //! indices, and TPM2_ActivateCredential, which lets a verifier prove that
-//! the AK is resident in the TPM those certificates vouch for (DESIGN §3.5,
+//! the AK is resident in the TPM those certificates vouch for (docs/architecture.md#platform-identity,
 //! protocol in `aver_verifier::ek::activation`).
 //!
 //! The EKs are the TCG default (low-range) templates, RSA 2048 and ECC NIST

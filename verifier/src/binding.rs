@@ -1,12 +1,12 @@
-//! What ties a quote to one verifier's challenge and one TLS key (DESIGN §3.1
-//! and §3.2), including the batched form in which many concurrent challenges
+//! What ties a quote to one verifier's challenge and one TLS key
+//! (docs/architecture.md, "Freshness" and "Channel binding"), including the batched form in which many concurrent challenges
 //! share one TPM quote.
 //!
 //! Each challenge is a leaf `SHA-256("aver-evidence-v1" || nonce ||
 //! spki_sha256)`; the quote's qualifying data is the Merkle root over the
 //! leaves, with inner nodes `SHA-256(0x01 || left || right)`. A lone
 //! challenge is the one-leaf tree, whose root is exactly the leaf, so the
-//! unbatched quote carries the qualifying data DESIGN §3.2 specifies.
+//! unbatched quote carries the qualifying data docs/architecture.md#channel-binding specifies.
 
 use std::fmt;
 

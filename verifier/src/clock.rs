@@ -1,4 +1,4 @@
-//! Clock-regression detection (DESIGN §3.6): a TPM's reset and restart
+//! Clock-regression detection (docs/architecture.md#freshness): a TPM's reset and restart
 //! counters only grow, and within one power cycle its clock only advances.
 //! A quote that goes backwards for an AK already seen is a replay of old
 //! evidence or a rolled-back TPM state, and is refused.

@@ -1,4 +1,4 @@
-//! Credential activation over an attested connection (DESIGN §3.5):
+//! Credential activation over an attested connection (docs/architecture.md#platform-identity):
 //! `GET` the enclave's [`ActivationOffer`], check its EK certificate chain
 //! and wrap a secret to the certified EK in software, `POST` the credential
 //! and compare what the TPM released. The pure steps are in

@@ -1,4 +1,4 @@
-//! Hardware root of trust for attestation keys (DESIGN §3.5): the AK is
+//! Hardware root of trust for attestation keys (docs/architecture.md#platform-identity): the AK is
 //! trusted because it is proven to live in a genuine TPM, not because
 //! someone listed its name.
 //!
