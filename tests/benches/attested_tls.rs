@@ -3,12 +3,35 @@
 //! requests to the stub engine, and fresh attestations per second with and
 //! without nonce batching.
 //!
-//! `cargo bench -p aver-tests --bench attested_tls` (needs swtpm).
+//! `cargo bench -p aver-tests --bench attested_tls` (needs swtpm; build the
+//! binaries first: `cargo build --release --bins`). Under a minute.
+//!
+//! With a TPM as slow as a hardware one (about 2 minutes):
+//!
+//! `cargo bench -p aver-tests --bench attested_tls -- --quote-delay-ms 150`
+//!
+//! (or `AVER_BENCH_QUOTE_DELAY_MS=150`) runs, instead of the figures above,
+//! the same measurements with swtpm behind a `SlowTpm` relay that holds
+//! every TPM2_Quote for that long: the attested-connect overhead in quote
+//! times, fresh attestations/s with batching for 64 to 768 clients, and
+//! evidence latency with and without a flood of credential activations
+//! (junk credentials, one source address per flooder), for which
+//! TPM2_CreatePrimary and TPM2_ActivateCredential are slowed too. Further
+//! options, each also an environment variable:
+//!
+//! - `--create-primary-ms N` (`AVER_BENCH_CREATE_PRIMARY_MS`, default 1000:
+//!   an RSA-2048 EK on a discrete TPM);
+//! - `--activate-credential-ms N` (`AVER_BENCH_ACTIVATE_CREDENTIAL_MS`,
+//!   default 100);
+//! - `--flooders N` (`AVER_BENCH_FLOODERS`, default 256);
+//! - `--phase-secs N` (`AVER_BENCH_PHASE_SECS`, default 10): length of each
+//!   evidence-latency phase (without, then with the flood).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use aver_enclave::Tpm;
 use aver_tests::node::{EnclaveProcess, TestNode};
 use aver_tests::stub_upstream::StubUpstream;
@@ -22,16 +45,72 @@ use hyper_util::rt::TokioIo;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The slow-TPM measurements (`--quote-delay-ms`).
+#[path = "attested_tls/slow.rs"]
+mod slow;
+
 fn main() -> anyhow::Result<()> {
     if !aver_tests::swtpm_available() {
         println!("attested_tls bench skipped: swtpm is not installed");
         return Ok(());
     }
+    let options = Options::parse()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(run())
+    match options.quote_delay_ms {
+        Some(_) => runtime.block_on(slow::run(&options)),
+        None => runtime.block_on(run()),
+    }
+}
+
+/// Command-line options (after `cargo bench ... --`), or their environment
+/// variables.
+struct Options {
+    /// `Some`: run the slow-TPM measurements with this quote delay.
+    quote_delay_ms: Option<u64>,
+    create_primary_ms: u64,
+    activate_credential_ms: u64,
+    flooders: usize,
+    phase_secs: u64,
+}
+
+impl Options {
+    fn parse() -> anyhow::Result<Self> {
+        let env = |name: &str| -> anyhow::Result<Option<u64>> {
+            std::env::var(name)
+                .ok()
+                .map(|v| v.parse().with_context(|| format!("{name}={v}")))
+                .transpose()
+        };
+        let mut options = Self {
+            quote_delay_ms: env("AVER_BENCH_QUOTE_DELAY_MS")?,
+            create_primary_ms: env("AVER_BENCH_CREATE_PRIMARY_MS")?.unwrap_or(1000),
+            activate_credential_ms: env("AVER_BENCH_ACTIVATE_CREDENTIAL_MS")?.unwrap_or(100),
+            flooders: env("AVER_BENCH_FLOODERS")?.unwrap_or(256) as usize,
+            phase_secs: env("AVER_BENCH_PHASE_SECS")?.unwrap_or(10),
+        };
+        // cargo passes `--bench` (and a filter, if given): ignored.
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            let mut value = || -> anyhow::Result<u64> {
+                let v = args
+                    .next()
+                    .with_context(|| format!("{arg} needs a value"))?;
+                v.parse().with_context(|| format!("{arg} {v}"))
+            };
+            match arg.as_str() {
+                "--quote-delay-ms" => options.quote_delay_ms = Some(value()?),
+                "--create-primary-ms" => options.create_primary_ms = value()?,
+                "--activate-credential-ms" => options.activate_credential_ms = value()?,
+                "--flooders" => options.flooders = value()? as usize,
+                "--phase-secs" => options.phase_secs = value()?,
+                _ => {}
+            }
+        }
+        Ok(options)
+    }
 }
 
 fn median(v: &mut [f64]) -> f64 {
