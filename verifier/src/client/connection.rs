@@ -6,6 +6,7 @@ use std::time::Duration;
 use aver_crds::{AttestationPolicy, Sha256Digest};
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode, Uri};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -68,11 +69,18 @@ impl Endpoint {
     }
 }
 
+/// Error type of request bodies [`AttestedConnection::send`] accepts.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What goes over the wire: any body, so that a caller (a proxy) can stream
+/// a request body instead of buffering it.
+type WireBody = UnsyncBoxBody<Bytes, BodyError>;
+
 /// An open TLS connection whose server key has been attested (or matches a
 /// pin from an earlier attestation). Requests go over this very connection.
 pub struct AttestedConnection {
     endpoint: Endpoint,
-    sender: SendRequest<Full<Bytes>>,
+    sender: SendRequest<WireBody>,
     certificate_der: Vec<u8>,
     spki_sha256: Sha256Digest,
     report: Option<VerifiedReport>,
@@ -276,11 +284,17 @@ impl AttestedConnection {
 
     /// Sends a request on this connection. An absolute URI is reduced to its
     /// path and query (the connection already fixes the server), and `Host`
-    /// is set when missing.
-    pub async fn send(
+    /// is set when missing. The body may be any [`http_body::Body`]
+    /// (`Full<Bytes>`, or a streamed one): it is polled only as hyper
+    /// writes it out.
+    pub async fn send<B>(
         &mut self,
-        mut request: Request<Full<Bytes>>,
-    ) -> Result<Response<Incoming>, ClientError> {
+        mut request: Request<B>,
+    ) -> Result<Response<Incoming>, ClientError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BodyError>,
+    {
         let path = request
             .uri()
             .path_and_query()
@@ -295,12 +309,27 @@ impl AttestedConnection {
             )?;
             request.headers_mut().insert(header::HOST, host);
         }
-        self.send_raw(request).await
+        self.send_wire(request.map(|b| b.map_err(Into::into).boxed_unsync()))
+            .await
     }
 
     pub(super) async fn send_raw(
         &mut self,
         request: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        self.send_wire(request.map(|b| b.map_err(|never| match never {}).boxed_unsync()))
+            .await
+    }
+
+    /// True once the connection can carry no more requests (the server
+    /// closed it, or it failed): a pool drops such a connection.
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
+    async fn send_wire(
+        &mut self,
+        request: Request<WireBody>,
     ) -> Result<Response<Incoming>, ClientError> {
         let endpoint = self.endpoint.authority();
         self.sender

@@ -20,7 +20,7 @@ pub mod spki;
 pub mod tls;
 
 pub use activation::ActivationMode;
-pub use connection::{AttestedConnection, Endpoint};
+pub use connection::{AttestedConnection, BodyError, Endpoint};
 pub use error::ClientError;
 pub use pins::{Pin, PinStore};
 

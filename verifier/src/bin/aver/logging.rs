@@ -9,8 +9,10 @@ pub enum LogFormat {
 }
 
 /// Logs go to stderr so that stdout carries only the command's output.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("AVER_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+/// `AVER_LOG` (an `EnvFilter` directive) overrides `default_filter`.
+pub fn init(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_env("AVER_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -1,6 +1,12 @@
 //! `aver`: the client side of aver. Verifies evidence before anything is
 //! sent, and derives policies and reference digests.
 
+// The proxy library (crate `aver-proxy`, in `proxy/`), compiled into the
+// CLI as a module: that crate depends on `aver-verifier`, so this package
+// cannot depend on it. Only part of its API is used here.
+#[allow(dead_code, unused_imports)]
+#[path = "../../../../proxy/src/lib.rs"]
+mod aver_proxy;
 mod commands;
 mod logging;
 
@@ -28,6 +34,10 @@ enum Command {
     /// Send an HTTP request to an endpoint only after attesting it; the
     /// answer streams to stdout.
     Request(commands::request::Args),
+    /// Serve plain HTTP on loopback (or a unix socket) and forward each
+    /// request to an attested enclave, so that unmodified clients (OpenAI
+    /// SDKs, curl) get attested TLS.
+    Proxy(commands::proxy::Args),
     /// List the endpoints a ConfidentialModel's controller has verified.
     Discover(commands::discover::Args),
     /// Verify a saved evidence document offline against a policy.
@@ -54,10 +64,17 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
+    // The proxy is a long-running service: its progress lines (attested
+    // connections, refusals) are worth seeing by default.
+    let default_filter = match cli.command {
+        Command::Proxy(_) => "warn,aver::aver_proxy=info,aver::commands::proxy=info",
+        _ => "warn",
+    };
+    logging::init(cli.log_format, default_filter);
     let result = match cli.command {
         Command::Verify(args) => commands::verify::run(args),
         Command::Request(args) => commands::request::run(args),
+        Command::Proxy(args) => commands::proxy::run(args),
         Command::Discover(args) => commands::discover::run(args),
         Command::VerifyEvidence(args) => commands::verify_evidence::run(args),
         Command::VerifyNode(args) => commands::verify_node::run(args),

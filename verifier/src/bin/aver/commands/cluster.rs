@@ -7,10 +7,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context as _};
 use aver_crds::confidential_model::{ConfidentialModel, VerifiedEndpoint};
-use kube::api::Api;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 
 /// Which resource, and how to reach the API server.
 #[derive(clap::Args, Debug, Clone)]
@@ -26,43 +23,19 @@ pub struct ClusterArgs {
     pub context: Option<String>,
 }
 
-/// Fetches the resource named `name`.
+/// Fetches the resource named `name` (the proxy library's reader, which
+/// `aver proxy --from-cluster` uses too).
 pub async fn fetch(name: &str, args: &ClusterArgs) -> anyhow::Result<ConfidentialModel> {
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = Kubeconfig::read_from(path)
-                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
-            let options = KubeConfigOptions {
-                context: args.context.clone(),
-                ..KubeConfigOptions::default()
-            };
-            kube::Config::from_custom_kubeconfig(kubeconfig, &options)
-                .await
-                .context("invalid kubeconfig")?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no Kubernetes configuration found")?,
-    };
-    let client = kube::Client::try_from(config).context("cannot build the Kubernetes client")?;
-    let api: Api<ConfidentialModel> = Api::namespaced(client, &args.namespace);
-    api.get(name)
-        .await
-        .with_context(|| format!("cannot read ConfidentialModel {}/{name}", args.namespace))
+    Ok(crate::aver_proxy::cluster::fetch(
+        name,
+        &args.namespace,
+        args.kubeconfig.as_deref(),
+        args.context.as_deref(),
+    )
+    .await?)
 }
 
 /// The published endpoints, or an error saying why there are none.
 pub fn endpoints(model: &ConfidentialModel) -> anyhow::Result<Vec<VerifiedEndpoint>> {
-    let endpoints = model
-        .status
-        .as_ref()
-        .map(|s| s.endpoints.clone())
-        .unwrap_or_default();
-    if endpoints.is_empty() {
-        bail!(
-            "ConfidentialModel {} has no verified endpoints in its status (yet)",
-            model.metadata.name.as_deref().unwrap_or("?")
-        );
-    }
-    Ok(endpoints)
+    Ok(crate::aver_proxy::cluster::endpoints(model)?)
 }

@@ -6,6 +6,7 @@ pub mod discover;
 pub mod ek;
 pub mod eventlog;
 pub mod policy;
+pub mod proxy;
 pub mod request;
 pub mod tpm;
 pub mod verify;
@@ -20,7 +21,9 @@ use aver_verifier::client::ClientError;
 use aver_verifier::{AttestationPolicy, VerifyError};
 
 /// How a command failed: a rejected attestation (exit 1) is a different
-/// outcome from input the command could not use (exit 2).
+/// outcome from input the command could not use (exit 2, as for clap's
+/// usage errors), an HTTP error status (exit 3) and a network failure
+/// (exit 4).
 #[derive(Debug)]
 pub enum Failure {
     Rejected(VerifyError),
@@ -28,8 +31,11 @@ pub enum Failure {
     /// The endpoint could not be attested for a reason other than its
     /// evidence (unreachable, TLS, HTTP): nothing was sent.
     Unattested(ClientError),
-    /// `--fail` and the server answered with this error status.
+    /// The server answered with this error status (>= 400).
     HttpStatus(u16),
+    /// `aver request`: the endpoint could not be reached (nothing was
+    /// sent), or the connection broke during the exchange.
+    Network(String),
     /// A check on TPM data made elsewhere failed; the message names it.
     Failed(String),
 }
@@ -40,6 +46,7 @@ impl Failure {
             Self::Rejected(_) | Self::Unattested(_) | Self::Failed(_) => ExitCode::from(1),
             Self::Input(_) => ExitCode::from(2),
             Self::HttpStatus(_) => ExitCode::from(3),
+            Self::Network(_) => ExitCode::from(4),
         }
     }
 }
@@ -52,7 +59,7 @@ impl fmt::Display for Failure {
             Self::Input(e) => write!(f, "error: {e:#}"),
             Self::Unattested(e) => write!(f, "not attested, nothing sent: {e}"),
             Self::HttpStatus(code) => write!(f, "server answered HTTP {code}"),
-            Self::Failed(message) => f.write_str(message),
+            Self::Failed(message) | Self::Network(message) => f.write_str(message),
         }
     }
 }

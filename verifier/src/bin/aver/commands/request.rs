@@ -1,6 +1,7 @@
 //! `aver request URL`: curl for attested endpoints. Nothing of the request
-//! is sent unless the endpoint's evidence verifies; the answer streams to
-//! stdout as it arrives.
+//! is sent unless the endpoint's evidence verifies; the answer body streams
+//! to stdout as it arrives, the verification report goes to stderr only
+//! with `-v`, and the exit code says what happened (see `EXIT_CODES`).
 
 use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
@@ -12,9 +13,26 @@ use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Method, Request};
 use http_body_util::{BodyExt as _, Full};
 
-use super::{client_failure, load_policy, CommandResult};
+use aver_verifier::client::ClientError;
+
+use super::{load_policy, CommandResult, Failure};
+
+/// Shown by `aver request --help` and in the README.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  the answer came back with HTTP status < 400 (its body is on stdout)
+  1  not attested: the evidence does not satisfy the policy, the key is not
+     the pinned one, or the attestation exchange failed; nothing was sent
+  2  usage or input error (bad flags, unreadable policy or body file)
+  3  the engine answered with HTTP status >= 400 (its body is still on stdout)
+  4  the endpoint could not be reached (nothing was sent), or the connection
+     broke during the exchange
+
+stdout carries only the answer body, streamed as it arrives; the report
+(-v) and errors go to stderr.";
 
 #[derive(clap::Args, Debug)]
+#[command(after_help = EXIT_CODES)]
 pub struct Args {
     /// Full URL, e.g. https://10.0.0.7:8443/v1/chat/completions, or with
     /// --from-cluster just the path, e.g. /v1/chat/completions
@@ -38,11 +56,14 @@ pub struct Args {
     /// HTTP method [default: POST with --data, else GET].
     #[arg(short = 'X', long = "request")]
     pub method: Option<String>,
-    /// Do not print the verification report on stderr.
-    #[arg(short, long)]
+    /// Print the verification report and the HTTP status on stderr.
+    #[arg(short = 'v', long = "report", visible_alias = "verbose")]
+    pub report: bool,
+    /// Accepted for compatibility: the report is off unless -v.
+    #[arg(short, long, hide = true)]
     pub quiet: bool,
-    /// Exit non-zero (3) when the server answers with an HTTP error status.
-    #[arg(long)]
+    /// Accepted for compatibility: an HTTP status >= 400 always exits 3.
+    #[arg(long, hide = true)]
     pub fail: bool,
     /// Seconds to wait for the connection and TLS handshake.
     #[arg(long, default_value_t = 10)]
@@ -62,50 +83,69 @@ pub fn run(args: Args) -> CommandResult {
     let endpoint = Endpoint::from_url(&url).map_err(anyhow::Error::from)?;
     let request = build_request(&args, &url)?;
     let timeout = Duration::from_secs(args.connect_timeout);
+    let report = args.report && !args.quiet;
     runtime.block_on(async {
         // Attest (or check the pin) first; the request is built already but
         // not one byte of it goes out unless this succeeds.
         let mut connection = match (pinned, policy) {
             (Some(spki), _) => {
-                if !args.quiet {
-                    eprintln!("pinned: {spki} (verified by the controller, from cluster status; use --policy to verify yourself)");
-                }
+                // Not the report: a statement of whom this trusts, always shown.
+                eprintln!("pinned: {spki} (verified by the controller, from cluster status; use --policy to verify yourself)");
                 AttestedConnection::pinned(&endpoint, vec![spki], timeout)
                     .await
-                    .map_err(client_failure)?
+                    .map_err(request_failure)?
             }
             (None, Some(policy)) => {
                 let client = AttestedClient::new(policy)
-                    .map_err(client_failure)?
+                    .map_err(request_failure)?
                     .with_connect_timeout(timeout);
-                client.attest(&endpoint).await.map_err(client_failure)?
+                client.attest(&endpoint).await.map_err(request_failure)?
             }
             (None, None) => return Err(anyhow::anyhow!("--policy is required").into()),
         };
-        if !args.quiet {
+        if report {
             if let Some(report) = connection.report() {
                 eprint!("{}", report.to_text());
             }
         }
-        let response = connection.send(request).await.map_err(client_failure)?;
+        let response = connection
+            .send(request)
+            .await
+            .map_err(|e| Failure::Network(format!("the exchange failed after attestation: {e}")))?;
         let status = response.status();
-        if !args.quiet || !status.is_success() {
+        if report {
             eprintln!("HTTP {status}");
         }
         let mut body = response.into_body();
         let mut stdout = std::io::stdout().lock();
         while let Some(frame) = body.frame().await {
-            let frame = frame.context("the answer was cut off")?;
+            let frame =
+                frame.map_err(|e| Failure::Network(format!("the answer was cut off: {e}")))?;
             if let Some(chunk) = frame.data_ref() {
                 stdout.write_all(chunk).context("cannot write to stdout")?;
                 stdout.flush().context("cannot write to stdout")?;
             }
         }
-        if args.fail && !status.is_success() {
-            return Err(super::Failure::HttpStatus(status.as_u16()));
+        if status.as_u16() >= 400 {
+            return Err(Failure::HttpStatus(status.as_u16()));
         }
         Ok(())
     })
+}
+
+/// The exit-code classes of `EXIT_CODES`: refusals (1) apart from
+/// unreachable endpoints (4) and bad input (2). Nothing was sent in any case.
+fn request_failure(error: ClientError) -> Failure {
+    match error {
+        ClientError::Verify(e) => Failure::Rejected(e),
+        ClientError::Connect { .. } | ClientError::ConnectTimeout(_) => {
+            Failure::Network(format!("not attested, nothing sent: {error}"))
+        }
+        ClientError::BadEndpoint(_) | ClientError::Request(_) => {
+            Failure::Input(anyhow::Error::from(error))
+        }
+        other => Failure::Unattested(other),
+    }
 }
 
 /// The URL of one published endpoint and its pinned key. A pin older than
