@@ -12,6 +12,8 @@ pkg-config --exists tss2-esys 2>/dev/null || need+=(libtss2-dev)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
+# The Python SDK (scripts/python.sh): an interpreter that can make a venv.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3 python3-venv)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"

@@ -11,6 +11,9 @@ cargo build --workspace --bins --quiet
 # in target/controlplane afterwards.
 bash scripts/e2e.sh build
 cargo test --workspace
+# The Python SDK: its wheel built by maturin in target/python-venv, and the
+# real OpenAI SDK through it against a live enclave (tests/python/).
+bash scripts/python.sh test
 bash scripts/chart-check.sh
 # The kind suite's scripts and manifests (no Docker here): shellcheck and
 # server-side dry runs against the fixture's API server. After chart-check,

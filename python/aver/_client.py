@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import weakref
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -59,6 +60,9 @@ class Client:
             kubeconfig=os.fspath(kubeconfig) if kubeconfig is not None else None,
             kube_context=kube_context,
         )
+        # Closed at garbage collection or interpreter exit at the latest,
+        # so no socket directory outlives the process.
+        self._finalizer = weakref.finalize(self, self._proxy.close)
 
     @property
     def socket_path(self) -> str:
@@ -91,7 +95,7 @@ class Client:
     def close(self) -> None:
         """Stops the proxy (requests in flight get a few seconds) and removes
         its socket directory. Idempotent."""
-        self._proxy.close()
+        self._finalizer()
 
     def __enter__(self) -> "Client":
         return self

@@ -24,7 +24,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import pytest
 
@@ -163,7 +163,7 @@ def aver_proxy_available() -> Optional[str]:
 
 
 @pytest.fixture(scope="session")
-def aver_proxy() -> Iterator["callable"]:
+def aver_proxy() -> Iterator[Callable[[str, str], CliProxy]]:
     """Starts ``aver proxy --policy P --upstream URL --listen 127.0.0.1:0``
     and returns its ``http://`` URL; stopped at the end of the session."""
     reason = aver_proxy_available()

@@ -248,3 +248,10 @@ def test_client_needs_exactly_one_upstream(rig):
         aver.Client(policy=rig.policy)
     with pytest.raises(aver.AverError):
         aver.Client(policy=rig.policy, endpoint=rig.url, cluster=("llama", "ml"))
+
+
+def test_cluster_upstream_errors_are_connect_errors(rig, tmp_path):
+    with pytest.raises(aver.ConnectError) as unreadable:
+        aver.Client(policy=rig.policy, cluster=("llama", "ml"), kubeconfig=tmp_path / "missing")
+    assert unreadable.value.reason == "cluster"
+    assert "kubeconfig" in unreadable.value.message
