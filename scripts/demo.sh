@@ -78,7 +78,7 @@ $bin/aver verify "$url" --policy "$work/policy.yaml" --activate
 
 echo
 echo "== 4. aver request: attest, then send the prompt on the same connection (answer streams)"
-$bin/aver request "$url/v1/chat/completions" --policy "$work/policy.yaml" \
+$bin/aver request -v "$url/v1/chat/completions" --policy "$work/policy.yaml" \
   -d '{"model": "demo", "stream": true, "messages": [{"role": "user", "content": "hello, attested world"}]}'
 echo
 
