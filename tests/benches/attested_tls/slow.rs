@@ -38,6 +38,8 @@ use super::{median, ms, percentile, Options, TIMEOUT};
 /// How long an evidence request or a flood request may take before the
 /// client gives up on it (and counts it as a timeout).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long an evidence client waits after a failed or refused request.
+const BACKOFF: Duration = Duration::from_millis(50);
 /// Clients fetching evidence in the latency phases, as in the fast bench.
 const EVIDENCE_CLIENTS: usize = 64;
 
@@ -145,17 +147,27 @@ async fn connect(
     Ok(())
 }
 
-/// Opens `n` attested connections at once (their evidence is batched).
+/// Opens `n` attested connections at once (their evidence is batched). An
+/// enclave may refuse evidence requests beyond its capacity (503): those
+/// clients try again, for up to a minute.
 async fn open_clients(
     endpoint: &Endpoint,
     policy: &Arc<AttestationPolicy>,
     n: usize,
 ) -> anyhow::Result<Vec<AttestedConnection>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut tasks = Vec::new();
     for _ in 0..n {
         let (endpoint, policy) = (endpoint.clone(), policy.clone());
         tasks.push(tokio::spawn(async move {
-            AttestedConnection::attest(&endpoint, &policy, REQUEST_TIMEOUT).await
+            loop {
+                match AttestedConnection::attest(&endpoint, &policy, REQUEST_TIMEOUT).await {
+                    Err(ClientError::EvidenceStatus { .. }) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    result => break result,
+                }
+            }
         }));
     }
     let mut connections = Vec::new();
@@ -188,9 +200,16 @@ async fn attestations(
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 match tokio::time::timeout(REQUEST_TIMEOUT, connection.reattest(&policy)).await {
-                    Ok(Ok(_)) => count.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
+                    Ok(Ok(_)) => {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        // Refused (503 beyond capacity) or failed: back
+                        // off as a client should, instead of spinning.
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(BACKOFF).await;
+                    }
+                }
             }
         }));
     }
@@ -369,10 +388,10 @@ async fn evidence_phase(
                     Err(_) => format!("no answer in {} s", REQUEST_TIMEOUT.as_secs()),
                 };
                 failures.push(failure);
+                tokio::time::sleep(BACKOFF).await;
                 // The connection may be unusable (a request cut short).
-                match AttestedConnection::pinned(&endpoint, vec![spki], TIMEOUT).await {
-                    Ok(c) => connection = c,
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                if let Ok(c) = AttestedConnection::pinned(&endpoint, vec![spki], TIMEOUT).await {
+                    connection = c;
                 }
             }
             (connection, latencies, answered, failures)
