@@ -255,3 +255,22 @@ def test_cluster_upstream_errors_are_connect_errors(rig, tmp_path):
         aver.Client(policy=rig.policy, cluster=("llama", "ml"), kubeconfig=tmp_path / "missing")
     assert unreadable.value.reason == "cluster"
     assert "kubeconfig" in unreadable.value.message
+
+
+def test_errors_carry_reason_and_message_and_pickle():
+    import pickle
+
+    error = aver.AttestationError("model digest sha256:42 is not allowed", "model")
+    assert (error.reason, error.message) == ("model", "model digest sha256:42 is not allowed")
+    assert "[model]" in str(error)
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is aver.AttestationError and copy.reason == "model"
+    assert isinstance(aver.ConnectError("down"), ConnectionError)
+    try:
+        try:
+            raise error
+        except aver.AverError as inner:
+            raise RuntimeError("wrapped by a library") from inner
+    except RuntimeError as outer:
+        assert aver.attestation_error(outer) is error
+    assert aver.attestation_error(ValueError("unrelated")) is None
