@@ -494,6 +494,22 @@ fn junk_activation() -> ActivationRequest {
     }
 }
 
+/// A flood answer's status, with the reason of a 429 (the enclave's
+/// message names it).
+fn answer_label(status: http::StatusCode, body: &[u8]) -> String {
+    let body = String::from_utf8_lossy(body);
+    let reason = if status != http::StatusCode::TOO_MANY_REQUESTS {
+        ""
+    } else if body.contains("from this address") {
+        " (per-address rate)"
+    } else if body.contains("busy") {
+        " (activation queue full)"
+    } else {
+        ""
+    };
+    format!("{status}{reason}")
+}
+
 struct Flooder {
     source: Ipv4Addr,
     target: SocketAddr,
@@ -554,12 +570,12 @@ impl Flooder {
                     sender.ready().await?;
                     let response = sender.send_request(request).await?;
                     let status = response.status();
-                    response.into_body().collect().await?;
-                    Ok::<_, hyper::Error>(status)
+                    let body = response.into_body().collect().await?.to_bytes();
+                    Ok::<_, hyper::Error>(answer_label(status, &body))
                 })
                 .await;
                 match answer {
-                    Ok(Ok(status)) => self.record(status.to_string()),
+                    Ok(Ok(label)) => self.record(label),
                     Ok(Err(_)) => {
                         self.record("connection closed or failed");
                         break;
