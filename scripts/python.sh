@@ -39,6 +39,8 @@ case "${1:-test}" in
   lint)
     cargo fmt --manifest-path python/Cargo.toml -- --check
     cargo clippy --manifest-path python/Cargo.toml --all-targets --quiet -- -D warnings
+    # Without the cluster feature too (its cfg branches).
+    cargo clippy --manifest-path python/Cargo.toml --no-default-features --quiet -- -D warnings
     ;;
   test)
     ensure_tools
