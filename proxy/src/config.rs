@@ -29,7 +29,7 @@ pub enum Listen {
     Unix(PathBuf),
 }
 
-/// Everything [`super::Proxy::bind`] needs. Build with [`Self::new`], then
+/// Everything [`crate::Proxy::bind`] needs. Build with [`Self::new`], then
 /// set fields directly or with the `with_*` builders.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {

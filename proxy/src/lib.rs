@@ -23,11 +23,6 @@
 //! (`{"error":{"type":"aver_attestation_error","code":…,"message":…}}`).
 //! `GET /aver/status` serves [`ProxyStatus`] as JSON and `GET /aver/metrics`
 //! Prometheus metrics; every other request is forwarded.
-//!
-//! The module is written with relative paths only (`super::`, `self::`) so
-//! that the `aver` CLI, which cannot depend on this crate (it would be a
-//! package cycle through `aver-verifier`), compiles the same source as a
-//! module of its own.
 
 #[cfg(feature = "cluster")]
 pub mod cluster;
@@ -38,10 +33,10 @@ mod pool;
 mod server;
 mod status;
 
-pub use self::config::{Listen, ProxyConfig, Upstream};
-pub use self::error::ProxyError;
-pub use self::server::{LocalAddr, Proxy};
-pub use self::status::{EndpointStatus, LastError, Measurements, PoolStatus, ProxyStatus};
+pub use config::{Listen, ProxyConfig, Upstream};
+pub use error::ProxyError;
+pub use server::{LocalAddr, Proxy};
+pub use status::{EndpointStatus, LastError, Measurements, PoolStatus, ProxyStatus};
 
 /// Value of the `type` field of the JSON error body of a refused request.
 pub const ERROR_TYPE: &str = "aver_attestation_error";

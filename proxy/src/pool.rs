@@ -15,8 +15,8 @@ use aver_verifier::client::{AttestedClient, AttestedConnection, ClientError, End
 use aver_verifier::VerifiedReport;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::metrics::Metrics;
-use super::status::{EndpointStatus, LastError, Measurements, PoolStatus};
+use crate::metrics::Metrics;
+use crate::status::{EndpointStatus, LastError, Measurements, PoolStatus};
 
 /// What every endpoint's pool works with.
 pub struct Settings {

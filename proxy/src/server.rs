@@ -22,12 +22,12 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, UnixListener};
 
-use super::config::{default_reattest_after, Listen, ProxyConfig, Upstream};
-use super::error::ProxyError;
-use super::metrics::Metrics;
-use super::pool::{last_error, one_line, EndpointState, Lease, Settings};
-use super::status::{LastError, ProxyStatus};
-use super::{ENDPOINT_HEADER, ERROR_HEADER, ERROR_TYPE, METRICS_PATH, STATUS_PATH};
+use crate::config::{default_reattest_after, Listen, ProxyConfig, Upstream};
+use crate::error::ProxyError;
+use crate::metrics::Metrics;
+use crate::pool::{last_error, one_line, EndpointState, Lease, Settings};
+use crate::status::{LastError, ProxyStatus};
+use crate::{ENDPOINT_HEADER, ERROR_HEADER, ERROR_TYPE, METRICS_PATH, STATUS_PATH};
 
 type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
@@ -139,7 +139,7 @@ impl Proxy {
             }
             #[cfg(feature = "cluster")]
             Upstream::Cluster { name, namespace } => {
-                let model = super::cluster::fetch(
+                let model = crate::cluster::fetch(
                     name,
                     namespace,
                     config.kubeconfig.as_deref(),
@@ -147,7 +147,7 @@ impl Proxy {
                 )
                 .await
                 .map_err(|e| ProxyError::Cluster(e.to_string()))?;
-                let published = super::cluster::endpoints(&model)
+                let published = crate::cluster::endpoints(&model)
                     .map_err(|e| ProxyError::Cluster(e.to_string()))?;
                 let states = cluster_states(&published, &[], settings.max_per_endpoint);
                 (format!("cluster:{namespace}/{name}"), String::new(), states)
@@ -361,7 +361,7 @@ fn cluster_states(
     published
         .iter()
         .filter_map(|e| {
-            let url = super::cluster::endpoint_url(e);
+            let url = crate::cluster::endpoint_url(e);
             if let Some(existing) = current.iter().find(|s| s.url == url) {
                 return Some(existing.clone());
             }
@@ -388,7 +388,7 @@ async fn refresh_cluster(inner: Arc<Inner>) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        let fetched = super::cluster::fetch(
+        let fetched = crate::cluster::fetch(
             &source.name,
             &source.namespace,
             source.kubeconfig.as_deref(),
@@ -486,7 +486,7 @@ impl Inner {
             for (state, n) in [("idle", e.idle_count()), ("busy", e.busy_count())] {
                 self.metrics
                     .pool
-                    .get_or_create(&super::metrics::PoolLabel {
+                    .get_or_create(&crate::metrics::PoolLabel {
                         endpoint: authority.clone(),
                         state,
                     })

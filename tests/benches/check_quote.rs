@@ -4,7 +4,7 @@
 //! deltas) and wall time, interleaved in one run so that both see the same
 //! noise. Medians and their ratio.
 //!
-//! `cargo build --release -p aver-verifier --bin aver && cargo bench -p aver-tests --bench check_quote`
+//! `cargo build --release -p aver-cli --bin aver && cargo bench -p aver-tests --bench check_quote`
 //! (needs swtpm and tpm2-tools; `AVER_BIN=path` measures another aver build).
 
 use std::path::Path;

@@ -1,12 +1,6 @@
 //! `aver`: the client side of aver. Verifies evidence before anything is
 //! sent, and derives policies and reference digests.
 
-// The proxy library (crate `aver-proxy`, in `proxy/`), compiled into the
-// CLI as a module: that crate depends on `aver-verifier`, so this package
-// cannot depend on it. Only part of its API is used here.
-#[allow(dead_code, unused_imports)]
-#[path = "../../../../proxy/src/lib.rs"]
-mod aver_proxy;
 mod commands;
 mod logging;
 
@@ -67,7 +61,7 @@ fn main() -> ExitCode {
     // The proxy is a long-running service: its progress lines (attested
     // connections, refusals) are worth seeing by default.
     let default_filter = match cli.command {
-        Command::Proxy(_) => "warn,aver::aver_proxy=info,aver::commands::proxy=info",
+        Command::Proxy(_) => "warn,aver_proxy=info,aver::commands::proxy=info",
         _ => "warn",
     };
     logging::init(cli.log_format, default_filter);

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 
 use super::cluster::ClusterArgs;
 use super::{load_policy, CommandResult};
-use crate::aver_proxy::{Listen, Proxy, ProxyConfig, Upstream};
+use aver_proxy::{Listen, Proxy, ProxyConfig, Upstream};
 
 #[derive(clap::Args, Debug)]
 #[command(after_long_help = AFTER_HELP)]

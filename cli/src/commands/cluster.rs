@@ -26,7 +26,7 @@ pub struct ClusterArgs {
 /// Fetches the resource named `name` (the proxy library's reader, which
 /// `aver proxy --from-cluster` uses too).
 pub async fn fetch(name: &str, args: &ClusterArgs) -> anyhow::Result<ConfidentialModel> {
-    Ok(crate::aver_proxy::cluster::fetch(
+    Ok(aver_proxy::cluster::fetch(
         name,
         &args.namespace,
         args.kubeconfig.as_deref(),
@@ -37,5 +37,5 @@ pub async fn fetch(name: &str, args: &ClusterArgs) -> anyhow::Result<Confidentia
 
 /// The published endpoints, or an error saying why there are none.
 pub fn endpoints(model: &ConfidentialModel) -> anyhow::Result<Vec<VerifiedEndpoint>> {
-    Ok(crate::aver_proxy::cluster::endpoints(model)?)
+    Ok(aver_proxy::cluster::endpoints(model)?)
 }
