@@ -38,15 +38,31 @@ impl TestNode {
 
     /// `aver-enclave` with this node's TPM, state and model settings.
     pub fn enclave_command(&self, subcommand: &str) -> Command {
+        self.enclave_command_through(subcommand, &self.tpm.tcti())
+    }
+
+    /// [`Self::enclave_command`] through another TCTI (e.g. a
+    /// [`crate::SlowTpm`] in front of this node's swtpm).
+    pub fn enclave_command_through(&self, subcommand: &str, tcti: &str) -> Command {
         let mut cmd = Command::new(cargo_bin("aver-enclave"));
-        cmd.arg(subcommand)
-            .args(["--tcti", &self.tpm.tcti()])
-            .arg("--state-dir")
-            .arg(self.state.path())
-            .args(["--engine-digest", ENGINE])
-            .arg("--model-dir")
-            .arg(self.model.path());
+        cmd.args(self.enclave_args(subcommand, tcti));
         cmd
+    }
+
+    /// The arguments of [`Self::enclave_command_through`], for callers that
+    /// run the enclave under another program (e.g. `prlimit`).
+    pub fn enclave_args(&self, subcommand: &str, tcti: &str) -> Vec<std::ffi::OsString> {
+        vec![
+            subcommand.into(),
+            "--tcti".into(),
+            tcti.into(),
+            "--state-dir".into(),
+            self.state.path().into(),
+            "--engine-digest".into(),
+            ENGINE.into(),
+            "--model-dir".into(),
+            self.model.path().into(),
+        ]
     }
 
     /// Runs `aver-enclave evidence` (one launch + one quote) and returns the
@@ -120,21 +136,33 @@ impl TestNode {
             .stderr(Stdio::inherit())
             .spawn()
             .context("aver-enclave serve starts")?;
-        let stdout = child.stdout.take().context("stdout is piped")?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let Some(url) = line.trim().strip_prefix("listening on ") else {
-            let _ = child.kill();
-            bail!("aver-enclave serve did not start (first line {line:?})");
+        let (url, port) = match listening_url(&mut child) {
+            Ok(listening) => listening,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
         };
-        let url = url.to_owned();
-        let port = url
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .context("listening line has a port")?;
         Ok(EnclaveProcess { child, url, port })
     }
+}
+
+/// The URL and port from the first stdout line (`listening on
+/// https://HOST:PORT`) of a started `aver-enclave serve` with piped stdout.
+pub fn listening_url(child: &mut Child) -> anyhow::Result<(String, u16)> {
+    let stdout = child.stdout.take().context("stdout is piped")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let Some(url) = line.trim().strip_prefix("listening on ") else {
+        bail!("aver-enclave serve did not start (first line {line:?})");
+    };
+    let port = url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .context("listening line has a port")?;
+    Ok((url.to_owned(), port))
 }
 
 /// The policy a test node satisfies, trusting `ak_names`.

@@ -10,15 +10,12 @@ use std::time::Duration;
 use aver_tests::node::{policy_for, TestNode};
 use aver_tests::require_swtpm;
 use aver_tests::stub_upstream::{StubUpstream, STREAM_CHUNKS_BEFORE_GATE};
-use aver_verifier::client::tls::{client_config, KeyAcceptance};
 use aver_verifier::client::{AttestedClient, AttestedConnection, ClientError, Endpoint};
 use aver_verifier::error::VerifyError;
 use aver_verifier::Sha256Digest;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt as _, Full};
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use tokio::net::{TcpListener, TcpStream};
 
 /// Guard against a hang turning into a stuck CI job; not a performance bound.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -143,49 +140,8 @@ async fn policy_mismatch_sends_zero_request_bytes_upstream() {
     assert_eq!(rig.stub.body_bytes(), 0);
 }
 
-/// A TLS-terminating relay with its own key in front of `target`: every byte
-/// is passed on, evidence requests included.
 async fn start_mitm(target: u16) -> u16 {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![cert.der().clone()],
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-    )
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let connector =
-        tokio_rustls::TlsConnector::from(Arc::new(client_config(KeyAcceptance::ToBeAttested)));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, connector) = (acceptor.clone(), connector.clone());
-            tokio::spawn(async move {
-                let Ok(mut client_side) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let Ok(upstream) = TcpStream::connect(("127.0.0.1", target)).await else {
-                    return;
-                };
-                let name = ServerName::try_from("localhost").unwrap();
-                let Ok(mut enclave_side) = connector.connect(name, upstream).await else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut client_side, &mut enclave_side).await;
-            });
-        }
-    });
-    port
+    aver_tests::mitm::start_mitm(target).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use aver_tests::node::{TestNode, ENGINE};
+use aver_tests::node::{listening_url, TestNode};
 use aver_tests::slow_tpm::{TPM2_CC_ACTIVATE_CREDENTIAL, TPM2_CC_CREATE_PRIMARY};
 use aver_tests::stub_upstream::{StubUpstream, STREAM_CHUNKS_BEFORE_GATE};
 use aver_tests::{cargo_bin, require_swtpm, Delays, SlowTpm};
@@ -76,13 +76,7 @@ fn serve(
         }
         None => Command::new(enclave),
     };
-    cmd.arg("serve")
-        .args(["--tcti", tcti])
-        .arg("--state-dir")
-        .arg(node.state.path())
-        .args(["--engine-digest", ENGINE])
-        .arg("--model-dir")
-        .arg(node.model.path())
+    cmd.args(node.enclave_args("serve", tcti))
         .args(["--listen", "127.0.0.1:0", "--upstream", upstream])
         .args(extra)
         .env("RUST_LOG", "warn")
@@ -99,19 +93,7 @@ fn serve(
             sink.lock().unwrap().push(line);
         }
     });
-    let stdout = child.stdout.take().context("stdout is piped")?;
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .with_context(|| format!("aver-enclave serve did not start (first line {line:?})"))?
-        .to_owned();
-    let port = url
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .context("listening line has a port")?;
+    let (url, port) = listening_url(&mut child)?;
     Ok(Enclave {
         child,
         port,

@@ -5,9 +5,8 @@
 //! it.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,10 +16,10 @@ use aver_crds::Sha256Digest;
 use aver_enclave::tpm::DEFAULT_AK_HANDLE;
 use aver_enclave::Tpm;
 use aver_tests::ek_ca::TestCa;
-use aver_tests::node::{TestNode, ENGINE};
+use aver_tests::node::{listening_url, TestNode};
 use aver_tests::slow_tpm::{TPM2_CC_ACTIVATE_CREDENTIAL, TPM2_CC_CREATE_PRIMARY, TPM2_CC_QUOTE};
 use aver_tests::stub_upstream::StubUpstream;
-use aver_tests::{cargo_bin, Delays, SlowTpm, Swtpm};
+use aver_tests::{Delays, SlowTpm, Swtpm};
 use aver_verifier::client::tls::{client_config, KeyAcceptance};
 use aver_verifier::client::{AttestedConnection, ClientError, Endpoint, ACTIVATE_PATH};
 use aver_verifier::ek::{ActivationRequest, EkKind, ACTIVATION_VERSION};
@@ -608,14 +607,8 @@ impl Enclave {
         extra: &[&str],
     ) -> anyhow::Result<Self> {
         let log = tempfile::NamedTempFile::new()?;
-        let mut child = Command::new(cargo_bin("aver-enclave"))
-            .arg("serve")
-            .args(["--tcti", &tpm.tcti()])
-            .arg("--state-dir")
-            .arg(node.state.path())
-            .args(["--engine-digest", ENGINE])
-            .arg("--model-dir")
-            .arg(node.model.path())
+        let mut child = node
+            .enclave_command_through("serve", &tpm.tcti())
             .args(["--listen", "127.0.0.1:0", "--upstream", upstream])
             .args(extra)
             .env("RUST_LOG", "warn")
@@ -623,21 +616,15 @@ impl Enclave {
             .stderr(log.reopen()?)
             .spawn()
             .context("aver-enclave serve starts")?;
-        let stdout = child.stdout.take().context("stdout is piped")?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let Some(url) = line.trim().strip_prefix("listening on ") else {
-            let _ = child.kill();
-            let _ = child.wait();
-            let stderr = std::fs::read_to_string(log.path()).unwrap_or_default();
-            bail!("aver-enclave serve did not start (first line {line:?}): {stderr}");
+        let (url, port) = match listening_url(&mut child) {
+            Ok(listening) => listening,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let stderr = std::fs::read_to_string(log.path()).unwrap_or_default();
+                bail!("{e}: {stderr}");
+            }
         };
-        let url = url.to_owned();
-        let port = url
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .context("listening line has a port")?;
         Ok(Self {
             child,
             url,

@@ -22,7 +22,6 @@
 //! (`cargo build --workspace --bins`).
 
 use std::io::Read as _;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -30,13 +29,11 @@ use anyhow::Context as _;
 use aver_tests::node::{TestNode, ENGINE};
 use aver_tests::stub_upstream::StubUpstream;
 use aver_tests::swtpm_available;
-use aver_verifier::client::tls::{client_config, KeyAcceptance};
 use aver_verifier::Sha256Digest;
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
@@ -59,7 +56,7 @@ async fn run() -> anyhow::Result<()> {
         .context("swtpm and the enclave's state")?;
     let stub = Arc::new(StubUpstream::start().await.context("the stub engine")?);
     let enclave = node.serve(&stub.url(), &[]).context("aver-enclave serve")?;
-    let mitm = start_mitm(enclave.port).await?;
+    let mitm = aver_tests::mitm::start_mitm(enclave.port).await?;
 
     let dir = tempfile::Builder::new()
         .prefix("aver-test-rig-")
@@ -125,45 +122,4 @@ async fn counters(State(stub): State<Arc<StubUpstream>>) -> Json<serde_json::Val
 async fn release(State(stub): State<Arc<StubUpstream>>) -> &'static str {
     stub.release_stream();
     "released"
-}
-
-/// A TLS-terminating relay with its own key in front of `target` (as in
-/// `tests/tests/attested_tls.rs`): every byte is passed on, evidence
-/// requests included, so only the channel binding can catch it.
-async fn start_mitm(target: u16) -> anyhow::Result<u16> {
-    let key = rcgen::KeyPair::generate()?;
-    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])?.self_signed(&key)?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])?
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![cert.der().clone()],
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-    )?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let connector =
-        tokio_rustls::TlsConnector::from(Arc::new(client_config(KeyAcceptance::ToBeAttested)));
-    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-    let port = listener.local_addr()?.port();
-    let name = ServerName::try_from("localhost")?;
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, connector, name) = (acceptor.clone(), connector.clone(), name.clone());
-            tokio::spawn(async move {
-                let Ok(mut client_side) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let Ok(upstream) = TcpStream::connect(("127.0.0.1", target)).await else {
-                    return;
-                };
-                let Ok(mut enclave_side) = connector.connect(name, upstream).await else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut client_side, &mut enclave_side).await;
-            });
-        }
-    });
-    Ok(port)
 }
