@@ -48,9 +48,10 @@ pub struct ConfidentialPods {
     /// The container that holds the TLS key and may ask for evidence.
     #[serde(default = "default_key_holder")]
     pub key_holder: String,
-    /// Host paths confidential containers may mount (the agent socket's
-    /// directory, read-only, by default).
-    #[serde(default = "default_confidential_host_paths")]
+    /// Host paths confidential containers may mount (none by default: the
+    /// agent socket reaches the key holder through aver-node's own mount,
+    /// [`MountSource::NodeAgent`]; list model directories here).
+    #[serde(default)]
     pub host_paths: Vec<HostPathRule>,
 }
 
@@ -59,12 +60,13 @@ impl Default for ConfidentialPods {
         Self {
             containers: default_containers(),
             key_holder: default_key_holder(),
-            host_paths: default_confidential_host_paths(),
+            host_paths: Vec::new(),
         }
     }
 }
 
-/// Directory of the agent socket on the node, mounted into enclaves.
+/// Where the agent socket's directory appears inside the key holder of a
+/// confidential pod (aver-node mounts it there; see [`MountSource::NodeAgent`]).
 pub const AGENT_SOCKET_DIR: &str = "/run/aver-node";
 
 fn default_containers() -> Vec<String> {
@@ -73,13 +75,6 @@ fn default_containers() -> Vec<String> {
 
 fn default_key_holder() -> String {
     "enclave".to_owned()
-}
-
-fn default_confidential_host_paths() -> Vec<HostPathRule> {
-    vec![HostPathRule {
-        path: AGENT_SOCKET_DIR.to_owned(),
-        read_only: true,
-    }]
 }
 
 /// A host path (or a directory and everything under it) a container may mount.
@@ -434,6 +429,23 @@ impl NodePolicy {
                     ),
                 );
             }
+            if let Some(m) = spec
+                .mounts
+                .iter()
+                .find(|m| m.source == MountSource::NodeAgent)
+            {
+                if name != c.key_holder || !m.readonly || m.container_path != AGENT_SOCKET_DIR {
+                    return refuse(
+                        "node-agent",
+                        format!(
+                            "mounts the node agent socket at {}{}; only the key holder {} may have it, read-only at {AGENT_SOCKET_DIR}",
+                            m.container_path,
+                            if m.readonly { " read-only" } else { " read-write" },
+                            c.key_holder
+                        ),
+                    );
+                }
+            }
             return check_host_paths(spec, &c.host_paths)
                 .or_else(|reason| refuse("host-path", reason));
         }
@@ -490,6 +502,16 @@ impl NodePolicy {
             .find(|d| !entry.devices.contains(&d.host_path))
         {
             return refuse("device", entry_says(&format!("device {}", d.host_path)));
+        }
+        if spec
+            .mounts
+            .iter()
+            .any(|m| m.source == MountSource::NodeAgent)
+        {
+            return refuse(
+                "node-agent",
+                "mounts the node agent socket, which only confidential model pods get".into(),
+            );
         }
         check_host_paths(spec, &entry.host_paths).or_else(|reason| refuse("host-path", reason))
     }
@@ -633,27 +655,67 @@ mod tests {
         let mut target = spec.clone();
         target.namespaces.pid = NamespaceMode::Target;
         assert!(p.admit_container(&s, "engine", &image(1), &target).is_err());
+        let mount = |container_path: &str, source: MountSource, readonly: bool| Mount {
+            container_path: container_path.into(),
+            source,
+            readonly,
+            propagation: "private".into(),
+            selinux_relabel: false,
+        };
+        // No host path by default; a listed directory read-only, below it,
+        // nothing beside or above it.
+        let host = |path: &str, readonly| {
+            let mut m = spec.clone();
+            m.mounts.push(mount(
+                "/models",
+                MountSource::HostPath { path: path.into() },
+                readonly,
+            ));
+            m
+        };
+        assert_eq!(
+            p.admit_container(&s, "engine", &image(1), &host("/srv/models", true))
+                .unwrap_err()
+                .label,
+            "host-path"
+        );
+        let mut models = NodePolicy::confidential_only();
+        models.confidential.host_paths.push(HostPathRule {
+            path: "/srv/models".into(),
+            read_only: true,
+        });
         for (path, readonly, ok) in [
-            ("/run/aver-node", true, true),
-            ("/run/aver-node/agent.sock", true, true),
-            ("/run/aver-node", false, false),
-            ("/run/aver-nodex", true, false),
-            ("/run/aver-node/../../etc", true, false),
+            ("/srv/models", true, true),
+            ("/srv/models/llama", true, true),
+            ("/srv/models", false, false),
+            ("/srv/modelsx", true, false),
+            ("/srv/models/../../etc", true, false),
             ("/", true, false),
         ] {
-            let mut m = spec.clone();
-            m.mounts.push(Mount {
-                container_path: "/run/aver-node".into(),
-                source: MountSource::HostPath { path: path.into() },
-                readonly,
-                propagation: "private".into(),
-                selinux_relabel: false,
-            });
             assert_eq!(
-                p.admit_container(&s, "enclave", &image(1), &m).is_ok(),
+                models
+                    .admit_container(&s, "engine", &image(1), &host(path, readonly))
+                    .is_ok(),
                 ok,
                 "{path} {readonly}"
             );
+        }
+        // The node agent's own mount: the key holder only, read-only, where
+        // the enclave expects it.
+        for (name, container_path, readonly, ok) in [
+            ("enclave", AGENT_SOCKET_DIR, true, true),
+            ("engine", AGENT_SOCKET_DIR, true, false),
+            ("enclave", AGENT_SOCKET_DIR, false, false),
+            ("enclave", "/tmp", true, false),
+        ] {
+            let mut m = spec.clone();
+            m.mounts
+                .push(mount(container_path, MountSource::NodeAgent, readonly));
+            let got = p.admit_container(&s, name, &image(1), &m);
+            assert_eq!(got.is_ok(), ok, "{name} {container_path} {readonly}");
+            if let Err(e) = got {
+                assert_eq!(e.label, "node-agent");
+            }
         }
         for kind in [AccessKind::Exec, AccessKind::ExecSync, AccessKind::Attach] {
             assert!(p
@@ -705,6 +767,20 @@ mod tests {
         assert!(p
             .admit_access(&s, Some(("cni", &image(7))), AccessKind::Exec)
             .is_err());
+        spec.capabilities_add.pop();
+        spec.mounts.push(Mount {
+            container_path: AGENT_SOCKET_DIR.into(),
+            source: MountSource::NodeAgent,
+            readonly: true,
+            propagation: "private".into(),
+            selinux_relabel: false,
+        });
+        assert_eq!(
+            p.admit_container(&s, "cni", &image(7), &spec)
+                .unwrap_err()
+                .label,
+            "node-agent"
+        );
     }
 
     #[test]

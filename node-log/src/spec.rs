@@ -147,6 +147,12 @@ pub enum MountSource {
     /// An OCI image mounted as a volume (image volumes carry models), by the
     /// reference the runtime was given (the kubelet passes the resolved ID).
     Image { reference: String },
+    /// The node agent's socket directory, which aver-node itself mounts
+    /// (read-only, at [`crate::policy::AGENT_SOCKET_DIR`]) into the key holder
+    /// of a confidential pod. The kubelet never asks for it, so the pod needs
+    /// no host path volume (PodSecurity `restricted`) and the digest does not
+    /// depend on where a node keeps its socket.
+    NodeAgent,
 }
 
 impl MountSource {
@@ -198,6 +204,9 @@ impl MountSource {
             Self::Image { reference } => {
                 e.u8(5).str(reference);
             }
+            Self::NodeAgent => {
+                e.u8(6);
+            }
         }
     }
 }
@@ -214,6 +223,7 @@ impl std::fmt::Display for MountSource {
             Self::TerminationLog => f.write_str("termination-log"),
             Self::HostPath { path } => write!(f, "host path {path}"),
             Self::Image { reference } => write!(f, "image {reference}"),
+            Self::NodeAgent => f.write_str("node agent socket"),
         }
     }
 }

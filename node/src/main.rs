@@ -133,7 +133,13 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<()> {
         .context("TPM worker start panicked")?
         .context("cannot open the TPM and the node log")?;
     metrics.watch_node_log(measurer.log_size());
-    let gate = Gate::new(policy, kubelet_root, measurer.clone())
+    let agent_dir = args
+        .agent_socket
+        .parent()
+        .and_then(|d| d.to_str())
+        .context("--agent-socket must be a UTF-8 path in a directory")?
+        .to_owned();
+    let gate = Gate::new(policy, kubelet_root, agent_dir, measurer.clone())
         .await
         .context("cannot read the node log")?;
     tracing::info!(policy = %args.policy.display(), "the gate is active");

@@ -41,9 +41,9 @@ pub const ENCLAVE_PORT: u16 = 8443;
 // What is sent, and what the node is expected to have measured
 
 /// The enclave container of a confidential pod: `aver-enclave serve` with
-/// evidence from aver-node, the agent socket directory read-only, the
+/// evidence from aver-node (which mounts the agent socket itself), the
 /// model volume read-only.
-pub fn enclave_container(node: &NodeAgent, model_dir: &Path) -> ContainerSpec {
+pub fn enclave_container(_node: &NodeAgent, model_dir: &Path) -> ContainerSpec {
     ContainerSpec::new("enclave", ENCLAVE_IMAGE)
         .command(["/bin/aver-enclave"])
         .args([
@@ -58,7 +58,6 @@ pub fn enclave_container(node: &NodeAgent, model_dir: &Path) -> ContainerSpec {
             &format!("0.0.0.0:{ENCLAVE_PORT}"),
         ])
         .env("RUST_LOG", "info")
-        .mount(&node.agent_dir(), AGENT_MOUNT, true)
         .mount(model_dir, MODEL_MOUNT, true)
 }
 
@@ -119,30 +118,31 @@ pub fn expected_spec(
     }
 }
 
-/// The expected spec of [`enclave_container`]: the agent socket directory
-/// is a host path, the model directory the pod's `model` emptyDir.
+/// The expected spec of [`enclave_container`]: the model directory is the
+/// pod's `model` emptyDir, and aver-node added its agent socket read-only.
 pub fn expected_enclave_spec(
-    node: &NodeAgent,
+    _node: &NodeAgent,
     enclave: &ContainerSpec,
 ) -> aver_node_log::ContainerSpec {
-    expected_spec(
+    let mut spec = expected_spec(
         enclave,
-        &[
-            (
-                AGENT_MOUNT,
-                MountSource::HostPath {
-                    path: node.agent_dir().display().to_string(),
-                },
-            ),
-            (
-                MODEL_MOUNT,
-                MountSource::Volume {
-                    plugin: MODEL_PLUGIN.into(),
-                    name: MODEL_VOLUME.into(),
-                },
-            ),
-        ],
-    )
+        &[(
+            MODEL_MOUNT,
+            MountSource::Volume {
+                plugin: MODEL_PLUGIN.into(),
+                name: MODEL_VOLUME.into(),
+            },
+        )],
+    );
+    spec.mounts.push(Mount {
+        container_path: AGENT_MOUNT.to_owned(),
+        source: MountSource::NodeAgent,
+        readonly: true,
+        propagation: "private".into(),
+        selinux_relabel: false,
+    });
+    spec.canonicalize();
+    spec
 }
 
 fn digest(text: &str) -> Sha256Digest {

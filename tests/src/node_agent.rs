@@ -58,21 +58,17 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// The node policy [`NodeAgent::start`] uses: confidential pods with the
-/// default container names (`enclave`, `engine`; `enclave` holds the key),
-/// the agent socket directory `agent_dir` read-only as their only host
-/// path, and no system pods.
-pub fn default_node_policy(agent_dir: &Path) -> String {
-    format!(
-        "# aver-node test policy\n\
-         version: 1\n\
-         confidential:\n\
-         \x20 containers: [enclave, engine]\n\
-         \x20 keyHolder: enclave\n\
-         \x20 hostPaths:\n\
-         \x20 - path: {}\n\
-         \x20   readOnly: true\n",
-        agent_dir.display()
-    )
+/// default container names (`enclave`, `engine`; `enclave` holds the key
+/// and gets the agent socket from aver-node), no host paths, and no system
+/// pods. `_agent_dir` is where this node keeps its agent socket, for
+/// policies that want to refuse or allow it by path.
+pub fn default_node_policy(_agent_dir: &Path) -> String {
+    "# aver-node test policy\n\
+     version: 1\n\
+     confidential:\n\
+     \x20 containers: [enclave, engine]\n\
+     \x20 keyHolder: enclave\n"
+        .to_owned()
 }
 
 /// A node: TPM, containerd and aver-node; everything is stopped and

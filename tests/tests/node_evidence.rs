@@ -81,9 +81,7 @@ fn enclave_spec() -> ContainerSpec {
         mounts: vec![
             Mount {
                 container_path: "/run/aver-node".into(),
-                source: MountSource::HostPath {
-                    path: "/run/aver-node".into(),
-                },
+                source: MountSource::NodeAgent,
                 readonly: true,
                 propagation: "private".into(),
                 selinux_relabel: false,

@@ -43,6 +43,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use aver_crds::{AllowedContainer, AllowedPod, ConfidentialModel, Measurement, Sha256Digest};
+use aver_node_log::policy::AGENT_SOCKET_DIR;
 use aver_node_log::spec::EnvVar as SpecEnv;
 use aver_node_log::spec::{
     Mount, MountSource, NamespaceMode, Namespaces, Profile, SelinuxOptions, User,
@@ -200,7 +201,23 @@ pub fn expected_pod(
     }
     let (_, namespace) = render::identity(cm)?;
     let pod = render::pod_spec(cm, config)?;
-    pod_containers(&pod, &namespace, params)
+    let mut expected = pod_containers(&pod, &namespace, params)?;
+    // aver-node adds its socket to the key holder itself (the pod has no
+    // volume for it): the spec it records has that mount.
+    for c in &mut expected.containers {
+        if c.name == render::NODE_ENCLAVE_CONTAINER {
+            c.spec.mounts.push(Mount {
+                container_path: AGENT_SOCKET_DIR.to_owned(),
+                source: MountSource::NodeAgent,
+                readonly: true,
+                propagation: "private".to_owned(),
+                selinux_relabel: false,
+            });
+            c.spec.canonicalize();
+            c.spec_digest = c.spec.digest();
+        }
+    }
+    Ok(expected)
 }
 
 /// The expected containers of any pod spec in `namespace`.
@@ -1408,11 +1425,7 @@ mod tests {
                 ("/dev/termination-log", "termination-log".to_owned(), false),
                 ("/etc/hosts", "etc-hosts".to_owned(), false),
                 ("/models", "host path /srv/models/llama".to_owned(), true),
-                (
-                    "/run/aver-node",
-                    "host path /run/aver-node".to_owned(),
-                    true
-                ),
+                ("/run/aver-node", "node agent socket".to_owned(), true),
                 (
                     "/var/lib/aver",
                     "volume kubernetes.io~empty-dir/state".to_owned(),

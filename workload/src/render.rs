@@ -21,7 +21,6 @@
 use std::collections::BTreeMap;
 
 use aver_crds::{ConfidentialModel, Measurement, ModelSource, TpmDevice};
-use aver_node_log::policy::AGENT_SOCKET_DIR;
 use aver_node_log::CONFIDENTIAL_LABEL;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
@@ -62,8 +61,6 @@ pub const MODEL_MOUNT: &str = "/models";
 pub const STATE_MOUNT: &str = "/var/lib/aver";
 /// The node agent's socket, inside the agent socket directory.
 pub const AGENT_SOCKET: &str = "/run/aver-node/agent.sock";
-/// Name of the volume of the agent socket directory.
-pub const AGENT_VOLUME: &str = "aver-node";
 /// User and group the enclave runs as with `measurement: node`: fixed in
 /// the pod spec, so that its measured spec does not depend on the image's
 /// `USER`.
@@ -276,20 +273,6 @@ pub fn pod_spec(cm: &ConfidentialModel, config: &WorkloadConfig) -> Result<PodSp
             name: "state".to_owned(),
             empty_dir: Some(EmptyDirVolumeSource::default()),
             ..Volume::default()
-        });
-        volumes.push(Volume {
-            name: AGENT_VOLUME.to_owned(),
-            host_path: Some(HostPathVolumeSource {
-                path: AGENT_SOCKET_DIR.to_owned(),
-                type_: Some("Directory".to_owned()),
-            }),
-            ..Volume::default()
-        });
-        enclave_mounts.push(VolumeMount {
-            name: AGENT_VOLUME.to_owned(),
-            mount_path: AGENT_SOCKET_DIR.to_owned(),
-            read_only: Some(true),
-            ..VolumeMount::default()
         });
         vec![
             "serve".to_owned(),
@@ -946,12 +929,15 @@ mod tests {
             .collect();
         assert!(!volumes.contains_key("tpm"));
         assert!(volumes["state"].empty_dir.is_some() && volumes["state"].host_path.is_none());
+        // No host path besides the model's: aver-node mounts its socket
+        // into the enclave itself.
         assert_eq!(
-            volumes[AGENT_VOLUME]
-                .host_path
-                .as_ref()
-                .map(|h| h.path.as_str()),
-            Some("/run/aver-node")
+            volumes
+                .values()
+                .filter(|v| v.host_path.is_some())
+                .map(|v| v.name.as_str())
+                .collect::<Vec<_>>(),
+            ["model"]
         );
 
         let enclave = container(&pod, "enclave");
@@ -968,16 +954,11 @@ mod tests {
         ] {
             assert!(!args.iter().any(|a| a == legacy), "{legacy} in {args:?}");
         }
-        let agent_mount = enclave
+        assert!(enclave
             .volume_mounts
             .iter()
             .flatten()
-            .find(|m| m.name == AGENT_VOLUME)
-            .expect("agent socket mounted into the enclave");
-        assert_eq!(
-            (agent_mount.mount_path.as_str(), agent_mount.read_only),
-            ("/run/aver-node", Some(true))
-        );
+            .all(|m| !m.mount_path.starts_with("/run/aver-node")));
         // No per-pod downward-API values.
         assert!(enclave.env.iter().flatten().all(|e| e.value_from.is_none()));
         assert!(enclave
@@ -991,7 +972,7 @@ mod tests {
             .volume_mounts
             .iter()
             .flatten()
-            .all(|m| m.name != AGENT_VOLUME && m.name != "state"));
+            .all(|m| m.name != "state"));
         assert_eq!(engine.args, Some(cm.spec.engine.args.clone()));
     }
 
@@ -1007,7 +988,7 @@ mod tests {
         assert!(!labels.contains_key(CONFIDENTIAL_LABEL));
         let pod = template.spec.clone().expect("pod");
         assert!(pod.security_context.is_none());
-        assert!(pod.volumes.iter().flatten().all(|v| v.name != AGENT_VOLUME));
+        assert!(pod.volumes.iter().flatten().any(|v| v.name == "state"));
         container(&pod, ENCLAVE_CONTAINER);
     }
 

@@ -8,6 +8,7 @@ use k8s_cri::v1::{
     NamespaceOption, PodSandboxConfig, SecurityProfile,
 };
 
+use aver_node_log::policy::AGENT_SOCKET_DIR;
 use aver_node_log::spec::{
     Device, EnvVar, Mount, MountSource, NamespaceMode, Namespaces, Profile, SelinuxOptions, User,
 };
@@ -51,6 +52,48 @@ pub fn sandbox_info(config: &PodSandboxConfig) -> Result<SandboxInfo, Unmeasurab
         host_ipc: node(ns.map(|n| n.ipc)),
         privileged: security.is_some_and(|s| s.privileged),
     })
+}
+
+/// Adds the node agent's socket directory to the key holder of a
+/// confidential pod: to the config the runtime gets (read-only, at
+/// [`AGENT_SOCKET_DIR`]) and to its canonical spec, as
+/// [`MountSource::NodeAgent`]. A config that already mounts something there
+/// or below is refused rather than shadowed.
+pub fn mount_node_agent(
+    config: &mut ContainerConfig,
+    spec: &mut ContainerSpec,
+    agent_dir: &str,
+) -> Result<(), Unmeasurable> {
+    let below = format!("{AGENT_SOCKET_DIR}/");
+    if let Some(m) = config
+        .mounts
+        .iter()
+        .find(|m| m.container_path == AGENT_SOCKET_DIR || m.container_path.starts_with(&below))
+    {
+        let name = config
+            .metadata
+            .as_ref()
+            .map_or("(unnamed)", |m| m.name.as_str());
+        return Err(Unmeasurable(format!(
+            "container {name}: mounts {} where aver-node puts the agent socket ({AGENT_SOCKET_DIR})",
+            m.container_path
+        )));
+    }
+    config.mounts.push(k8s_cri::v1::Mount {
+        container_path: AGENT_SOCKET_DIR.to_owned(),
+        host_path: agent_dir.to_owned(),
+        readonly: true,
+        ..Default::default()
+    });
+    spec.mounts.push(Mount {
+        container_path: AGENT_SOCKET_DIR.to_owned(),
+        source: MountSource::NodeAgent,
+        readonly: true,
+        propagation: "private".to_owned(),
+        selinux_relabel: false,
+    });
+    spec.canonicalize();
+    Ok(())
 }
 
 /// The canonical spec of a container config, with host paths under the
@@ -304,6 +347,41 @@ mod tests {
         let mut mapped = config();
         mapped.mounts[0].uid_mappings.push(Default::default());
         assert!(container_spec(&mapped, "/var/lib/kubelet").is_err());
+    }
+
+    #[test]
+    fn the_agent_socket_is_mounted_by_the_node_not_the_kubelet() {
+        let mut cfg = config();
+        let mut spec = container_spec(&cfg, "/var/lib/kubelet").unwrap();
+        let before = spec.digest();
+        mount_node_agent(&mut cfg, &mut spec, "/run/node-a").unwrap();
+        let added = cfg.mounts.last().unwrap();
+        assert_eq!(
+            (
+                added.container_path.as_str(),
+                added.host_path.as_str(),
+                added.readonly
+            ),
+            (AGENT_SOCKET_DIR, "/run/node-a", true)
+        );
+        assert!(spec
+            .mounts
+            .iter()
+            .any(|m| m.source == MountSource::NodeAgent && m.readonly));
+        assert_ne!(spec.digest(), before);
+        // Another node keeps its socket elsewhere: the same digest.
+        let mut other_cfg = config();
+        let mut other = container_spec(&other_cfg, "/var/lib/kubelet").unwrap();
+        mount_node_agent(&mut other_cfg, &mut other, "/var/run/elsewhere").unwrap();
+        assert_eq!(other.digest(), spec.digest());
+        // A kubelet mount at or below the socket's place is refused.
+        for path in [AGENT_SOCKET_DIR, "/run/aver-node/agent.sock"] {
+            let mut shadow = config();
+            shadow.mounts[0].container_path = path.into();
+            let mut s = container_spec(&shadow, "/var/lib/kubelet").unwrap();
+            let e = mount_node_agent(&mut shadow, &mut s, "/run/node-a").unwrap_err();
+            assert!(e.to_string().contains(path), "{e}");
+        }
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub use cri_spec::Unmeasurable;
 pub struct Gate {
     policy: Arc<NodePolicy>,
     kubelet_root: Arc<str>,
+    /// The agent socket's directory on the node, which the gate mounts into
+    /// key holders (so that pods need no host path volume for it).
+    agent_dir: Arc<str>,
     measurer: Measurer,
     registry: Arc<Mutex<Registry>>,
     /// Serialises key registrations, so that two concurrent requests from
@@ -44,6 +47,7 @@ impl std::fmt::Debug for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gate")
             .field("kubelet_root", &self.kubelet_root)
+            .field("agent_dir", &self.agent_dir)
             .finish_non_exhaustive()
     }
 }
@@ -81,12 +85,14 @@ impl Gate {
     pub async fn new(
         policy: NodePolicy,
         kubelet_root: String,
+        agent_dir: String,
         measurer: Measurer,
     ) -> Result<Self, crate::store::StoreError> {
         let entries = measurer.entries().await?;
         Ok(Self {
             policy: Arc::new(policy),
             kubelet_root: kubelet_root.into(),
+            agent_dir: agent_dir.into(),
             registry: Arc::new(Mutex::new(Registry::from_log(&entries))),
             measurer,
             keys: Arc::new(tokio::sync::Mutex::new(())),
@@ -314,7 +320,11 @@ impl Hooks for Gate {
         if let Some(spec) = config.image.as_mut() {
             spec.image = image.id.to_string();
         }
-        let spec = cri_spec::container_spec(config, &self.kubelet_root).map_err(unmeasurable)?;
+        let mut spec =
+            cri_spec::container_spec(config, &self.kubelet_root).map_err(unmeasurable)?;
+        if sandbox.confidential_model.is_some() && name == self.policy.confidential.key_holder {
+            cri_spec::mount_node_agent(config, &mut spec, &self.agent_dir).map_err(unmeasurable)?;
+        }
         self.policy
             .admit_container(&sandbox, &name, &image, &spec)
             .map_err(refused)?;
