@@ -95,6 +95,10 @@ struct Shared {
     counts: Mutex<HashMap<u32, u64>>,
     /// Held while a command is delayed: slow commands run one at a time.
     device: Mutex<()>,
+    /// The swtpm connection of the newest client, for [`SlowTpm::extend_pcr`]:
+    /// swtpm serves one connection at a time, so a third party's command
+    /// must go in between the client's commands on that connection.
+    current: Mutex<Option<Arc<Mutex<TcpStream>>>>,
     stop: AtomicBool,
 }
 
@@ -127,6 +131,7 @@ impl SlowTpm {
             upstream_port,
             counts: Mutex::new(HashMap::new()),
             device: Mutex::new(()),
+            current: Mutex::new(None),
             stop: AtomicBool::new(false),
         });
         let acceptors = vec![
@@ -162,6 +167,38 @@ impl SlowTpm {
     /// The delays this relay applies.
     pub fn delays(&self) -> &Delays {
         &self.shared.delays
+    }
+
+    /// Extends SHA-256 PCR `pcr` with `data` (the TPM hashes nothing: `data`
+    /// is the digest), as anyone else with access to the TPM could: a
+    /// TPM2_PCR_Extend sent on the newest client's swtpm connection between
+    /// two of its commands (or on a connection of its own when no client is
+    /// connected). The client is not told.
+    pub fn extend_pcr(&self, pcr: u32, data: [u8; 32]) -> anyhow::Result<()> {
+        let command = pcr_extend_command(pcr, &data);
+        let current = self
+            .shared
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let response = match current {
+            Some(upstream) => {
+                let mut upstream = upstream.lock().unwrap_or_else(|p| p.into_inner());
+                upstream.write_all(&command)?;
+                read_frame(&mut upstream)?
+            }
+            None => {
+                let mut own = TcpStream::connect((Ipv4Addr::LOCALHOST, self.shared.upstream_port))?;
+                own.write_all(&command)?;
+                read_frame(&mut own)?
+            }
+        };
+        match response {
+            Some((0, _)) => Ok(()),
+            Some((rc, _)) => bail!("TPM2_PCR_Extend of PCR {pcr} failed: TPM_RC 0x{rc:x}"),
+            None => bail!("swtpm closed the connection on TPM2_PCR_Extend"),
+        }
     }
 
     fn lock_counts(&self) -> std::sync::MutexGuard<'_, HashMap<u32, u64>> {
@@ -254,15 +291,19 @@ fn spawn_acceptor(
 /// difference is that a command the TPM did not run is not delayed).
 fn relay_commands(mut client: TcpStream, shared: &Shared) -> io::Result<()> {
     let _ = client.set_nodelay(true);
-    let mut upstream = TcpStream::connect((Ipv4Addr::LOCALHOST, shared.upstream_port))?;
-    let _ = upstream.set_nodelay(true);
+    let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, shared.upstream_port))?;
+    let _ = stream.set_nodelay(true);
+    let shutdown = stream.try_clone()?;
+    let upstream = Arc::new(Mutex::new(stream));
+    *shared.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(upstream.clone());
     let result = (|| loop {
         let Some((cc, command)) = read_frame(&mut client)? else {
             return Ok(());
         };
-        upstream.write_all(&command)?;
-        let Some((rc, response)) = read_frame(&mut upstream)? else {
-            return Err(io::ErrorKind::UnexpectedEof.into());
+        let (rc, response) = {
+            let mut upstream = upstream.lock().unwrap_or_else(|p| p.into_inner());
+            upstream.write_all(&command)?;
+            read_frame(&mut upstream)?.ok_or(io::ErrorKind::UnexpectedEof)?
         };
         // A TPM that answers "retry" (or "yielded", "testing") has not run
         // the command and answers at once; the TSS sends it again.
@@ -285,8 +326,42 @@ fn relay_commands(mut client: TcpStream, shared: &Shared) -> io::Result<()> {
         client.write_all(&response)?;
     })();
     let _ = client.shutdown(Shutdown::Both);
-    let _ = upstream.shutdown(Shutdown::Both);
+    let _ = shutdown.shutdown(Shutdown::Both);
+    let mut current = shared.current.lock().unwrap_or_else(|p| p.into_inner());
+    if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &upstream)) {
+        *current = None;
+    }
     result
+}
+
+/// TPM2_PCR_Extend(pcr, sha256: data) with an empty password session.
+fn pcr_extend_command(pcr: u32, data: &[u8; 32]) -> Vec<u8> {
+    const TPM_ST_SESSIONS: u16 = 0x8002;
+    const TPM2_CC_PCR_EXTEND: u32 = 0x0000_0182;
+    const TPM_RS_PW: u32 = 0x4000_0009;
+    const TPM_ALG_SHA256: u16 = 0x000b;
+    let mut body = Vec::new();
+    body.extend_from_slice(&pcr.to_be_bytes());
+    // Authorization area: one password session, empty nonce and password.
+    let auth: Vec<u8> = [
+        &TPM_RS_PW.to_be_bytes()[..],
+        &0u16.to_be_bytes(),
+        &[0u8],
+        &0u16.to_be_bytes(),
+    ]
+    .concat();
+    body.extend_from_slice(&(auth.len() as u32).to_be_bytes());
+    body.extend_from_slice(&auth);
+    // TPML_DIGEST_VALUES: one SHA-256 digest.
+    body.extend_from_slice(&1u32.to_be_bytes());
+    body.extend_from_slice(&TPM_ALG_SHA256.to_be_bytes());
+    body.extend_from_slice(data);
+    let mut command = Vec::with_capacity(HEADER_LEN + body.len());
+    command.extend_from_slice(&TPM_ST_SESSIONS.to_be_bytes());
+    command.extend_from_slice(&((HEADER_LEN + body.len()) as u32).to_be_bytes());
+    command.extend_from_slice(&TPM2_CC_PCR_EXTEND.to_be_bytes());
+    command.extend_from_slice(&body);
+    command
 }
 
 /// TPM_RC_RETRY, TPM_RC_YIELDED, TPM_RC_TESTING: warnings the TSS answers

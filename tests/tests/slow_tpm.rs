@@ -129,3 +129,35 @@ fn left_pad(bytes: &[u8]) -> [u8; 32] {
     out[32 - bytes.len()..].copy_from_slice(bytes);
     out
 }
+
+/// A third party's PCR_Extend goes in between a connected client's
+/// commands: the client's next read sees the PCR extended by exactly that
+/// digest, and the client's connection keeps working.
+#[test]
+fn a_pcr_extended_behind_a_connected_client() {
+    require_swtpm!();
+    let swtpm = Swtpm::start().unwrap();
+    let relay = SlowTpm::start(&swtpm, Delays::default()).unwrap();
+    // Without a client, on a connection of its own.
+    relay.extend_pcr(16, [1; 32]).unwrap();
+    let mut tpm = Tpm::open(&relay.tcti(), DEFAULT_AK_HANDLE).unwrap();
+    let before = tpm.read_pcrs(&[16]).unwrap();
+    relay.extend_pcr(16, [2; 32]).unwrap();
+    let after = tpm.read_pcrs(&[16]).unwrap();
+    use sha2::Digest as _;
+    let expected: [u8; 32] = sha2::Sha256::new()
+        .chain_update(before[0].1)
+        .chain_update([2u8; 32])
+        .finalize()
+        .into();
+    assert_eq!(after[0], (16, expected));
+    let from_zero: [u8; 32] = sha2::Sha256::new()
+        .chain_update([0u8; 32])
+        .chain_update([1u8; 32])
+        .finalize()
+        .into();
+    assert_eq!(before[0], (16, from_zero));
+    // The TPM's answer is checked: an out-of-range PCR is refused.
+    assert!(relay.extend_pcr(99, [3; 32]).is_err());
+    tpm.quote(&[16], &[9; 32]).unwrap();
+}
