@@ -262,6 +262,13 @@ pub struct EngineSpec {
     /// Compute resources of the engine container (GPUs, memory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// UID (and GID) the engine runs as with `measurement: node`; default
+    /// 65532. Fixed in the pod spec, so that the measured spec does not
+    /// depend on the image's `USER`, and never root, so that the pod passes
+    /// PodSecurity `restricted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2147483647))]
+    pub run_as_user: Option<i64>,
 }
 
 /// TPM node selection and access.

@@ -1435,7 +1435,11 @@ mod tests {
         );
         let engine = &pod.containers[1];
         assert_eq!(engine.image_digest, cm.spec.engine.digest);
-        assert_eq!(engine.spec.user.uid, Some(0));
+        // The engine's user is pinned in the pod, whatever the image says.
+        assert_eq!(engine.spec.user.uid, Some(crate::render::NODE_ENGINE_UID));
+        assert_eq!(engine.spec.user.gid, Some(crate::render::NODE_ENGINE_UID));
+        assert_eq!(engine.spec.capabilities_drop, ["ALL"]);
+        assert!(engine.spec.no_new_privs);
         // The pod's seccomp profile reaches the engine too.
         assert_eq!(
             engine.spec.seccomp.as_ref().map(|p| p.kind.as_str()),

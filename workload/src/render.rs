@@ -61,6 +61,9 @@ pub const MODEL_MOUNT: &str = "/models";
 pub const STATE_MOUNT: &str = "/var/lib/aver";
 /// The node agent's socket, inside the agent socket directory.
 pub const AGENT_SOCKET: &str = "/run/aver-node/agent.sock";
+/// User and group the engine runs as with `measurement: node` unless
+/// `spec.engine.runAsUser` says otherwise.
+pub const NODE_ENGINE_UID: i64 = 65532;
 /// User and group the enclave runs as with `measurement: node`: fixed in
 /// the pod spec, so that its measured spec does not depend on the image's
 /// `USER`.
@@ -401,10 +404,9 @@ pub fn pod_spec(cm: &ConfidentialModel, config: &WorkloadConfig) -> Result<PodSp
         env: (!spec.engine.env.is_empty()).then(|| spec.engine.env.clone()),
         resources: spec.engine.resources.clone(),
         volume_mounts: Some(vec![model_mount(&spec.model.source)]),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(engine_security(
+            node.then(|| spec.engine.run_as_user.unwrap_or(NODE_ENGINE_UID)),
+        )),
         ..Container::default()
     };
 
@@ -546,6 +548,26 @@ fn check_engine_env(env: &[EnvVar]) -> Result<(), WorkloadError> {
         });
     }
     Ok(())
+}
+
+/// The engine's security context. Node-measured pods pin its user (never
+/// root) and drop every capability: PodSecurity `restricted`, and a spec
+/// that does not depend on the image.
+fn engine_security(node_user: Option<i64>) -> SecurityContext {
+    let mut security = SecurityContext {
+        allow_privilege_escalation: Some(false),
+        ..SecurityContext::default()
+    };
+    if let Some(uid) = node_user {
+        security.run_as_user = Some(uid);
+        security.run_as_group = Some(uid);
+        security.run_as_non_root = Some(true);
+        security.capabilities = Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            add: None,
+        });
+    }
+    security
 }
 
 fn model_volume(source: &ModelSource) -> Result<Volume, WorkloadError> {

@@ -37,6 +37,7 @@ pub fn model(name: &str) -> ConfidentialModel {
                 args: vec!["--host".into(), "127.0.0.1".into()],
                 env: vec![],
                 resources: None,
+                run_as_user: None,
             },
             replicas: 3,
             measurement: Measurement::Enclave,

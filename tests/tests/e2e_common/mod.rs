@@ -200,6 +200,7 @@ impl Cluster {
                     args: Vec::new(),
                     env: Vec::new(),
                     resources: None,
+                    run_as_user: None,
                 },
                 replicas,
                 // The node simulator runs the enclave with the node's swtpm:
