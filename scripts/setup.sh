@@ -14,6 +14,11 @@ command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 # The Python SDK (scripts/python.sh): an interpreter that can make a venv.
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3 python3-venv)
+# The llama.cpp engine (scripts/engine.sh): CMake and a C++ compiler (in
+# build-essential); ip(8) for its test's network namespace.
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v c++ >/dev/null 2>&1 || need+=(g++)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"

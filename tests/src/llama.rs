@@ -361,11 +361,19 @@ impl CountingRelay {
                             if n == 0 {
                                 return engine_write.shutdown().await;
                             }
-                            counter.fetch_add(n as u64, Ordering::Relaxed);
                             engine_write.write_all(&buf[..n]).await?;
+                            counter.fetch_add(n as u64, Ordering::Relaxed);
                         }
                     };
-                    let download = tokio::io::copy(&mut engine_read, &mut client_write);
+                    // When the engine closes (llama-server ends idle
+                    // keep-alive connections after a few seconds), so does
+                    // the relay, so that the enclave's pool drops the
+                    // connection instead of sending into a dead one.
+                    let download = async move {
+                        let copied = tokio::io::copy(&mut engine_read, &mut client_write).await;
+                        let _ = client_write.shutdown().await;
+                        copied
+                    };
                     let _ = tokio::join!(upload, download);
                 });
             }
