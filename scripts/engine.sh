@@ -22,6 +22,9 @@
 #   bash scripts/engine.sh env      the paths, as shell assignments
 #   bash scripts/engine.sh serve chat|embed [PORT]
 #                                   llama-server on 127.0.0.1 with that model
+#
+# AVER_BIN: an aver CLI already built (else `models` builds it with cargo);
+# AVER_ENGINE_JOBS: parallel compile jobs (default 2).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 out="${AVER_ENGINE_DIR:-$root/target/engine}"
@@ -47,8 +50,8 @@ venv="$out/venv"
 chat_dir="$out/models/chat"
 embed_dir="$out/models/embed"
 
-usage() {
-  sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
+usage() { # the comment at the top of this file
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
 }
 
 log() { echo "engine: $*"; }
@@ -142,7 +145,11 @@ progress() { # one line per 10 % of cmake's "[ NN%]" lines
   done
 }
 
-aver_bin() {
+aver_bin() { # the workspace's aver CLI: $AVER_BIN if set (already built), else built here
+  if [ -n "${AVER_BIN:-}" ]; then
+    echo "$AVER_BIN"
+    return
+  fi
   cargo build --quiet --manifest-path "$root/Cargo.toml" -p aver-cli --bin aver >&2
   echo "${CARGO_TARGET_DIR:-$root/target}/debug/aver"
 }
@@ -208,8 +215,11 @@ case "${1:-all}" in
     build
     models
     case "${2:-}" in
-      chat) exec "$server" --host 127.0.0.1 --port "${3:-8000}" -m "$chat_dir/aver-tiny-chat.gguf" ;;
-      embed) exec "$server" --host 127.0.0.1 --port "${3:-8001}" -m "$embed_dir/all-minilm-l6-v2.gguf" --embeddings ;;
+      chat) exec "$server" --host 127.0.0.1 --port "${3:-8000}" -m "$chat_dir/aver-tiny-chat.gguf" --alias aver-tiny-chat ;;
+      embed)
+        exec "$server" --host 127.0.0.1 --port "${3:-8001}" -m "$embed_dir/all-minilm-l6-v2.gguf" \
+          --alias all-minilm-l6-v2 --embeddings
+        ;;
       *)
         echo "usage: bash scripts/engine.sh serve chat|embed [PORT]" >&2
         exit 2
