@@ -20,6 +20,20 @@
 #                                binaries instead (aver-enclave, the stub
 #                                engine) from target/debug; see
 #                                build_project_images
+#   scripts/images.sh --release  cargo build --release --locked, then the
+#                                release images (aver-controller,
+#                                aver-enclave, aver-node, aver-stub-engine)
+#                                into target/images/release/ with
+#                                digests.txt, images.json and
+#                                values-images.yaml; see build_release_images
+#   scripts/images.sh --release --check   also packages each twice more and
+#                                fails if a digest differs
+#   AVER_IMAGES_PROFILE=debug scripts/images.sh --release   the same images
+#                                from target/debug (already built), into
+#                                target/images/release-debug/ (the tests)
+#   scripts/images.sh --values [DIR]   writes DIR/values-images.yaml (and
+#                                digests.txt, images.json) again from the
+#                                images in DIR (default target/images/release)
 #   source scripts/images.sh     only defines build_image (see below), to
 #                                package other binaries, e.g.
 #     build_image enclave aver.test/enclave:1 /bin/aver-enclave --with-libs \
@@ -39,10 +53,11 @@ images_dir() {
 
 # build_image NAME REF ENTRYPOINT [OPTION...] FILE...
 #
-# Writes $(images_dir)/NAME.{oci.tar,digest,id,ref}: a single-layer image
-# named REF whose entrypoint is ENTRYPOINT (a path inside the image; extra
-# arguments with --cmd) and default user 65532:65532. Leaves the archive
-# untouched (same mtime) when its content would not change.
+# Writes $(images_dir)/NAME.{oci.tar,digest,id,ref} (or into $AVER_IMAGES_OUT):
+# a single-layer image named REF whose entrypoint is ENTRYPOINT (a path
+# inside the image; extra arguments with --cmd) and default user
+# 65532:65532. Leaves the archive untouched (same mtime) when its content
+# would not change.
 #
 # FILE is SRC (copied to /bin/<basename of SRC>) or SRC=DEST (copied to the
 # absolute path DEST); the file's content and executable bit are copied,
@@ -60,13 +75,15 @@ images_dir() {
 #   --workdir PATH     the working directory (default /)
 #   --compress-level N gzip level of the layer, 1-9 (default 9; the large
 #                      images of the workspace's binaries use a faster one)
+#   --label KEY=VALUE  a label in the image config (repeatable), next to
+#                      org.opencontainers.image.title, which is always NAME
 build_image() {
   if [ $# -lt 3 ]; then
-    echo "usage: build_image NAME REF ENTRYPOINT [--with-libs] [--symlink L=T] [--dir D] [--env K=V] [--cmd ARG] [--user U] [--workdir W] FILE..." >&2
+    echo "usage: build_image NAME REF ENTRYPOINT [--with-libs] [--symlink L=T] [--dir D] [--env K=V] [--cmd ARG] [--user U] [--workdir W] [--label K=V] FILE..." >&2
     return 2
   fi
   local out
-  out=$(images_dir)
+  out=${AVER_IMAGES_OUT:-$(images_dir)}
   mkdir -p "$out"
   python3 - "$out" "$@" <<'PY'
 import gzip
@@ -95,6 +112,7 @@ user = "65532:65532"
 workdir = "/"
 with_libs = False
 compress_level = 9
+labels = {"org.opencontainers.image.title": name}
 
 def absolute(path, what):
     if not path.startswith("/") or "//" in path or path.endswith("/") and path != "/":
@@ -132,6 +150,11 @@ for arg in args:
         user = value()
     elif arg == "--workdir":
         workdir = absolute(value(), "the working directory")
+    elif arg == "--label":
+        key, sep, val = value().partition("=")
+        if not sep or not key:
+            sys.exit("build_image: --label needs KEY=VALUE")
+        labels[key] = val
     elif arg == "--compress-level":
         level = value()
         if level not in [str(n) for n in range(1, 10)]:
@@ -243,7 +266,7 @@ config = canonical({
         **({"Cmd": cmd} if cmd else {}),
         "Env": env,
         "WorkingDir": workdir,
-        "Labels": {"org.opencontainers.image.title": name},
+        "Labels": labels,
     },
     "rootfs": {"type": "layers", "diff_ids": [digest(layer_tar)]},
     "history": [{"created_by": "scripts/images.sh build_image " + name}],
@@ -362,12 +385,12 @@ target_dir() {
 # build_image (reading and compressing everything) takes seconds.
 build_image_cached() {
   local name=$1 out key arg src files=() with_libs=0 expect_value=0
-  out=$(images_dir)
+  out=${AVER_IMAGES_OUT:-$(images_dir)}
   for arg in "${@:4}"; do
     if [ "$expect_value" = 1 ]; then expect_value=0; continue; fi
     case $arg in
       --with-libs) with_libs=1 ;;
-      --symlink | --dir | --env | --cmd | --user | --workdir | --compress-level) expect_value=1 ;;
+      --symlink | --dir | --env | --cmd | --user | --workdir | --compress-level | --label) expect_value=1 ;;
       *) src=${arg%%=*}; files+=("$src") ;;
     esac
   done
@@ -468,6 +491,276 @@ build_agent_probe_image() {
     "$bin=/bin/unix-http" "${links[@]}"
 }
 
+# ---------------------------------------------------------------------------
+# Release images (--release): what a release publishes, and what the chart
+# and the kind suite run, pinned by digest.
+#
+#   aver-controller   /bin/aver-controller   user 65532:65532
+#   aver-enclave      /bin/aver-enclave      user 65532:65532, with the
+#                     libtss2 TCTI modules it loads with dlopen (device,
+#                     swtpm, mssim)
+#   aver-node         /bin/aver-node         user 0:0 (see below), with the
+#                     same TCTI modules
+#   aver-stub-engine  /bin/aver-stub-engine  user 65532:65532, default
+#                     command 127.0.0.1:8000 (the engine port on the pod's
+#                     loopback)
+#
+# Each holds its binary (debug information stripped), the shared libraries
+# ldd resolves for it and the dynamic loader, as installed on the build
+# machine — no shell, no package manager, nothing else (the libraries are
+# Debian's, so the same Debian release gives the same bytes). aver-node runs
+# as root by design: it is the node's CRI gate, so it must open the TPM
+# resource manager (/dev/tpmrm0, root-owned), connect to containerd's root-
+# only socket and create the kubelet-facing socket in /run/aver-node; it is
+# part of the hardened node image, not a pod a tenant controls.
+#
+# Labels: org.opencontainers.image.{title,source,revision,version,licenses};
+# revision is the git commit (AVER_IMAGE_REVISION overrides it), so the same
+# sources give the same bytes. No creation date (it would change every
+# build). References: $AVER_IMAGE_REGISTRY/NAME:VERSION (default registry
+# ghcr.io/aver-dev, version the workspace's).
+#
+# Written to $(images_dir)/release/: NAME.{oci.tar,digest,id,ref},
+# digests.txt ("NAME REFERENCE DIGEST" per line), images.json and
+# values-images.yaml (Helm values for charts/aver pinning the controller and
+# enclave images by digest).
+#
+# AVER_IMAGES_PROFILE=debug: the same images from target/debug (which must be
+# built already: cargo build --workspace --bins; nothing is compiled) into
+# $(images_dir)/release-debug/, tagged VERSION-debug — what the tests use,
+# because a release build of the four binaries takes many minutes.
+
+release_names=(aver-controller aver-enclave aver-node aver-stub-engine)
+
+release_dir() {
+  local profile=${AVER_IMAGES_PROFILE:-release}
+  if [ "$profile" = release ]; then
+    echo "$(images_dir)/release"
+  else
+    echo "$(images_dir)/release-$profile"
+  fi
+}
+
+# The workspace's version (Cargo.toml [workspace.package]).
+workspace_version() {
+  local root
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' "$root/Cargo.toml" | head -n1
+}
+
+# The TCTI modules libtss2-tctildr loads with dlopen, next to the libtss2 the
+# binary links, as SRC=SRC arguments of build_image.
+tcti_modules() {
+  local bin=$1 tctildr libdir tcti
+  tctildr=$(LC_ALL=C ldd "$bin" | awk '$1 ~ /^libtss2-tctildr\.so/ {print $3}')
+  if [ -z "$tctildr" ]; then
+    echo "images: $bin is not linked to libtss2-tctildr" >&2
+    return 1
+  fi
+  libdir=$(dirname "$tctildr")
+  for tcti in device swtpm mssim; do
+    if [ ! -e "$libdir/libtss2-tcti-$tcti.so.0" ]; then
+      echo "images: $libdir/libtss2-tcti-$tcti.so.0 is missing: apt-get install libtss2-dev" >&2
+      return 1
+    fi
+    echo "$libdir/libtss2-tcti-$tcti.so.0=$libdir/libtss2-tcti-$tcti.so.0"
+  done
+}
+
+# The release binaries: cargo build --release --locked (only for the release
+# profile; other profiles must be built already).
+build_release_binaries() {
+  local profile=${AVER_IMAGES_PROFILE:-release} root start=$SECONDS
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  if [ "$profile" != release ]; then
+    echo "images: release images from $(target_dir)/$profile, not compiled here (cargo build --workspace --bins builds them)"
+    return 0
+  fi
+  echo "images: cargo build --release --locked of aver-controller, aver-enclave, aver-node, aver-stub-engine (minutes on a fresh checkout; cached in $(target_dir)/release)"
+  (cd "$root" && cargo build --release --locked \
+    -p aver-controller -p aver-enclave -p aver-node -p aver-tests \
+    --bin aver-controller --bin aver-enclave --bin aver-node --bin aver-stub-engine)
+  echo "images: cargo build --release done in $((SECONDS - start))s"
+}
+
+# release_image NAME ARG... — build_image_cached NAME ARG... into
+# release_dir, recording the arguments in NAME.args for --check.
+release_image() {
+  local name=$1 out
+  out=$(release_dir)
+  printf '%s\0' "$@" >"$out/$name.args.tmp.$$"
+  mv "$out/$name.args.tmp.$$" "$out/$name.args"
+  AVER_IMAGES_OUT=$out build_image_cached "$@"
+}
+
+build_release_images() {
+  local profile=${AVER_IMAGES_PROFILE:-release} root out version tag registry revision
+  local level=9 name enclave node list labels=() modules=() start=$SECONDS
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  out=$(release_dir)
+  version=$(workspace_version)
+  registry=${AVER_IMAGE_REGISTRY:-ghcr.io/aver-dev}
+  tag=$version
+  if [ "$profile" != release ]; then
+    # Not a release: its own tag, and faster compression for the tests.
+    tag=$version-$profile
+    level=1
+  fi
+  revision=${AVER_IMAGE_REVISION:-$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)}
+  if [ -z "${AVER_IMAGE_REVISION:-}" ] && [ -n "$(git -C "$root" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+    echo "images: warning: the work tree has uncommitted changes; the revision label names $revision, which is not exactly what was built" >&2
+  fi
+  labels=(
+    --label "org.opencontainers.image.source=https://github.com/aver-dev/aver"
+    --label "org.opencontainers.image.revision=$revision"
+    --label "org.opencontainers.image.version=$version"
+    --label "org.opencontainers.image.licenses=Apache-2.0"
+  )
+  mkdir -p "$out"
+  for name in "${release_names[@]}"; do
+    stripped_binary "$name" >/dev/null
+  done
+  enclave=$(stripped_binary aver-enclave)
+  node=$(stripped_binary aver-node)
+  list=$(tcti_modules "$enclave")
+  mapfile -t modules <<<"$list"
+  release_image aver-controller "$registry/aver-controller:$tag" /bin/aver-controller \
+    --with-libs --compress-level "$level" "${labels[@]}" \
+    "$(stripped_binary aver-controller)=/bin/aver-controller"
+  release_image aver-enclave "$registry/aver-enclave:$tag" /bin/aver-enclave \
+    --with-libs --compress-level "$level" "${labels[@]}" \
+    "$enclave=/bin/aver-enclave" "${modules[@]}"
+  list=$(tcti_modules "$node")
+  mapfile -t modules <<<"$list"
+  release_image aver-node "$registry/aver-node:$tag" /bin/aver-node \
+    --with-libs --compress-level "$level" "${labels[@]}" --user 0:0 \
+    "$node=/bin/aver-node" "${modules[@]}"
+  release_image aver-stub-engine "$registry/aver-stub-engine:$tag" /bin/aver-stub-engine \
+    --with-libs --compress-level "$level" "${labels[@]}" --cmd 127.0.0.1:8000 \
+    "$(stripped_binary aver-stub-engine)=/bin/aver-stub-engine"
+  write_release_manifests "$out" "$revision"
+  echo "images: release images in $out after $((SECONDS - start))s:"
+  sed 's/^/  /' "$out/digests.txt"
+  release_instructions "$out"
+}
+
+# write_release_manifests DIR [REVISION] — digests.txt, images.json and
+# values-images.yaml of the images in DIR (from their .ref, .digest and .id
+# files). Also `scripts/images.sh --values [DIR]`.
+write_release_manifests() {
+  local out=$1 revision=${2:-}
+  python3 - "$out" "$revision" "${release_names[@]}" <<'PY'
+import json
+import os
+import sys
+
+out, revision, *names = sys.argv[1:]
+
+def read(name, ext):
+    with open(os.path.join(out, f"{name}.{ext}")) as f:
+        return f.read().strip()
+
+images = []
+for name in names:
+    if not os.path.isfile(os.path.join(out, f"{name}.oci.tar")):
+        sys.exit(f"images: {out}/{name}.oci.tar is missing: scripts/images.sh --release builds it")
+    ref = read(name, "ref")
+    repository, tag = ref.rsplit(":", 1)
+    digest = read(name, "digest")
+    images.append({
+        "name": name,
+        "reference": ref,
+        "repository": repository,
+        "tag": tag,
+        "digest": digest,
+        "pinned": f"{repository}@{digest}",
+        "id": read(name, "id"),
+        "archive": f"{name}.oci.tar",
+        "size": os.path.getsize(os.path.join(out, f"{name}.oci.tar")),
+        "user": "0:0" if name == "aver-node" else "65532:65532",
+        "entrypoint": [f"/bin/{name}"],
+    })
+
+def write(path, text):
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+write(os.path.join(out, "digests.txt"),
+      "".join(f"{i['name']} {i['reference']} {i['digest']}\n" for i in images))
+doc = {"revision": revision, "images": images} if revision else {"images": images}
+write(os.path.join(out, "images.json"), json.dumps(doc, indent=2, sort_keys=True) + "\n")
+by_name = {i["name"]: i for i in images}
+def image_values(name, indent):
+    i = by_name[name]
+    pad = " " * indent
+    return (f"{pad}image:\n"
+            f"{pad}  repository: {i['repository']}\n"
+            f"{pad}  digest: \"{i['digest']}\"\n")
+write(os.path.join(out, "values-images.yaml"),
+      "# Helm values for charts/aver written by scripts/images.sh: the images\n"
+      "# just built, pinned by digest (the digest wins over any tag).\n"
+      f"#   helm install aver charts/aver -f {os.path.join(out, 'values-images.yaml')}\n"
+      "# The other images of the release, for ConfidentialModels and node images:\n"
+      + "".join(f"#   {i['pinned']}\n" for i in images if i["name"] not in ("aver-controller", "aver-enclave"))
+      + "controller:\n" + image_values("aver-controller", 2)
+      + "enclave:\n" + image_values("aver-enclave", 2))
+PY
+}
+
+release_instructions() {
+  local out=$1 name ref
+  echo "images: load into a node's containerd (no registry):"
+  echo "  ctr -n k8s.io images import $out/NAME.oci.tar    # kind: kind load image-archive $out/NAME.oci.tar"
+  echo "  ctr -n k8s.io images tag REFERENCE REPOSITORY@DIGEST    # the name a pull by digest would have created"
+  echo "images: deploy with: helm install aver charts/aver -f $out/values-images.yaml"
+  echo "images: a release pushes them unchanged (same digests), e.g.:"
+  while read -r name ref _; do
+    echo "  skopeo copy --preserve-digests oci-archive:$out/$name.oci.tar docker://$ref"
+  done <"$out/digests.txt"
+  echo "  (or: mkdir layout && tar -xf $out/NAME.oci.tar -C layout && crane push layout REFERENCE)"
+}
+
+# --release --check: every release image packaged twice more from the same
+# binaries (in separate directories) must equal the one in release_dir byte
+# for byte. This covers the packaging; the binaries themselves are rustc's
+# output, the same for the same toolchain, Cargo.lock, sources and paths.
+check_release_reproducible() {
+  local out first second name dir
+  out=$(release_dir)
+  first=$(mktemp -d) second=$(mktemp -d)
+  # shellcheck disable=SC2064
+  trap "rm -rf '$first' '$second'" RETURN
+  for dir in "$first" "$second"; do
+    rebuild_release_images_into "$dir"
+  done
+  for name in "${release_names[@]}"; do
+    if ! cmp -s "$first/$name.oci.tar" "$second/$name.oci.tar"; then
+      echo "images: $name is not reproducible: $(cat "$first/$name.digest") vs $(cat "$second/$name.digest")" >&2
+      return 1
+    fi
+    if ! cmp -s "$first/$name.oci.tar" "$out/$name.oci.tar"; then
+      echo "images: $name differs from $out/$name.oci.tar: $(cat "$first/$name.digest") vs $(cat "$out/$name.digest")" >&2
+      return 1
+    fi
+  done
+  echo "images: release images reproducible (built twice more, byte for byte the same):"
+  sed 's/^/  /' "$out/digests.txt"
+}
+
+# The release images built again into DIR with build_image (no cache), from
+# the arguments recorded in release_dir.
+rebuild_release_images_into() {
+  local dir=$1 out name
+  out=$(release_dir)
+  for name in "${release_names[@]}"; do
+    local -a args=()
+    mapfile -d '' -t args <"$out/$name.args"
+    AVER_IMAGES_OUT=$dir build_image "${args[@]}" >/dev/null
+  done
+}
+
 # --check: every test image built twice (in separate directories) must come
 # out byte for byte the same.
 check_reproducible() {
@@ -498,6 +791,26 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   flock 9
   if [ "${1:-}" = "--project" ]; then
     build_project_images
+    exit
+  fi
+  if [ "${1:-}" = "--values" ]; then
+    write_release_manifests "${2:-$(release_dir)}"
+    echo "images: wrote ${2:-$(release_dir)}/values-images.yaml"
+    exit
+  fi
+  if [ "${1:-}" = "--release" ]; then
+    case ${2:-} in
+      "" | --check) ;;
+      *) echo "usage: scripts/images.sh --release [--check]" >&2; exit 2 ;;
+    esac
+    # Compiling takes minutes: without the lock, which test processes wait on.
+    flock -u 9
+    build_release_binaries
+    flock 9
+    build_release_images
+    if [ "${2:-}" = "--check" ]; then
+      check_release_reproducible
+    fi
     exit
   fi
   build_test_images
