@@ -25,7 +25,7 @@ if ! wait "$engine_pid"; then
   exit 1
 fi
 cat target/engine-build.log
-bash scripts/engine.sh models
+AVER_BIN=target/debug/aver bash scripts/engine.sh models
 # The Python SDK: its wheel built by maturin in target/python-venv, and the
 # real OpenAI SDK through it against a live enclave (tests/python/), the
 # stub engine's and llama.cpp's (test_llama_engine.py).
