@@ -235,15 +235,16 @@ async fn operate(
         metrics.clone(),
         events_tx,
     );
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "aver-controller".to_owned(),
+            instance: Some(identity),
+        },
+    );
     let effects = Effects {
         client: client.clone(),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "aver-controller".to_owned(),
-                instance: Some(identity),
-            },
-        ),
+        recorder: recorder.clone(),
         metrics: metrics.clone(),
         reconcile: trigger_tx,
     };
@@ -253,6 +254,7 @@ async fn operate(
         kubelet,
         store,
         metrics,
+        recorder: Some(recorder),
     });
 
     // Dropped (and so aborted) when this function returns or is dropped.

@@ -15,9 +15,10 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::ObjectRef;
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource as _, ResourceExt};
 
 use crate::config::{WorkloadConfig, FIELD_MANAGER};
 use crate::metrics::Metrics;
@@ -44,6 +45,9 @@ pub struct Context {
     pub kubelet: Option<KubeletParams>,
     pub store: ResultStore,
     pub metrics: Metrics,
+    /// Publishes a Warning Event when the model gets a new problem (none in
+    /// unit tests).
+    pub recorder: Option<Recorder>,
 }
 
 /// Why a reconcile failed (it is retried after [`ERROR_REQUEUE`]).
@@ -129,6 +133,15 @@ async fn apply(cm: &ConfidentialModel, ctx: &Context) -> Result<Action, Error> {
             (Ok(deployment), Ok(service)) => {
                 match apply_workload(ctx, &namespace, &deployment, &service).await {
                     Ok(applied) => {
+                        // The ReplicaSet cannot create pods (PodSecurity,
+                        // quota, a webhook): the Deployment says so, and
+                        // nothing else would.
+                        if let Some(message) = replica_failure(&applied) {
+                            problem = Some(Problem {
+                                reason: "FailedCreate",
+                                message,
+                            });
+                        }
                         ready_replicas = applied.status.and_then(|s| s.ready_replicas).unwrap_or(0);
                     }
                     Err(e) => {
@@ -149,6 +162,9 @@ async fn apply(cm: &ConfidentialModel, ctx: &Context) -> Result<Action, Error> {
         }
     }
 
+    if let (Some(problem), Some(recorder)) = (&problem, &ctx.recorder) {
+        warn_once(recorder, cm, problem).await;
+    }
     let results = ctx.store.snapshot(&ObjectRef::from_obj(cm));
     let inputs = StatusInputs {
         generation: cm.metadata.generation,
@@ -186,6 +202,48 @@ async fn apply(cm: &ConfidentialModel, ctx: &Context) -> Result<Action, Error> {
     match failure {
         Some(e) => Err(e),
         None => Ok(Action::requeue(status::next_change(&desired, &inputs))),
+    }
+}
+
+/// The message of the Deployment's `ReplicaFailure` condition, if it is
+/// true: why its ReplicaSet cannot create pods.
+fn replica_failure(deployment: &Deployment) -> Option<String> {
+    deployment
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")
+        .map(|c| {
+            c.message
+                .clone()
+                .unwrap_or_else(|| c.reason.clone().unwrap_or_default())
+        })
+}
+
+/// A Warning Event for `problem`, unless the stored status already shows it
+/// (reconciles repeat; the Event marks the change).
+async fn warn_once(recorder: &Recorder, cm: &ConfidentialModel, problem: &Problem) {
+    let shown = cm
+        .status
+        .as_ref()
+        .and_then(|s| s.condition("Degraded"))
+        .is_some_and(|c| {
+            c.status == "True" && c.reason == problem.reason && c.message == problem.message
+        });
+    if shown {
+        return;
+    }
+    let event = Event {
+        type_: EventType::Warning,
+        reason: problem.reason.to_owned(),
+        note: Some(problem.message.chars().take(1024).collect()),
+        action: "Reconcile".to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &cm.object_ref(&())).await {
+        tracing::warn!(model = %ObjectRef::from_obj(cm), error = %e, "cannot publish an Event");
     }
 }
 
@@ -289,6 +347,7 @@ mod tests {
             kubelet: Some(crate::workload::tests::kubelet()),
             store,
             metrics: Metrics::new(),
+            recorder: None,
         })
     }
 
@@ -433,6 +492,57 @@ mod tests {
         assert_ne!(action, Action::await_change());
         assert_eq!(ctx.metrics.status_write_count(), 1);
         mock.finish().await;
+    }
+
+    #[tokio::test]
+    async fn pods_the_replica_set_cannot_create_make_the_model_degraded() {
+        let cm = managed_model();
+        let refused = "pods \"llama-6d4\" is forbidden: violates PodSecurity \"restricted:latest\": hostPath volumes (volume \"model\")";
+        let mock = ApiMock::start(vec![
+            Reply::json(
+                Method::PATCH,
+                DEPLOYMENT,
+                200,
+                json!({
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "metadata": {"name": "llama", "namespace": "ml"},
+                    "status": {"conditions": [
+                        {"type": "Progressing", "status": "True", "reason": "NewReplicaSetCreated"},
+                        {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": refused},
+                    ]}
+                }),
+            ),
+            service_reply(),
+            status_reply(&cm, move |body| {
+                let status = &body["status"];
+                let degraded = condition(status, "Degraded");
+                assert_eq!(
+                    (&degraded["status"], &degraded["reason"]),
+                    (&json!("True"), &json!("FailedCreate"))
+                );
+                assert_eq!(degraded["message"], refused);
+                let ready = condition(status, "Ready");
+                assert_eq!(
+                    (&ready["status"], &ready["reason"]),
+                    (&json!("False"), &json!("FailedCreate"))
+                );
+            }),
+        ]);
+        let ctx = context(mock.client(), ResultStore::new());
+        reconcile(Arc::new(cm), Arc::clone(&ctx))
+            .await
+            .expect("reconciled");
+        mock.finish().await;
+        // A condition that is not true is no failure.
+        let mut deploy = Deployment::default();
+        deploy.status = Some(
+            serde_json::from_value(json!({"conditions": [
+                {"type": "ReplicaFailure", "status": "False", "reason": "x", "message": "y"}
+            ]}))
+            .expect("status"),
+        );
+        assert_eq!(replica_failure(&deploy), None);
     }
 
     #[tokio::test]

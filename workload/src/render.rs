@@ -61,6 +61,12 @@ pub const MODEL_MOUNT: &str = "/models";
 pub const STATE_MOUNT: &str = "/var/lib/aver";
 /// The node agent's socket, inside the agent socket directory.
 pub const AGENT_SOCKET: &str = "/run/aver-node/agent.sock";
+/// How long the enclave may take to measure the model and start listening
+/// before the kubelet restarts it: an hour, about 1.8 TiB of weights at the
+/// hashing rate measured here.
+pub const STARTUP_TIMEOUT_SECONDS: i32 = 3600;
+/// How often the startup probe asks.
+const STARTUP_PERIOD_SECONDS: i32 = 5;
 /// User and group the engine runs as with `measurement: node` unless
 /// `spec.engine.runAsUser` says otherwise.
 pub const NODE_ENGINE_UID: i64 = 65532;
@@ -391,6 +397,13 @@ pub fn pod_spec(cm: &ConfidentialModel, config: &WorkloadConfig) -> Result<PodSp
         }]),
         readiness_probe: Some(https_probe("/readyz", 5)),
         liveness_probe: Some(https_probe("/healthz", 10)),
+        // The enclave hashes the whole model before it listens (about 2 s
+        // per GiB on a shared 2-core machine, docs/availability.md): liveness
+        // waits until it does, for up to STARTUP_TIMEOUT_SECONDS.
+        startup_probe: Some(Probe {
+            failure_threshold: Some(STARTUP_TIMEOUT_SECONDS / STARTUP_PERIOD_SECONDS),
+            ..https_probe("/healthz", STARTUP_PERIOD_SECONDS)
+        }),
         volume_mounts: Some(enclave_mounts),
         resources: Some(enclave_resources),
         security_context: Some(enclave_security),
@@ -963,6 +976,12 @@ mod tests {
         );
 
         let enclave = container(&pod, "enclave");
+        let startup = enclave.startup_probe.as_ref().expect("a startup probe");
+        assert_eq!(
+            startup.period_seconds.unwrap_or(10) * startup.failure_threshold.unwrap_or(3),
+            STARTUP_TIMEOUT_SECONDS,
+            "liveness waits for the model to be hashed"
+        );
         let args = enclave.args.clone().expect("args");
         assert_eq!(
             arg_after(enclave, "--node-agent"),
