@@ -535,13 +535,15 @@ mod tests {
             .expect("reconciled");
         mock.finish().await;
         // A condition that is not true is no failure.
-        let mut deploy = Deployment::default();
-        deploy.status = Some(
-            serde_json::from_value(json!({"conditions": [
-                {"type": "ReplicaFailure", "status": "False", "reason": "x", "message": "y"}
-            ]}))
-            .expect("status"),
-        );
+        let deploy = Deployment {
+            status: Some(
+                serde_json::from_value(json!({"conditions": [
+                    {"type": "ReplicaFailure", "status": "False", "reason": "x", "message": "y"}
+                ]}))
+                .expect("status"),
+            ),
+            ..Deployment::default()
+        };
         assert_eq!(replica_failure(&deploy), None);
     }
 
