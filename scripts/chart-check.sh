@@ -3,6 +3,13 @@
 # passes (default values and the namespaced/swtpm variants), and
 # `helm template` renders the objects and RBAC expected.
 #
+# Images: rendered REPOSITORY@DIGEST from the digest values (a fixture, and
+# the values-images.yaml scripts/images.sh --release writes, when it has
+# been run), a malformed digest refused. The chart's own defaults carry no
+# digest until a release publishes its images, so an unpinned default image
+# is a warning; CHART_CHECK_RELEASE=1 (for a release, after the digests are
+# written into values.yaml) makes it a failure.
+#
 # helm has no Debian package; if it is missing it is built from its Go
 # module (helm.sh/helm/v3, through the Go module proxy) into target/tools/bin,
 # where tests/kind/lib.sh find_helm looks first.
@@ -113,6 +120,70 @@ check "watchNamespace passed to the controller" has "$out/scoped.yaml" "name: AV
 # Least privilege: no wildcard and no verb the controller never uses.
 check "no wildcard RBAC" lacks "$out/default.yaml" '"\*"'
 check "models: list, watch, patch only" has "$out/default.yaml" 'verbs: \["list", "watch", "patch"\]'
+
+echo "== images pinned by digest"
+# The images a render runs: container images and the controller's
+# --enclave-image (AVER_ENCLAVE_IMAGE).
+rendered_images() {
+  sed -n 's/^ *image: "\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$1"
+  grep -A1 -- '- name: AVER_ENCLAVE_IMAGE' "$1" | sed -n 's/^ *value: "\{0,1\}\([^"]*\)"\{0,1\}$/\1/p'
+}
+all_pinned() { # rendered file: every image is REPOSITORY@sha256:<64 hex>
+  local image images n=0
+  images="$(rendered_images "$1")"
+  while read -r image; do
+    [ -n "$image" ] || continue
+    n=$((n + 1))
+    if ! [[ "$image" =~ ^[a-z0-9][^@]*@sha256:[0-9a-f]{64}$ ]]; then
+      echo "chart-check: $image is not pinned by digest" >&2
+      return 1
+    fi
+  done <<<"$images"
+  [ "$n" -ge 2 ]
+}
+hex() { printf "%064d" 0 | tr 0 "$1"; }
+cat >"$out/digests.yaml" <<EOF
+controller:
+  image:
+    repository: registry.example/aver-controller
+    tag: ignored-when-a-digest-is-set
+    digest: sha256:$(hex a)
+enclave:
+  image:
+    repository: registry.example/aver-enclave
+    digest: sha256:$(hex b)
+EOF
+check "helm template with image digests" \
+  sh -c "helm template aver '$chart' --kube-version '$KUBE_VERSION' -f '$out/digests.yaml' > '$out/digests.out'"
+check "controller image rendered REPOSITORY@DIGEST (digest wins over tag)" \
+  has "$out/digests.out" "image: \"registry.example/aver-controller@sha256:$(hex a)\""
+check "--enclave-image rendered REPOSITORY@DIGEST" \
+  has "$out/digests.out" "value: \"registry.example/aver-enclave@sha256:$(hex b)\""
+check "every image pinned with the digest values" all_pinned "$out/digests.out"
+check "helm lint with image digests" helm lint --strict --kube-version "$KUBE_VERSION" "$chart" -f "$out/digests.yaml"
+check "a malformed digest is refused" \
+  sh -c "! helm template aver '$chart' --kube-version '$KUBE_VERSION' --set controller.image.digest=sha256:1234 >/dev/null 2>&1"
+check "enclave.image as one string (REPOSITORY@DIGEST) still accepted" \
+  sh -c "helm template aver '$chart' --kube-version '$KUBE_VERSION' --set enclave.image=registry.example/aver-enclave@sha256:$(hex c) 2>/dev/null | grep -q 'value: \"registry.example/aver-enclave@sha256:$(hex c)\"'"
+# The values of the images just built, when scripts/images.sh --release (or
+# its debug-profile variant, which the tests run) has written them.
+for built in target/images/release/values-images.yaml target/images/release-debug/values-images.yaml; do
+  [ -f "$built" ] || continue
+  check "helm template -f $built" \
+    sh -c "helm template aver '$chart' --kube-version '$KUBE_VERSION' -f '$built' > '$out/built.out'"
+  check "every image pinned with $built" all_pinned "$out/built.out"
+  for name in aver-controller aver-enclave; do
+    pinned="$(awk -v n="$name" '$1 == n {sub(/:[^:\/]*$/, "", $2); print $2 "@" $3}' "$(dirname "$built")/digests.txt")"
+    check "$built: $name rendered as $pinned" has "$out/built.out" "\"$pinned\""
+  done
+done
+if ! all_pinned "$out/default.yaml" 2>/dev/null; then
+  if [ "${CHART_CHECK_RELEASE:-0}" = 1 ]; then
+    check "default images pinned by digest (CHART_CHECK_RELEASE=1)" all_pinned "$out/default.yaml"
+  else
+    echo "chart-check: warning: the chart's default images are not pinned by digest ($(rendered_images "$out/default.yaml" | tr '\n' ' ')); a release sets controller.image.digest and enclave.image.digest (CHART_CHECK_RELEASE=1 makes this a failure)"
+  fi
+fi
 
 echo "chart-check: $pass passed, $failures failed"
 [ "$failures" -eq 0 ]

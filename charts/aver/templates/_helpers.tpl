@@ -33,11 +33,35 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
-{{- define "aver.image" -}}
-{{- $image := .Values.controller.image -}}
-{{- if $image.digest -}}
-{{- printf "%s@%s" $image.repository $image.digest -}}
+{{/*
+An image reference from {repository, digest, tag}: REPOSITORY@DIGEST when a
+digest is set (it wins over the tag), else REPOSITORY:TAG (TAG defaulting to
+the chart's appVersion). A string is taken as the whole reference.
+Called with (list NAME IMAGE CONTEXT).
+*/}}
+{{- define "aver.imageRef" -}}
+{{- $name := index . 0 -}}
+{{- $image := index . 1 -}}
+{{- $ctx := index . 2 -}}
+{{- if kindIs "string" $image -}}
+{{- required (printf "%s is required" $name) $image -}}
 {{- else -}}
-{{- printf "%s:%s" $image.repository (default .Chart.AppVersion $image.tag) -}}
+{{- $repository := required (printf "%s.repository is required" $name) $image.repository -}}
+{{- if $image.digest -}}
+{{- if not (regexMatch "^sha256:[0-9a-f]{64}$" $image.digest) -}}
+{{- fail (printf "%s.digest must be sha256: and 64 lowercase hex digits, not %q" $name $image.digest) -}}
 {{- end -}}
+{{- printf "%s@%s" $repository $image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repository (default $ctx.Chart.AppVersion $image.tag) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "aver.image" -}}
+{{- include "aver.imageRef" (list "controller.image" .Values.controller.image .) -}}
+{{- end -}}
+
+{{- define "aver.enclaveImage" -}}
+{{- include "aver.imageRef" (list "enclave.image" .Values.enclave.image .) -}}
 {{- end -}}
