@@ -33,9 +33,9 @@ refused() { # command... — succeeds if the command fails
 }
 
 echo "== shellcheck"
-scripts=("$kind_dir"/*.sh "$root/scripts/e2e.sh")
+scripts=("$kind_dir"/*.sh "$root/scripts/e2e.sh" "$root/scripts/images.sh" "$root/scripts/chart-check.sh")
 if command -v shellcheck >/dev/null 2>&1; then
-  check "shellcheck tests/kind/*.sh scripts/e2e.sh" shellcheck -x "${scripts[@]}"
+  check "shellcheck tests/kind/*.sh scripts/e2e.sh scripts/images.sh scripts/chart-check.sh" shellcheck -x "${scripts[@]}"
 elif [ "${CI:-}" = "true" ]; then
   echo "kind-check: shellcheck is not installed, and CI=true forbids skipping" >&2
   exit 1
@@ -85,14 +85,40 @@ dry_run() { # file
   kubectl apply --dry-run=server -f "$1" >/dev/null
 }
 
+# The images run.sh loads, as scripts/images.sh --release describes them:
+# digests.txt and values-images.yaml (placeholder digests; the dry runs
+# pull nothing).
+images="$work/images"
+mkdir -p "$images"
+registry=ghcr.io/aver-dev
+i=0
+for name in aver-controller aver-enclave aver-node aver-stub-engine; do
+  i=$((i + 1))
+  echo "$name $registry/$name:0.1.0 sha256:$(hex64 "$i")"
+done >"$images/digests.txt"
+cat >"$images/values-images.yaml" <<EOF
+controller:
+  image:
+    repository: $registry/aver-controller
+    digest: "sha256:$(hex64 1)"
+enclave:
+  image:
+    repository: $registry/aver-enclave
+    digest: "sha256:$(hex64 2)"
+EOF
+check "pinned_image reads digests.txt" \
+  test "$(pinned_image "$images/digests.txt" aver-stub-engine)" = "$registry/aver-stub-engine@sha256:$(hex64 4)"
+
 echo "== server-side dry run"
 if find_helm; then
   if helm template aver "$root/charts/aver" --namespace aver-system \
     --kube-version "$("$bin/aver-controlplane" version)" \
-    -f "$kind_dir/values-kind.yaml" >"$work/chart.yaml"; then
-    check "chart with values-kind.yaml (dry-run=server)" dry_run "$work/chart.yaml"
+    -f "$kind_dir/values-kind.yaml" -f "$images/values-images.yaml" >"$work/chart.yaml"; then
+    check "chart with values-kind.yaml and values-images.yaml (dry-run=server)" dry_run "$work/chart.yaml"
+    check "controller image by digest" grep -q "image: \"$registry/aver-controller@sha256:$(hex64 1)\"" "$work/chart.yaml"
+    check "enclave image by digest" grep -q "value: \"$registry/aver-enclave@sha256:$(hex64 2)\"" "$work/chart.yaml"
   else
-    check "helm template with values-kind.yaml" false
+    check "helm template with values-kind.yaml and values-images.yaml" false
   fi
 elif [ "${CI:-}" = "true" ]; then
   check "helm available (scripts/chart-check.sh installs it)" false
@@ -100,14 +126,15 @@ else
   echo "kind-check: helm not installed, chart dry run skipped (bash scripts/chart-check.sh installs it)"
 fi
 
-engine_digest="sha256:$(hex64 2)"
+engine_image="$(pinned_image "$images/digests.txt" aver-stub-engine)"
+engine_digest="${engine_image#*@}"
 model_digest="sha256:$(hex64 3)"
 model_args=(
   NAMESPACE=models
   MODEL_PATH=/var/lib/aver-models/llama-v1
   MODEL_DIGEST="$model_digest"
   MODEL_DIGESTS="\"$model_digest\""
-  ENGINE_IMAGE="localhost:5001/aver-stub-engine@$engine_digest"
+  ENGINE_IMAGE="$engine_image"
   ENGINE_DIGEST="$engine_digest"
   ZERO="$ZERO_DIGEST"
   AK_NAMES="\"000b$(hex64 a)\", \"000b$(hex64 b)\""
@@ -116,7 +143,7 @@ render "$kind_dir/manifests/model.yaml.tmpl" "${model_args[@]}" >"$work/model.ya
 check "ConfidentialModel (dry-run=server: schema and CEL rules)" dry_run "$work/model.yaml"
 # The same model with an engine image that is not pinned to its digest: the
 # CRD's CEL rule must refuse it, in a dry run too.
-sed 's|image: localhost:5001/aver-stub-engine@.*|image: localhost:5001/aver-stub-engine:latest|' \
+sed "s|image: $registry/aver-stub-engine@.*|image: $registry/aver-stub-engine:latest|" \
   "$work/model.yaml" >"$work/bad-model.yaml"
 check "unpinned engine image refused by the API server" refused dry_run "$work/bad-model.yaml"
 render "$kind_dir/manifests/ak-pod.yaml.tmpl" NAMESPACE=aver-system NODE=aver-e2e-worker >"$work/ak-pod.yaml"

@@ -50,3 +50,10 @@ hex64() {
   for ((i = 0; i < 64; i++)); do s+="$1"; done
   printf '%s' "$s"
 }
+
+# pinned_image DIGESTS_TXT NAME — REPOSITORY@DIGEST of NAME from a
+# digests.txt of scripts/images.sh --release (NAME REFERENCE DIGEST lines).
+pinned_image() {
+  awk -v name="$2" '$1 == name { ref = $2; sub(/:[^:\/]*$/, "", ref); print ref "@" $3; found = 1 }
+    END { exit !found }' "$1"
+}

@@ -2,12 +2,13 @@
 # The end-to-end scenario on a kind cluster (needs Docker, kind, helm,
 # kubectl, tpm2-tools and cargo; Linux, for routes to pod addresses):
 #
-#   1. kind cluster: 4 hardened TPM workers + 1 plain worker (kind-config.yaml),
-#      a local registry for the digest-pinned engine image
-#   2. images: controller, enclave, stub engine, swtpm (tests/kind/images);
-#      kind load for all but the engine, which goes through the registry
-#      because the CRD requires it pinned by digest
+#   1. kind cluster: 4 hardened TPM workers + 1 plain worker (kind-config.yaml)
+#   2. images: controller, enclave and stub engine are the release images
+#      (scripts/images.sh --release: reproducible OCI archives, no Docker
+#      build), loaded with kind load image-archive and referenced by digest
+#      everywhere; swtpm is built from tests/kind/images/swtpm.Dockerfile
 #   3. helm install of charts/aver with the swtpm DaemonSet (values-kind.yaml)
+#      and the digests of the images just built (values-images.yaml)
 #   4. a ConfidentialModel with 3 replicas → 3 verified endpoints
 #   5. aver request --from-cluster, pinned and with --policy
 #   6. tamper one node's workload PCR → endpoint removed, Degraded, Event,
@@ -24,13 +25,11 @@ kind_dir="$root/tests/kind"
 . "$kind_dir/lib.sh"
 
 cluster="${KIND_CLUSTER:-aver-e2e}"
-registry_name="kind-registry"
-registry_port=5001
 ns_system="aver-system"
 ns_models="models"
 model="llama"
 
-for tool in docker kind kubectl cargo tpm2_pcrextend; do
+for tool in docker kind kubectl cargo python3 objcopy tpm2_pcrextend; do
   command -v "$tool" >/dev/null 2>&1 || { echo "kind: $tool is required" >&2; exit 1; }
 done
 find_helm || { echo "kind: helm is required (bash scripts/chart-check.sh builds it)" >&2; exit 1; }
@@ -46,7 +45,6 @@ cleanup() {
   fi
   if [ "${KEEP_CLUSTER:-0}" != "1" ]; then
     kind delete cluster --name "$cluster" >/dev/null 2>&1 || true
-    docker rm -f "$registry_name" >/dev/null 2>&1 || true
   fi
   rm -rf "$work"
   exit "$status"
@@ -79,33 +77,31 @@ condition_is() { # TYPE STATUS
   [ "$(status_field "{.status.conditions[?(@.type==\"$1\")].status}")" = "$2" ]
 }
 
-step "local registry and cluster"
-if [ -z "$(docker ps -q -f "name=^${registry_name}$")" ]; then
-  docker run -d --restart=always -p "127.0.0.1:${registry_port}:5000" --name "$registry_name" registry:2 >/dev/null
-fi
+step "cluster"
 kind create cluster --name "$cluster" --config "$kind_dir/kind-config.yaml" --wait 120s
-for node in $(kind get nodes --name "$cluster"); do
-  docker exec "$node" mkdir -p "/etc/containerd/certs.d/localhost:${registry_port}"
-  printf '[host."http://%s:5000"]\n' "$registry_name" |
-    docker exec -i "$node" cp /dev/stdin "/etc/containerd/certs.d/localhost:${registry_port}/hosts.toml"
-done
-docker network connect kind "$registry_name" 2>/dev/null || true
 kubectl config use-context "kind-$cluster"
 tpm_nodes="$(kubectl get nodes -l aver.dev/tpm=true -o jsonpath='{.items[*].metadata.name}')"
 [ "$(wc -w <<<"$tpm_nodes")" -eq 4 ] || fail "expected 4 TPM nodes, got: $tpm_nodes"
 
-step "images"
-docker build -q -f "$kind_dir/images/controller.Dockerfile" -t aver-controller:e2e "$root"
-docker build -q -f "$kind_dir/images/enclave.Dockerfile" -t aver-enclave:e2e "$root"
-docker build -q -f "$kind_dir/images/swtpm.Dockerfile" -t aver-swtpm:e2e "$kind_dir/images"
-docker build -q -f "$kind_dir/images/engine.Dockerfile" -t "localhost:${registry_port}/aver-stub-engine:e2e" "$root"
-for image in aver-controller:e2e aver-enclave:e2e aver-swtpm:e2e; do
-  kind load docker-image --name "$cluster" "$image"
-done
-docker push -q "localhost:${registry_port}/aver-stub-engine:e2e" >/dev/null
-engine_image="$(docker inspect --format '{{index .RepoDigests 0}}' "localhost:${registry_port}/aver-stub-engine:e2e")"
+step "images: the release images (scripts/images.sh --release), by digest"
+bash "$root/scripts/images.sh" --release
+release="${CARGO_TARGET_DIR:-$root/target}/images/release"
+# kind nodes run no aver-node: controller, enclave and engine only.
+while read -r name reference digest; do
+  [ "$name" = aver-node ] && continue
+  kind load image-archive --name "$cluster" "$release/$name.oci.tar"
+  # The import names the image by its tag; a pod references it by digest,
+  # so add the REPOSITORY@DIGEST name a pull by digest would have created
+  # (no registry: pullPolicy Never, or IfNotPresent finding it here).
+  for node in $(kind get nodes --name "$cluster"); do
+    docker exec "$node" ctr -n k8s.io images tag --force "$reference" "${reference%:*}@$digest" >/dev/null
+  done
+  echo "kind: $name ${reference%:*}@$digest"
+done <"$release/digests.txt"
+engine_image="$(pinned_image "$release/digests.txt" aver-stub-engine)"
 engine_digest="${engine_image#*@}"
-echo "kind: engine $engine_image"
+docker build -q -f "$kind_dir/images/swtpm.Dockerfile" -t aver-swtpm:e2e "$kind_dir/images"
+kind load docker-image --name "$cluster" aver-swtpm:e2e
 
 step "node provisioning: enclave state directory and model files"
 cargo build --quiet --bin aver
@@ -131,7 +127,8 @@ v2="$(write_model /var/lib/aver-models/llama-v2 "tiny model weights v2")"
 step "helm install (controller x2, swtpm DaemonSet)"
 kubectl apply -f "$kind_dir/manifests/namespaces.yaml"
 helm install aver "$root/charts/aver" --namespace "$ns_system" \
-  -f "$kind_dir/values-kind.yaml" --set watchNamespace="$ns_models" --wait --timeout 5m
+  -f "$kind_dir/values-kind.yaml" -f "$release/values-images.yaml" \
+  --set watchNamespace="$ns_models" --wait --timeout 5m
 kubectl rollout status daemonset/aver-swtpm -n "$ns_system" --timeout=120s
 
 step "attestation keys of the TPM nodes"
