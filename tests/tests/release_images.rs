@@ -10,7 +10,8 @@
 //! A release build of the four binaries takes many minutes, so this test
 //! packages the same images from `target/debug` (`AVER_IMAGES_PROFILE=debug`,
 //! into `target/images/release-debug/`): the same script, the same layout,
-//! another profile.
+//! another profile. With `--check`: every image packaged twice more must
+//! come out byte for byte the same.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -52,7 +53,7 @@ fn build_images() -> PathBuf {
     let target = images_dir().parent().unwrap().to_path_buf();
     let output = Command::new("bash")
         .arg(repo_root().join("scripts/images.sh"))
-        .arg("--release")
+        .args(["--release", "--check"])
         .env("AVER_IMAGES_PROFILE", "debug")
         .env("CARGO_TARGET_DIR", &target)
         .current_dir(repo_root())
@@ -61,12 +62,21 @@ fn build_images() -> PathBuf {
         .expect("cannot run scripts/images.sh");
     assert!(
         output.status.success(),
-        "AVER_IMAGES_PROFILE=debug scripts/images.sh --release failed ({}): {}{}",
+        "AVER_IMAGES_PROFILE=debug scripts/images.sh --release --check failed ({}): {}{}",
         output.status,
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    note(&format!("images packaged in {:?}", t0.elapsed()));
+    // --check packaged every image twice more and compared the bytes.
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("release images reproducible"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    note(&format!(
+        "images packaged, and twice more for --check, in {:?}",
+        t0.elapsed()
+    ));
     images_dir().join("release-debug")
 }
 
