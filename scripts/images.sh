@@ -417,11 +417,12 @@ build_image_cached() {
   echo "$key" >"$out/$name.inputs"
 }
 
+# stripped_binary BIN [PROFILE]
 # A workspace binary from $(target_dir)/PROFILE without its debug information
 # (objcopy --strip-debug is deterministic; a debug build's DWARF is most of
 # its size), copied again only when the build is newer.
 stripped_binary() {
-  local bin=$1 profile=${AVER_IMAGES_PROFILE:-debug} src dest
+  local bin=$1 profile=${2:-${AVER_IMAGES_PROFILE:-debug}} src dest
   src="$(target_dir)/$profile/$bin"
   dest="$(images_dir)/build/$profile/$bin"
   if [ ! -x "$src" ]; then
@@ -618,15 +619,15 @@ build_release_images() {
   )
   mkdir -p "$out"
   for name in "${release_names[@]}"; do
-    stripped_binary "$name" >/dev/null
+    stripped_binary "$name" "$profile" >/dev/null
   done
-  enclave=$(stripped_binary aver-enclave)
-  node=$(stripped_binary aver-node)
+  enclave=$(stripped_binary aver-enclave "$profile")
+  node=$(stripped_binary aver-node "$profile")
   list=$(tcti_modules "$enclave")
   mapfile -t modules <<<"$list"
   release_image aver-controller "$registry/aver-controller:$tag" /bin/aver-controller \
     --with-libs --compress-level "$level" "${labels[@]}" \
-    "$(stripped_binary aver-controller)=/bin/aver-controller"
+    "$(stripped_binary aver-controller "$profile")=/bin/aver-controller"
   release_image aver-enclave "$registry/aver-enclave:$tag" /bin/aver-enclave \
     --with-libs --compress-level "$level" "${labels[@]}" \
     "$enclave=/bin/aver-enclave" "${modules[@]}"
@@ -637,24 +638,24 @@ build_release_images() {
     "$node=/bin/aver-node" "${modules[@]}"
   release_image aver-stub-engine "$registry/aver-stub-engine:$tag" /bin/aver-stub-engine \
     --with-libs --compress-level "$level" "${labels[@]}" --cmd 127.0.0.1:8000 \
-    "$(stripped_binary aver-stub-engine)=/bin/aver-stub-engine"
-  write_release_manifests "$out" "$revision"
+    "$(stripped_binary aver-stub-engine "$profile")=/bin/aver-stub-engine"
+  write_release_manifests "$out" "$revision" "$profile"
   echo "images: release images in $out after $((SECONDS - start))s:"
   sed 's/^/  /' "$out/digests.txt"
   release_instructions "$out"
 }
 
-# write_release_manifests DIR [REVISION] — digests.txt, images.json and
+# write_release_manifests DIR [REVISION [PROFILE]] — digests.txt, images.json and
 # values-images.yaml of the images in DIR (from their .ref, .digest and .id
 # files). Also `scripts/images.sh --values [DIR]`.
 write_release_manifests() {
-  local out=$1 revision=${2:-}
-  python3 - "$out" "$revision" "${release_names[@]}" <<'PY'
+  local out=$1 revision=${2:-} profile=${3:-}
+  python3 - "$out" "$revision" "$profile" "${release_names[@]}" <<'PY'
 import json
 import os
 import sys
 
-out, revision, *names = sys.argv[1:]
+out, revision, profile, *names = sys.argv[1:]
 
 def read(name, ext):
     with open(os.path.join(out, f"{name}.{ext}")) as f:
@@ -689,7 +690,11 @@ def write(path, text):
 
 write(os.path.join(out, "digests.txt"),
       "".join(f"{i['name']} {i['reference']} {i['digest']}\n" for i in images))
-doc = {"revision": revision, "images": images} if revision else {"images": images}
+doc = {"images": images}
+if revision:
+    doc["revision"] = revision
+if profile:
+    doc["profile"] = profile
 write(os.path.join(out, "images.json"), json.dumps(doc, indent=2, sort_keys=True) + "\n")
 by_name = {i["name"]: i for i in images}
 def image_values(name, indent):

@@ -11,7 +11,8 @@
 //! packages the same images from `target/debug` (`AVER_IMAGES_PROFILE=debug`,
 //! into `target/images/release-debug/`): the same script, the same layout,
 //! another profile. With `--check`: every image packaged twice more must
-//! come out byte for byte the same.
+//! come out byte for byte the same. `AVER_TEST_IMAGES_PROFILE=release` tests
+//! the release images themselves (`cargo build --release` first, minutes).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -33,6 +34,19 @@ const NAMES: [&str; 4] = [
     "aver-stub-engine",
 ];
 
+/// The cargo profile the images are packaged from (`debug` by default).
+fn profile() -> String {
+    std::env::var("AVER_TEST_IMAGES_PROFILE").unwrap_or_else(|_| "debug".to_owned())
+}
+
+/// Where scripts/images.sh puts them for that profile.
+fn release_dir() -> PathBuf {
+    match profile().as_str() {
+        "release" => images_dir().join("release"),
+        other => images_dir().join(format!("release-{other}")),
+    }
+}
+
 fn note(message: &str) {
     let _ = writeln!(io::stderr(), "release_images: {message}");
 }
@@ -40,7 +54,7 @@ fn note(message: &str) {
 /// The binaries the images are packaged from: `cargo build --workspace
 /// --bins` (scripts/test.sh) builds them.
 fn binaries_missing() -> Vec<PathBuf> {
-    let target = images_dir().parent().unwrap().join("debug");
+    let target = images_dir().parent().unwrap().join(profile());
     NAMES
         .iter()
         .map(|name| target.join(name))
@@ -54,7 +68,7 @@ fn build_images() -> PathBuf {
     let output = Command::new("bash")
         .arg(repo_root().join("scripts/images.sh"))
         .args(["--release", "--check"])
-        .env("AVER_IMAGES_PROFILE", "debug")
+        .env("AVER_IMAGES_PROFILE", profile())
         .env("CARGO_TARGET_DIR", &target)
         .current_dir(repo_root())
         .stdin(Stdio::null())
@@ -62,7 +76,8 @@ fn build_images() -> PathBuf {
         .expect("cannot run scripts/images.sh");
     assert!(
         output.status.success(),
-        "AVER_IMAGES_PROFILE=debug scripts/images.sh --release --check failed ({}): {}{}",
+        "AVER_IMAGES_PROFILE={} scripts/images.sh --release --check failed ({}): {}{}",
+        profile(),
         output.status,
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
@@ -77,7 +92,7 @@ fn build_images() -> PathBuf {
         "images packaged, and twice more for --check, in {:?}",
         t0.elapsed()
     ));
-    images_dir().join("release-debug")
+    release_dir()
 }
 
 /// `digests.txt`: NAME REFERENCE DIGEST per line.
