@@ -89,12 +89,12 @@ release="${CARGO_TARGET_DIR:-$root/target}/images/release"
 # kind nodes run no aver-node: controller, enclave and engine only.
 while read -r name reference digest; do
   [ "$name" = aver-node ] && continue
-  kind load image-archive --name "$cluster" "$release/$name.oci.tar"
+  kind load image-archive --name "$cluster" "$release/$name.oci.tar" </dev/null
   # The import names the image by its tag; a pod references it by digest,
   # so add the REPOSITORY@DIGEST name a pull by digest would have created
   # (no registry: pullPolicy Never, or IfNotPresent finding it here).
-  for node in $(kind get nodes --name "$cluster"); do
-    docker exec "$node" ctr -n k8s.io images tag --force "$reference" "${reference%:*}@$digest" >/dev/null
+  for node in $(kind get nodes --name "$cluster" </dev/null); do
+    docker exec "$node" ctr -n k8s.io images tag --force "$reference" "${reference%:*}@$digest" </dev/null >/dev/null
   done
   echo "kind: $name ${reference%:*}@$digest"
 done <"$release/digests.txt"
