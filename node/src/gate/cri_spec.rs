@@ -31,8 +31,9 @@ pub fn sandbox_info(config: &PodSandboxConfig) -> Result<SandboxInfo, Unmeasurab
         .and_then(|l| l.security_context.as_ref());
     let ns = security.and_then(|s| s.namespace_options.as_ref());
     if let Some(userns) = ns.and_then(|n| n.userns_options.as_ref()) {
-        // Mode 0 is NODE (no user namespace): the only one the spec describes.
-        if userns.mode != 0 {
+        // NODE (the node's user namespace, what the kubelet sends for
+        // `hostUsers` unset or true) is the only one the spec describes.
+        if !host_user_namespace(userns) {
             return Err(Unmeasurable(format!(
                 "pod {}/{} with a user namespace",
                 meta.namespace, meta.name
@@ -199,12 +200,19 @@ pub fn container_spec(
     Ok(spec)
 }
 
+/// Whether the container stays in the node's user namespace: mode NODE,
+/// no ID mappings. (The CRI's default mode, 0, is POD: a user namespace of
+/// the pod's own.)
+fn host_user_namespace(userns: &k8s_cri::v1::UserNamespace) -> bool {
+    userns.mode == CriNamespaceMode::Node as i32 && userns.uids.is_empty() && userns.gids.is_empty()
+}
+
 fn namespaces(ns: Option<&NamespaceOption>) -> Result<Namespaces, String> {
     let Some(ns) = ns else {
         return Ok(Namespaces::default());
     };
     if let Some(userns) = &ns.userns_options {
-        if userns.mode != 0 {
+        if !host_user_namespace(userns) {
             return Err("a user namespace".into());
         }
     }
@@ -413,6 +421,31 @@ mod tests {
         let info = sandbox_info(&sandbox).unwrap();
         assert_eq!(info.confidential_model.as_deref(), Some("llama"));
         assert!(info.host_network && !info.host_pid && !info.host_ipc);
+        // The kubelet names the node's user namespace explicitly (NODE, 2);
+        // a user namespace of the pod's own (POD, 0), or ID mappings, are
+        // refused.
+        let userns = |mode: i32, mapped: bool| {
+            let mut s = sandbox.clone();
+            let options = s
+                .linux
+                .as_mut()
+                .and_then(|l| l.security_context.as_mut())
+                .and_then(|c| c.namespace_options.as_mut())
+                .unwrap();
+            options.userns_options = Some(k8s_cri::v1::UserNamespace {
+                mode,
+                uids: if mapped {
+                    vec![Default::default()]
+                } else {
+                    vec![]
+                },
+                gids: vec![],
+            });
+            sandbox_info(&s)
+        };
+        assert!(userns(CriNamespaceMode::Node as i32, false).is_ok());
+        assert!(userns(CriNamespaceMode::Pod as i32, false).is_err());
+        assert!(userns(CriNamespaceMode::Node as i32, true).is_err());
         sandbox.metadata = None;
         assert!(sandbox_info(&sandbox).is_err());
     }
