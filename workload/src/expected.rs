@@ -1399,9 +1399,7 @@ mod tests {
                 "--node-agent",
                 "/run/aver-node/agent.sock",
                 "--model-dir",
-                "/models",
-                "--state-dir",
-                "/var/lib/aver"
+                "/models"
             ]
         );
         assert_eq!(env_of(s)["AVER_LOG_FORMAT"], h("json"));
@@ -1426,11 +1424,6 @@ mod tests {
                 ("/etc/hosts", "etc-hosts".to_owned(), false),
                 ("/models", "host path /srv/models/llama".to_owned(), true),
                 ("/run/aver-node", "node agent socket".to_owned(), true),
-                (
-                    "/var/lib/aver",
-                    "volume kubernetes.io~empty-dir/state".to_owned(),
-                    false
-                ),
             ]
         );
         let engine = &pod.containers[1];

@@ -26,12 +26,12 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, HostPathVolumeSource, ImageVolumeSource, NodeAffinity, NodeSelector,
-    NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector,
-    PersistentVolumeClaimVolumeSource, PodAffinityTerm, PodAntiAffinity, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
-    Service, ServicePort, ServiceSpec, Toleration, Volume, VolumeMount,
+    Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    HostPathVolumeSource, ImageVolumeSource, NodeAffinity, NodeSelector, NodeSelectorRequirement,
+    NodeSelectorTerm, ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodAffinityTerm,
+    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, Toleration, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -260,14 +260,16 @@ pub fn pod_spec(cm: &ConfidentialModel, config: &WorkloadConfig) -> Result<PodSp
     if node {
         check_engine_env(&spec.engine.env)?;
     }
-    let mut enclave_mounts = vec![
-        model_mount(&spec.model.source),
-        VolumeMount {
+    let mut enclave_mounts = vec![model_mount(&spec.model.source)];
+    if !node {
+        // The enclave's own workload event log; with node measurement the
+        // node agent keeps the log and the enclave writes nothing.
+        enclave_mounts.push(VolumeMount {
             name: "state".to_owned(),
             mount_path: STATE_MOUNT.to_owned(),
             ..VolumeMount::default()
-        },
-    ];
+        });
+    }
     let mut enclave_resources = ResourceRequirements {
         requests: Some(BTreeMap::from([
             ("cpu".to_owned(), Quantity("100m".to_owned())),
@@ -277,12 +279,7 @@ pub fn pod_spec(cm: &ConfidentialModel, config: &WorkloadConfig) -> Result<PodSp
     };
 
     let args = if node {
-        // No TPM, no host state: the node agent measures and quotes.
-        volumes.push(Volume {
-            name: "state".to_owned(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Volume::default()
-        });
+        // No TPM, no state: the node agent measures, logs and quotes.
         vec![
             "serve".to_owned(),
             "--listen".to_owned(),
@@ -293,8 +290,6 @@ pub fn pod_spec(cm: &ConfidentialModel, config: &WorkloadConfig) -> Result<PodSp
             AGENT_SOCKET.to_owned(),
             "--model-dir".to_owned(),
             MODEL_MOUNT.to_owned(),
-            "--state-dir".to_owned(),
-            STATE_MOUNT.to_owned(),
         ]
     } else {
         volumes.push(state_volume(config));
@@ -963,7 +958,8 @@ mod tests {
             .map(|v| (v.name.as_str(), v))
             .collect();
         assert!(!volumes.contains_key("tpm"));
-        assert!(volumes["state"].empty_dir.is_some() && volumes["state"].host_path.is_none());
+        // No state: the node agent keeps the log.
+        assert!(!volumes.contains_key("state"));
         // No host path besides the model's: aver-node mounts its socket
         // into the enclave itself.
         assert_eq!(
