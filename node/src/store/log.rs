@@ -118,12 +118,6 @@ pub enum StoreError {
     EventTooLarge { kind: &'static str, bytes: usize },
     #[error("the node log no longer explains PCR {pcr} ({reason}): aver-node records nothing more until it is restarted")]
     Unsynced { pcr: u8, reason: String },
-    #[error("PCR {pcr} is {value} but the node log replays to {replayed}: something outside aver-node extended PCR {pcr}, and evidence from this node cannot verify until it reboots")]
-    Diverged {
-        pcr: u8,
-        value: Sha256Digest,
-        replayed: Sha256Digest,
-    },
     #[error(transparent)]
     Tpm(#[from] TpmError),
     #[error(transparent)]

@@ -270,12 +270,15 @@ fn quote(
             QuoteError::Mismatch(format!("PCR {workload} is not among the quoted PCRs"))
         })?;
     if value != store.replayed() {
-        // The verifier would reject this quote; say why here instead.
-        return Err(StoreError::Diverged {
-            pcr: workload,
-            value,
-            replayed: store.replayed(),
-        });
+        // Served anyway: the verifier refuses it (the log does not replay to
+        // the quoted PCR), so a node tampered with fails attestation, and its
+        // pods are replaced, instead of looking unavailable.
+        tracing::error!(
+            pcr = workload,
+            quoted = %value,
+            replayed = %store.replayed(),
+            "something outside aver-node extended the workload PCR: evidence from this node cannot verify until it reboots"
+        );
     }
     let pcrs = quoted.pcr_values();
     Ok(NodeQuote {
