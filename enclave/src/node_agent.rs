@@ -283,9 +283,10 @@ fn quoted_state(
     })
 }
 
-/// The log must replay to the quoted PCR it names and hold this enclave's
-/// `tls-key` event; otherwise no verifier could accept the evidence, and
-/// saying so here names the agent as the culprit.
+/// The log must name one quoted PCR and hold this enclave's `tls-key`
+/// event; otherwise the agent is broken, and saying so here names it. A log
+/// that does not replay to the PCR is passed on (with an error logged): that
+/// is a node tampered with, for the verifier to refuse.
 fn check_log(
     log: &[NodeLogEntry],
     pcrs: &[PcrValue],
@@ -304,10 +305,15 @@ fn check_log(
     };
     let replayed = aver_node_log::replay(log);
     if replayed != quoted.value {
-        return Err(bad(format!(
-            "it replays to {replayed}, but PCR {pcr} is {}",
-            quoted.value
-        )));
+        // Something besides the node agent extended the PCR: the node is
+        // not what its log says. Served anyway, so that verifiers see a
+        // failed attestation (and replace this pod), not an unavailable one.
+        tracing::error!(
+            pcr,
+            quoted = %quoted.value,
+            %replayed,
+            "the node log does not replay to the quoted PCR: verifiers will refuse this evidence"
+        );
     }
     let registered = log
         .iter()
