@@ -11,6 +11,9 @@
 //	aver-controlplane kube-apiserver ...  the upstream commands, unchanged
 //	aver-controlplane kube-controller-manager ...
 //	aver-controlplane kube-scheduler ...
+//	aver-controlplane kubelet ...         the upstream kubelet: the real nodes of
+//	                                      the end-to-end tests, one process per
+//	                                      node, each with its own containerd
 //	aver-controlplane kubectl ...         (also when invoked through a symlink
 //	                                      named kubectl)
 //
@@ -21,6 +24,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -38,6 +42,7 @@ import (
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
 const usage = `usage: aver-controlplane COMMAND [ARGS...]
@@ -51,6 +56,7 @@ commands:
   kube-apiserver ARGS         upstream kube-apiserver
   kube-controller-manager ARGS
   kube-scheduler ARGS
+  kubelet ARGS                upstream kubelet (a node; needs root and a CRI runtime)
   kubectl ARGS                upstream kubectl (also as a symlink named kubectl)
   version                     the Kubernetes version built in
 `
@@ -78,6 +84,8 @@ func main() {
 		os.Exit(cli.Run(controllermanager.NewControllerManagerCommand()))
 	case "kube-scheduler":
 		os.Exit(cli.Run(scheduler.NewSchedulerCommand()))
+	case "kubelet":
+		os.Exit(cli.Run(kubelet.NewKubeletCommand(context.Background())))
 	case "kubectl":
 		logs.GlogSetter(cmd.GetLogVerbosity(os.Args)) //nolint:errcheck
 		if err := cli.RunNoErrOutput(cmd.NewDefaultKubectlCommand()); err != nil {

@@ -249,6 +249,9 @@ func (c *upConfig) components() []component {
 			"--service-account-key-file=" + p.path("sa.pub"),
 			"--service-account-signing-key-file=" + p.path("sa.key"),
 			"--service-cluster-ip-range=10.96.0.0/16",
+			// Nodes are told apart by port, not name: reach kubelets (logs,
+			// exec) at their InternalIP.
+			"--kubelet-preferred-address-types=InternalIP",
 			"--authorization-mode=RBAC",
 			// As kind does, so that manifests behave as on a kind cluster.
 			"--allow-privileged=true",
@@ -267,11 +270,14 @@ func (c *upConfig) components() []component {
 			"--use-service-account-credentials=false",
 			"--root-ca-file=" + p.path("ca.crt"),
 			// What turns Deployments into Pods, lets Pods be admitted
-			// (default ServiceAccounts), and cleans up after owners. Not
-			// EndpointSlices: simulated pods have loopback addresses, which
-			// the API refuses in them.
+			// (default ServiceAccounts), cleans up after owners, and takes
+			// the not-ready taint off a node once its kubelet reports Ready
+			// (and taints and evicts when it stops). Not EndpointSlices:
+			// simulated pods have loopback addresses, which the API refuses
+			// in them.
 			"--controllers=deployment-controller,replicaset-controller,serviceaccount-controller," +
-				"garbage-collector-controller,namespace-controller",
+				"garbage-collector-controller,namespace-controller," +
+				"node-lifecycle-controller,taint-eviction-controller",
 			"--profiling=false",
 		}},
 		{"kube-scheduler", []string{

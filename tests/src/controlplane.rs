@@ -342,7 +342,7 @@ pub fn signal(pid: u32, signal: Signal) -> anyhow::Result<()> {
 }
 
 /// SIGTERM, then SIGKILL after [`STOP_TIMEOUT`]; reaps the process.
-fn stop_child(child: &mut Child) {
+pub fn stop_child(child: &mut Child) {
     if matches!(child.try_wait(), Ok(Some(_))) {
         return;
     }
@@ -405,13 +405,18 @@ impl ControllerProcess {
     ) -> anyhow::Result<Self> {
         let metrics = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
         let log = log_dir.join(format!("{identity}.log"));
+        let default_image: &[&str] = if extra.contains(&"--enclave-image") {
+            &[]
+        } else {
+            &["--enclave-image", ENCLAVE_IMAGE]
+        };
         let child = Command::new(cargo_bin("aver-controller"))
             .env("KUBECONFIG", cp.kubeconfig())
             .env(
                 "RUST_LOG",
                 std::env::var("AVER_E2E_LOG").unwrap_or_else(|_| "info".into()),
             )
-            .args(["--enclave-image", ENCLAVE_IMAGE])
+            .args(default_image)
             .args(["--namespace", namespace])
             .args(["--identity", identity])
             .arg("--metrics-addr")

@@ -10,6 +10,7 @@ pub mod confidential_pod;
 pub mod containerd;
 pub mod controlplane;
 pub mod ek_ca;
+pub mod kubelet;
 pub mod llama;
 pub mod mitm;
 pub mod node;

@@ -218,3 +218,36 @@ impl Drop for EnclaveProcess {
         self.stop();
     }
 }
+
+/// The leaf certificate (DER) `addr` serves over TLS, read without
+/// verifying anything (what a kubelet's HTTPS probe sees); `None` if
+/// nothing completes a handshake within two seconds.
+pub async fn served_certificate(addr: &str) -> Option<Vec<u8>> {
+    use aver_verifier::client::tls::{client_config, KeyAcceptance};
+    let addr: std::net::SocketAddr = addr.parse().ok()?;
+    let tcp = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client_config(
+        KeyAcceptance::ToBeAttested,
+    )));
+    let tls = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        connector.connect(
+            rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+            tcp,
+        ),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    tls.get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.as_ref().to_vec())
+}

@@ -36,6 +36,7 @@ use aver_node_log::NodeLogEntry;
 
 use crate::containerd::{images_dir, Containerd, CriClient, ImportedImage};
 use crate::controlplane::repo_root;
+use crate::slow_tpm::{Delays, SlowTpm};
 use crate::{cargo_bin, Swtpm};
 
 /// `aver-enclave`, dynamically linked, with the swtpm and device TCTIs.
@@ -78,6 +79,9 @@ pub struct NodeAgent {
     node: Option<Child>,
     // Declared in drop order after `node`, which Drop stops by hand.
     containerd: Containerd,
+    /// aver-node's way to the TPM: a pass-through relay, so that a test can
+    /// extend a PCR while aver-node holds swtpm's only connection.
+    relay: SlowTpm,
     tpm: Swtpm,
     policy: String,
     ak_name: String,
@@ -121,9 +125,11 @@ impl NodeAgent {
         // The AK is created (and persisted) before serve takes the TPM:
         // swtpm serves one connection at a time and aver-node keeps its own.
         let ak_name = run_ak(&tpm)?;
+        let relay = SlowTpm::start(&tpm, Delays::default()).context("the TPM relay")?;
         let mut node = Self {
             node: None,
             containerd,
+            relay,
             tpm,
             policy,
             ak_name,
@@ -151,7 +157,7 @@ impl NodeAgent {
             .arg(self.state_dir())
             .arg("--policy")
             .arg(self.policy_path())
-            .args(["--tcti", &self.tpm.tcti()])
+            .args(["--tcti", &self.relay.tcti()])
             .args(["--pcr", &NODE_PCR.to_string()])
             .arg("--kubelet-root")
             .arg(self.kubelet_root())
@@ -284,6 +290,12 @@ impl NodeAgent {
 
     pub fn tpm(&self) -> &Swtpm {
         &self.tpm
+    }
+
+    /// Extends PCR `pcr` of the node's TPM with `data` behind aver-node's
+    /// back, as anything else with access to the TPM could.
+    pub fn extend_pcr(&self, pcr: u8, data: [u8; 32]) -> anyhow::Result<()> {
+        self.relay.extend_pcr(u32::from(pcr), data)
     }
 
     /// The swtpm's TCP port (its control port is the next one).

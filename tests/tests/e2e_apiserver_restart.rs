@@ -82,7 +82,7 @@ async fn controller_recovers_from_an_apiserver_restart() {
     let killed = cluster.cp.kill_apiserver().expect("apiserver killed");
     let down = Instant::now();
     cluster
-        .sim
+        .sim()
         .node(&victim.node)
         .expect("node")
         .extend_pcr(aver_crds::policy::DEFAULT_WORKLOAD_PCR)

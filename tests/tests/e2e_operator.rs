@@ -1,6 +1,8 @@
 //! The operator end to end on a real control plane (kube-apiserver + etcd,
-//! the upstream scheduler, Deployment and ReplicaSet controllers) with
-//! simulated TPM nodes running real `aver-enclave` processes on swtpm:
+//! the upstream scheduler, Deployment and ReplicaSet controllers) and real
+//! nodes: kubelets with containerd, and on TPM nodes aver-node in front of
+//! containerd with swtpm as the TPM, running the images the project builds
+//! (node-measured pods):
 //!
 //! CRDs accepted by the API server (schema and CEL) → 3 replicas verified
 //! with the enclaves' real certificates, on distinct TPM nodes → `aver
@@ -29,7 +31,9 @@ async fn operator_on_a_real_control_plane() {
     require_e2e!();
     // Four TPM nodes for three replicas (one spare for replacements) and a
     // node without a TPM, where no enclave may ever land.
-    let mut cluster = Cluster::start("operator", 4, 1).await;
+    // PodSecurity: the model comes from a host path, which only
+    // `privileged` admits (the pod has no other host path or privilege).
+    let mut cluster = Cluster::start_real("operator", 4, 1, &[], "privileged").await;
     let v1 = cluster.write_model(V1, b"tiny model weights v1");
     let policy = cluster.policy(&[v1]);
 
@@ -55,12 +59,10 @@ async fn operator_on_a_real_control_plane() {
 
     cluster.start_controller("controller-0", &[]);
     let created = Instant::now();
+    let reviewed = cluster.model(MODEL, 3, V1, v1, policy.clone());
     cluster
         .models()
-        .create(
-            &PostParams::default(),
-            &cluster.model(MODEL, 3, V1, v1, policy.clone()),
-        )
+        .create(&PostParams::default(), &reviewed)
         .await
         .expect("model created");
     let monitor = cluster.monitor(MODEL, |_| Vec::new());
@@ -106,7 +108,7 @@ async fn operator_on_a_real_control_plane() {
         err.contains("pinned"),
         "the client says it trusted the status: {err}"
     );
-    let policy_file = cluster.policy_file("policy.json", &policy);
+    let policy_file = cluster.client_policy_file("policy.json", &reviewed);
     let (ok, out, err) = run(cluster
         .aver()
         .arg("request")
@@ -125,9 +127,9 @@ async fn operator_on_a_real_control_plane() {
     assert!(ok, "request with --policy failed: {err}");
     assert!(out.contains("echo: hello"), "{out}");
     // A client whose policy wants another model refuses the endpoint.
-    let mut other = policy.clone();
-    other.allowed.model_digests = vec![aver_crds::Sha256Digest([0x42; 32])];
-    let other_file = cluster.policy_file("other.json", &other);
+    let mut other = reviewed.clone();
+    other.spec.attestation.allowed.model_digests = vec![aver_crds::Sha256Digest([0x42; 32])];
+    let other_file = cluster.client_policy_file("other.json", &other);
     let (ok, out, err) = run(cluster
         .aver()
         .arg("request")
@@ -151,13 +153,7 @@ async fn operator_on_a_real_control_plane() {
     //    out of service (cordon) so the replacement lands elsewhere.
     let victim = status.endpoints[0].clone();
     cluster.cordon(&victim.node).await;
-    let node = cluster
-        .sim
-        .node(&victim.node)
-        .expect("simulated node")
-        .clone();
-    node.extend_pcr(aver_crds::policy::DEFAULT_WORKLOAD_PCR)
-        .expect("extend the workload PCR");
+    cluster.tamper(&victim.node);
     let tampered = Instant::now();
     cluster
         .wait_for(
@@ -207,8 +203,8 @@ async fn operator_on_a_real_control_plane() {
         "the tampered pod is gone"
     );
     assert!(
-        !cluster.sim.pods()[&victim.pod].running,
-        "its processes stopped"
+        !cluster.pod_running(&victim.pod).await,
+        "its containers stopped"
     );
     eprintln!(
         "e2e: replacement verified on {:?}",
@@ -220,7 +216,7 @@ async fn operator_on_a_real_control_plane() {
     let v2 = cluster.write_model(V2, b"tiny model weights v2");
     let old: BTreeSet<String> = status.endpoints.iter().map(|e| e.pod.clone()).collect();
     let patch = json!({"spec": {
-        "model": {"source": {"hostPath": {"path": V2}}, "digest": v2.to_string()},
+        "model": {"source": {"hostPath": {"path": cluster.host_path(V2)}}, "digest": v2.to_string()},
         "attestation": {"allowed": {"modelDigests": [v1.to_string(), v2.to_string()]}},
     }});
     let rolled = Instant::now();
@@ -247,7 +243,7 @@ async fn operator_on_a_real_control_plane() {
         })
         .await;
     for pod in &old {
-        assert!(!cluster.sim.pods()[pod].running, "{pod} still runs");
+        assert!(!cluster.pod_running(pod).await, "{pod} still runs");
     }
     let nodes: BTreeSet<&str> = status.endpoints.iter().map(|e| e.node.as_str()).collect();
     assert_eq!(nodes.len(), 3, "one enclave per node after the rollout");
@@ -307,7 +303,7 @@ async fn operator_on_a_real_control_plane() {
             },
         )
         .await;
-    assert!(cluster.check_endpoints(&status).is_empty());
+    assert!(cluster.check_endpoints(&status).await.is_empty());
 
     let statuses = monitor.finish();
     eprintln!("e2e: {statuses} published statuses checked against the enclaves' real keys");

@@ -1,7 +1,8 @@
 //! Shared set-up of the end-to-end tests: a real control plane with the
-//! CRDs applied, a namespace, simulated TPM nodes, model files on every
-//! node, and `aver-controller` processes; plus bounded waits that fail with
-//! every log that could explain why.
+//! CRDs applied, a namespace, nodes (real kubelets with containerd and
+//! aver-node, or the node simulator for enclave-measured pods), model files
+//! on every node, and `aver-controller` processes; plus bounded waits that
+//! fail with every log that could explain why.
 
 // Each e2e test binary uses a different part of this module.
 #![allow(dead_code)]
@@ -18,7 +19,9 @@ use aver_crds::confidential_model::{
 };
 use aver_crds::{AttestationPolicy, Sha256Digest};
 use aver_tests::controlplane::{ControlPlane, ControllerProcess};
+use aver_tests::kubelet::RealNodes;
 use aver_tests::node::{policy_for, ENGINE};
+use aver_tests::node_agent::{ENCLAVE_IMAGE as ENCLAVE_TAG, NODE_PCR, STUB_ENGINE_IMAGE};
 use aver_tests::node_sim::{NodeSim, SimConfig};
 use aver_verifier::measurement::model_digest;
 use futures_util::StreamExt as _;
@@ -39,13 +42,29 @@ pub const CONVERGE: Duration = Duration::from_secs(60);
 /// Engine image, pinned to the digest every simulated node measures.
 pub const ENGINE_IMAGE: &str = "registry.invalid/stub-engine@sha256:1111111111111111111111111111111111111111111111111111111111111111";
 
+/// The address of the `default/kubernetes` Service in the fixture (the
+/// first address of its `--service-cluster-ip-range`).
+pub const KUBERNETES_SERVICE: &str = "10.96.0.1:443";
+
+/// What runs the pods.
+pub enum Nodes {
+    /// Real kubelets with containerd (and aver-node on TPM nodes): pods are
+    /// node-measured, from the images the project builds.
+    Real(Arc<RealNodes>),
+    /// The node simulator: enclave-measured pods with the TPM reached over
+    /// a TCTI. Kept for `measurement: enclave`, which needs a TPM device in
+    /// the pod (this machine has no TPM device, and swtpm's CUSE device
+    /// needs a kernel module it lacks).
+    Sim(Arc<NodeSim>),
+}
+
 /// A cluster for one test.
 ///
-/// Fields drop in order: controllers, then the simulated nodes, then the
-/// control plane.
+/// Fields drop in order: controllers, then the nodes, then the control
+/// plane.
 pub struct Cluster {
     pub controllers: Vec<ControllerProcess>,
-    pub sim: Arc<NodeSim>,
+    pub nodes: Nodes,
     pub client: kube::Client,
     pub cp: ControlPlane,
     pub namespace: String,
@@ -60,11 +79,34 @@ impl Cluster {
         Self::start_with(name, tpm_nodes, plain_nodes, &[]).await
     }
 
+    /// Like [`Self::start`] with real kubelets: `tpm_nodes` hardened nodes
+    /// (swtpm, containerd, aver-node) and `plain_nodes` plain ones, and a
+    /// model namespace that enforces PodSecurity `level`.
+    pub async fn start_real(
+        name: &str,
+        tpm_nodes: usize,
+        plain_nodes: usize,
+        up_flags: &[&str],
+        level: &str,
+    ) -> Self {
+        Self::start_nodes(name, tpm_nodes, plain_nodes, up_flags, Some(level)).await
+    }
+
     pub async fn start_with(
         name: &str,
         tpm_nodes: usize,
         plain_nodes: usize,
         up_flags: &[&str],
+    ) -> Self {
+        Self::start_nodes(name, tpm_nodes, plain_nodes, up_flags, None).await
+    }
+
+    async fn start_nodes(
+        name: &str,
+        tpm_nodes: usize,
+        plain_nodes: usize,
+        up_flags: &[&str],
+        real: Option<&str>,
     ) -> Self {
         let started = Instant::now();
         let cp = ControlPlane::start_with(up_flags).expect("control plane starts");
@@ -77,27 +119,52 @@ impl Cluster {
         apply_crds(&cp);
         let namespace = format!("e2e-{name}");
         let namespaces: Api<Namespace> = Api::all(client.clone());
+        let mut labels = serde_json::Map::new();
+        if let Some(level) = real {
+            labels.insert("pod-security.kubernetes.io/enforce".into(), level.into());
+            labels.insert(
+                "pod-security.kubernetes.io/enforce-version".into(),
+                "v1.34".into(),
+            );
+        }
         namespaces
             .create(
                 &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap(),
+                &serde_json::from_value(json!({"metadata": {"name": namespace, "labels": labels}}))
+                    .unwrap(),
             )
             .await
             .expect("namespace created");
-        let sim = NodeSim::start(
-            client.clone(),
-            SimConfig {
-                prefix: name.to_owned(),
-                tpm_nodes,
-                plain_nodes,
-            },
-        )
-        .await
-        .expect("node simulator starts");
+        let nodes = match real {
+            Some(_) => {
+                let started = Instant::now();
+                let nodes = RealNodes::start(&cp, &client, name, tpm_nodes, plain_nodes)
+                    .await
+                    .expect("real nodes start");
+                eprintln!(
+                    "e2e {name}: {} kubelets Ready in {:.1} s",
+                    nodes.nodes.len(),
+                    started.elapsed().as_secs_f64()
+                );
+                Nodes::Real(Arc::new(nodes))
+            }
+            None => Nodes::Sim(Arc::new(
+                NodeSim::start(
+                    client.clone(),
+                    SimConfig {
+                        prefix: name.to_owned(),
+                        tpm_nodes,
+                        plain_nodes,
+                    },
+                )
+                .await
+                .expect("node simulator starts"),
+            )),
+        };
         let cluster = Self {
             cp,
             client,
-            sim: Arc::new(sim),
+            nodes,
             namespace,
             work: tempfile::Builder::new()
                 .prefix("aver-e2e-")
@@ -119,14 +186,71 @@ impl Cluster {
         cluster
     }
 
+    /// The simulator (panics for a cluster of real nodes).
+    pub fn sim(&self) -> &Arc<NodeSim> {
+        match &self.nodes {
+            Nodes::Sim(sim) => sim,
+            Nodes::Real(_) => panic!("this test runs on real nodes"),
+        }
+    }
+
+    /// The real nodes (panics for a simulated cluster).
+    pub fn real(&self) -> &Arc<RealNodes> {
+        match &self.nodes {
+            Nodes::Real(real) => real,
+            Nodes::Sim(_) => panic!("this test runs on simulated nodes"),
+        }
+    }
+
+    /// Where a model directory named `dir` (e.g. `/models/llama-v1`) is on
+    /// the nodes: the `hostPath` a resource names.
+    pub fn host_path(&self, dir: &str) -> String {
+        match &self.nodes {
+            Nodes::Sim(_) => dir.to_owned(),
+            Nodes::Real(real) => format!("{}{dir}", real.models_dir().display()),
+        }
+    }
+
+    /// Extends the workload PCR of `node`'s TPM behind its back.
+    pub fn tamper(&self, node: &str) {
+        match &self.nodes {
+            Nodes::Sim(sim) => sim
+                .node(node)
+                .expect("simulated node")
+                .extend_pcr(aver_crds::policy::DEFAULT_WORKLOAD_PCR)
+                .expect("extend the workload PCR"),
+            Nodes::Real(real) => real
+                .node(node)
+                .and_then(|n| n.agent())
+                .expect("a TPM node")
+                .extend_pcr(NODE_PCR, [0x66; 32])
+                .expect("extend the node PCR"),
+        }
+    }
+
+    /// The enclave image the controller renders: the image the nodes run,
+    /// by manifest digest, or a placeholder the simulator ignores.
+    fn enclave_image(&self) -> String {
+        match &self.nodes {
+            Nodes::Sim(_) => aver_tests::controlplane::ENCLAVE_IMAGE.to_owned(),
+            Nodes::Real(real) => real.image_by_digest(ENCLAVE_TAG),
+        }
+    }
+
     /// Starts a controller watching this test's namespace.
     pub fn start_controller(&mut self, identity: &str, extra: &[&str]) -> usize {
         // The models' files are in host directories below /models.
+        let allowed = self.host_path("/models");
+        let enclave = self.enclave_image();
         let mut flags = vec![
             "--attest-timeout",
             "5s",
             "--allowed-model-host-paths",
-            "/models",
+            &allowed,
+            "--enclave-image",
+            &enclave,
+            "--kubernetes-service",
+            KUBERNETES_SERVICE,
         ];
         flags.extend_from_slice(extra);
         let controller = ControllerProcess::start(
@@ -152,19 +276,46 @@ impl Cluster {
     /// Writes a model's files below `host_dir` on every node, as a real
     /// cluster's provisioning would, and returns its digest, computed here.
     pub fn write_model(&self, host_dir: &str, weights: &[u8]) -> Sha256Digest {
-        self.sim
-            .write_on_every_node(host_dir, "weights.bin", weights)
-            .unwrap();
-        self.sim
-            .write_on_every_node(host_dir, "tokenizer.json", b"{\"vocab\":[]}")
-            .unwrap();
-        let node = &self.sim.nodes[0];
-        model_digest(&node.host_path(host_dir)).unwrap()
+        match &self.nodes {
+            Nodes::Sim(sim) => {
+                sim.write_on_every_node(host_dir, "weights.bin", weights)
+                    .unwrap();
+                sim.write_on_every_node(host_dir, "tokenizer.json", b"{\"vocab\":[]}")
+                    .unwrap();
+                model_digest(&sim.nodes[0].host_path(host_dir)).unwrap()
+            }
+            Nodes::Real(_) => {
+                // One filesystem for every node, readable by the pods' user.
+                let dir = PathBuf::from(self.host_path(host_dir));
+                std::fs::create_dir_all(&dir).unwrap();
+                for d in dir.ancestors().take(2) {
+                    std::fs::set_permissions(
+                        d,
+                        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+                    )
+                    .unwrap();
+                }
+                std::fs::write(dir.join("weights.bin"), weights).unwrap();
+                std::fs::write(dir.join("tokenizer.json"), b"{\"vocab\":[]}").unwrap();
+                model_digest(&dir).unwrap()
+            }
+        }
     }
 
-    /// A policy trusting every simulated TPM's AK, allowing `models`.
+    /// A policy trusting every TPM node's AK, allowing `models` (and, on
+    /// real nodes, their node policy).
     pub fn policy(&self, models: &[Sha256Digest]) -> AttestationPolicy {
-        let mut policy = policy_for(&self.sim.ak_names().expect("AK names"), models[0]);
+        let ak_names = match &self.nodes {
+            Nodes::Sim(sim) => sim.ak_names().expect("AK names"),
+            Nodes::Real(real) => real.ak_names(),
+        };
+        let mut policy = policy_for(&ak_names, models[0]);
+        if let Nodes::Real(real) = &self.nodes {
+            policy.workload_pcr = NODE_PCR;
+            policy.allowed.engine_digests = vec![real.manifest_digest(STUB_ENGINE_IMAGE)];
+            // No allowed.nodePolicies: the CRD accepts it only beside
+            // allowed.pod, which the controller derives.
+        }
         policy.allowed.model_digests = models.to_vec();
         policy.interval = format!("{}s", INTERVAL.as_secs());
         policy.max_evidence_age = "1m".into();
@@ -180,6 +331,22 @@ impl Cluster {
         digest: Sha256Digest,
         policy: AttestationPolicy,
     ) -> ConfidentialModel {
+        let (engine, engine_digest, args, measurement) = match &self.nodes {
+            // The node simulator runs the enclave with the node's swtpm:
+            // the legacy, enclave-measured path.
+            Nodes::Sim(_) => (
+                ENGINE_IMAGE.to_owned(),
+                Sha256Digest::parse(ENGINE).unwrap(),
+                Vec::new(),
+                Measurement::Enclave,
+            ),
+            Nodes::Real(real) => (
+                real.image_by_digest(STUB_ENGINE_IMAGE),
+                real.manifest_digest(STUB_ENGINE_IMAGE),
+                vec!["127.0.0.1:8000".to_owned()],
+                Measurement::Node,
+            ),
+        };
         let mut cm = ConfidentialModel::new(
             name,
             ConfidentialModelSpec {
@@ -188,24 +355,22 @@ impl Cluster {
                         persistent_volume_claim: None,
                         image: None,
                         host_path: Some(HostPathModelSource {
-                            path: host_dir.to_owned(),
+                            path: self.host_path(host_dir),
                         }),
                     },
                     digest,
                 },
                 engine: EngineSpec {
-                    image: ENGINE_IMAGE.to_owned(),
-                    digest: Sha256Digest::parse(ENGINE).unwrap(),
+                    image: engine,
+                    digest: engine_digest,
                     port: 8000,
-                    args: Vec::new(),
+                    args,
                     env: Vec::new(),
                     resources: None,
                     run_as_user: None,
                 },
                 replicas,
-                // The node simulator runs the enclave with the node's swtpm:
-                // these tests exercise the legacy, enclave-measured path.
-                measurement: Measurement::Enclave,
+                measurement,
                 tpm: TpmSpec::default(),
                 attestation: policy,
                 service: ServiceSpec::default(),
@@ -213,6 +378,57 @@ impl Cluster {
         );
         cm.metadata.namespace = Some(self.namespace.clone());
         cm
+    }
+
+    /// A client's policy file for the resource `cm` as it reviewed it: on
+    /// real nodes (node-measured) what `aver policy from-model` derives, on
+    /// the simulator its `spec.attestation` as written.
+    pub fn client_policy_file(&self, name: &str, cm: &ConfidentialModel) -> PathBuf {
+        if let Nodes::Sim(_) = &self.nodes {
+            return self.policy_file(name, &cm.spec.attestation);
+        }
+        let model = self.work.path().join(format!("{name}.model.json"));
+        std::fs::write(&model, serde_json::to_vec_pretty(cm).unwrap()).unwrap();
+        let out = self.work.path().join(name);
+        let _ = std::fs::remove_file(&out);
+        let (ok, _, err) = run(self
+            .aver()
+            .args(["policy", "from-model"])
+            .arg(&model)
+            .args(["--enclave-image", &self.enclave_image()])
+            .args(["--kubernetes-service", KUBERNETES_SERVICE])
+            .arg("--out")
+            .arg(&out));
+        assert!(ok, "aver policy from-model failed: {err}");
+        out
+    }
+
+    /// Whether a container of pod `pod` still runs on some node.
+    pub async fn pod_running(&self, pod: &str) -> bool {
+        match &self.nodes {
+            Nodes::Sim(sim) => sim.pods().get(pod).is_some_and(|p| p.running),
+            Nodes::Real(real) => {
+                for node in &real.nodes {
+                    let Ok(mut cri) = node.containerd().cri().await else {
+                        continue;
+                    };
+                    let running = cri
+                        .list_containers()
+                        .await
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| {
+                            c.state == k8s_cri::v1::ContainerState::ContainerRunning as i32
+                                && c.labels.get("io.kubernetes.pod.name").map(String::as_str)
+                                    == Some(pod)
+                        });
+                    if running {
+                        return true;
+                    }
+                }
+                false
+            }
+        }
     }
 
     /// Writes a policy file for `aver --policy`.
@@ -274,7 +490,7 @@ impl Cluster {
                 (status.endpoints.len() == n
                     && ready
                     && status.observed_generation == cm.metadata.generation
-                    && self.check_endpoints(&status).is_empty()
+                    && self.check_endpoints(&status).await.is_empty()
                     && also(&status))
                 .then_some(status)
             },
@@ -283,39 +499,55 @@ impl Cluster {
     }
 
     /// What is wrong with the published endpoints, compared with what the
-    /// simulated nodes really run: each must be a running pod's enclave,
-    /// at its address and the attested port, with the certificate that
-    /// enclave serves.
-    pub fn check_endpoints(&self, status: &ConfidentialModelStatus) -> Vec<String> {
-        let pods = self.sim.pods();
+    /// nodes really run: each must be a running pod's enclave, at its
+    /// address and the attested port, with the certificate that enclave
+    /// serves (simulator) or the key it registered with its node's
+    /// aver-node (real nodes).
+    pub async fn check_endpoints(&self, status: &ConfidentialModelStatus) -> Vec<String> {
+        match &self.nodes {
+            Nodes::Sim(sim) => sim_endpoint_problems(sim, status),
+            Nodes::Real(real) => self.real_endpoint_problems(real, status).await,
+        }
+    }
+
+    async fn real_endpoint_problems(
+        &self,
+        real: &RealNodes,
+        status: &ConfidentialModelStatus,
+    ) -> Vec<String> {
         let mut problems = Vec::new();
         for endpoint in &status.endpoints {
-            let Some(pod) = pods.get(&endpoint.pod) else {
-                problems.push(format!("{}: no such pod ran", endpoint.pod));
+            let Ok(pod) = self.pods().get(&endpoint.pod).await else {
+                problems.push(format!("{}: no such pod", endpoint.pod));
                 continue;
             };
-            let real = pod.certificate_der.clone().unwrap_or_default();
-            let published = pem_to_der(&endpoint.certificate_pem);
-            if published != real {
+            let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+            let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+            if ip.as_deref() != Some(endpoint.address.as_str()) || endpoint.port != 8443 {
                 problems.push(format!(
-                    "{}: certificate differs from the enclave's",
-                    endpoint.pod
+                    "{}: published {}:{}, runs at {ip:?}:8443",
+                    endpoint.pod, endpoint.address, endpoint.port
                 ));
             }
-            if Some(endpoint.spki_sha256) != pod.spki_sha256 {
-                problems.push(format!("{}: SPKI differs from the enclave's", endpoint.pod));
-            }
-            if endpoint.address != pod.ip.to_string() || endpoint.port != 8443 {
+            if node.as_deref() != Some(endpoint.node.as_str()) {
                 problems.push(format!(
-                    "{}: published {}:{}, runs at {}:8443",
-                    endpoint.pod, endpoint.address, endpoint.port, pod.ip
+                    "{}: node {} != {node:?}",
+                    endpoint.pod, endpoint.node
                 ));
             }
-            if endpoint.node != pod.node {
+            if !real.served(&endpoint.spki_sha256) {
                 problems.push(format!(
-                    "{}: node {} != {}",
-                    endpoint.pod, endpoint.node, pod.node
+                    "{}: key {} was never registered with a node agent",
+                    endpoint.pod, endpoint.spki_sha256
                 ));
+            }
+            if let Some(cert) = served_certificate(&endpoint.address, endpoint.port).await {
+                if cert != pem_to_der(&endpoint.certificate_pem) {
+                    problems.push(format!(
+                        "{}: certificate differs from the one the enclave serves",
+                        endpoint.pod
+                    ));
+                }
             }
         }
         problems
@@ -397,7 +629,16 @@ impl Cluster {
     ) -> Monitor {
         let violations = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::new(Mutex::new(0usize));
-        let sim = self.sim.clone();
+        let served: Arc<dyn Fn(&Sha256Digest) -> bool + Send + Sync> = match &self.nodes {
+            Nodes::Sim(sim) => {
+                let sim = sim.clone();
+                Arc::new(move |spki| sim.served(spki))
+            }
+            Nodes::Real(real) => {
+                let real = real.clone();
+                Arc::new(move |spki| real.served(spki))
+            }
+        };
         let models = self.models();
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
         let (v, s) = (violations.clone(), seen.clone());
@@ -412,7 +653,7 @@ impl Cluster {
                 let Some(status) = cm.status else { continue };
                 *s.lock().unwrap() += 1;
                 for endpoint in &status.endpoints {
-                    if !sim.served(&endpoint.spki_sha256) {
+                    if !served(&endpoint.spki_sha256) {
                         problems.push(format!(
                             "{} published with key {} that no enclave served",
                             endpoint.pod, endpoint.spki_sha256
@@ -447,6 +688,12 @@ impl Cluster {
                 "wide",
             ][..],
             &["get", "events", "-A", "--sort-by=.lastTimestamp"][..],
+            &[
+                "get",
+                "nodes",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name} taints={.spec.taints} addresses={.status.addresses}{\"\\n\"}{end}",
+            ][..],
         ] {
             if let Ok(output) = self.cp.kubectl().args(what).output() {
                 out.push_str(&format!(
@@ -457,14 +704,37 @@ impl Cluster {
                 ));
             }
         }
-        for problem in self.sim.problems() {
-            out.push_str(&format!("\nnode simulator: {problem}"));
-        }
-        for (name, pod) in self.sim.pods() {
-            out.push_str(&format!(
-                "\nsimulated pod {name} on {} at {} running={} spki={:?}",
-                pod.node, pod.ip, pod.running, pod.spki_sha256
-            ));
+        match &self.nodes {
+            Nodes::Sim(sim) => {
+                for problem in sim.problems() {
+                    out.push_str(&format!("\nnode simulator: {problem}"));
+                }
+                for (name, pod) in sim.pods() {
+                    out.push_str(&format!(
+                        "\nsimulated pod {name} on {} at {} running={} spki={:?}",
+                        pod.node, pod.ip, pod.running, pod.spki_sha256
+                    ));
+                }
+            }
+            Nodes::Real(real) => {
+                // What the containers said, through the kubelets.
+                for previous in ["--previous=false", "--previous=true"] {
+                    if let Ok(output) = self
+                        .cp
+                        .kubectl()
+                        .args(["logs", "-n", &self.namespace, "-l", "aver.dev/model"])
+                        .args(["--all-containers", "--prefix", "--tail=15", previous])
+                        .output()
+                    {
+                        out.push_str(&format!(
+                            "\n--- container logs ({previous})\n{}{}",
+                            String::from_utf8_lossy(&output.stdout),
+                            String::from_utf8_lossy(&output.stderr)
+                        ));
+                    }
+                }
+                out.push_str(&real.diagnostics());
+            }
         }
         out
     }
@@ -553,4 +823,45 @@ pub fn run(cmd: &mut std::process::Command) -> (bool, String, String) {
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+fn sim_endpoint_problems(sim: &NodeSim, status: &ConfidentialModelStatus) -> Vec<String> {
+    let pods = sim.pods();
+    let mut problems = Vec::new();
+    for endpoint in &status.endpoints {
+        let Some(pod) = pods.get(&endpoint.pod) else {
+            problems.push(format!("{}: no such pod ran", endpoint.pod));
+            continue;
+        };
+        let real = pod.certificate_der.clone().unwrap_or_default();
+        let published = pem_to_der(&endpoint.certificate_pem);
+        if published != real {
+            problems.push(format!(
+                "{}: certificate differs from the enclave's",
+                endpoint.pod
+            ));
+        }
+        if Some(endpoint.spki_sha256) != pod.spki_sha256 {
+            problems.push(format!("{}: SPKI differs from the enclave's", endpoint.pod));
+        }
+        if endpoint.address != pod.ip.to_string() || endpoint.port != 8443 {
+            problems.push(format!(
+                "{}: published {}:{}, runs at {}:8443",
+                endpoint.pod, endpoint.address, endpoint.port, pod.ip
+            ));
+        }
+        if endpoint.node != pod.node {
+            problems.push(format!(
+                "{}: node {} != {}",
+                endpoint.pod, endpoint.node, pod.node
+            ));
+        }
+    }
+    problems
+}
+
+/// The leaf certificate (DER) an address serves over TLS, read without
+/// verifying anything; `None` if nothing answers.
+pub async fn served_certificate(address: &str, port: i32) -> Option<Vec<u8>> {
+    aver_tests::node::served_certificate(&format!("{address}:{port}")).await
 }
