@@ -27,7 +27,8 @@ async fn controller_recovers_from_an_apiserver_restart() {
     require_e2e!();
     // The fixture restarts a dead component after 6 s, long enough for
     // every client to see the outage.
-    let mut cluster = Cluster::start_with("restart", 4, 0, &["--restart-delay=6s"]).await;
+    let mut cluster =
+        Cluster::start_real("restart", 4, 0, &["--restart-delay=6s"], "privileged").await;
     let v1 = cluster.write_model("/models/llama", b"tiny model weights");
     let policy = cluster.policy(&[v1]);
     // A Lease that outlives the outage, so this test is about the
@@ -81,12 +82,7 @@ async fn controller_recovers_from_an_apiserver_restart() {
 
     let killed = cluster.cp.kill_apiserver().expect("apiserver killed");
     let down = Instant::now();
-    cluster
-        .sim()
-        .node(&victim.node)
-        .expect("node")
-        .extend_pcr(aver_crds::policy::DEFAULT_WORKLOAD_PCR)
-        .expect("extend the workload PCR");
+    cluster.tamper(&victim.node);
     *tamper.0.lock().unwrap() = Some((Instant::now(), victim.pod.clone(), before));
     eprintln!(
         "e2e: apiserver pid {killed} killed; {} tampered",
