@@ -149,6 +149,28 @@ async fn operator_on_a_real_control_plane() {
         "a policy mismatch must refuse: {out} {err}"
     );
 
+    // 2b. The engine listens on its pod's loopback only: from another pod
+    //     its port is closed, while the enclave's is open.
+    let target = &status.endpoints[0];
+    let script = format!(
+        "for port in 8000 8443; do if nc -w 3 {ip} $port -e /bin/id; then echo \"open $port\"; else echo \"closed $port\"; fi; done",
+        ip = target.address
+    );
+    let plain = format!("{}-plain-0", "operator");
+    let output = cluster.run_probe_pod("port-probe", &plain, &script).await;
+    eprintln!(
+        "e2e: from another pod: {}",
+        output.trim().replace('\n', ", ")
+    );
+    assert!(
+        output.contains("open 8443"),
+        "the enclave is reachable: {output}"
+    );
+    assert!(
+        output.contains("closed 8000"),
+        "the engine is not: {output}"
+    );
+
     // 3. Someone extends a node's workload PCR. The operator takes the node
     //    out of service (cordon) so the replacement lands elsewhere.
     let victim = status.endpoints[0].clone();

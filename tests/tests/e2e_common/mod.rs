@@ -431,6 +431,43 @@ impl Cluster {
         }
     }
 
+    /// Runs `script` with busybox's `sh` in a pod of its own on `node`
+    /// (a plain node: TPM nodes admit only confidential pods) and returns
+    /// what it printed, read through the kubelet.
+    pub async fn run_probe_pod(&self, name: &str, node: &str, script: &str) -> String {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "nodeName": node,
+                "restartPolicy": "Never",
+                "automountServiceAccountToken": false,
+                "containers": [{
+                    "name": "probe",
+                    "image": aver_tests::containerd::BUSYBOX_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["/bin/sh", "-c", script],
+                }],
+            },
+        }))
+        .unwrap();
+        let pods = self.pods();
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .expect("probe pod created");
+        self.wait_for(
+            &format!("probe pod {name} finished"),
+            Duration::from_secs(60),
+            || async {
+                let phase = pods.get(name).await.ok()?.status?.phase?;
+                matches!(phase.as_str(), "Succeeded" | "Failed").then_some(())
+            },
+        )
+        .await;
+        pods.logs(name, &Default::default())
+            .await
+            .expect("probe pod logs")
+    }
+
     /// Writes a policy file for `aver --policy`.
     pub fn policy_file(&self, name: &str, policy: &AttestationPolicy) -> PathBuf {
         let path = self.work.path().join(name);
