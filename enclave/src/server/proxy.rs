@@ -86,6 +86,10 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > self.max_request_bytes as u64) {
+            // Read (and drop) what the client is sending before answering:
+            // a connection closed under a client still writing is reset,
+            // and the client sees a write error instead of the 413.
+            discard(incoming).await;
             return too_large(self.max_request_bytes);
         }
         let path = parts
@@ -126,6 +130,28 @@ impl Proxy {
             }
         }
     }
+}
+
+/// At most this much of a refused body is read before the 413 is sent.
+const DISCARD_BYTES: u64 = 64 * 1024 * 1024;
+/// And for at most this long.
+const DISCARD_TIME: Duration = Duration::from_secs(5);
+
+/// Reads and drops a refused request body, bounded in bytes and time;
+/// nothing of it goes anywhere.
+async fn discard(mut incoming: Incoming) {
+    let mut read = 0u64;
+    let _ = tokio::time::timeout(DISCARD_TIME, async {
+        while let Some(Ok(frame)) = incoming.frame().await {
+            if let Some(data) = frame.data_ref() {
+                read += data.len() as u64;
+                if read > DISCARD_BYTES {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
 }
 
 fn too_large(limit: usize) -> Response<BoxBody> {
