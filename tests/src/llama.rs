@@ -298,14 +298,7 @@ pub fn serve_model(
         .stderr(Stdio::inherit())
         .spawn()
         .context("aver-enclave serve starts")?;
-    let (_, port) = match listening_url(&mut child) {
-        Ok(listening) => listening,
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e);
-        }
-    };
+    let (_, port) = listening_url(&mut child)?;
     Ok(Enclave {
         child,
         url: format!("https://127.0.0.1:{port}"),

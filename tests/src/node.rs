@@ -136,21 +136,24 @@ impl TestNode {
             .stderr(Stdio::inherit())
             .spawn()
             .context("aver-enclave serve starts")?;
-        let (url, port) = match listening_url(&mut child) {
-            Ok(listening) => listening,
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(e);
-            }
-        };
+        let (url, port) = listening_url(&mut child)?;
         Ok(EnclaveProcess { child, url, port })
     }
 }
 
 /// The URL and port from the first stdout line (`listening on
 /// https://HOST:PORT`) of a started `aver-enclave serve` with piped stdout.
+/// A child that does not say so is killed and reaped.
 pub fn listening_url(child: &mut Child) -> anyhow::Result<(String, u16)> {
+    let listening = read_listening_url(child);
+    if listening.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    listening
+}
+
+fn read_listening_url(child: &mut Child) -> anyhow::Result<(String, u16)> {
     let stdout = child.stdout.take().context("stdout is piped")?;
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use aver_crds::Sha256Digest;
 use aver_enclave::tpm::DEFAULT_AK_HANDLE;
 use aver_enclave::Tpm;
@@ -616,15 +616,10 @@ impl Enclave {
             .stderr(log.reopen()?)
             .spawn()
             .context("aver-enclave serve starts")?;
-        let (url, port) = match listening_url(&mut child) {
-            Ok(listening) => listening,
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let stderr = std::fs::read_to_string(log.path()).unwrap_or_default();
-                bail!("{e}: {stderr}");
-            }
-        };
+        let (url, port) = listening_url(&mut child).map_err(|e| {
+            let stderr = std::fs::read_to_string(log.path()).unwrap_or_default();
+            anyhow::anyhow!("{e}: {stderr}")
+        })?;
         Ok(Self {
             child,
             url,
