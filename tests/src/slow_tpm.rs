@@ -176,28 +176,49 @@ impl SlowTpm {
     /// connected). The client is not told.
     pub fn extend_pcr(&self, pcr: u32, data: [u8; 32]) -> anyhow::Result<()> {
         let command = pcr_extend_command(pcr, &data);
+        // Held across the exchange: a relay whose client has gone clears
+        // `current` under this lock before it closes that connection, so
+        // the command goes either on a live connection or on our own.
         let current = self
             .shared
             .current
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let response = match current {
+            .unwrap_or_else(|p| p.into_inner());
+        let response = match current.as_ref() {
             Some(upstream) => {
                 let mut upstream = upstream.lock().unwrap_or_else(|p| p.into_inner());
                 upstream.write_all(&command)?;
                 read_frame(&mut upstream)?
             }
-            None => {
-                let mut own = TcpStream::connect((Ipv4Addr::LOCALHOST, self.shared.upstream_port))?;
-                own.write_all(&command)?;
-                read_frame(&mut own)?
-            }
+            None => self.extend_on_own_connection(&command)?,
         };
         match response {
             Some((0, _)) => Ok(()),
             Some((rc, _)) => bail!("TPM2_PCR_Extend of PCR {pcr} failed: TPM_RC 0x{rc:x}"),
             None => bail!("swtpm closed the connection on TPM2_PCR_Extend"),
+        }
+    }
+
+    /// Sends `command` on a connection of its own. Right after swtpm
+    /// starts, it may reset a new connection while it still closes the
+    /// readiness probe's: a reset or close before any answer means the
+    /// command was not run, so it is sent again, a few times.
+    fn extend_on_own_connection(&self, command: &[u8]) -> anyhow::Result<Option<(u32, Vec<u8>)>> {
+        const ATTEMPTS: u32 = 5;
+        let mut attempt = 1;
+        loop {
+            let result = (|| {
+                let mut own = TcpStream::connect((Ipv4Addr::LOCALHOST, self.shared.upstream_port))?;
+                own.write_all(command)?;
+                read_frame(&mut own)
+            })();
+            match result {
+                Ok(None) if attempt < ATTEMPTS => {}
+                Err(e) if attempt < ATTEMPTS && is_reset(&e) => {}
+                other => return Ok(other?),
+            }
+            attempt += 1;
+            thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -226,6 +247,15 @@ impl Drop for SlowTpm {
 enum Kind {
     Command,
     Control,
+}
+
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    )
 }
 
 /// The port of a `swtpm:host=…,port=N` TCTI string.
@@ -325,12 +355,16 @@ fn relay_commands(mut client: TcpStream, shared: &Shared) -> io::Result<()> {
         }
         client.write_all(&response)?;
     })();
+    // Before closing: an `extend_pcr` holding `current` finishes on this
+    // connection first, and none starts on it afterwards.
+    {
+        let mut current = shared.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &upstream)) {
+            *current = None;
+        }
+    }
     let _ = client.shutdown(Shutdown::Both);
     let _ = shutdown.shutdown(Shutdown::Both);
-    let mut current = shared.current.lock().unwrap_or_else(|p| p.into_inner());
-    if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &upstream)) {
-        *current = None;
-    }
     result
 }
 
