@@ -184,13 +184,16 @@ impl SlowTpm {
             .current
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let response = match current.as_ref() {
-            Some(upstream) => {
-                let mut upstream = upstream.lock().unwrap_or_else(|p| p.into_inner());
-                upstream.write_all(&command)?;
-                read_frame(&mut upstream)?
-            }
-            None => self.extend_on_own_connection(&command)?,
+        let response = if let Some(upstream) = current.as_ref() {
+            let mut upstream = upstream.lock().unwrap_or_else(|p| p.into_inner());
+            upstream.write_all(&command)?;
+            read_frame(&mut upstream)?
+        } else {
+            // Not held while waiting on swtpm: a client connecting now must
+            // be able to register, or its relay and this wait would block
+            // each other behind swtpm's one connection at a time.
+            drop(current);
+            self.extend_on_own_connection(&command)?
         };
         match response {
             Some((0, _)) => Ok(()),
