@@ -23,6 +23,7 @@ use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{reflector, watcher, Controller, WatchStreamExt as _};
@@ -154,6 +155,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     result
 }
 
+/// The API of `K` in the watched namespace, or in all of them.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
 /// Runs the operator until shutdown is requested: the controller, the pod
 /// cache, the re-attestation loop and the effects of its outcomes. Dropping
 /// the returned future (lost leadership) stops all of them.
@@ -164,28 +177,12 @@ async fn operate(
     identity: String,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let scoped = |client: &Client| -> (
-        Api<ConfidentialModel>,
-        Api<Deployment>,
-        Api<Service>,
-        Api<Pod>,
-    ) {
-        match &args.namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-            ),
-        }
-    };
-    let (models, deployments, services, pods) = scoped(&client);
+    let namespace = args.namespace.as_deref();
+    let models: Api<ConfidentialModel> = scoped(&client, namespace);
+    let deployments: Api<Deployment> = scoped(&client, namespace);
+    let services: Api<Service> = scoped(&client, namespace);
+    let pdbs: Api<PodDisruptionBudget> = scoped(&client, namespace);
+    let pods: Api<Pod> = scoped(&client, namespace);
     models
         .list(&ListParams::default().limit(1))
         .await
@@ -213,7 +210,8 @@ async fn operate(
     let owned = watcher::Config::default().labels(MANAGED_SELECTOR);
     let controller = Controller::new(models, watcher::Config::default())
         .owns(deployments, owned.clone())
-        .owns(services, owned)
+        .owns(services, owned.clone())
+        .owns(pdbs, owned)
         .reconcile_on(triggers)
         .graceful_shutdown_on(stopped(stop.clone()));
 

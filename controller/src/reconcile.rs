@@ -1,5 +1,13 @@
-//! Reconciling one `ConfidentialModel`: keep its workload applied, publish
-//! its status, and clean up behind a finalizer when it is deleted.
+//! Reconciling one `ConfidentialModel`: keep its workload applied and
+//! publish its status.
+//!
+//! No finalizer: the Deployment and Service carry the resource as their
+//! controller owner, so the garbage collector removes them when it goes,
+//! and the re-attestation loop forgets a model it no longer lists. A
+//! finalizer would add nothing but a resource stuck in `Terminating`
+//! whenever the controller is gone (uninstalled, crash-looping, scaled to
+//! zero). Resources that still carry the finalizer of earlier versions
+//! ([`LEGACY_FINALIZER`]) have it removed.
 //!
 //! Every write is a server-side apply with the controller's field manager,
 //! so re-applying an unchanged object is a no-op on the server, and status
@@ -13,10 +21,10 @@ use aver_workload::KubeletParams;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource as _, ResourceExt};
 
@@ -26,9 +34,8 @@ use crate::results::ResultStore;
 use crate::status::{self, Problem, StatusInputs};
 use crate::workload;
 
-/// Finalizer that holds deletion until the controller has dropped the
-/// model's attestation state and removed its workload.
-pub const FINALIZER: &str = "aver.dev/cleanup";
+/// The finalizer earlier versions put on every resource; removed on sight.
+pub const LEGACY_FINALIZER: &str = "aver.dev/cleanup";
 
 /// Retry delay after a failed reconcile.
 pub const ERROR_REQUEUE: Duration = Duration::from_secs(15);
@@ -63,14 +70,8 @@ pub enum Error {
     },
     #[error("cannot write status of {name}: {source}")]
     Status { name: String, source: kube::Error },
-    #[error("cannot delete {kind} {name}: {source}")]
-    Delete {
-        kind: &'static str,
-        name: String,
-        source: kube::Error,
-    },
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("cannot remove the finalizer {LEGACY_FINALIZER} from {name}: {source}")]
+    Finalizer { name: String, source: kube::Error },
 }
 
 /// Reconciles one resource (the `kube::runtime::Controller` entry point).
@@ -78,16 +79,51 @@ pub async fn reconcile(cm: Arc<ConfidentialModel>, ctx: Arc<Context>) -> Result<
     let started = Instant::now();
     let namespace = cm.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<ConfidentialModel> = Api::namespaced(ctx.client.clone(), &namespace);
-    let result = finalizer(&api, FINALIZER, cm, |event| async {
-        match event {
-            FinalizerEvent::Apply(cm) => apply(&cm, &ctx).await,
-            FinalizerEvent::Cleanup(cm) => cleanup(&cm, &ctx).await,
+    let result = async {
+        remove_legacy_finalizer(&api, &cm).await?;
+        if cm.metadata.deletion_timestamp.is_some() {
+            // The garbage collector deletes the workload; only the
+            // attestation state is ours to drop.
+            ctx.store.remove_model(&ObjectRef::from_obj(cm.as_ref()));
+            return Ok(Action::await_change());
         }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+        apply(&cm, &ctx).await
+    }
+    .await;
     ctx.metrics.reconciled(result.is_ok(), started.elapsed());
     result
+}
+
+/// Removes [`LEGACY_FINALIZER`] if the resource has it. The patch tests
+/// that the entry is still at that index, so a concurrent change of the
+/// list fails the patch (and the reconcile is retried) instead of removing
+/// someone else's finalizer.
+async fn remove_legacy_finalizer(
+    api: &Api<ConfidentialModel>,
+    cm: &ConfidentialModel,
+) -> Result<(), Error> {
+    let Some(index) = cm.finalizers().iter().position(|f| f == LEGACY_FINALIZER) else {
+        return Ok(());
+    };
+    let path = format!("/metadata/finalizers/{index}");
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+        {"op": "test", "path": path, "value": LEGACY_FINALIZER},
+        {"op": "remove", "path": path},
+    ]))
+    .expect("a well-formed JSON patch");
+    let name = cm.name_any();
+    match api
+        .patch::<ConfidentialModel>(&name, &PatchParams::default(), &Patch::Json(patch))
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(model = %ObjectRef::from_obj(cm), "removed the finalizer of an earlier version");
+            Ok(())
+        }
+        // Gone already: nothing holds it.
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(source) => Err(Error::Finalizer { name, source }),
+    }
 }
 
 /// What the controller does after a failed reconcile.
@@ -129,9 +165,10 @@ async fn apply(cm: &ConfidentialModel, ctx: &Context) -> Result<Action, Error> {
         match (
             workload::deployment(cm, &ctx.workload),
             workload::service(cm),
+            workload::pod_disruption_budget(cm),
         ) {
-            (Ok(deployment), Ok(service)) => {
-                match apply_workload(ctx, &namespace, &deployment, &service).await {
+            (Ok(deployment), Ok(service), Ok(pdb)) => {
+                match apply_workload(ctx, &namespace, &deployment, &service, &pdb).await {
                     Ok(applied) => {
                         // The ReplicaSet cannot create pods (PodSecurity,
                         // quota, a webhook): the Deployment says so, and
@@ -153,7 +190,7 @@ async fn apply(cm: &ConfidentialModel, ctx: &Context) -> Result<Action, Error> {
                     }
                 }
             }
-            (Err(e), _) | (_, Err(e)) => {
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                 problem = Some(Problem {
                     reason: "InvalidSpec",
                     message: e.to_string(),
@@ -257,6 +294,7 @@ async fn apply_workload(
     namespace: &str,
     deployment: &Deployment,
     service: &Service,
+    pdb: &PodDisruptionBudget,
 ) -> Result<Deployment, Error> {
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
     let name = deployment.name_any();
@@ -277,42 +315,15 @@ async fn apply_workload(
             name: name.clone(),
             source,
         })?;
-    Ok(applied)
-}
-
-/// Drops the model's attestation state and deletes its workload. Owner
-/// references would let the garbage collector do the latter eventually;
-/// deleting here stops the pods (and their TPM use) before the resource is
-/// gone, and does not depend on the owner references surviving.
-async fn cleanup(cm: &ConfidentialModel, ctx: &Context) -> Result<Action, Error> {
-    let name = cm.name_any();
-    let namespace = cm.namespace().ok_or(Error::NoNamespace)?;
-    ctx.store.remove_model(&ObjectRef::from_obj(cm));
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
-    delete_ignoring_absent(&deployments, &name, "Deployment").await?;
-    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
-    delete_ignoring_absent(&services, &name, "Service").await?;
-    tracing::info!(model = %ObjectRef::from_obj(cm), "cleaned up");
-    Ok(Action::await_change())
-}
-
-async fn delete_ignoring_absent<K>(
-    api: &Api<K>,
-    name: &str,
-    kind: &'static str,
-) -> Result<(), Error>
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    match api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(source) => Err(Error::Delete {
-            kind,
-            name: name.to_owned(),
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), namespace);
+    pdbs.patch(&name, &apply_params(), &Patch::Apply(pdb))
+        .await
+        .map_err(|source| Error::Apply {
+            kind: "PodDisruptionBudget",
+            name: name.clone(),
             source,
-        }),
-    }
+        })?;
+    Ok(applied)
 }
 
 #[cfg(test)]
@@ -331,13 +342,12 @@ mod tests {
 
     const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/ml/deployments/llama";
     const SERVICE: &str = "/api/v1/namespaces/ml/services/llama";
+    const PDB: &str = "/apis/policy/v1/namespaces/ml/poddisruptionbudgets/llama";
     const MODEL: &str = "/apis/aver.dev/v1alpha1/namespaces/ml/confidentialmodels/llama";
     const STATUS: &str = "/apis/aver.dev/v1alpha1/namespaces/ml/confidentialmodels/llama/status";
 
     fn managed_model() -> ConfidentialModel {
-        let mut cm = model("llama");
-        cm.metadata.finalizers = Some(vec![FINALIZER.to_owned()]);
-        cm
+        model("llama")
     }
 
     fn context(client: Client, store: ResultStore) -> Arc<Context> {
@@ -375,6 +385,17 @@ mod tests {
             json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "llama", "namespace": "ml"}}),
         )
         .expect_query("fieldManager=aver-controller")
+    }
+
+    fn pdb_reply() -> Reply {
+        Reply::json(
+            Method::PATCH,
+            PDB,
+            200,
+            json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "llama", "namespace": "ml"}}),
+        )
+        .expect_query("fieldManager=aver-controller")
+        .expect_body(|body| assert_eq!(body["spec"]["maxUnavailable"], 1))
     }
 
     fn status_reply(cm: &ConfidentialModel, check: impl FnOnce(&Value) + Send + 'static) -> Reply {
@@ -472,6 +493,7 @@ mod tests {
                 assert_eq!(body["spec"]["replicas"], 3);
             }),
             service_reply(),
+            pdb_reply(),
             status_reply(&cm, |body| {
                 let status = &body["status"];
                 assert_eq!(status["observedGeneration"], 4);
@@ -514,6 +536,7 @@ mod tests {
                 }),
             ),
             service_reply(),
+            pdb_reply(),
             status_reply(&cm, move |body| {
                 let status = &body["status"];
                 let degraded = condition(status, "Degraded");
@@ -554,6 +577,7 @@ mod tests {
         let mock = ApiMock::start(vec![
             deployment_reply(3),
             service_reply(),
+            pdb_reply(),
             status_reply(&cm, |body| {
                 let status = &body["status"];
                 assert_eq!(status["attestedReplicas"], 3);
@@ -601,6 +625,7 @@ mod tests {
         let mock = ApiMock::start(vec![
             deployment_reply(2),
             service_reply(),
+            pdb_reply(),
             status_reply(&cm, |body| {
                 let status = &body["status"];
                 let pods: Vec<&Value> = status["endpoints"]
@@ -638,7 +663,7 @@ mod tests {
             store.record_success(&key, &target(pod), attested(1), &policy(), Timestamp::now());
         }
         // Only the two idempotent applies; the mock fails on any third request.
-        let mock = ApiMock::start(vec![deployment_reply(3), service_reply()]);
+        let mock = ApiMock::start(vec![deployment_reply(3), service_reply(), pdb_reply()]);
         let ctx = context(mock.client(), store);
         let action = reconcile(Arc::new(cm), Arc::clone(&ctx))
             .await
@@ -673,7 +698,6 @@ mod tests {
     #[tokio::test]
     async fn a_refused_host_path_degrades_without_touching_the_workload() {
         let mut cm = crate::workload::tests::node_model("llama");
-        cm.metadata.finalizers = Some(vec![FINALIZER.to_owned()]);
         cm.spec.model.source.host_path = Some(aver_crds::HostPathModelSource {
             path: "/etc".into(),
         });
@@ -708,20 +732,37 @@ mod tests {
         mock.finish().await;
     }
 
-    #[tokio::test]
-    async fn a_new_resource_gets_the_finalizer_first() {
-        let mut cm = model("llama");
-        cm.metadata.resource_version = Some("5".into());
-        let mock = ApiMock::start(vec![Reply::json(
+    fn finalizer_removal(cm: &ConfidentialModel, index: usize) -> Reply {
+        let mut after = cm.clone();
+        after.metadata.finalizers = None;
+        Reply::json(
             Method::PATCH,
             MODEL,
             200,
-            serde_json::to_value(managed_model()).expect("json"),
+            serde_json::to_value(after).expect("json"),
         )
-        .expect_body(|body| {
-            let text = body.to_string();
-            assert!(text.contains(FINALIZER), "{text}");
-        })]);
+        .expect_body(move |body| {
+            let path = format!("/metadata/finalizers/{index}");
+            assert_eq!(
+                body,
+                &json!([
+                    {"op": "test", "path": path, "value": LEGACY_FINALIZER},
+                    {"op": "remove", "path": path},
+                ])
+            );
+        })
+    }
+
+    #[tokio::test]
+    async fn a_new_resource_gets_no_finalizer() {
+        let cm = managed_model();
+        // Applies and status only: the mock fails on a patch of the resource.
+        let mock = ApiMock::start(vec![
+            deployment_reply(0),
+            service_reply(),
+            pdb_reply(),
+            status_reply(&cm, |_| {}),
+        ]);
         reconcile(Arc::new(cm), context(mock.client(), ResultStore::new()))
             .await
             .expect("reconciled");
@@ -729,34 +770,45 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn deletion_removes_workload_state_and_then_the_finalizer() {
+    async fn the_finalizer_of_an_earlier_version_is_removed_before_applying() {
+        let mut cm = managed_model();
+        cm.metadata.finalizers = Some(vec!["example.com/other".into(), LEGACY_FINALIZER.into()]);
+        let mock = ApiMock::start(vec![
+            finalizer_removal(&cm, 1),
+            deployment_reply(0),
+            service_reply(),
+            pdb_reply(),
+            status_reply(&cm, |_| {}),
+        ]);
+        reconcile(Arc::new(cm), context(mock.client(), ResultStore::new()))
+            .await
+            .expect("reconciled");
+        mock.finish().await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_finalizer_removal_is_retried_without_applying() {
+        let mut cm = managed_model();
+        cm.metadata.finalizers = Some(vec![LEGACY_FINALIZER.into()]);
+        let mock = ApiMock::start(vec![Reply::status(Method::PATCH, MODEL, 422)]);
+        let result = reconcile(Arc::new(cm), context(mock.client(), ResultStore::new())).await;
+        let error = result.expect_err("the patch failed");
+        assert!(matches!(error, Error::Finalizer { .. }), "{error}");
+        mock.finish().await;
+    }
+
+    #[tokio::test]
+    async fn deletion_drops_the_attestation_state_and_leaves_the_workload_to_the_garbage_collector()
+    {
         let mut cm = managed_model();
         cm.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        cm.metadata.finalizers = Some(vec![LEGACY_FINALIZER.into()]);
         let store = store_with(&["a"]);
-        let mock = ApiMock::start(vec![
-            Reply::json(
-                Method::DELETE,
-                DEPLOYMENT,
-                200,
-                json!({"apiVersion": "v1", "kind": "Status", "status": "Success"}),
-            ),
-            Reply::not_found(Method::DELETE, SERVICE),
-            Reply::json(
-                Method::PATCH,
-                MODEL,
-                200,
-                serde_json::to_value(&cm).expect("json"),
-            )
-            .expect_body(|body| {
-                let text = body.to_string();
-                assert!(
-                    text.contains("remove") && text.contains("/metadata/finalizers/0"),
-                    "{text}"
-                );
-            }),
-        ]);
+        // Only the finalizer removal: no delete, no apply, no status.
+        let mock = ApiMock::start(vec![finalizer_removal(&cm, 0)]);
         let ctx = context(mock.client(), store.clone());
-        reconcile(Arc::new(cm), ctx).await.expect("cleaned up");
+        let action = reconcile(Arc::new(cm), ctx).await.expect("reconciled");
+        assert_eq!(action, Action::await_change());
         assert_eq!(store.verified_count(), 0);
         mock.finish().await;
     }

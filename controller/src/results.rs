@@ -1,8 +1,10 @@
 //! The latest attestation outcome of every endpoint, shared by the
 //! re-attestation loop (which writes it) and the reconciler (which turns it
 //! into status). In memory only: after a restart or a leader change every
-//! endpoint is attested afresh before it is listed again, which is the safe
-//! direction.
+//! endpoint is attested afresh at once. Until its first attempt ends, an
+//! endpoint the previous controller published stays listed as it was
+//! (see [`crate::status`]), so a controller restart does not empty
+//! `status.endpoints`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -37,6 +39,10 @@ pub struct ModelResults {
     pub endpoints: BTreeMap<String, EndpointRecord>,
     /// Recent failures, newest last, one per pod.
     pub failures: Vec<FailureRecord>,
+    /// Whether the re-attestation loop has listed the model's targets since
+    /// this controller started: until then nothing here says which
+    /// published endpoints still exist.
+    pub tracked: bool,
 }
 
 /// One target and its latest outcome.
@@ -47,6 +53,21 @@ pub struct EndpointRecord {
     pub verified: Option<Verification>,
     /// Failures since the last success; 0 if the latest attempt succeeded.
     pub consecutive_failures: u32,
+}
+
+impl EndpointRecord {
+    fn pending(target: &AttestTarget) -> Self {
+        Self {
+            target: target.clone(),
+            verified: None,
+            consecutive_failures: 0,
+        }
+    }
+
+    /// No attempt has ended since this controller started.
+    pub fn is_pending(&self) -> bool {
+        self.verified.is_none() && self.consecutive_failures == 0
+    }
 }
 
 /// A successful attestation, when it completed, and the policy it passed:
@@ -186,6 +207,25 @@ impl ResultStore {
         dropped_verified
     }
 
+    /// Notes the model's current targets: the model is tracked from now on,
+    /// and a target without a record gets a pending one.
+    pub fn track_targets(&self, model: &ModelKey, targets: &[AttestTarget]) {
+        let mut all = self.lock();
+        let results = all.entry(model.clone()).or_default();
+        results.tracked = true;
+        for target in targets {
+            let known = results
+                .endpoints
+                .get(&target.pod)
+                .is_some_and(|r| r.target.pod_uid == target.pod_uid);
+            if !known {
+                results
+                    .endpoints
+                    .insert(target.pod.clone(), EndpointRecord::pending(target));
+            }
+        }
+    }
+
     /// Forgets every model not in `models`.
     pub fn retain_models(&self, models: &HashSet<ModelKey>) -> Vec<ModelKey> {
         let mut all = self.lock();
@@ -226,17 +266,9 @@ impl ModelResults {
         let record = self
             .endpoints
             .entry(target.pod.clone())
-            .or_insert_with(|| EndpointRecord {
-                target: target.clone(),
-                verified: None,
-                consecutive_failures: 0,
-            });
+            .or_insert_with(|| EndpointRecord::pending(target));
         if record.target.pod_uid != target.pod_uid {
-            *record = EndpointRecord {
-                target: target.clone(),
-                verified: None,
-                consecutive_failures: 0,
-            };
+            *record = EndpointRecord::pending(target);
         } else if record.target != *target {
             // Same pod, new address or node (rare): a new identity for status.
             record.target = target.clone();
@@ -350,5 +382,26 @@ pub(crate) mod tests {
 
         store.retain_models(&HashSet::new());
         assert_eq!(store.snapshot(&key()), ModelResults::default());
+    }
+
+    #[test]
+    fn tracked_targets_are_pending_until_an_attempt_ends() {
+        let store = ResultStore::new();
+        assert!(!store.snapshot(&key()).tracked);
+        let t0 = Timestamp::from_second(1_000).expect("time");
+        store.record_success(&key(), &target("a"), attested(1), &policy(), t0);
+        store.track_targets(&key(), &[target("a"), target("b")]);
+        let snapshot = store.snapshot(&key());
+        assert!(snapshot.tracked);
+        assert!(!snapshot.endpoints["a"].is_pending(), "an outcome is kept");
+        assert!(snapshot.endpoints["b"].is_pending());
+        assert_eq!(store.verified_count(), 1, "pending is not verified");
+        // A new pod of the same name starts pending again.
+        let mut replaced = target("a");
+        replaced.pod_uid = "a-uid-2".into();
+        store.track_targets(&key(), &[replaced]);
+        assert!(store.snapshot(&key()).endpoints["a"].is_pending());
+        store.record_failure(&key(), &target("b"), "unreachable", "x", t0);
+        assert!(!store.snapshot(&key()).endpoints["b"].is_pending());
     }
 }

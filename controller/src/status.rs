@@ -132,7 +132,10 @@ fn build(
             }
             Some(entry)
         })
+        .chain(carried_over(current, inputs))
         .collect();
+    let mut endpoints = endpoints;
+    endpoints.sort_by(|a, b| a.pod.cmp(&b.pod));
 
     let attested = i32::try_from(endpoints.len()).unwrap_or(i32::MAX);
     let recent_failures: Vec<_> = inputs
@@ -255,6 +258,41 @@ fn build(
     }
 }
 
+/// Published endpoints kept as they are after a controller restart or a
+/// leader change, until this controller's first attempt at them ends: the
+/// previous controller verified them within `maxEvidenceAge`, and dropping
+/// them would tell clients a healthy model has no endpoints for up to
+/// `jitter × interval`. Kept only while nothing says otherwise: the
+/// resource's generation is the one they were published for, the
+/// publication is younger than `maxEvidenceAge`, and the pod is still a
+/// target at the same node and address with no outcome yet (or the loop
+/// has not listed the model's targets yet at all).
+fn carried_over<'a>(
+    current: Option<&'a ConfidentialModelStatus>,
+    inputs: &'a StatusInputs<'_>,
+) -> impl Iterator<Item = VerifiedEndpoint> + 'a {
+    let same_generation = current.is_some_and(|s| {
+        s.observed_generation.is_some() && s.observed_generation == inputs.generation
+    });
+    let results = inputs.results;
+    current
+        .into_iter()
+        .filter(move |_| same_generation)
+        .flat_map(|s| s.endpoints.iter())
+        .filter(move |e| age(inputs.now, e.last_attested.0) < inputs.max_age)
+        .filter(move |e| match results.endpoints.get(&e.pod) {
+            None => !results.tracked,
+            Some(record) => {
+                let t = &record.target;
+                record.is_pending()
+                    && t.node == e.node
+                    && t.address == e.address
+                    && i32::from(t.port) == e.port
+            }
+        })
+        .cloned()
+}
+
 /// When status would next change by the passage of time alone: an endpoint
 /// expiring, a published `lastAttested` due for refresh, a failure ageing
 /// out of Degraded. The reconciler requeues for then.
@@ -268,7 +306,19 @@ pub fn next_change(status: &ConfidentialModelStatus, inputs: &StatusInputs<'_>) 
         }
     }
     for endpoint in &status.endpoints {
-        next = next.min(until(endpoint.last_attested.0, inputs.refresh_after()));
+        let verified_here = inputs
+            .results
+            .endpoints
+            .get(&endpoint.pod)
+            .and_then(|r| r.listable(now, inputs.max_age, inputs.policy))
+            .is_some();
+        next = next.min(if verified_here {
+            until(endpoint.last_attested.0, inputs.refresh_after())
+        } else {
+            // Carried over from the previous controller: it can only
+            // expire (its first attempt here triggers a reconcile anyway).
+            until(endpoint.last_attested.0, inputs.max_age) + Duration::from_secs(1)
+        });
     }
     for failure in &inputs.results.failures {
         let left = until(failure.at, inputs.max_age);
@@ -332,6 +382,7 @@ mod tests {
                 },
             );
         }
+        r.tracked = true;
         r
     }
 
@@ -511,5 +562,82 @@ mod tests {
         let status = desired(None, &i);
         assert_eq!(condition(&status, "Ready").reason, "ScaledToZero");
         assert_eq!(condition(&status, "Attested").reason, "NoReadyPods");
+    }
+
+    /// Results right after a restart: the loop lists the pods, no attempt
+    /// has ended yet.
+    fn pending(pods: &[&str]) -> ModelResults {
+        let mut r = results(&[]);
+        for pod in pods {
+            r.endpoints.insert(
+                (*pod).to_owned(),
+                EndpointRecord {
+                    target: target(pod),
+                    verified: None,
+                    consecutive_failures: 0,
+                },
+            );
+        }
+        r
+    }
+
+    fn published(now: i64) -> ConfidentialModelStatus {
+        let r = results(&[("a", Some(now - 20), 0), ("b", Some(now - 10), 0)]);
+        desired(None, &inputs(&r, now))
+    }
+
+    fn pods(status: &ConfidentialModelStatus) -> Vec<&str> {
+        status.endpoints.iter().map(|e| e.pod.as_str()).collect()
+    }
+
+    #[test]
+    fn a_restarted_controller_keeps_published_endpoints_until_its_first_attempt() {
+        let before = published(1_000);
+        // The loop has not listed the model yet, or has and not attested yet.
+        for r in [ModelResults::default(), pending(&["a", "b"])] {
+            let after = desired(Some(&before), &inputs(&r, 1_005));
+            assert_eq!(after.endpoints, before.endpoints);
+            assert_eq!(condition(&after, "Ready").status, "True");
+            assert!(!needs_write(Some(&before), &after), "{after:#?}");
+            // It can only expire: no reconcile every second meanwhile.
+            let next = next_change(&after, &inputs(&r, 1_005));
+            assert_eq!(next, Duration::from_secs(300 - 25 + 1));
+        }
+    }
+
+    #[test]
+    fn carried_endpoints_go_when_anything_says_otherwise() {
+        let before = published(1_000);
+        // A failed first attempt; the other pod still pending.
+        let mut r = pending(&["a", "b"]);
+        r.endpoints.get_mut("a").expect("a").consecutive_failures = 1;
+        assert_eq!(pods(&desired(Some(&before), &inputs(&r, 1_005))), ["b"]);
+        // A pod that is no longer a target.
+        assert_eq!(
+            pods(&desired(Some(&before), &inputs(&pending(&["b"]), 1_005))),
+            ["b"]
+        );
+        // The same pod name at another address.
+        let mut r = pending(&["a", "b"]);
+        r.endpoints.get_mut("b").expect("b").target.address = "10.0.0.9".into();
+        assert_eq!(pods(&desired(Some(&before), &inputs(&r, 1_005))), ["a"]);
+        // A success replaces the published entry, once.
+        let r = results(&[("a", Some(1_004), 0)]);
+        let mut r2 = pending(&["b"]);
+        r2.endpoints.extend(r.endpoints);
+        let after = desired(Some(&before), &inputs(&r2, 1_005));
+        assert_eq!(pods(&after), ["a", "b"]);
+        // Older than maxEvidenceAge: gone, whatever else holds.
+        assert!(desired(
+            Some(&before),
+            &inputs(&pending(&["a", "b"]), 1_000 - 10 + 300)
+        )
+        .endpoints
+        .is_empty());
+        // A new generation: its policy may refuse them.
+        let r = pending(&["a", "b"]);
+        let mut newer = inputs(&r, 1_005);
+        newer.generation = Some(5);
+        assert!(desired(Some(&before), &newer).endpoints.is_empty());
     }
 }

@@ -33,6 +33,7 @@ use k8s_openapi::api::core::v1::{
     SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, Toleration, Volume,
     VolumeMount,
 };
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -188,17 +189,53 @@ pub fn deployment(
                 match_labels: Some(selector(&name)),
                 ..LabelSelector::default()
             },
-            // One enclave per node: a surge pod would have nowhere to go on
-            // a fully used set of TPM nodes, so old pods go first.
-            strategy: Some(DeploymentStrategy {
-                type_: Some("RollingUpdate".to_owned()),
-                rolling_update: Some(RollingUpdateDeployment {
-                    max_surge: Some(IntOrString::Int(0)),
-                    max_unavailable: Some(IntOrString::Int(1)),
-                }),
-            }),
+            strategy: Some(rollout_strategy(cm.spec.replicas)),
             template: pod_template(cm, config)?,
             ..DeploymentSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// How a new pod template replaces the old pods.
+///
+/// One enclave per node (anti-affinity), so a surge pod needs a TPM node
+/// that runs no enclave. With several replicas, old pods go first, one at
+/// a time: capacity drops by one, service never stops, and a fully used
+/// set of TPM nodes cannot stall the rollout. A single replica is replaced
+/// surge-first instead, since removing it first is an outage: the new pod
+/// must be ready (its model measured) before the old one stops. Without a
+/// spare TPM node the new pod stays `Pending` and the old one keeps
+/// serving; the Deployment reports `ProgressDeadlineExceeded`.
+pub fn rollout_strategy(replicas: i32) -> DeploymentStrategy {
+    let (max_surge, max_unavailable) = if replicas <= 1 { (1, 0) } else { (0, 1) };
+    DeploymentStrategy {
+        type_: Some("RollingUpdate".to_owned()),
+        rolling_update: Some(RollingUpdateDeployment {
+            max_surge: Some(IntOrString::Int(max_surge)),
+            max_unavailable: Some(IntOrString::Int(max_unavailable)),
+        }),
+    }
+}
+
+/// The model's PodDisruptionBudget: voluntary disruptions (node drains,
+/// cluster upgrades) take at most one of its pods at a time, so that a
+/// drain of several TPM nodes cannot take every endpoint at once. Pods that
+/// are not ready (still measuring, crash-looping) may always be evicted
+/// (`unhealthyPodEvictionPolicy: AlwaysAllow`): they serve nothing, and a
+/// budget that counted them would block drains.
+pub fn pod_disruption_budget(cm: &ConfidentialModel) -> Result<PodDisruptionBudget, WorkloadError> {
+    let (name, namespace) = identity(cm)?;
+    Ok(PodDisruptionBudget {
+        metadata: owned_meta(cm, &name, &namespace),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector(&name)),
+                ..LabelSelector::default()
+            }),
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".to_owned()),
+            ..PodDisruptionBudgetSpec::default()
         }),
         status: None,
     })
@@ -791,6 +828,49 @@ mod tests {
         assert_eq!(
             strategy.rolling_update.and_then(|r| r.max_surge),
             Some(IntOrString::Int(0))
+        );
+    }
+
+    #[test]
+    fn a_single_replica_is_replaced_surge_first_and_several_one_by_one() {
+        let limits = |replicas| {
+            let mut cm = model("llama");
+            cm.spec.replicas = replicas;
+            let deploy = deployment(&cm, &workload_config()).expect("deployment");
+            let rolling = deploy
+                .spec
+                .and_then(|s| s.strategy)
+                .and_then(|s| s.rolling_update)
+                .expect("rolling update");
+            (rolling.max_surge, rolling.max_unavailable)
+        };
+        let int = |n| Some(IntOrString::Int(n));
+        assert_eq!(limits(1), (int(1), int(0)), "no outage for one replica");
+        assert_eq!(limits(0), (int(1), int(0)));
+        assert_eq!(limits(2), (int(0), int(1)));
+        assert_eq!(limits(5), (int(0), int(1)));
+    }
+
+    #[test]
+    fn the_disruption_budget_takes_one_ready_pod_at_a_time() {
+        let cm = model("llama");
+        let pdb = pod_disruption_budget(&cm).expect("pdb");
+        assert_eq!(pdb.metadata.name.as_deref(), Some("llama"));
+        assert_eq!(pdb.metadata.namespace.as_deref(), Some("ml"));
+        assert!(pdb
+            .metadata
+            .owner_references
+            .is_some_and(|o| o[0].controller == Some(true)));
+        let spec = pdb.spec.expect("spec");
+        assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
+        assert_eq!(spec.min_available, None);
+        assert_eq!(
+            spec.selector.and_then(|s| s.match_labels),
+            Some(selector("llama"))
+        );
+        assert_eq!(
+            spec.unhealthy_pod_eviction_policy.as_deref(),
+            Some("AlwaysAllow")
         );
     }
 
