@@ -120,6 +120,8 @@ check "watchNamespace passed to the controller" has "$out/scoped.yaml" "name: AV
 # Least privilege: no wildcard and no verb the controller never uses.
 check "no wildcard RBAC" lacks "$out/default.yaml" '"\*"'
 check "models: list, watch, patch only" has "$out/default.yaml" 'verbs: \["list", "watch", "patch"\]'
+check "owned objects are never deleted by the controller (garbage collected)" lacks "$out/default.yaml" '"create", "patch", "delete"'
+check "a NetworkPolicy for the controller, metrics port only" has "$out/default.yaml" "kind: NetworkPolicy"
 
 echo "== images pinned by digest"
 # The images a render runs: container images and the controller's

@@ -12,6 +12,10 @@ use crate::metrics::Metrics;
 use crate::reattest::{AttestationEvent, Failure};
 use crate::results::ModelKey;
 
+/// Seconds a pod that failed attestation gets to stop (instead of its
+/// drain).
+const FAILED_POD_GRACE_SECONDS: u32 = 5;
+
 /// Longest Event note the API accepts (events.k8s.io/v1: 1 KiB).
 const MAX_NOTE: usize = 1024;
 
@@ -86,12 +90,15 @@ impl Effects {
             return;
         };
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        // The UID precondition makes sure only the pod that failed goes.
+        // The UID precondition makes sure only the pod that failed goes. No
+        // drain: its evidence was refused, so no client should be using it,
+        // and its node (and TPM) is wanted for the replacement.
         let params = DeleteParams {
             preconditions: Some(Preconditions {
                 uid: Some(target.pod_uid.clone()),
                 resource_version: None,
             }),
+            grace_period_seconds: Some(FAILED_POD_GRACE_SECONDS),
             ..DeleteParams::default()
         };
         match pods.delete(&target.pod, &params).await {

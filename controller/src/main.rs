@@ -23,6 +23,7 @@ use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams};
 use kube::runtime::events::{Recorder, Reporter};
@@ -182,6 +183,7 @@ async fn operate(
     let deployments: Api<Deployment> = scoped(&client, namespace);
     let services: Api<Service> = scoped(&client, namespace);
     let pdbs: Api<PodDisruptionBudget> = scoped(&client, namespace);
+    let network_policies: Api<NetworkPolicy> = scoped(&client, namespace);
     let pods: Api<Pod> = scoped(&client, namespace);
     models
         .list(&ListParams::default().limit(1))
@@ -211,7 +213,8 @@ async fn operate(
     let controller = Controller::new(models, watcher::Config::default())
         .owns(deployments, owned.clone())
         .owns(services, owned.clone())
-        .owns(pdbs, owned)
+        .owns(pdbs, owned.clone())
+        .owns(network_policies, owned)
         .reconcile_on(triggers)
         .graceful_shutdown_on(stopped(stop.clone()));
 

@@ -21,6 +21,7 @@ use aver_workload::KubeletParams;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -162,13 +163,9 @@ async fn apply(cm: &ConfidentialModel, ctx: &Context) -> Result<Action, Error> {
     let mut ready_replicas = cm.status.as_ref().map_or(0, |s| s.ready_replicas);
     let mut failure = None;
     if problem.is_none() {
-        match (
-            workload::deployment(cm, &ctx.workload),
-            workload::service(cm),
-            workload::pod_disruption_budget(cm),
-        ) {
-            (Ok(deployment), Ok(service), Ok(pdb)) => {
-                match apply_workload(ctx, &namespace, &deployment, &service, &pdb).await {
+        match Workload::render(cm, &ctx.workload) {
+            Ok(rendered) => {
+                match apply_workload(ctx, &namespace, &rendered).await {
                     Ok(applied) => {
                         // The ReplicaSet cannot create pods (PodSecurity,
                         // quota, a webhook): the Deployment says so, and
@@ -176,6 +173,11 @@ async fn apply(cm: &ConfidentialModel, ctx: &Context) -> Result<Action, Error> {
                         if let Some(message) = replica_failure(&applied) {
                             problem = Some(Problem {
                                 reason: "FailedCreate",
+                                message,
+                            });
+                        } else if let Some(message) = dropped_image_volume(cm, &applied) {
+                            problem = Some(Problem {
+                                reason: "ImageVolumeUnsupported",
                                 message,
                             });
                         }
@@ -190,7 +192,7 @@ async fn apply(cm: &ConfidentialModel, ctx: &Context) -> Result<Action, Error> {
                     }
                 }
             }
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            Err(e) => {
                 problem = Some(Problem {
                     reason: "InvalidSpec",
                     message: e.to_string(),
@@ -259,6 +261,28 @@ fn replica_failure(deployment: &Deployment) -> Option<String> {
         })
 }
 
+/// Why the applied Deployment has no model volume although the resource
+/// asks for an image volume: an API server without the `ImageVolume`
+/// feature drops such volumes and their mounts silently, and the pods would
+/// start without their weights.
+fn dropped_image_volume(cm: &ConfidentialModel, applied: &Deployment) -> Option<String> {
+    let image = cm.spec.model.source.image.as_ref()?;
+    let kept = applied
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.volumes.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|v| v.name == workload::MODEL_VOLUME && v.image.is_some());
+    (!kept).then(|| {
+        format!(
+            "the API server dropped the image volume of spec.model.source.image ({}): this cluster does not serve image volumes (the ImageVolume feature gate must be on in the API server and the kubelets, with a runtime that supports them, e.g. containerd 2.1 or later); use a persistentVolumeClaim or hostPath source",
+            image.reference
+        )
+    })
+}
+
 /// A Warning Event for `problem`, unless the stored status already shows it
 /// (reconciles repeat; the Event marks the change).
 async fn warn_once(recorder: &Recorder, cm: &ConfidentialModel, problem: &Problem) {
@@ -289,41 +313,60 @@ fn apply_params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
 }
 
+/// Everything the controller applies for a model.
+struct Workload {
+    deployment: Deployment,
+    service: Service,
+    pdb: PodDisruptionBudget,
+    network_policy: NetworkPolicy,
+}
+
+impl Workload {
+    fn render(
+        cm: &ConfidentialModel,
+        config: &WorkloadConfig,
+    ) -> Result<Self, aver_workload::WorkloadError> {
+        Ok(Self {
+            deployment: workload::deployment(cm, config)?,
+            service: workload::service(cm)?,
+            pdb: workload::pod_disruption_budget(cm)?,
+            network_policy: workload::network_policy(cm)?,
+        })
+    }
+}
+
+/// Applies the workload, the Deployment first; returns the Deployment as
+/// the API server stored it.
 async fn apply_workload(
     ctx: &Context,
     namespace: &str,
-    deployment: &Deployment,
-    service: &Service,
-    pdb: &PodDisruptionBudget,
+    workload: &Workload,
 ) -> Result<Deployment, Error> {
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
-    let name = deployment.name_any();
-    let applied = deployments
-        .patch(&name, &apply_params(), &Patch::Apply(deployment))
-        .await
-        .map_err(|source| Error::Apply {
-            kind: "Deployment",
-            name: name.clone(),
-            source,
-        })?;
-    let services: Api<Service> = Api::namespaced(ctx.client.clone(), namespace);
-    services
-        .patch(&name, &apply_params(), &Patch::Apply(service))
-        .await
-        .map_err(|source| Error::Apply {
-            kind: "Service",
-            name: name.clone(),
-            source,
-        })?;
-    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), namespace);
-    pdbs.patch(&name, &apply_params(), &Patch::Apply(pdb))
-        .await
-        .map_err(|source| Error::Apply {
-            kind: "PodDisruptionBudget",
-            name: name.clone(),
-            source,
-        })?;
+    let applied = apply_one(ctx, namespace, "Deployment", &workload.deployment).await?;
+    apply_one(ctx, namespace, "Service", &workload.service).await?;
+    apply_one(ctx, namespace, "PodDisruptionBudget", &workload.pdb).await?;
+    apply_one(ctx, namespace, "NetworkPolicy", &workload.network_policy).await?;
     Ok(applied)
+}
+
+async fn apply_one<K>(
+    ctx: &Context,
+    namespace: &str,
+    kind: &'static str,
+    object: &K,
+) -> Result<K, Error>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    let name = object.name_any();
+    api.patch(&name, &apply_params(), &Patch::Apply(object))
+        .await
+        .map_err(|source| Error::Apply { kind, name, source })
 }
 
 #[cfg(test)]
@@ -343,6 +386,7 @@ mod tests {
     const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/ml/deployments/llama";
     const SERVICE: &str = "/api/v1/namespaces/ml/services/llama";
     const PDB: &str = "/apis/policy/v1/namespaces/ml/poddisruptionbudgets/llama";
+    const NETWORK_POLICY: &str = "/apis/networking.k8s.io/v1/namespaces/ml/networkpolicies/llama";
     const MODEL: &str = "/apis/aver.dev/v1alpha1/namespaces/ml/confidentialmodels/llama";
     const STATUS: &str = "/apis/aver.dev/v1alpha1/namespaces/ml/confidentialmodels/llama/status";
 
@@ -396,6 +440,19 @@ mod tests {
         )
         .expect_query("fieldManager=aver-controller")
         .expect_body(|body| assert_eq!(body["spec"]["maxUnavailable"], 1))
+    }
+
+    fn network_policy_reply() -> Reply {
+        Reply::json(
+            Method::PATCH,
+            NETWORK_POLICY,
+            200,
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "llama", "namespace": "ml"}}),
+        )
+        .expect_query("fieldManager=aver-controller")
+        .expect_body(|body| {
+            assert_eq!(body["spec"]["ingress"][0]["ports"], json!([{"port": 8443, "protocol": "TCP"}]));
+        })
     }
 
     fn status_reply(cm: &ConfidentialModel, check: impl FnOnce(&Value) + Send + 'static) -> Reply {
@@ -494,6 +551,7 @@ mod tests {
             }),
             service_reply(),
             pdb_reply(),
+            network_policy_reply(),
             status_reply(&cm, |body| {
                 let status = &body["status"];
                 assert_eq!(status["observedGeneration"], 4);
@@ -537,6 +595,7 @@ mod tests {
             ),
             service_reply(),
             pdb_reply(),
+            network_policy_reply(),
             status_reply(&cm, move |body| {
                 let status = &body["status"];
                 let degraded = condition(status, "Degraded");
@@ -578,6 +637,7 @@ mod tests {
             deployment_reply(3),
             service_reply(),
             pdb_reply(),
+            network_policy_reply(),
             status_reply(&cm, |body| {
                 let status = &body["status"];
                 assert_eq!(status["attestedReplicas"], 3);
@@ -626,6 +686,7 @@ mod tests {
             deployment_reply(2),
             service_reply(),
             pdb_reply(),
+            network_policy_reply(),
             status_reply(&cm, |body| {
                 let status = &body["status"];
                 let pods: Vec<&Value> = status["endpoints"]
@@ -663,7 +724,12 @@ mod tests {
             store.record_success(&key, &target(pod), attested(1), &policy(), Timestamp::now());
         }
         // Only the two idempotent applies; the mock fails on any third request.
-        let mock = ApiMock::start(vec![deployment_reply(3), service_reply(), pdb_reply()]);
+        let mock = ApiMock::start(vec![
+            deployment_reply(3),
+            service_reply(),
+            pdb_reply(),
+            network_policy_reply(),
+        ]);
         let ctx = context(mock.client(), store);
         let action = reconcile(Arc::new(cm), Arc::clone(&ctx))
             .await
@@ -761,6 +827,7 @@ mod tests {
             deployment_reply(0),
             service_reply(),
             pdb_reply(),
+            network_policy_reply(),
             status_reply(&cm, |_| {}),
         ]);
         reconcile(Arc::new(cm), context(mock.client(), ResultStore::new()))
@@ -778,6 +845,7 @@ mod tests {
             deployment_reply(0),
             service_reply(),
             pdb_reply(),
+            network_policy_reply(),
             status_reply(&cm, |_| {}),
         ]);
         reconcile(Arc::new(cm), context(mock.client(), ResultStore::new()))
@@ -811,5 +879,62 @@ mod tests {
         assert_eq!(action, Action::await_change());
         assert_eq!(store.verified_count(), 0);
         mock.finish().await;
+    }
+
+    #[tokio::test]
+    async fn an_image_volume_the_api_server_dropped_makes_the_model_degraded() {
+        let mut cm = managed_model();
+        cm.spec.model.source.persistent_volume_claim = None;
+        cm.spec.model.source.image = Some(aver_crds::ImageModelSource {
+            reference: "registry.example/weights@sha256:abab".into(),
+        });
+        // The Deployment as stored, without the volume the API server dropped.
+        let mock = ApiMock::start(vec![
+            deployment_reply(0).expect_body(|body| {
+                let volumes = &body["spec"]["template"]["spec"]["volumes"];
+                assert_eq!(
+                    volumes[0]["image"]["reference"],
+                    "registry.example/weights@sha256:abab"
+                );
+            }),
+            service_reply(),
+            pdb_reply(),
+            network_policy_reply(),
+            status_reply(&cm, |body| {
+                let degraded = condition(&body["status"], "Degraded");
+                assert_eq!(
+                    (&degraded["status"], &degraded["reason"]),
+                    (&json!("True"), &json!("ImageVolumeUnsupported"))
+                );
+                assert!(degraded["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("ImageVolume feature gate")));
+                assert_eq!(
+                    condition(&body["status"], "Ready")["reason"],
+                    "ImageVolumeUnsupported"
+                );
+            }),
+        ]);
+        reconcile(
+            Arc::new(cm.clone()),
+            context(mock.client(), ResultStore::new()),
+        )
+        .await
+        .expect("reconciled");
+        mock.finish().await;
+
+        // Kept by the API server: no problem.
+        let kept: Deployment = serde_json::from_value(json!({
+            "spec": {"selector": {}, "template": {"spec": {"containers": [], "volumes": [
+                {"name": "model", "image": {"reference": "registry.example/weights@sha256:abab"}}
+            ]}}}
+        }))
+        .expect("deployment");
+        assert_eq!(dropped_image_volume(&cm, &kept), None);
+        // Other sources are not image volumes.
+        assert_eq!(
+            dropped_image_volume(&managed_model(), &Deployment::default()),
+            None
+        );
     }
 }

@@ -14,7 +14,8 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use k8s_openapi::api::core::v1::{EnvVar, LocalObjectReference, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -148,6 +149,80 @@ pub struct ConfidentialModelSpec {
     /// The Service in front of the enclaves.
     #[serde(default)]
     pub service: ServiceSpec,
+
+    /// Pod settings the cluster decides rather than the model: scheduling
+    /// (GPU taints and labels, priority), the runtime class, pull secrets,
+    /// shared memory, how long a stopping pod drains, the enclave's
+    /// resources.
+    #[serde(default, skip_serializing_if = "PodSettings::is_default")]
+    pub pod: PodSettings,
+}
+
+/// Most seconds a stopping pod may drain.
+pub const MAX_DRAIN_SECONDS: i32 = 3600;
+/// Seconds a stopping pod drains unless `spec.pod.drainSeconds` says
+/// otherwise: long enough for a long streamed answer to finish.
+pub const DEFAULT_DRAIN_SECONDS: i32 = 120;
+
+/// Pod settings passed through to every replica.
+///
+/// With `measurement: node` none of them is in a container's measured
+/// spec except the enclave's drain flag and the engine's `/dev/shm`
+/// mount: scheduling, priority and pull secrets decide where and whether a
+/// pod runs, not what runs in it. The runtime class picks one of the
+/// runtimes the node image configures (the node image is what the boot
+/// chain proves), not a runtime of the pod's choosing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSettings {
+    /// Tolerations besides the hardened-node one (`aver.dev/hardened`),
+    /// for example for a GPU node pool's taint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub tolerations: Vec<Toleration>,
+    /// Node labels every replica's node must have besides the TPM labels
+    /// (`tpm.nodeSelector`), for example a GPU model.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// RuntimeClass of the pods, for example `nvidia` for GPU nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub runtime_class_name: Option<String>,
+    /// PriorityClass of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
+    /// Secrets for pulling the engine, enclave and model images.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// Size of a memory-backed `/dev/shm` in the engine container (PyTorch
+    /// and NCCL need more than the runtime's 64 MiB), e.g. "16Gi". It
+    /// counts against the pod's memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<Quantity>,
+    /// Seconds a stopping pod keeps serving the requests it has (streamed
+    /// answers), default 120: the enclave finishes them before it exits,
+    /// and the engine is stopped only after that long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_DRAIN_SECONDS))]
+    pub drain_seconds: Option<i32>,
+    /// Resources of the enclave container; default requests of 100m CPU
+    /// and 64Mi memory and a 512Mi memory limit (no CPU limit: throttling
+    /// would slow the model measurement at start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enclave_resources: Option<ResourceRequirements>,
+}
+
+impl PodSettings {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// `drainSeconds`, or its default.
+    pub fn drain_seconds(&self) -> i32 {
+        self.drain_seconds.unwrap_or(DEFAULT_DRAIN_SECONDS)
+    }
 }
 
 /// The model weights, mounted read-only at `/models` in both containers.

@@ -222,8 +222,9 @@ pub struct ServeArgs {
         conflicts_with_all = LOCAL_TPM_ARGS
     )]
     pub node_agent_timeout: Option<Duration>,
-    /// Address the TLS listener binds.
-    #[arg(long, env = "AVER_LISTEN", default_value = "0.0.0.0:8443")]
+    /// Address the TLS listener binds. The default IPv6 wildcard takes
+    /// IPv4 connections too (and falls back to 0.0.0.0 without IPv6).
+    #[arg(long, env = "AVER_LISTEN", default_value = "[::]:8443")]
     pub listen: std::net::SocketAddr,
     /// The OpenAI-compatible inference engine, e.g. `http://127.0.0.1:8000`.
     #[arg(long, env = "AVER_UPSTREAM", value_parser = parse_upstream)]
@@ -251,6 +252,11 @@ pub struct ServeArgs {
     /// cut by it.
     #[arg(long, env = "AVER_IDLE_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub idle_timeout_secs: u64,
+    /// Seconds open requests (streamed answers) may run on after SIGTERM
+    /// before their connections are closed. Keep the pod's
+    /// terminationGracePeriodSeconds above it.
+    #[arg(long, env = "AVER_DRAIN_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub drain_timeout_secs: u64,
     /// Seconds an evidence or activation request may take in all (body,
     /// waiting for the TPM, quoting) before it is answered 503 or 408.
     #[arg(long, env = "AVER_REQUEST_DEADLINE_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
@@ -322,6 +328,7 @@ impl ServeArgs {
             limits: crate::server::limits::Limits {
                 max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
                 idle_timeout: std::time::Duration::from_secs(self.idle_timeout_secs),
+                drain_timeout: std::time::Duration::from_secs(self.drain_timeout_secs),
                 request_deadline: std::time::Duration::from_secs(self.request_deadline_secs),
                 activation_queue: usize::try_from(self.activation_queue).unwrap_or(usize::MAX),
                 activations_per_peer_per_minute: std::num::NonZeroU32::new(

@@ -270,13 +270,14 @@ func (c *upConfig) components() []component {
 			"--use-service-account-credentials=false",
 			"--root-ca-file=" + p.path("ca.crt"),
 			// What turns Deployments into Pods, lets Pods be admitted
-			// (default ServiceAccounts), cleans up after owners, and takes
-			// the not-ready taint off a node once its kubelet reports Ready
-			// (and taints and evicts when it stops). Not EndpointSlices:
+			// (default ServiceAccounts), cleans up after owners, keeps
+			// PodDisruptionBudgets' status (which the eviction API checks),
+			// and takes the not-ready taint off a node once its kubelet
+			// reports Ready (and taints and evicts when it stops). Not EndpointSlices:
 			// simulated pods have loopback addresses, which the API refuses
 			// in them.
 			"--controllers=deployment-controller,replicaset-controller,serviceaccount-controller," +
-				"garbage-collector-controller,namespace-controller," +
+				"garbage-collector-controller,namespace-controller,disruption-controller," +
 				"node-lifecycle-controller,taint-eviction-controller",
 			"--profiling=false",
 		}},

@@ -1,7 +1,7 @@
 //! Two controller replicas on a real control plane: exactly one holds the
 //! Lease and acts (reconciles, attests, writes status); the other only
 //! waits. When the leader stops (SIGTERM, releasing the Lease) the other
-//! takes over and acts.
+//! takes over and acts, and the published endpoints never drop meanwhile.
 
 mod e2e_common;
 
@@ -86,13 +86,40 @@ async fn exactly_one_leader_acts() {
     assert_eq!(holder(&leases).await.as_deref(), Some(leader.as_str()));
 
     // The leader stops gracefully and releases the Lease: the follower
-    // takes over and acts on the next change.
+    // takes over, and the endpoints stay published through the handover
+    // (the new leader keeps them until its own first attempts end, instead
+    // of emptying status while it starts).
+    let monitor = cluster.monitor(MODEL, |cm| {
+        let listed = cm.status.as_ref().map_or(0, |s| s.endpoints.len());
+        if listed < 2 {
+            vec![format!(
+                "only {listed} endpoint(s) published during the handover"
+            )]
+        } else {
+            Vec::new()
+        }
+    });
     cluster.controllers[l].stop();
     cluster
         .wait_for("the follower leads", Duration::from_secs(30), || async {
             (holder(&leases).await.as_deref() == Some(follower.as_str())).then_some(())
         })
         .await;
+    let new_leader = &cluster.controllers[f];
+    cluster
+        .wait_for(
+            "the new leader attests both endpoints",
+            Duration::from_secs(30),
+            || async {
+                let done = counter(new_leader, "aver_attestations_total").await;
+                (done >= 2.0).then_some(())
+            },
+        )
+        .await;
+    // The status its attestations lead to is in too.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let statuses = monitor.finish();
+    eprintln!("e2e: {statuses} statuses seen during the handover, none with fewer endpoints");
     cluster
         .models()
         .patch(
@@ -103,7 +130,6 @@ async fn exactly_one_leader_acts() {
         .await
         .expect("scaled");
     cluster.wait_verified(MODEL, 3, CONVERGE, |_| true).await;
-    let new_leader = &cluster.controllers[f];
     assert_eq!(new_leader.metric("aver_leader").await, Some(1.0));
     assert!(counter(new_leader, "aver_status_writes_total").await > 0.0);
 }

@@ -4,6 +4,8 @@
 //! container (no TPM device; swtpm's CUSE device needs a kernel module it
 //! lacks), so the node simulator plays the kubelets and hands the enclave
 //! the node's swtpm over a TCTI. The control plane and scheduler are real.
+//! An image-volume model on this API server (no ImageVolume feature) is
+//! reported, not silently run without its weights.
 
 mod e2e_common;
 
@@ -59,4 +61,30 @@ async fn enclave_measured_models_on_simulated_nodes() {
         })
         .await;
     assert!(!cluster.events(MODEL, "AttestationFailed").await.is_empty());
+
+    // An image-volume model on an API server without the ImageVolume
+    // feature (off by default in v1.34): the server drops the volume and
+    // its mounts without an error, and the model says so.
+    let mut image = cluster.model("image", 1, DIR, digest, cluster.policy(&[digest]));
+    image.spec.model.source.host_path = None;
+    image.spec.model.source.image = Some(aver_crds::ImageModelSource {
+        reference: format!("registry.invalid/weights@sha256:{}", "ab".repeat(32)),
+    });
+    cluster
+        .models()
+        .create(&PostParams::default(), &image)
+        .await
+        .expect("image model created");
+    let degraded = cluster
+        .wait_for("Degraded=ImageVolumeUnsupported", CONVERGE, || async {
+            let status = cluster.status("image").await;
+            status
+                .condition("Degraded")
+                .filter(|c| c.status == "True" && c.reason == "ImageVolumeUnsupported")
+                .map(|c| c.message.clone())
+        })
+        .await;
+    assert!(degraded.contains("ImageVolume feature gate"), "{degraded}");
+    let notes = cluster.events("image", "ImageVolumeUnsupported").await;
+    assert!(!notes.is_empty(), "a Warning Event says so too");
 }

@@ -9,7 +9,9 @@
 //! request --from-cluster`, pinned and with `--policy` → a tampered node's
 //! endpoint leaves status within an interval, with an Event and Degraded,
 //! and its pod is replaced and verified → a new model digest rolls out and
-//! only the new endpoints remain.
+//! only the new endpoints remain → an unplaceable replica stays Pending →
+//! the disruption budget refuses to evict a serving pod while one is down →
+//! uninstalled without a controller, nothing is left behind.
 
 mod e2e_common;
 
@@ -19,7 +21,12 @@ use std::time::{Duration, Instant};
 use aver_crds::confidential_model::ConfidentialModel;
 use aver_tests::require_e2e;
 use e2e_common::{run, Cluster, CONVERGE, GRACE, INTERVAL};
-use kube::api::{Patch, PatchParams, PostParams};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 const MODEL: &str = "llama";
@@ -334,4 +341,108 @@ async fn operator_on_a_real_control_plane() {
         model.status.unwrap().observed_generation,
         model.metadata.generation
     );
+
+    // 6. The disruption budget: with the fourth replica Pending, one pod is
+    //    already unavailable, so a drain may not evict a serving pod; the
+    //    Pending one (not ready) may always go.
+    let pdbs: Api<PodDisruptionBudget> =
+        Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let pending_name = pending.metadata.name.clone().expect("pod name");
+    // The model's NetworkPolicy admits the enclave port only. (This CNI,
+    // bridge, does not enforce policies; the engine port is closed to other
+    // pods because the engine binds loopback, step 2b.)
+    let network_policies: Api<NetworkPolicy> =
+        Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let admitted = network_policies
+        .get(MODEL)
+        .await
+        .expect("the model's NetworkPolicy")
+        .spec
+        .and_then(|s| s.ingress)
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|rule| rule.ports.unwrap_or_default())
+        .map(|p| p.port)
+        .collect::<Vec<_>>();
+    assert_eq!(admitted, [Some(IntOrString::Int(8443))]);
+    cluster
+        .wait_for(
+            "the budget counts 3 healthy of 4",
+            Duration::from_secs(30),
+            || async {
+                let status = pdbs.get(MODEL).await.ok()?.status?;
+                (status.expected_pods == 4 && status.current_healthy == 3).then_some(())
+            },
+        )
+        .await;
+    // Through kubectl, as a drain does: kube's client retries a 429 for
+    // minutes before it gives up.
+    let evict = |pod: &str| {
+        let eviction = json!({
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": pod, "namespace": cluster.namespace},
+        });
+        let file = cluster.work.path().join(format!("evict-{pod}.json"));
+        std::fs::write(&file, eviction.to_string()).expect("eviction written");
+        run(cluster
+            .cp
+            .kubectl()
+            .args(["create", "--raw"])
+            .arg(format!(
+                "/api/v1/namespaces/{}/pods/{pod}/eviction",
+                cluster.namespace
+            ))
+            .arg("-f")
+            .arg(&file))
+    };
+    let serving = status.endpoints[0].pod.clone();
+    let (evicted, _, err) = evict(&serving);
+    eprintln!("e2e: eviction of {serving}: {}", err.trim());
+    assert!(
+        !evicted,
+        "a serving pod was evictable with one replica down"
+    );
+    assert!(err.contains("disruption budget"), "{err}");
+    let (evicted, _, err) = evict(&pending_name);
+    assert!(
+        evicted,
+        "a pod that is not ready may always be evicted: {err}"
+    );
+
+    // 7. Uninstall with the controller gone: nothing waits for it. The model
+    //    goes at once and the garbage collector removes what it owned.
+    assert!(
+        model.metadata.finalizers.unwrap_or_default().is_empty(),
+        "the controller adds no finalizer"
+    );
+    cluster.controllers[0].stop();
+    cluster
+        .models()
+        .delete(MODEL, &DeleteParams::default())
+        .await
+        .expect("model deleted");
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let services: Api<Service> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    cluster
+        .wait_for(
+            "the model and everything it owned gone",
+            Duration::from_secs(90),
+            || async {
+                let gone = cluster.models().get_opt(MODEL).await.ok()?.is_none()
+                    && deployments.get_opt(MODEL).await.ok()?.is_none()
+                    && services.get_opt(MODEL).await.ok()?.is_none()
+                    && pdbs.get_opt(MODEL).await.ok()?.is_none()
+                    && network_policies.get_opt(MODEL).await.ok()?.is_none()
+                    && cluster
+                        .pods()
+                        .list(&ListParams::default().labels(&format!("aver.dev/model={MODEL}")))
+                        .await
+                        .ok()?
+                        .items
+                        .is_empty();
+                gone.then_some(())
+            },
+        )
+        .await;
 }

@@ -1393,13 +1393,15 @@ mod tests {
             [
                 "serve",
                 "--listen",
-                "0.0.0.0:8443",
+                "[::]:8443",
                 "--upstream",
                 "http://127.0.0.1:8000",
                 "--node-agent",
                 "/run/aver-node/agent.sock",
                 "--model-dir",
-                "/models"
+                "/models",
+                "--drain-timeout-secs",
+                "120",
             ]
         );
         assert_eq!(env_of(s)["AVER_LOG_FORMAT"], h("json"));

@@ -26,12 +26,15 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    HostPathVolumeSource, ImageVolumeSource, NodeAffinity, NodeSelector, NodeSelectorRequirement,
-    NodeSelectorTerm, ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodAffinityTerm,
-    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, Toleration, Volume,
-    VolumeMount,
+    Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, HostPathVolumeSource, ImageVolumeSource, Lifecycle, LifecycleHandler,
+    NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector,
+    PersistentVolumeClaimVolumeSource, PodAffinityTerm, PodAntiAffinity, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
+    Service, ServicePort, ServiceSpec, SleepAction, Toleration, Volume, VolumeMount,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -55,6 +58,8 @@ pub const ENGINE_CONTAINER: &str = "engine";
 pub const ENCLAVE_PORT: u16 = 8443;
 /// Name of the enclave's port, targeted by the Service.
 pub const ENCLAVE_PORT_NAME: &str = "https";
+/// Name of the model files' volume in the pod.
+pub const MODEL_VOLUME: &str = "model";
 /// Where the model files are mounted in both containers.
 pub const MODEL_MOUNT: &str = "/models";
 /// Where the enclave keeps its state (with `measurement: enclave`, its
@@ -75,6 +80,14 @@ pub const NODE_ENGINE_UID: i64 = 65532;
 /// the pod spec, so that its measured spec does not depend on the image's
 /// `USER`.
 pub const NODE_ENCLAVE_UID: i64 = 65532;
+/// Memory limit of the enclave container unless the resource sets its
+/// resources: 1024 TLS connections with their buffers, and the model
+/// hashing's, fit well within it.
+pub const ENCLAVE_MEMORY_LIMIT: &str = "512Mi";
+/// Seconds the pod gets beyond its drain to exit.
+const EXIT_GRACE_SECONDS: i64 = 15;
+/// The engine's memory-backed `/dev/shm` (`spec.pod.shmSize`).
+const SHM_VOLUME: &str = "dshm";
 /// Taint that hardened nodes carry so that only aver enclaves land on them.
 pub const HARDENED_TAINT_KEY: &str = "aver.dev/hardened";
 /// Topology key for "one per node".
@@ -241,6 +254,36 @@ pub fn pod_disruption_budget(cm: &ConfidentialModel) -> Result<PodDisruptionBudg
     })
 }
 
+/// The model's NetworkPolicy: its pods admit connections to the enclave's
+/// TLS port only. The engine already listens on loopback (the controller
+/// tells it to, see docs/engines.md); this also covers an engine that
+/// ignores the flag, or a port it opens besides. Egress is not limited: an
+/// engine may need to reach a model hub or a metrics sink, which the
+/// cluster's own policies decide.
+pub fn network_policy(cm: &ConfidentialModel) -> Result<NetworkPolicy, WorkloadError> {
+    let (name, namespace) = identity(cm)?;
+    Ok(NetworkPolicy {
+        metadata: owned_meta(cm, &name, &namespace),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector(&name)),
+                ..LabelSelector::default()
+            }),
+            policy_types: Some(vec!["Ingress".to_owned()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                // From anywhere: clients, the controller and the Service.
+                from: None,
+                ports: Some(vec![NetworkPolicyPort {
+                    port: Some(IntOrString::Int(i32::from(ENCLAVE_PORT))),
+                    protocol: Some("TCP".to_owned()),
+                    end_port: None,
+                }]),
+            }]),
+            ..NetworkPolicySpec::default()
+        }),
+    })
+}
+
 /// The pod template of the model's Deployment: what every replica runs.
 pub fn pod_template(
     cm: &ConfidentialModel,
@@ -307,20 +350,19 @@ pub fn pod_spec(cm: &ConfidentialModel, config: &WorkloadConfig) -> Result<PodSp
             ..VolumeMount::default()
         });
     }
-    let mut enclave_resources = ResourceRequirements {
-        requests: Some(BTreeMap::from([
-            ("cpu".to_owned(), Quantity("100m".to_owned())),
-            ("memory".to_owned(), Quantity("64Mi".to_owned())),
-        ])),
-        ..ResourceRequirements::default()
-    };
+    let mut enclave_resources = spec
+        .pod
+        .enclave_resources
+        .clone()
+        .unwrap_or_else(default_enclave_resources);
+    let drain = spec.pod.drain_seconds();
 
-    let args = if node {
+    let mut args = if node {
         // No TPM, no state: the node agent measures, logs and quotes.
         vec![
             "serve".to_owned(),
             "--listen".to_owned(),
-            format!("0.0.0.0:{ENCLAVE_PORT}"),
+            format!("[::]:{ENCLAVE_PORT}"),
             "--upstream".to_owned(),
             format!("http://127.0.0.1:{}", spec.engine.port),
             "--node-agent".to_owned(),
@@ -360,7 +402,7 @@ pub fn pod_spec(cm: &ConfidentialModel, config: &WorkloadConfig) -> Result<PodSp
         vec![
             "serve".to_owned(),
             "--listen".to_owned(),
-            format!("0.0.0.0:{ENCLAVE_PORT}"),
+            format!("[::]:{ENCLAVE_PORT}"),
             "--upstream".to_owned(),
             format!("http://127.0.0.1:{}", spec.engine.port),
             "--tcti".to_owned(),
@@ -377,6 +419,7 @@ pub fn pod_spec(cm: &ConfidentialModel, config: &WorkloadConfig) -> Result<PodSp
             quote_pcrs,
         ]
     };
+    args.extend(["--drain-timeout-secs".to_owned(), drain.to_string()]);
 
     let log_format = EnvVar {
         name: "AVER_LOG_FORMAT".to_owned(),
@@ -442,22 +485,68 @@ pub fn pod_spec(cm: &ConfidentialModel, config: &WorkloadConfig) -> Result<PodSp
         ..Container::default()
     };
 
+    let mut engine_mounts = vec![model_mount(&spec.model.source)];
+    if let Some(size) = &spec.pod.shm_size {
+        volumes.push(Volume {
+            name: SHM_VOLUME.to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".to_owned()),
+                size_limit: Some(size.clone()),
+            }),
+            ..Volume::default()
+        });
+        engine_mounts.push(VolumeMount {
+            name: SHM_VOLUME.to_owned(),
+            mount_path: "/dev/shm".to_owned(),
+            ..VolumeMount::default()
+        });
+    }
     let engine = Container {
         name: ENGINE_CONTAINER.to_owned(),
         image: Some(spec.engine.image.clone()),
         args: (!spec.engine.args.is_empty()).then(|| spec.engine.args.clone()),
         env: (!spec.engine.env.is_empty()).then(|| spec.engine.env.clone()),
         resources: spec.engine.resources.clone(),
-        volume_mounts: Some(vec![model_mount(&spec.model.source)]),
+        volume_mounts: Some(engine_mounts),
+        // The kubelet stops both containers at once; the engine must keep
+        // answering the requests the enclave is draining, so its SIGTERM
+        // comes only after the drain.
+        lifecycle: (drain > 0).then(|| Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: i64::from(drain),
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
         security_context: Some(engine_security(
             node.then(|| spec.engine.run_as_user.unwrap_or(NODE_ENGINE_UID)),
         )),
         ..Container::default()
     };
 
+    let mut tolerations = vec![Toleration {
+        key: Some(HARDENED_TAINT_KEY.to_owned()),
+        operator: Some("Exists".to_owned()),
+        effect: Some("NoSchedule".to_owned()),
+        ..Toleration::default()
+    }];
+    tolerations.extend(spec.pod.tolerations.iter().cloned());
+    let node_labels: BTreeMap<String, String> = node_labels
+        .into_iter()
+        .chain(spec.pod.node_selector.clone())
+        .collect();
+
     Ok(PodSpec {
         containers: vec![enclave, engine],
         volumes: Some(volumes),
+        // The drain, then time for both processes to exit.
+        termination_grace_period_seconds: Some(i64::from(drain) + EXIT_GRACE_SECONDS),
+        runtime_class_name: spec.pod.runtime_class_name.clone(),
+        priority_class_name: spec.pod.priority_class_name.clone(),
+        image_pull_secrets: (!spec.pod.image_pull_secrets.is_empty())
+            .then(|| spec.pod.image_pull_secrets.clone()),
         // Neither container talks to the Kubernetes API (and a token volume
         // would be a per-pod mount in the measured spec).
         automount_service_account_token: Some(false),
@@ -508,14 +597,27 @@ pub fn pod_spec(cm: &ConfidentialModel, config: &WorkloadConfig) -> Result<PodSp
             }),
             ..Affinity::default()
         }),
-        tolerations: Some(vec![Toleration {
-            key: Some(HARDENED_TAINT_KEY.to_owned()),
-            operator: Some("Exists".to_owned()),
-            effect: Some("NoSchedule".to_owned()),
-            ..Toleration::default()
-        }]),
+        tolerations: Some(tolerations),
         ..PodSpec::default()
     })
+}
+
+/// The enclave's resources unless `spec.pod.enclaveResources` says
+/// otherwise: a memory limit, so that a flood of connections cannot take
+/// the node's memory, and no CPU limit, so that hashing the model at start
+/// is not throttled.
+fn default_enclave_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity("100m".to_owned())),
+            ("memory".to_owned(), Quantity("64Mi".to_owned())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            Quantity(ENCLAVE_MEMORY_LIMIT.to_owned()),
+        )])),
+        ..ResourceRequirements::default()
+    }
 }
 
 /// A host path model source must lie below one of the operator's allowed
@@ -617,7 +719,7 @@ fn engine_security(node_user: Option<i64>) -> SecurityContext {
 
 fn model_volume(source: &ModelSource) -> Result<Volume, WorkloadError> {
     let mut volume = Volume {
-        name: "model".to_owned(),
+        name: MODEL_VOLUME.to_owned(),
         ..Volume::default()
     };
     match (
@@ -650,7 +752,7 @@ fn model_volume(source: &ModelSource) -> Result<Volume, WorkloadError> {
 
 fn model_mount(source: &ModelSource) -> VolumeMount {
     VolumeMount {
-        name: "model".to_owned(),
+        name: MODEL_VOLUME.to_owned(),
         mount_path: MODEL_MOUNT.to_owned(),
         read_only: Some(true),
         sub_path: source
@@ -681,8 +783,10 @@ fn add_device_access(
     match &device.resource_name {
         // The device plugin mounts the device and allows it in the cgroup.
         Some(resource) => {
-            let one = BTreeMap::from([(resource.clone(), Quantity("1".to_owned()))]);
-            resources.limits = Some(one);
+            resources
+                .limits
+                .get_or_insert_with(BTreeMap::new)
+                .insert(resource.clone(), Quantity("1".to_owned()));
         }
         None => {
             volumes.push(Volume {
@@ -905,7 +1009,8 @@ mod tests {
         assert_eq!(arg_after(enclave, "--tcti"), "device:/dev/tpmrm0");
         assert_eq!(arg_after(enclave, "--engine-digest"), digest(1).to_string());
         assert_eq!(arg_after(enclave, "--upstream"), "http://127.0.0.1:8000");
-        assert_eq!(arg_after(enclave, "--listen"), "0.0.0.0:8443");
+        assert_eq!(arg_after(enclave, "--listen"), "[::]:8443");
+        assert_eq!(arg_after(enclave, "--drain-timeout-secs"), "120");
         assert_eq!(arg_after(enclave, "--model-dir"), "/models");
         assert_eq!(arg_after(enclave, "--workload-pcr"), "15");
         // The policy's PCR 12 is quoted besides the platform PCRs.
@@ -957,6 +1062,11 @@ mod tests {
             .and_then(|r| r.limits.clone())
             .expect("limits");
         assert_eq!(limits.get("squat.ai/tpmrm"), Some(&Quantity("1".into())));
+        assert_eq!(
+            limits.get("memory"),
+            Some(&Quantity(ENCLAVE_MEMORY_LIMIT.into())),
+            "the device plugin's resource is added to the default limit"
+        );
 
         let mut cm = model("llama");
         cm.spec.tpm.tcti = Some("swtpm:host=$(AVER_NODE_IP),port=2321".into());
@@ -1078,11 +1188,16 @@ mod tests {
             .all(|m| !m.mount_path.starts_with("/run/aver-node")));
         // No per-pod downward-API values.
         assert!(enclave.env.iter().flatten().all(|e| e.value_from.is_none()));
-        assert!(enclave
+        // No device plugin resource: only the default memory limit.
+        let limits = enclave
             .resources
             .as_ref()
-            .and_then(|r| r.limits.as_ref())
-            .is_none());
+            .and_then(|r| r.limits.clone())
+            .expect("limits");
+        assert_eq!(
+            limits,
+            BTreeMap::from([("memory".into(), Quantity(ENCLAVE_MEMORY_LIMIT.into()))])
+        );
 
         let engine = container(&pod, ENGINE_CONTAINER);
         assert!(engine
@@ -1191,5 +1306,171 @@ mod tests {
             });
             pod_spec(&cm, &node_workload_config()).expect("legacy pods take any env");
         }
+    }
+
+    #[test]
+    fn pod_settings_pass_through_to_every_replica() {
+        let mut cm = crate::testing::node_model("llama");
+        cm.spec.pod = serde_json::from_value(serde_json::json!({
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "nodeSelector": {"gpu.example.com/model": "h100"},
+            "runtimeClassName": "nvidia",
+            "priorityClassName": "inference",
+            "imagePullSecrets": [{"name": "registry"}],
+            "shmSize": "16Gi",
+            "drainSeconds": 600,
+            "enclaveResources": {"limits": {"memory": "1Gi", "cpu": "2"}},
+        }))
+        .expect("pod settings");
+        let pod =
+            pod_of(&deployment(&cm, &crate::testing::node_workload_config()).expect("builds"));
+        let keys: Vec<_> = pod
+            .tolerations
+            .iter()
+            .flatten()
+            .filter_map(|t| t.key.as_deref())
+            .collect();
+        assert_eq!(keys, [HARDENED_TAINT_KEY, "nvidia.com/gpu"]);
+        let required: Vec<(String, Vec<String>)> = pod
+            .affinity
+            .clone()
+            .and_then(|a| a.node_affinity)
+            .and_then(|n| n.required_during_scheduling_ignored_during_execution)
+            .map(|s| {
+                s.node_selector_terms[0]
+                    .match_expressions
+                    .clone()
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| (r.key, r.values.unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            required,
+            [
+                ("aver.dev/tpm".to_owned(), vec!["true".to_owned()]),
+                ("gpu.example.com/model".to_owned(), vec!["h100".to_owned()]),
+            ],
+            "the TPM labels and the extra ones, all required"
+        );
+        assert_eq!(pod.runtime_class_name.as_deref(), Some("nvidia"));
+        assert_eq!(pod.priority_class_name.as_deref(), Some("inference"));
+        assert_eq!(
+            pod.image_pull_secrets
+                .as_deref()
+                .map(|s| s[0].name.as_str()),
+            Some("registry")
+        );
+        assert_eq!(pod.termination_grace_period_seconds, Some(615));
+
+        let enclave = container(&pod, NODE_ENCLAVE_CONTAINER);
+        assert_eq!(arg_after(enclave, "--drain-timeout-secs"), "600");
+        assert_eq!(
+            enclave.resources.as_ref().and_then(|r| r.limits.clone()),
+            Some(BTreeMap::from([
+                ("cpu".into(), Quantity("2".into())),
+                ("memory".into(), Quantity("1Gi".into())),
+            ]))
+        );
+        let engine = container(&pod, ENGINE_CONTAINER);
+        let shm = engine
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == "/dev/shm")
+            .expect("a /dev/shm mount");
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == shm.name)
+            .and_then(|v| v.empty_dir.clone())
+            .expect("an emptyDir");
+        assert_eq!(volume.medium.as_deref(), Some("Memory"));
+        assert_eq!(volume.size_limit, Some(Quantity("16Gi".into())));
+        let sleep = engine
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(|h| h.sleep.as_ref())
+            .expect("the engine stops after the drain");
+        assert_eq!(sleep.seconds, 600);
+
+        // Still node-measurable: the client computes the shm mount too.
+        let kubelet = crate::KubeletParams::new("10.96.0.1:443".parse().expect("address"));
+        let expected =
+            crate::expected::expected_pod(&cm, &crate::testing::node_workload_config(), &kubelet)
+                .expect("still node-measurable");
+        let engine = expected
+            .containers
+            .iter()
+            .find(|c| c.name == ENGINE_CONTAINER)
+            .expect("engine");
+        let shm = engine
+            .spec
+            .mounts
+            .iter()
+            .find(|m| m.container_path == "/dev/shm")
+            .expect("shm in the measured spec");
+        assert_eq!(
+            shm.source,
+            aver_node_log::spec::MountSource::Volume {
+                plugin: "kubernetes.io~empty-dir".into(),
+                name: SHM_VOLUME.into()
+            }
+        );
+    }
+
+    #[test]
+    fn without_pod_settings_the_defaults_hold() {
+        let pod = pod_of(&deployment(&model("llama"), &workload_config()).expect("builds"));
+        assert_eq!(
+            pod.termination_grace_period_seconds,
+            Some(
+                i64::from(aver_crds::confidential_model::DEFAULT_DRAIN_SECONDS)
+                    + EXIT_GRACE_SECONDS
+            )
+        );
+        assert!(pod.runtime_class_name.is_none() && pod.priority_class_name.is_none());
+        assert!(pod.image_pull_secrets.is_none());
+        let engine = container(&pod, ENGINE_CONTAINER);
+        assert!(engine
+            .volume_mounts
+            .iter()
+            .flatten()
+            .all(|m| m.mount_path != "/dev/shm"));
+        // A drain of 0: no preStop sleep.
+        let mut cm = model("llama");
+        cm.spec.pod.drain_seconds = Some(0);
+        let pod = pod_of(&deployment(&cm, &workload_config()).expect("builds"));
+        assert!(container(&pod, ENGINE_CONTAINER).lifecycle.is_none());
+        assert_eq!(
+            pod.termination_grace_period_seconds,
+            Some(EXIT_GRACE_SECONDS)
+        );
+    }
+
+    #[test]
+    fn the_network_policy_admits_the_enclave_port_only() {
+        let policy = network_policy(&model("llama")).expect("policy");
+        assert!(policy
+            .metadata
+            .owner_references
+            .is_some_and(|o| o[0].controller == Some(true)));
+        let spec = policy.spec.expect("spec");
+        assert_eq!(
+            spec.pod_selector.and_then(|s| s.match_labels),
+            Some(selector("llama"))
+        );
+        assert_eq!(spec.policy_types, Some(vec!["Ingress".to_owned()]));
+        let rules = spec.ingress.expect("ingress rules");
+        assert_eq!(rules.len(), 1);
+        assert!(rules[0].from.is_none(), "from any peer");
+        let ports = rules[0].ports.clone().expect("ports");
+        assert_eq!(ports.len(), 1);
+        assert_eq!(ports[0].port, Some(IntOrString::Int(8443)));
+        assert_eq!(ports[0].end_port, None);
+        assert!(spec.egress.is_none());
     }
 }

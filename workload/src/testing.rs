@@ -54,6 +54,7 @@ pub fn model(name: &str) -> ConfidentialModel {
             }))
             .expect("sample policy"),
             service: aver_crds::ServiceSpec::default(),
+            pod: aver_crds::PodSettings::default(),
         },
     );
     cm.metadata.namespace = Some("ml".into());

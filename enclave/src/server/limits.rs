@@ -36,6 +36,9 @@ pub struct Limits {
     /// Credential activations one peer address may ask for per minute
     /// (also the burst it may ask for at once).
     pub activations_per_peer_per_minute: NonZeroU32,
+    /// How long open requests (streamed answers) may run on after a
+    /// shutdown signal before their connections are closed.
+    pub drain_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -46,6 +49,7 @@ impl Default for Limits {
             request_deadline: Duration::from_secs(10),
             activation_queue: 2,
             activations_per_peer_per_minute: NonZeroU32::new(6).unwrap_or(NonZeroU32::MIN),
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }

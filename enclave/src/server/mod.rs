@@ -128,6 +128,43 @@ enum Activation {
     NotHere(&'static str),
 }
 
+/// Binds `addr`. The IPv6 wildcard (`[::]`, the default) takes IPv4 too
+/// (dual stack, whatever the host's `bindv6only`), so one listen address
+/// serves IPv4-only, dual-stack and IPv6-only clusters; on a kernel without
+/// IPv6 it falls back to `0.0.0.0`.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let dual_stack = matches!(addr, SocketAddr::V6(v6) if v6.ip().is_unspecified());
+    let bind = |addr: SocketAddr| -> std::io::Result<TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(!dual_stack)?;
+        }
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        TcpListener::from_std(socket.into())
+    };
+    match bind(addr) {
+        Err(e) if dual_stack && no_ipv6(&e) => {
+            let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+            tracing::info!(error = %e, fallback = %v4, "no IPv6 on this host: listening on IPv4 only");
+            bind(v4)
+        }
+        other => other,
+    }
+}
+
+/// The errors of a kernel or network namespace without IPv6.
+fn no_ipv6(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(
+        Errno::from_io_error(e),
+        Some(Errno::AFNOSUPPORT | Errno::ADDRNOTAVAIL | Errno::PROTONOSUPPORT)
+    )
+}
+
 /// A server that is bound and ready to accept.
 pub struct Server {
     listener: TcpListener,
@@ -152,13 +189,10 @@ impl Listening {
             config.max_request_bytes,
             config.upstream_timeout,
         )?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ServeError::Listen {
-                    addr: config.listen,
-                    source,
-                })?;
+        let listener = listen(config.listen).map_err(|source| ServeError::Listen {
+            addr: config.listen,
+            source,
+        })?;
         tracing::info!(
             spki = %key.spki_sha256(),
             certificate_sha256 = %hex::encode(Sha256::digest(cert_der.as_ref())),
@@ -346,12 +380,13 @@ impl Server {
                 drop(open);
             });
         }
-        tracing::info!("shutting down: finishing open connections");
-        if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
+        let drain = self.state.limits.drain_timeout;
+        tracing::info!(drain_timeout = ?drain, "shutting down: finishing open requests");
+        if tokio::time::timeout(drain, graceful.shutdown())
             .await
             .is_err()
         {
-            tracing::warn!("connections still open after 30 s; closing them");
+            tracing::warn!(drain_timeout = ?drain, "requests still open after the drain timeout; closing them");
         }
     }
 }
@@ -708,4 +743,49 @@ fn text(status: StatusCode, message: &'static str) -> Response<BoxBody> {
         .header(header::CONTENT_TYPE, "text/plain")
         .body(body::full(message))
         .unwrap_or_else(|_| Response::new(body::full("")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_ipv6_wildcard_takes_ipv4_and_ipv6_connections() {
+        let listener = listen("[::]:0".parse().expect("address")).expect("listens");
+        let port = listener.local_addr().expect("bound").port();
+        for client in ["127.0.0.1", "::1"] {
+            let ip: IpAddr = client.parse().expect("ip");
+            let connect = tokio::net::TcpStream::connect((ip, port));
+            let (connected, accepted) = tokio::join!(connect, listener.accept());
+            connected.unwrap_or_else(|e| panic!("{client}: {e}"));
+            let (_, peer) = accepted.expect("accepted");
+            // An IPv4 client arrives as an IPv4-mapped IPv6 address.
+            assert_eq!(peer.ip().to_canonical(), ip, "{client}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_explicit_address_is_bound_as_given() {
+        let listener = listen("127.0.0.1:0".parse().expect("address")).expect("listens");
+        assert!(listener.local_addr().expect("bound").is_ipv4());
+        let v6 = listen("[::1]:0".parse().expect("address")).expect("listens");
+        let port = v6.local_addr().expect("bound").port();
+        // IPv6 only: an IPv4 client is refused.
+        assert!(tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err());
+    }
+
+    #[test]
+    fn missing_ipv6_is_recognised() {
+        use rustix::io::Errno;
+        for errno in [Errno::AFNOSUPPORT, Errno::ADDRNOTAVAIL] {
+            assert!(no_ipv6(&std::io::Error::from_raw_os_error(
+                errno.raw_os_error()
+            )));
+        }
+        assert!(!no_ipv6(&std::io::Error::from_raw_os_error(
+            Errno::ADDRINUSE.raw_os_error()
+        )));
+    }
 }

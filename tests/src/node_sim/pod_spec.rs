@@ -197,7 +197,7 @@ fn map_path(value: &str, mounts: &[(String, PathBuf)]) -> String {
     value.to_owned()
 }
 
-/// `0.0.0.0:P` (all of the pod's interfaces) → the pod address.
+/// `0.0.0.0:P` or `[::]:P` (all of the pod's interfaces) → the pod address.
 fn map_listen(value: &str, ip: Ipv4Addr) -> anyhow::Result<String> {
     let addr: SocketAddr = value
         .parse()
@@ -341,6 +341,7 @@ mod tests {
     fn pod_addresses_replace_all_interfaces_and_loopback() {
         let ip = Ipv4Addr::new(127, 40, 1, 2);
         assert_eq!(map_listen("0.0.0.0:8443", ip).unwrap(), "127.40.1.2:8443");
+        assert_eq!(map_listen("[::]:8443", ip).unwrap(), "127.40.1.2:8443");
         assert!(map_listen("10.0.0.1:8443", ip).is_err());
         let (url, addr) = map_upstream("http://127.0.0.1:8000", ip).unwrap();
         assert_eq!(url, "http://127.40.1.2:8000");
