@@ -2,8 +2,9 @@
 //! that makes it as slow as a hardware TPM: activation floods are refused
 //! and wait behind quotes, evidence beyond capacity is refused at once, the
 //! EK is derived once, accept does not spin without file descriptors,
-//! dribbled requests are cut off, connections are bounded, and streams
-//! outlive the idle timeout. Every assertion is on behaviour (statuses,
+//! dribbled requests are cut off, connections are bounded, streams
+//! outlive the idle timeout, and a stopping enclave drains open streams for
+//! `--drain-timeout-secs`, no longer. Every assertion is on behaviour (statuses,
 //! order of events, command counts), none on how long something took.
 
 use std::io::{BufRead as _, BufReader};
@@ -554,4 +555,105 @@ async fn a_stream_outlives_the_idle_timeout() {
         .to_bytes();
     let rest = String::from_utf8_lossy(&rest);
     assert!(rest.contains("[DONE]"), "{rest}");
+}
+
+/// A streamed chat completion through `enclave`, read until the stub holds
+/// back its last chunk.
+async fn open_stream(client: &AttestedClient, enclave: &Enclave) -> hyper::body::Incoming {
+    let body = serde_json::json!({
+        "model": "stub-model",
+        "stream": true,
+        "messages": [{"role": "user", "content": "hello"}],
+    });
+    let request = Request::post(format!("{}/v1/chat/completions", enclave.url))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let mut seen = String::new();
+    while seen.matches("data:").count() < STREAM_CHUNKS_BEFORE_GATE {
+        let frame = tokio::time::timeout(PATIENCE, body.frame())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Some(data) = frame.data_ref() {
+            seen.push_str(&String::from_utf8_lossy(data));
+        }
+    }
+    body
+}
+
+/// Waits (bounded) for the enclave process to exit; its exit status.
+fn wait_exit(enclave: &mut Enclave) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = enclave.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the enclave did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_enclave_drains_open_streams_for_its_drain_timeout() {
+    require_swtpm!();
+    let node = TestNode::start().unwrap();
+    let policy = node.policy().unwrap();
+    let tcti = node.tpm.tcti();
+    for (drain, release_after, completes) in [("60", 3, true), ("1", 3, false)] {
+        let stub = StubUpstream::start().await.unwrap();
+        let mut enclave = serve(
+            &node,
+            &tcti,
+            &stub.url(),
+            &["--drain-timeout-secs", drain],
+            None,
+        )
+        .unwrap();
+        let client = AttestedClient::new(policy.clone()).unwrap();
+        let body = open_stream(&client, &enclave).await;
+        aver_tests::controlplane::signal(
+            enclave.child.id(),
+            aver_tests::controlplane::Signal::Term,
+        )
+        .unwrap();
+        // Stopping: no new connections, while the open stream goes on.
+        let refused = tokio::time::timeout(PATIENCE, async {
+            while raw_tls(enclave.port).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        assert!(refused.is_ok(), "new connections are still accepted");
+        tokio::time::sleep(Duration::from_secs(release_after)).await;
+        stub.release_stream();
+        let rest = tokio::time::timeout(PATIENCE, body.collect())
+            .await
+            .unwrap();
+        let done = rest
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).contains("[DONE]"))
+            .unwrap_or(false);
+        assert_eq!(
+            done, completes,
+            "--drain-timeout-secs {drain}: the engine answered after {release_after} s"
+        );
+        let status = wait_exit(&mut enclave);
+        assert!(
+            status.success(),
+            "a drained enclave exits cleanly: {status}"
+        );
+        if !completes {
+            assert_eq!(
+                enclave.stderr_lines_containing("still open after the drain timeout"),
+                1
+            );
+        }
+    }
 }

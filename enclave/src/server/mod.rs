@@ -380,7 +380,14 @@ impl Server {
                 drop(open);
             });
         }
-        let drain = self.state.limits.drain_timeout;
+        // Closed before the drain: a new connection is refused at once (and
+        // a client retries another endpoint) instead of waiting in the
+        // backlog of a server that no longer accepts.
+        let Self {
+            listener, state, ..
+        } = self;
+        drop(listener);
+        let drain = state.limits.drain_timeout;
         tracing::info!(drain_timeout = ?drain, "shutting down: finishing open requests");
         if tokio::time::timeout(drain, graceful.shutdown())
             .await
