@@ -1,12 +1,12 @@
 //! Reconciling one `ConfidentialModel`: keep its workload applied and
 //! publish its status.
 //!
-//! No finalizer: the Deployment and Service carry the resource as their
-//! controller owner, so the garbage collector removes them when it goes,
-//! and the re-attestation loop forgets a model it no longer lists. A
-//! finalizer would add nothing but a resource stuck in `Terminating`
-//! whenever the controller is gone (uninstalled, crash-looping, scaled to
-//! zero). Resources that still carry the finalizer of earlier versions
+//! No finalizer: the Deployment, Service, PodDisruptionBudget and
+//! NetworkPolicy carry the resource as their controller owner, so the
+//! garbage collector removes them when it goes, and the re-attestation loop
+//! forgets a model it no longer lists. A finalizer would add nothing but a
+//! resource stuck in `Terminating` whenever the controller is gone
+//! (uninstalled, crash-looping, scaled to zero). Resources that still carry the finalizer of earlier versions
 //! ([`LEGACY_FINALIZER`]) have it removed.
 //!
 //! Every write is a server-side apply with the controller's field manager,
