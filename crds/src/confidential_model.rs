@@ -181,7 +181,9 @@ pub struct PodSettings {
     #[schemars(length(max = 32))]
     pub tolerations: Vec<Toleration>,
     /// Node labels every replica's node must have besides the TPM labels
-    /// (`tpm.nodeSelector`), for example a GPU model.
+    /// (`tpm.nodeSelector`), for example a GPU model. A key of the TPM
+    /// labels keeps the TPM labels' value: these narrow the TPM nodes, never
+    /// replace them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
     /// RuntimeClass of the pods, for example `nvidia` for GPU nodes.

@@ -533,9 +533,14 @@ pub fn pod_spec(cm: &ConfidentialModel, config: &WorkloadConfig) -> Result<PodSp
         ..Toleration::default()
     }];
     tolerations.extend(spec.pod.tolerations.iter().cloned());
-    let node_labels: BTreeMap<String, String> = node_labels
+    // The TPM labels win over an extra label with the same key: the extra
+    // ones narrow the TPM nodes, never replace them.
+    let node_labels: BTreeMap<String, String> = spec
+        .pod
+        .node_selector
+        .clone()
         .into_iter()
-        .chain(spec.pod.node_selector.clone())
+        .chain(node_labels)
         .collect();
 
     Ok(PodSpec {
@@ -1313,7 +1318,7 @@ mod tests {
         let mut cm = crate::testing::node_model("llama");
         cm.spec.pod = serde_json::from_value(serde_json::json!({
             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-            "nodeSelector": {"gpu.example.com/model": "h100"},
+            "nodeSelector": {"gpu.example.com/model": "h100", "aver.dev/tpm": "false"},
             "runtimeClassName": "nvidia",
             "priorityClassName": "inference",
             "imagePullSecrets": [{"name": "registry"}],
