@@ -455,6 +455,20 @@ mod tests {
         })
     }
 
+    /// The four idempotent applies, the Deployment's reply first, then
+    /// `then`.
+    fn applies(deployment: Reply, then: impl IntoIterator<Item = Reply>) -> Vec<Reply> {
+        [
+            deployment,
+            service_reply(),
+            pdb_reply(),
+            network_policy_reply(),
+        ]
+        .into_iter()
+        .chain(then)
+        .collect()
+    }
+
     fn status_reply(cm: &ConfidentialModel, check: impl FnOnce(&Value) + Send + 'static) -> Reply {
         Reply::json(
             Method::PATCH,
@@ -531,7 +545,7 @@ mod tests {
     #[tokio::test]
     async fn workload_is_applied_with_scheduling_constraints_and_status_written() {
         let cm = managed_model();
-        let mock = ApiMock::start(vec![
+        let mock = ApiMock::start(applies(
             deployment_reply(2).expect_body(|body| {
                 let pod = &body["spec"]["template"]["spec"];
                 let term = &pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
@@ -549,10 +563,7 @@ mod tests {
                 assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-1");
                 assert_eq!(body["spec"]["replicas"], 3);
             }),
-            service_reply(),
-            pdb_reply(),
-            network_policy_reply(),
-            status_reply(&cm, |body| {
+            [status_reply(&cm, |body| {
                 let status = &body["status"];
                 assert_eq!(status["observedGeneration"], 4);
                 assert_eq!(status["readyReplicas"], 2);
@@ -563,8 +574,8 @@ mod tests {
                 assert_eq!(ready["observedGeneration"], 4);
                 assert_eq!(condition(status, "Attested")["reason"], "AttestationPending");
                 assert_eq!(condition(status, "Degraded")["status"], "False");
-            }),
-        ]);
+            })],
+        ));
         let ctx = context(mock.client(), ResultStore::new());
         let action = reconcile(Arc::new(cm), Arc::clone(&ctx))
             .await
@@ -578,7 +589,7 @@ mod tests {
     async fn pods_the_replica_set_cannot_create_make_the_model_degraded() {
         let cm = managed_model();
         let refused = "pods \"llama-6d4\" is forbidden: violates PodSecurity \"restricted:latest\": hostPath volumes (volume \"model\")";
-        let mock = ApiMock::start(vec![
+        let mock = ApiMock::start(applies(
             Reply::json(
                 Method::PATCH,
                 DEPLOYMENT,
@@ -593,10 +604,7 @@ mod tests {
                     ]}
                 }),
             ),
-            service_reply(),
-            pdb_reply(),
-            network_policy_reply(),
-            status_reply(&cm, move |body| {
+            [status_reply(&cm, move |body| {
                 let status = &body["status"];
                 let degraded = condition(status, "Degraded");
                 assert_eq!(
@@ -609,8 +617,8 @@ mod tests {
                     (&ready["status"], &ready["reason"]),
                     (&json!("False"), &json!("FailedCreate"))
                 );
-            }),
-        ]);
+            })],
+        ));
         let ctx = context(mock.client(), ResultStore::new());
         reconcile(Arc::new(cm), Arc::clone(&ctx))
             .await
@@ -633,12 +641,9 @@ mod tests {
     async fn verified_endpoints_are_published_in_status() {
         let cm = managed_model();
         let store = store_with(&["a", "b", "c"]);
-        let mock = ApiMock::start(vec![
+        let mock = ApiMock::start(applies(
             deployment_reply(3),
-            service_reply(),
-            pdb_reply(),
-            network_policy_reply(),
-            status_reply(&cm, |body| {
+            [status_reply(&cm, |body| {
                 let status = &body["status"];
                 assert_eq!(status["attestedReplicas"], 3);
                 let endpoint = &status["endpoints"][0];
@@ -659,8 +664,8 @@ mod tests {
                     .is_some_and(|t| t.ends_with('Z')));
                 assert_eq!(condition(status, "Ready")["status"], "True");
                 assert_eq!(condition(status, "Attested")["status"], "True");
-            }),
-        ]);
+            })],
+        ));
         reconcile(Arc::new(cm), context(mock.client(), store))
             .await
             .expect("reconciled");
@@ -682,12 +687,9 @@ mod tests {
             "boot PCR 9 is not a reference value",
             Timestamp::now(),
         );
-        let mock = ApiMock::start(vec![
+        let mock = ApiMock::start(applies(
             deployment_reply(2),
-            service_reply(),
-            pdb_reply(),
-            network_policy_reply(),
-            status_reply(&cm, |body| {
+            [status_reply(&cm, |body| {
                 let status = &body["status"];
                 let pods: Vec<&Value> = status["endpoints"]
                     .as_array()
@@ -705,8 +707,8 @@ mod tests {
                     .as_str()
                     .is_some_and(|m| m.contains("pod a on node node-a (boot-pcr)")));
                 assert_eq!(condition(status, "Attested")["status"], "False");
-            }),
-        ]);
+            })],
+        ));
         reconcile(Arc::new(cm), context(mock.client(), store))
             .await
             .expect("reconciled");
@@ -724,12 +726,7 @@ mod tests {
             store.record_success(&key, &target(pod), attested(1), &policy(), Timestamp::now());
         }
         // Only the two idempotent applies; the mock fails on any third request.
-        let mock = ApiMock::start(vec![
-            deployment_reply(3),
-            service_reply(),
-            pdb_reply(),
-            network_policy_reply(),
-        ]);
+        let mock = ApiMock::start(applies(deployment_reply(3), []));
         let ctx = context(mock.client(), store);
         let action = reconcile(Arc::new(cm), Arc::clone(&ctx))
             .await
@@ -823,13 +820,7 @@ mod tests {
     async fn a_new_resource_gets_no_finalizer() {
         let cm = managed_model();
         // Applies and status only: the mock fails on a patch of the resource.
-        let mock = ApiMock::start(vec![
-            deployment_reply(0),
-            service_reply(),
-            pdb_reply(),
-            network_policy_reply(),
-            status_reply(&cm, |_| {}),
-        ]);
+        let mock = ApiMock::start(applies(deployment_reply(0), [status_reply(&cm, |_| {})]));
         reconcile(Arc::new(cm), context(mock.client(), ResultStore::new()))
             .await
             .expect("reconciled");
@@ -840,14 +831,11 @@ mod tests {
     async fn the_finalizer_of_an_earlier_version_is_removed_before_applying() {
         let mut cm = managed_model();
         cm.metadata.finalizers = Some(vec!["example.com/other".into(), LEGACY_FINALIZER.into()]);
-        let mock = ApiMock::start(vec![
-            finalizer_removal(&cm, 1),
-            deployment_reply(0),
-            service_reply(),
-            pdb_reply(),
-            network_policy_reply(),
-            status_reply(&cm, |_| {}),
-        ]);
+        let mock = ApiMock::start(
+            std::iter::once(finalizer_removal(&cm, 1))
+                .chain(applies(deployment_reply(0), [status_reply(&cm, |_| {})]))
+                .collect(),
+        );
         reconcile(Arc::new(cm), context(mock.client(), ResultStore::new()))
             .await
             .expect("reconciled");
@@ -889,7 +877,7 @@ mod tests {
             reference: "registry.example/weights@sha256:abab".into(),
         });
         // The Deployment as stored, without the volume the API server dropped.
-        let mock = ApiMock::start(vec![
+        let mock = ApiMock::start(applies(
             deployment_reply(0).expect_body(|body| {
                 let volumes = &body["spec"]["template"]["spec"]["volumes"];
                 assert_eq!(
@@ -897,10 +885,7 @@ mod tests {
                     "registry.example/weights@sha256:abab"
                 );
             }),
-            service_reply(),
-            pdb_reply(),
-            network_policy_reply(),
-            status_reply(&cm, |body| {
+            [status_reply(&cm, |body| {
                 let degraded = condition(&body["status"], "Degraded");
                 assert_eq!(
                     (&degraded["status"], &degraded["reason"]),
@@ -913,8 +898,8 @@ mod tests {
                     condition(&body["status"], "Ready")["reason"],
                     "ImageVolumeUnsupported"
                 );
-            }),
-        ]);
+            })],
+        ));
         reconcile(
             Arc::new(cm.clone()),
             context(mock.client(), ResultStore::new()),

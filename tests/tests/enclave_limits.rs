@@ -522,29 +522,7 @@ async fn a_stream_outlives_the_idle_timeout() {
     )
     .unwrap();
     let client = AttestedClient::new(policy).unwrap();
-    let body = serde_json::json!({
-        "model": "stub-model",
-        "stream": true,
-        "messages": [{"role": "user", "content": "hello"}],
-    });
-    let request = Request::post(format!("{}/v1/chat/completions", enclave.url))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    let response = client.request(request).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let mut body = response.into_body();
-    let mut seen = String::new();
-    while seen.matches("data:").count() < STREAM_CHUNKS_BEFORE_GATE {
-        let frame = tokio::time::timeout(PATIENCE, body.frame())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Some(data) = frame.data_ref() {
-            seen.push_str(&String::from_utf8_lossy(data));
-        }
-    }
+    let body = open_stream(&client, &enclave).await;
     // The engine "thinks" for three idle timeouts before the last chunk.
     tokio::time::sleep(Duration::from_secs(3)).await;
     stub.release_stream();
