@@ -242,13 +242,7 @@ impl<S: EndpointSource, A: EndpointAttester> Reattester<S, A> {
         } in models
         {
             live_models.insert(key.clone());
-            if self.store.retain_targets(&key, &targets) {
-                self.dirty.insert(key.clone());
-            }
-            let first_listing = !self.models.contains_key(&key);
-            self.store.track_targets(&key, &targets);
-            if first_listing {
-                // Published endpoints that are no longer targets go now.
+            if self.store.sync_targets(&key, &targets) {
                 self.dirty.insert(key.clone());
             }
             let policy_changed = self

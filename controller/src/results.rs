@@ -185,45 +185,36 @@ impl ResultStore {
         count
     }
 
-    /// Forgets endpoints whose pods are no longer targets (deleted, not
-    /// ready, replaced). Returns whether a listable endpoint was dropped.
-    pub fn retain_targets(&self, model: &ModelKey, targets: &[AttestTarget]) -> bool {
+    /// Brings the model's records in line with its current targets: pods
+    /// that are no longer targets (deleted, not ready, replaced) are
+    /// forgotten, a target without a record gets a pending one, and the
+    /// model is tracked from now on. Returns whether status must be
+    /// recomputed: a listable endpoint was dropped, or this is the model's
+    /// first listing (published endpoints that are no longer targets go).
+    pub fn sync_targets(&self, model: &ModelKey, targets: &[AttestTarget]) -> bool {
         let mut all = self.lock();
-        let Some(results) = all.get_mut(model) else {
-            return false;
-        };
+        let results = all.entry(model.clone()).or_default();
         let live: HashSet<(&str, &str)> = targets
             .iter()
             .map(|t| (t.pod.as_str(), t.pod_uid.as_str()))
             .collect();
-        let mut dropped_verified = false;
+        let mut changed = !results.tracked;
+        results.tracked = true;
         results.endpoints.retain(|_, record| {
             let keep = live.contains(&(record.target.pod.as_str(), record.target.pod_uid.as_str()));
             if !keep && record.verified.is_some() && record.consecutive_failures == 0 {
-                dropped_verified = true;
+                changed = true;
             }
             keep
         });
-        dropped_verified
-    }
-
-    /// Notes the model's current targets: the model is tracked from now on,
-    /// and a target without a record gets a pending one.
-    pub fn track_targets(&self, model: &ModelKey, targets: &[AttestTarget]) {
-        let mut all = self.lock();
-        let results = all.entry(model.clone()).or_default();
-        results.tracked = true;
         for target in targets {
-            let known = results
-                .endpoints
-                .get(&target.pod)
-                .is_some_and(|r| r.target.pod_uid == target.pod_uid);
-            if !known {
+            if !results.endpoints.contains_key(&target.pod) {
                 results
                     .endpoints
                     .insert(target.pod.clone(), EndpointRecord::pending(target));
             }
         }
+        changed
     }
 
     /// Forgets every model not in `models`.
@@ -359,11 +350,16 @@ pub(crate) mod tests {
         store.record_success(&key(), &target("b"), attested(1), &policy(), t0);
         assert_eq!(store.verified_count(), 2);
 
+        assert!(
+            store.sync_targets(&key(), &[target("a"), target("b")]),
+            "the first listing"
+        );
+        assert!(!store.sync_targets(&key(), &[target("a"), target("b")]));
         let mut replacement = target("a");
         replacement.pod_uid = "new".into();
-        assert!(store.retain_targets(&key(), &[replacement.clone(), target("b")]));
+        assert!(store.sync_targets(&key(), &[replacement.clone(), target("b")]));
         assert_eq!(store.verified_count(), 1);
-        assert!(!store.retain_targets(&key(), &[replacement, target("b")]));
+        assert!(!store.sync_targets(&key(), &[replacement, target("b")]));
 
         let listable = store.snapshot(&key()).endpoints["b"].clone();
         let later = Timestamp::from_second(1_000 + 301).expect("time");
@@ -390,7 +386,7 @@ pub(crate) mod tests {
         assert!(!store.snapshot(&key()).tracked);
         let t0 = Timestamp::from_second(1_000).expect("time");
         store.record_success(&key(), &target("a"), attested(1), &policy(), t0);
-        store.track_targets(&key(), &[target("a"), target("b")]);
+        store.sync_targets(&key(), &[target("a"), target("b")]);
         let snapshot = store.snapshot(&key());
         assert!(snapshot.tracked);
         assert!(!snapshot.endpoints["a"].is_pending(), "an outcome is kept");
@@ -399,7 +395,7 @@ pub(crate) mod tests {
         // A new pod of the same name starts pending again.
         let mut replaced = target("a");
         replaced.pod_uid = "a-uid-2".into();
-        store.track_targets(&key(), &[replaced]);
+        store.sync_targets(&key(), &[replaced, target("b")]);
         assert!(store.snapshot(&key()).endpoints["a"].is_pending());
         store.record_failure(&key(), &target("b"), "unreachable", "x", t0);
         assert!(!store.snapshot(&key()).endpoints["b"].is_pending());
