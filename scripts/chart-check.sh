@@ -115,7 +115,16 @@ check "leader-election Role on leases" has "$out/default.yaml" "resources: \[\"l
 check "metrics Service" has "$out/default.yaml" "name: aver-metrics"
 check "no swtpm unless enabled" lacks "$out/default.yaml" "kind: DaemonSet"
 check "swtpm DaemonSet when enabled" has "$out/scoped.yaml" "kind: DaemonSet"
-check "namespaced RBAC with watchNamespace" lacks "$out/scoped.yaml" "kind: ClusterRole"
+# Scoped: the model rules are a Role; the one ClusterRole (PersistentVolumes
+# are cluster-scoped) grants get on persistentvolumes and nothing else.
+only_volumes_cluster_wide() {
+  [ "$(grep -c '^kind: ClusterRole$' "$1")" = 1 ] &&
+    awk '/^kind: ClusterRole$/{c=1} /^---/{c=0} c && /resources:/' "$1" | grep -qx '    resources: \["persistentvolumes"\]' &&
+    [ "$(awk '/^kind: ClusterRole$/{c=1} /^---/{c=0} c && /resources:/' "$1" | wc -l)" = 1 ]
+}
+check "namespaced RBAC with watchNamespace" has "$out/scoped.yaml" "kind: Role$"
+check "scoped: only get on persistentvolumes is cluster-wide" only_volumes_cluster_wide "$out/scoped.yaml"
+check "claims and volumes: get only" has "$out/default.yaml" 'resources: \["persistentvolumes"\]'
 check "watchNamespace passed to the controller" has "$out/scoped.yaml" "name: AVER_NAMESPACE"
 # Least privilege: no wildcard and no verb the controller never uses.
 check "no wildcard RBAC" lacks "$out/default.yaml" '"\*"'

@@ -161,6 +161,7 @@ fn main() {
                     interval,
                     max_age: Duration::from_secs(60),
                     policy: &policy,
+                    model_volume: None,
                     now: jiff::Timestamp::now(),
                 };
                 std::hint::black_box(status::desired(None, &inputs));

@@ -5,7 +5,8 @@
 //!
 //! Module map:
 //! - [`workload`]: the Deployment and Service built for a model (pure);
-//! - [`reconcile`]: the kube-runtime reconciler (apply, status, finalizer);
+//! - [`reconcile`]: the kube-runtime reconciler (apply, status);
+//! - [`model_volume`]: the volume a model's claim is bound to;
 //! - [`status`]: the status a model should have, and when to write it (pure);
 //! - [`attestation`]: the [`attestation::EndpointAttester`] seam and its types;
 //! - [`source`]: the [`source::EndpointSource`] seam (what to attest);
@@ -21,6 +22,7 @@ pub mod config;
 pub mod effects;
 pub mod leader;
 pub mod metrics;
+pub mod model_volume;
 pub mod reattest;
 pub mod reconcile;
 pub mod results;

@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aver_crds::ConfidentialModel;
+use aver_crds::{ConfidentialModel, ModelVolume, ModelVolumeType};
 use aver_workload::KubeletParams;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -31,6 +31,7 @@ use kube::{Client, Resource as _, ResourceExt};
 
 use crate::config::{WorkloadConfig, FIELD_MANAGER};
 use crate::metrics::Metrics;
+use crate::model_volume::{self, Resolution};
 use crate::results::ResultStore;
 use crate::status::{self, Problem, StatusInputs};
 use crate::workload;
@@ -40,6 +41,9 @@ pub const LEGACY_FINALIZER: &str = "aver.dev/cleanup";
 
 /// Retry delay after a failed reconcile.
 pub const ERROR_REQUEUE: Duration = Duration::from_secs(15);
+
+/// How soon a model whose claim is not bound yet is looked at again.
+const UNRESOLVED_RECHECK: Duration = Duration::from_secs(5);
 
 /// Defaults used to compute status while the policy is invalid.
 const FALLBACK_INTERVAL: Duration = Duration::from_secs(30);
@@ -73,6 +77,8 @@ pub enum Error {
     Status { name: String, source: kube::Error },
     #[error("cannot remove the finalizer {LEGACY_FINALIZER} from {name}: {source}")]
     Finalizer { name: String, source: kube::Error },
+    #[error(transparent)]
+    ModelVolume(model_volume::ResolveError),
 }
 
 /// Reconciles one resource (the `kube::runtime::Controller` entry point).
@@ -144,9 +150,41 @@ async fn apply(cm: &ConfidentialModel, ctx: &Context) -> Result<Action, Error> {
         reason: "InvalidPolicy",
         message: e.to_string(),
     });
+    // The claim's volume shapes a node-measured pod's specs. Until the claim
+    // is bound the policy is computed with a placeholder volume: the rest of
+    // the spec is still checked, the workload applied (a WaitForFirstConsumer
+    // claim binds only once a pod is scheduled), and nothing attested.
+    let resolution = model_volume::resolve(&ctx.client, &namespace, cm)
+        .await
+        .map_err(Error::ModelVolume)?;
+    let mut missing = None;
+    let (model_volume, unresolved) = match resolution {
+        Resolution::NotNeeded => (None, false),
+        Resolution::Bound(volume) => (Some(volume), false),
+        Resolution::Pending(message) => {
+            tracing::debug!(model = %ObjectRef::from_obj(cm), "{message}");
+            (None, true)
+        }
+        Resolution::Missing(message) => {
+            missing = Some(Problem {
+                reason: "ModelVolumeMissing",
+                message,
+            });
+            (None, true)
+        }
+        Resolution::Refused(message) => {
+            problem.get_or_insert(Problem {
+                reason: "ModelVolumeUnsupported",
+                message,
+            });
+            (None, false)
+        }
+    };
+    let resolved = with_model_volume(cm, model_volume.clone(), unresolved);
     // What endpoints are verified against (with node measurement, derived
     // from the rendered pod); a pod that cannot be attested is not deployed.
-    let policy = match workload::attestation_policy(cm, &ctx.workload, ctx.kubelet.as_ref()) {
+    let policy = match workload::attestation_policy(&resolved, &ctx.workload, ctx.kubelet.as_ref())
+    {
         Ok(policy) => policy,
         Err(message) => {
             problem.get_or_insert(Problem {
@@ -201,6 +239,9 @@ async fn apply(cm: &ConfidentialModel, ctx: &Context) -> Result<Action, Error> {
         }
     }
 
+    if problem.is_none() {
+        problem = missing;
+    }
     if let (Some(problem), Some(recorder)) = (&problem, &ctx.recorder) {
         warn_once(recorder, cm, problem).await;
     }
@@ -214,6 +255,7 @@ async fn apply(cm: &ConfidentialModel, ctx: &Context) -> Result<Action, Error> {
         interval,
         max_age,
         policy,
+        model_volume,
         now: Timestamp::now(),
     };
     let desired = status::desired(cm.status.as_ref(), &inputs);
@@ -238,10 +280,35 @@ async fn apply(cm: &ConfidentialModel, ctx: &Context) -> Result<Action, Error> {
             "status updated"
         );
     }
+    let next = status::next_change(&desired, &inputs);
     match failure {
         Some(e) => Err(e),
-        None => Ok(Action::requeue(status::next_change(&desired, &inputs))),
+        None if unresolved => Ok(Action::requeue(next.min(UNRESOLVED_RECHECK))),
+        None => Ok(Action::requeue(next)),
     }
+}
+
+/// `cm` as the policy is computed from it: with the volume just resolved
+/// (not yet in the stored status), or a placeholder while the claim is not
+/// bound, so that the rest of the spec is checked.
+fn with_model_volume(
+    cm: &ConfidentialModel,
+    volume: Option<ModelVolume>,
+    unresolved: bool,
+) -> std::borrow::Cow<'_, ConfidentialModel> {
+    let volume = match (volume, model_volume::claim_to_resolve(cm)) {
+        (Some(volume), _) => volume,
+        (None, Some(claim)) if unresolved => ModelVolume {
+            claim_name: claim.to_owned(),
+            volume_name: "unbound".to_owned(),
+            type_: ModelVolumeType::Local,
+            path: None,
+        },
+        _ => return std::borrow::Cow::Borrowed(cm),
+    };
+    let mut cm = cm.clone();
+    cm.status.get_or_insert_with(Default::default).model_volume = Some(volume);
+    std::borrow::Cow::Owned(cm)
 }
 
 /// The message of the Deployment's `ReplicaFailure` condition, if it is
@@ -537,6 +604,7 @@ mod tests {
                 interval: Duration::from_secs(30),
                 max_age: Duration::from_secs(300),
                 policy: &cm.spec.attestation,
+                model_volume: None,
                 now: Timestamp::now(),
             },
         )

@@ -18,7 +18,7 @@
 use std::time::Duration;
 
 use aver_crds::confidential_model::{CONDITION_ATTESTED, CONDITION_DEGRADED, CONDITION_READY};
-use aver_crds::{AttestationPolicy, ConfidentialModelStatus, VerifiedEndpoint};
+use aver_crds::{AttestationPolicy, ConfidentialModelStatus, ModelVolume, VerifiedEndpoint};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -56,6 +56,8 @@ pub struct StatusInputs<'a> {
     pub max_age: Duration,
     /// `spec.attestation`: only verifications under this policy count.
     pub policy: &'a AttestationPolicy,
+    /// The model claim's volume, as resolved at this reconcile.
+    pub model_volume: Option<ModelVolume>,
     pub now: Timestamp,
 }
 
@@ -255,6 +257,7 @@ fn build(
         ready_replicas: inputs.ready_replicas,
         attested_replicas: attested,
         endpoints,
+        model_volume: inputs.model_volume.clone(),
     }
 }
 
@@ -347,6 +350,7 @@ pub fn needs_write(
         || current.ready_replicas != desired.ready_replicas
         || current.attested_replicas != desired.attested_replicas
         || current.endpoints != desired.endpoints
+        || current.model_volume != desired.model_volume
         || by_type(current) != by_type(desired)
 }
 
@@ -398,6 +402,7 @@ mod tests {
             problem: None,
             interval: Duration::from_secs(30),
             max_age: Duration::from_secs(300),
+            model_volume: None,
             now: at(now),
         }
     }

@@ -421,6 +421,46 @@ pub struct ConfidentialModelStatus {
     /// write.
     #[serde(default)]
     pub endpoints: Vec<VerifiedEndpoint>,
+    /// The PersistentVolume that spec.model.source.persistentVolumeClaim is
+    /// bound to, as the controller resolved it. The kubelet mounts a claim
+    /// from a directory named after its volume, so the container specs of a
+    /// node-measured pod (and the policy derived from the resource) depend
+    /// on it; absent until the claim is bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_volume: Option<ModelVolume>,
+}
+
+/// A bound model claim's volume, as far as it decides where the kubelet
+/// mounts it from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelVolume {
+    /// The claim (spec.model.source.persistentVolumeClaim.claimName).
+    #[schemars(length(min = 1, max = 253))]
+    pub claim_name: String,
+    /// The PersistentVolume it is bound to.
+    #[schemars(length(min = 1, max = 253))]
+    pub volume_name: String,
+    /// The volume's kind, which names the kubelet's mount directory.
+    #[serde(rename = "type")]
+    pub type_: ModelVolumeType,
+    /// The volume's directory on the node, for type HostPath (the kubelet
+    /// mounts it as it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub path: Option<String>,
+}
+
+/// The PersistentVolume kinds whose kubelet mount directory is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ModelVolumeType {
+    /// `spec.local`: mounted from `pods/<uid>/volumes/kubernetes.io~local-volume/<volume>`.
+    Local,
+    /// `spec.csi`: mounted from `pods/<uid>/volumes/kubernetes.io~csi/<volume>/mount`.
+    #[serde(rename = "CSI")]
+    Csi,
+    /// `spec.hostPath`: mounted from the path itself.
+    HostPath,
 }
 
 /// One enclave whose evidence the controller verified against the policy.

@@ -30,6 +30,6 @@ pub use policy::{
 pub use confidential_model::{
     AkActivation, BootPolicyResult, ConfidentialModel, ConfidentialModelSpec,
     ConfidentialModelStatus, EndpointMeasurements, EngineSpec, HostPathModelSource,
-    ImageModelSource, Measurement, ModelSource, ModelSpec, PodSettings, PvcModelSource,
-    ServiceSpec, TpmDevice, TpmSpec, VerifiedEndpoint,
+    ImageModelSource, Measurement, ModelSource, ModelSpec, ModelVolume, ModelVolumeType,
+    PodSettings, PvcModelSource, ServiceSpec, TpmDevice, TpmSpec, VerifiedEndpoint,
 };

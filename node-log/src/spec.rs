@@ -155,6 +155,12 @@ pub enum MountSource {
     NodeAgent,
 }
 
+/// The kubelet's volume directory of the CSI plugin (`kubernetes.io/csi`,
+/// escaped), where every CSI volume, persistent or inline, is mounted.
+pub const CSI_PLUGIN_DIR: &str = "kubernetes.io~csi";
+/// The kubelet's volume directory of local PersistentVolumes.
+pub const LOCAL_VOLUME_PLUGIN_DIR: &str = "kubernetes.io~local-volume";
+
 impl MountSource {
     /// Classifies a mount's host path. Paths under the kubelet's pod
     /// directory name their volume, not the pod UID, so that the digest is
@@ -166,10 +172,20 @@ impl MountSource {
             .and_then(|r| r.strip_prefix("/pods/"));
         if let Some(rest) = rest {
             let parts: Vec<&str> = rest.split('/').collect();
-            // <uid>/volumes/<plugin>/<name>[/...] and <uid>/volume-subpaths/...
+            // <uid>/volumes/<plugin>/<name>, except that CSI mounts from
+            // <uid>/volumes/kubernetes.io~csi/<name>/mount (the directory
+            // above holds the driver's vol_data.json, never mounted).
             match parts.as_slice() {
                 [uid, ..] if !valid(uid) => {}
-                [_, "volumes", plugin, name] if valid(plugin) && valid(name) => {
+                [_, "volumes", CSI_PLUGIN_DIR, name, "mount"] if valid(name) => {
+                    return Self::Volume {
+                        plugin: CSI_PLUGIN_DIR.to_owned(),
+                        name: (*name).to_owned(),
+                    }
+                }
+                [_, "volumes", plugin, name]
+                    if valid(plugin) && valid(name) && *plugin != CSI_PLUGIN_DIR =>
+                {
                     return Self::Volume {
                         plugin: (*plugin).to_owned(),
                         name: (*name).to_owned(),
@@ -533,7 +549,31 @@ mod tests {
             MountSource::classify("/var/lib/kubelet/pods/u/containers/engine/0a1b", root),
             MountSource::TerminationLog
         );
+        assert_eq!(
+            MountSource::classify(
+                "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/pvc-1a2b/mount",
+                root
+            ),
+            MountSource::Volume {
+                plugin: CSI_PLUGIN_DIR.into(),
+                name: "pvc-1a2b".into()
+            }
+        );
+        assert_eq!(
+            MountSource::classify(
+                "/var/lib/kubelet/pods/u/volumes/kubernetes.io~local-volume/weights",
+                root
+            ),
+            MountSource::Volume {
+                plugin: LOCAL_VOLUME_PLUGIN_DIR.into(),
+                name: "weights".into()
+            }
+        );
         for other in [
+            // The CSI volume's own directory (vol_data.json) is not its mount.
+            "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/pvc-1a2b",
+            "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/../mount",
+            "/var/lib/kubelet/pods/u/volumes/kubernetes.io~empty-dir/cache/mount",
             "/var/lib/kubelet/pods/u/volumes/x/../../../../etc",
             "/var/lib/kubelet/pods/u/volumes/p/n/extra",
             "/var/lib/kubelet/pods/../volumes/p/n",

@@ -273,12 +273,13 @@ func (c *upConfig) components() []component {
 			// (default ServiceAccounts), cleans up after owners, keeps
 			// PodDisruptionBudgets' status (which the eviction API checks),
 			// and takes the not-ready taint off a node once its kubelet
-			// reports Ready (and taints and evicts when it stops). Not EndpointSlices:
+			// reports Ready (and taints and evicts when it stops), and binds
+			// PersistentVolumeClaims to PersistentVolumes. Not EndpointSlices:
 			// simulated pods have loopback addresses, which the API refuses
 			// in them.
 			"--controllers=deployment-controller,replicaset-controller,serviceaccount-controller," +
 				"garbage-collector-controller,namespace-controller,disruption-controller," +
-				"node-lifecycle-controller,taint-eviction-controller",
+				"node-lifecycle-controller,taint-eviction-controller,persistentvolume-binder-controller",
 			"--profiling=false",
 		}},
 		{"kube-scheduler", []string{

@@ -34,20 +34,25 @@
 //! `thermal_throttle` directory) or refused with [`ExpectedError::Unmeasurable`]:
 //! values that differ from pod to pod or live outside the resource (per-pod
 //! downward-API fields, Secrets and ConfigMaps, other Services' variables),
-//! mounts the node log records with the pod UID (sub paths, persistent
-//! volumes) or cannot record yet (image volumes), device plugin
+//! mounts the node log records with the pod UID (sub paths) or whose
+//! source the resource does not name (a claim's volume, until the
+//! controller publishes it; image volumes without their ID), device plugin
 //! allocations, user namespaces. The controller renders node-measured pods
 //! without any of these.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use aver_crds::{AllowedContainer, AllowedPod, ConfidentialModel, Measurement, Sha256Digest};
+use aver_crds::{
+    AllowedContainer, AllowedPod, ConfidentialModel, Measurement, ModelVolume, ModelVolumeType,
+    Sha256Digest,
+};
 use aver_node_log::policy::AGENT_SOCKET_DIR;
 use aver_node_log::spec::EnvVar as SpecEnv;
 use aver_node_log::spec::{
     Mount, MountSource, NamespaceMode, Namespaces, Profile, SelinuxOptions, User,
 };
+use aver_node_log::spec::{CSI_PLUGIN_DIR, LOCAL_VOLUME_PLUGIN_DIR};
 use aver_node_log::ContainerSpec;
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, PodSecurityContext, PodSpec, SeccompProfile, SecurityContext, Volume,
@@ -122,6 +127,11 @@ pub struct KubeletParams {
     /// image volume's reference: the kubelet passes the ID it resolved, not
     /// the reference, so an image model source needs it.
     pub image_ids: BTreeMap<String, String>,
+    /// Where each PersistentVolumeClaim is mounted from, by claim name: the
+    /// kubelet mounts a claim from its bound volume's directory, named after
+    /// the volume. [`expected_pod`] adds the model's claim from the
+    /// resource's `status.modelVolume`.
+    pub claims: BTreeMap<String, MountSource>,
 }
 
 impl KubeletParams {
@@ -134,6 +144,7 @@ impl KubeletParams {
             image_users: BTreeMap::new(),
             thermal_throttle_cpus: Vec::new(),
             image_ids: BTreeMap::new(),
+            claims: BTreeMap::new(),
         }
     }
 }
@@ -201,7 +212,15 @@ pub fn expected_pod(
     }
     let (_, namespace) = render::identity(cm)?;
     let pod = render::pod_spec(cm, config)?;
-    let mut expected = pod_containers(&pod, &namespace, params)?;
+    let mut params = std::borrow::Cow::Borrowed(params);
+    if let Some(volume) = cm.status.as_ref().and_then(|s| s.model_volume.as_ref()) {
+        let source = claim_source(volume, &params.kubelet_root)?;
+        params
+            .to_mut()
+            .claims
+            .insert(volume.claim_name.clone(), source);
+    }
+    let mut expected = pod_containers(&pod, &namespace, &params)?;
     // aver-node adds its socket to the key holder itself (the pod has no
     // volume for it): the spec it records has that mount.
     for c in &mut expected.containers {
@@ -218,6 +237,34 @@ pub fn expected_pod(
         }
     }
     Ok(expected)
+}
+
+/// Where the kubelet mounts a claim bound to `volume` from
+/// (`GetPodVolumeDir`, or the path itself for a hostPath volume).
+pub fn claim_source(
+    volume: &ModelVolume,
+    kubelet_root: &str,
+) -> Result<MountSource, ExpectedError> {
+    let plugin = |dir: &str| MountSource::Volume {
+        plugin: dir.to_owned(),
+        name: volume.volume_name.clone(),
+    };
+    Ok(match volume.type_ {
+        ModelVolumeType::Local => plugin(LOCAL_VOLUME_PLUGIN_DIR),
+        ModelVolumeType::Csi => plugin(CSI_PLUGIN_DIR),
+        ModelVolumeType::HostPath => match &volume.path {
+            Some(path) => MountSource::classify(path, kubelet_root),
+            None => {
+                return Err(ExpectedError::Unmeasurable {
+                    container: render::NODE_ENCLAVE_CONTAINER.to_owned(),
+                    what: format!(
+                        "status.modelVolume of claim {}: a HostPath volume without its path",
+                        volume.claim_name
+                    ),
+                })
+            }
+        },
+    })
 }
 
 /// The expected containers of any pod spec in `namespace`.
@@ -796,11 +843,16 @@ fn volume_source(volume: &Volume, params: &KubeletParams) -> Result<(MountSource
             false,
         ));
     }
-    if volume.persistent_volume_claim.is_some() {
-        return Err(format!(
-            "volume {} (a persistent volume is mounted from its plugin's directory under the pod, named after the PersistentVolume, e.g. kubernetes.io~csi/<pv>/mount, which the node log records with the pod UID)",
-            volume.name
-        ));
+    if let Some(claim) = &volume.persistent_volume_claim {
+        // Every plugin supported here mounts read-only when the claim
+        // source says so (`spec.ReadOnly`).
+        return match params.claims.get(&claim.claim_name) {
+            Some(source) => Ok((source.clone(), claim.read_only == Some(true))),
+            None => Err(format!(
+                "volume {} of claim {}, which is not resolved to its PersistentVolume (the kubelet mounts a claim from a directory named after its volume; the controller publishes it in status.modelVolume once the claim is bound)",
+                volume.name, claim.claim_name
+            )),
+        };
     }
     if let Some(image) = &volume.image {
         let reference = image.reference.clone().unwrap_or_default();
@@ -1226,6 +1278,13 @@ mod tests {
         v
     }
 
+    fn plugin_volume(plugin: &str, name: &str) -> MountSource {
+        MountSource::Volume {
+            plugin: plugin.into(),
+            name: name.into(),
+        }
+    }
+
     fn mount(name: &str, path: &str) -> VolumeMount {
         VolumeMount {
             name: name.into(),
@@ -1349,7 +1408,18 @@ mod tests {
             }),
         ]);
         p.containers[0].volume_mounts = Some(vec![mount("pvc", "/models")]);
-        unmeasurable(spec(&p), "persistent volume");
+        unmeasurable(spec(&p), "not resolved to its PersistentVolume");
+        let mut with_claim = params();
+        with_claim.claims.insert(
+            "weights".into(),
+            plugin_volume("kubernetes.io~local-volume", "pv-7"),
+        );
+        let s = container_spec(&p, &p.containers[0], "ml", &with_claim).unwrap();
+        let models = s.mounts.iter().find(|m| m.container_path == "/models");
+        assert_eq!(
+            models.map(|m| (&m.source, m.readonly)).unwrap(),
+            (&plugin_volume("kubernetes.io~local-volume", "pv-7"), true)
+        );
         p.containers[0].volume_mounts = Some(vec![VolumeMount {
             sub_path: Some("x".into()),
             ..mount("cache", "/cache")
@@ -1479,6 +1549,97 @@ mod tests {
         // Every replica, any namespace-independent change: same digests.
         let again = expected_pod(&node_model("llama"), &node_workload_config(), &params()).unwrap();
         assert_eq!(again, pod);
+    }
+
+    #[test]
+    fn a_claim_is_mounted_from_the_volume_status_names() {
+        let mut cm = node_model("llama");
+        cm.spec.model.source = aver_crds::ModelSource {
+            persistent_volume_claim: Some(aver_crds::PvcModelSource {
+                claim_name: "weights".into(),
+                sub_path: None,
+            }),
+            image: None,
+            host_path: None,
+        };
+        let config = node_workload_config();
+        match expected_pod(&cm, &config, &params()) {
+            Err(ExpectedError::Unmeasurable { what, .. }) => {
+                assert!(what.contains("status.modelVolume"), "{what}")
+            }
+            other => panic!("an unresolved claim is measurable: {other:?}"),
+        }
+        let models_source = |volume: ModelVolume| {
+            let mut cm = cm.clone();
+            cm.status.get_or_insert_with(Default::default).model_volume = Some(volume);
+            let pod = expected_pod(&cm, &config, &params()).unwrap();
+            let sources: Vec<_> = pod
+                .containers
+                .iter()
+                .map(|c| {
+                    let m = c.spec.mounts.iter().find(|m| m.container_path == "/models");
+                    m.map(|m| (m.source.clone(), m.readonly))
+                })
+                .collect();
+            // The enclave hashes exactly what the engine serves.
+            assert_eq!(sources[0], sources[1]);
+            sources[0].clone().unwrap()
+        };
+        let volume = |type_, path: Option<&str>| ModelVolume {
+            claim_name: "weights".into(),
+            volume_name: "pv-weights".into(),
+            type_,
+            path: path.map(Into::into),
+        };
+        assert_eq!(
+            models_source(volume(ModelVolumeType::Local, None)),
+            (plugin_volume(LOCAL_VOLUME_PLUGIN_DIR, "pv-weights"), true)
+        );
+        assert_eq!(
+            models_source(volume(ModelVolumeType::Csi, None)),
+            (plugin_volume(CSI_PLUGIN_DIR, "pv-weights"), true)
+        );
+        assert_eq!(
+            models_source(volume(ModelVolumeType::HostPath, Some("/srv/weights"))),
+            (
+                MountSource::HostPath {
+                    path: "/srv/weights".into()
+                },
+                true
+            )
+        );
+        // Another volume, another digest: a pod mounting a different
+        // volume than the one the claim is bound to is refused.
+        let mut other = cm.clone();
+        other
+            .status
+            .get_or_insert_with(Default::default)
+            .model_volume = Some(volume(ModelVolumeType::Local, None));
+        let mut renamed = other.clone();
+        if let Some(v) = renamed
+            .status
+            .as_mut()
+            .and_then(|s| s.model_volume.as_mut())
+        {
+            v.volume_name = "pv-other".into();
+        }
+        let digests = |cm: &ConfidentialModel| {
+            expected_pod(cm, &config, &params())
+                .unwrap()
+                .allowed_pod()
+                .containers
+                .iter()
+                .map(|c| c.spec_digests[0])
+                .collect::<Vec<_>>()
+        };
+        let (a, b) = (digests(&other), digests(&renamed));
+        assert!(a[0] != b[0] && a[1] != b[1]);
+        // A status naming another claim does not resolve this one.
+        let mut stale = other;
+        if let Some(v) = stale.status.as_mut().and_then(|s| s.model_volume.as_mut()) {
+            v.claim_name = "old-weights".into();
+        }
+        assert!(expected_pod(&stale, &config, &params()).is_err());
     }
 
     #[test]
