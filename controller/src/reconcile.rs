@@ -990,4 +990,147 @@ mod tests {
             None
         );
     }
+
+    const CLAIM: &str = "/api/v1/namespaces/ml/persistentvolumeclaims/weights";
+    const VOLUME: &str = "/api/v1/persistentvolumes/pv-weights";
+
+    /// A node-measured model whose weights are on claim `weights`.
+    fn claim_model() -> ConfidentialModel {
+        let mut cm = crate::workload::tests::node_model("llama");
+        cm.spec.model.source = aver_crds::ModelSource {
+            persistent_volume_claim: Some(aver_crds::PvcModelSource {
+                claim_name: "weights".into(),
+                sub_path: None,
+            }),
+            image: None,
+            host_path: None,
+        };
+        cm
+    }
+
+    fn node_context(client: Client) -> Arc<Context> {
+        Arc::new(Context {
+            workload: crate::workload::tests::node_workload_config(),
+            ..Arc::into_inner(context(client, ResultStore::new())).expect("unshared")
+        })
+    }
+
+    fn claim_reply(bound: bool) -> Reply {
+        let mut claim = json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "weights", "namespace": "ml", "uid": "claim-uid"},
+            "spec": {},
+            "status": {"phase": "Pending"},
+        });
+        if bound {
+            claim["spec"]["volumeName"] = json!("pv-weights");
+            claim["status"]["phase"] = json!("Bound");
+        }
+        Reply::json(Method::GET, CLAIM, 200, claim)
+    }
+
+    #[tokio::test]
+    async fn an_unbound_claim_is_deployed_and_resolved_again_soon() {
+        let cm = claim_model();
+        let mut replies = vec![claim_reply(false)];
+        replies.extend(applies(
+            deployment_reply(0),
+            [status_reply(&cm, |body| {
+                assert_eq!(body["status"].get("modelVolume"), None);
+                assert_eq!(condition(&body["status"], "Degraded")["status"], "False");
+            })],
+        ));
+        let mock = ApiMock::start(replies);
+        let action = reconcile(Arc::new(cm), node_context(mock.client()))
+            .await
+            .expect("reconciled");
+        assert!(requeue_secs(&action) <= 5.0, "{action:?}");
+        mock.finish().await;
+    }
+
+    #[tokio::test]
+    async fn a_bound_claim_s_volume_is_published() {
+        let cm = claim_model();
+        let mut replies = vec![
+            claim_reply(true),
+            Reply::json(
+                Method::GET,
+                VOLUME,
+                200,
+                json!({
+                    "apiVersion": "v1", "kind": "PersistentVolume",
+                    "metadata": {"name": "pv-weights"},
+                    "spec": {
+                        "hostPath": {"path": "/srv/weights"},
+                        "claimRef": {"name": "weights", "namespace": "ml", "uid": "claim-uid"},
+                    },
+                }),
+            ),
+        ];
+        replies.extend(applies(
+            deployment_reply(0),
+            [status_reply(&cm, |body| {
+                assert_eq!(
+                    body["status"]["modelVolume"],
+                    json!({"claimName": "weights", "volumeName": "pv-weights", "type": "HostPath", "path": "/srv/weights"})
+                );
+                assert_eq!(condition(&body["status"], "Degraded")["status"], "False");
+            })],
+        ));
+        let mock = ApiMock::start(replies);
+        reconcile(Arc::new(cm), node_context(mock.client()))
+            .await
+            .expect("reconciled");
+        mock.finish().await;
+    }
+
+    #[tokio::test]
+    async fn a_missing_claim_degrades_but_is_deployed() {
+        let cm = claim_model();
+        let mut replies = vec![Reply::not_found(Method::GET, CLAIM)];
+        replies.extend(applies(
+            deployment_reply(0),
+            [status_reply(&cm, |body| {
+                let degraded = condition(&body["status"], "Degraded");
+                assert_eq!(
+                    (&degraded["status"], &degraded["reason"]),
+                    (&json!("True"), &json!("ModelVolumeMissing"))
+                );
+            })],
+        ));
+        let mock = ApiMock::start(replies);
+        reconcile(Arc::new(cm), node_context(mock.client()))
+            .await
+            .expect("reconciled");
+        mock.finish().await;
+    }
+
+    #[tokio::test]
+    async fn a_volume_of_an_unknown_kind_is_not_deployed() {
+        let cm = claim_model();
+        let mock = ApiMock::start(vec![
+            claim_reply(true),
+            Reply::json(
+                Method::GET,
+                VOLUME,
+                200,
+                json!({
+                    "apiVersion": "v1", "kind": "PersistentVolume",
+                    "metadata": {"name": "pv-weights"},
+                    "spec": {
+                        "nfs": {"server": "nfs", "path": "/export"},
+                        "claimRef": {"name": "weights", "namespace": "ml", "uid": "claim-uid"},
+                    },
+                }),
+            ),
+            status_reply(&cm, |body| {
+                let degraded = condition(&body["status"], "Degraded");
+                assert_eq!(degraded["reason"], "ModelVolumeUnsupported");
+            }),
+        ]);
+        reconcile(Arc::new(cm), node_context(mock.client()))
+            .await
+            .expect("reconciled");
+        mock.finish().await;
+    }
 }
