@@ -32,7 +32,7 @@ use aver_verifier::Sha256Digest;
 
 use crate::containerd::Containerd;
 use crate::controlplane::{fixture, free_port, stop_child, tail, ControlPlane};
-use crate::node_agent::NodeAgent;
+use crate::node_agent::{build_project_images, NodeAgent};
 
 /// Label of nodes with a TPM (the controller's default `--tpm-node-label`).
 pub const TPM_LABEL: (&str, &str) = ("aver.dev/tpm", "true");
@@ -88,13 +88,15 @@ impl RealNode {
         )
     }
 
-    /// A node without TPM, label or taint. Blocking.
+    /// A node without TPM, label or taint, with the stub engine image
+    /// (for workloads that are not confidential). Blocking.
     pub fn start_plain(cp: &ControlPlane, name: &str) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("aver-plain-")
             .tempdir()
             .context("cannot create the node's directory")?;
         let containerd = Containerd::start(dir.path())?;
+        containerd.import(&build_project_images()?.join("stub-engine.oci.tar"))?;
         let cri = containerd.socket_path().to_owned();
         let root = dir.path().join("kubelet");
         fs::create_dir_all(&root)?;

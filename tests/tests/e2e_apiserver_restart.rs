@@ -28,8 +28,10 @@ async fn controller_recovers_from_an_apiserver_restart() {
     // The fixture restarts a dead component after 6 s, long enough for
     // every client to see the outage.
     let mut cluster =
-        Cluster::start_real("restart", 4, 0, &["--restart-delay=6s"], "privileged").await;
-    let v1 = cluster.write_model("/models/llama", b"tiny model weights");
+        Cluster::start_real("restart", 4, 0, &["--restart-delay=6s"], "restricted").await;
+    let v1 = cluster
+        .write_model("/models/llama", b"tiny model weights")
+        .await;
     let policy = cluster.policy(&[v1]);
     // A Lease that outlives the outage, so this test is about the
     // controller's watches and writes recovering in-process (losing the

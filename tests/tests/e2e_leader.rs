@@ -41,8 +41,10 @@ async fn holder(leases: &Api<Lease>) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_one_leader_acts() {
     require_e2e!();
-    let mut cluster = Cluster::start_real("leader", 3, 0, &[], "privileged").await;
-    let v1 = cluster.write_model("/models/llama", b"tiny model weights");
+    let mut cluster = Cluster::start_real("leader", 3, 0, &[], "restricted").await;
+    let v1 = cluster
+        .write_model("/models/llama", b"tiny model weights")
+        .await;
     let policy = cluster.policy(&[v1]);
     cluster.start_controller("controller-a", &[]);
     cluster.start_controller("controller-b", &[]);

@@ -20,7 +20,7 @@ const DIR: &str = "/models/legacy";
 async fn enclave_measured_models_on_simulated_nodes() {
     require_e2e!();
     let mut cluster = Cluster::start("legacy", 2, 1).await;
-    let digest = cluster.write_model(DIR, b"legacy weights");
+    let digest = cluster.write_model(DIR, b"legacy weights").await;
     let policy = cluster.policy(&[digest]);
     cluster.start_controller("controller-0", &[]);
     let model = cluster.model(MODEL, 2, DIR, digest, policy);

@@ -38,10 +38,10 @@ async fn operator_on_a_real_control_plane() {
     require_e2e!();
     // Four TPM nodes for three replicas (one spare for replacements) and a
     // node without a TPM, where no enclave may ever land.
-    // PodSecurity: the model comes from a host path, which only
-    // `privileged` admits (the pod has no other host path or privilege).
-    let mut cluster = Cluster::start_real("operator", 4, 1, &[], "privileged").await;
-    let v1 = cluster.write_model(V1, b"tiny model weights v1");
+    // PodSecurity `restricted`: the model comes from a claim, and the pods
+    // have no host path, privilege or capability.
+    let mut cluster = Cluster::start_real("operator", 4, 1, &[], "restricted").await;
+    let v1 = cluster.write_model(V1, b"tiny model weights v1").await;
     let policy = cluster.policy(&[v1]);
 
     // The API server itself enforces the CRD's CEL rules.
@@ -64,22 +64,36 @@ async fn operator_on_a_real_control_plane() {
         other => panic!("expected a 422 from the API server, got {other}"),
     }
 
+    // The benchmark's peer, in the same run on the same kubelets: the
+    // engine image alone in a plain Deployment, time to Ready pods.
+    let (plain_first, plain_all) = cluster.plain_engine_rollout(3).await;
+    eprintln!(
+        "e2e: plain engine Deployment (peer): first pod Ready {plain_first:.1} s, all 3 {plain_all:.1} s after kubectl apply"
+    );
+
     cluster.start_controller("controller-0", &[]);
-    let created = Instant::now();
     let reviewed = cluster.model(MODEL, 3, V1, v1, policy.clone());
-    cluster
-        .models()
-        .create(&PostParams::default(), &reviewed)
-        .await
-        .expect("model created");
+    let applied = Instant::now();
+    cluster.kubectl_apply("model.json", &serde_json::to_value(&reviewed).unwrap());
     let monitor = cluster.monitor(MODEL, |_| Vec::new());
 
     // 1. Three verified endpoints, with the enclaves' real certificates, on
     //    three distinct TPM nodes.
+    cluster
+        .wait_for("a first verified endpoint", CONVERGE, || async {
+            let status = cluster.status(MODEL).await;
+            (!status.endpoints.is_empty() && cluster.check_endpoints(&status).await.is_empty())
+                .then_some(())
+        })
+        .await;
+    let first = applied.elapsed().as_secs_f64();
     let status = cluster.wait_verified(MODEL, 3, CONVERGE, |_| true).await;
+    let all = applied.elapsed().as_secs_f64();
     eprintln!(
-        "e2e: 3 replicas verified {:.1} s after creation",
-        created.elapsed().as_secs_f64()
+        "e2e: first endpoint verified {first:.1} s, all 3 {all:.1} s after kubectl apply \
+         ({:.1}x and {:.1}x the plain Deployment's Ready pods)",
+        first / plain_first,
+        all / plain_all
     );
     let nodes: BTreeSet<&str> = status.endpoints.iter().map(|e| e.node.as_str()).collect();
     assert_eq!(nodes.len(), 3, "one enclave per node: {nodes:?}");
@@ -114,6 +128,17 @@ async fn operator_on_a_real_control_plane() {
     assert!(
         err.contains("pinned"),
         "the client says it trusted the status: {err}"
+    );
+    // The client reads the resource from the cluster, status included: the
+    // claim's volume (status.modelVolume) is part of the pod's specs.
+    let mut reviewed = reviewed;
+    reviewed.status = Some(cluster.status(MODEL).await);
+    assert!(
+        reviewed
+            .status
+            .as_ref()
+            .is_some_and(|s| s.model_volume.is_some()),
+        "the controller published the claim's volume"
     );
     let policy_file = cluster.client_policy_file("policy.json", &reviewed);
     let (ok, out, err) = run(cluster
@@ -242,10 +267,10 @@ async fn operator_on_a_real_control_plane() {
 
     // 4. A new model digest: the Deployment rolls out (one pod at a time),
     //    the new endpoints are verified and the old ones leave.
-    let v2 = cluster.write_model(V2, b"tiny model weights v2");
+    let v2 = cluster.write_model(V2, b"tiny model weights v2").await;
     let old: BTreeSet<String> = status.endpoints.iter().map(|e| e.pod.clone()).collect();
     let patch = json!({"spec": {
-        "model": {"source": {"hostPath": {"path": cluster.host_path(V2)}}, "digest": v2.to_string()},
+        "model": {"source": {"persistentVolumeClaim": {"claimName": cluster.claim_name(V2)}}, "digest": v2.to_string()},
         "attestation": {"allowed": {"modelDigests": [v1.to_string(), v2.to_string()]}},
     }});
     let rolled = Instant::now();

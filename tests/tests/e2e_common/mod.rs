@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use aver_crds::confidential_model::{
     ConfidentialModel, ConfidentialModelSpec, ConfidentialModelStatus, EngineSpec,
-    HostPathModelSource, Measurement, ModelSource, ModelSpec, PodSettings, ServiceSpec, TpmSpec,
+    HostPathModelSource, Measurement, ModelSource, ModelSpec, PodSettings, PvcModelSource,
+    ServiceSpec, TpmSpec,
 };
 use aver_crds::{AttestationPolicy, Sha256Digest};
 use aver_tests::controlplane::{ControlPlane, ControllerProcess};
@@ -25,7 +26,9 @@ use aver_tests::node_agent::{ENCLAVE_IMAGE as ENCLAVE_TAG, NODE_PCR, STUB_ENGINE
 use aver_tests::node_sim::{NodeSim, SimConfig};
 use aver_verifier::measurement::model_digest;
 use futures_util::StreamExt as _;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount,
+};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
@@ -275,7 +278,13 @@ impl Cluster {
 
     /// Writes a model's files below `host_dir` on every node, as a real
     /// cluster's provisioning would, and returns its digest, computed here.
-    pub fn write_model(&self, host_dir: &str, weights: &[u8]) -> Sha256Digest {
+    ///
+    /// On real nodes the resource reaches the files through a claim (see
+    /// [`Self::claim_name`]), bound to a hostPath PersistentVolume of that
+    /// directory: every node sees the same filesystem, so the replicas can
+    /// land on distinct nodes (a local volume would pin them to one), and
+    /// the pods have no hostPath volume, as PodSecurity `restricted` wants.
+    pub async fn write_model(&self, host_dir: &str, weights: &[u8]) -> Sha256Digest {
         match &self.nodes {
             Nodes::Sim(sim) => {
                 sim.write_on_every_node(host_dir, "weights.bin", weights)
@@ -297,9 +306,56 @@ impl Cluster {
                 }
                 std::fs::write(dir.join("weights.bin"), weights).unwrap();
                 std::fs::write(dir.join("tokenizer.json"), b"{\"vocab\":[]}").unwrap();
+                self.provision_claim(host_dir).await;
                 model_digest(&dir).unwrap()
             }
         }
+    }
+
+    /// The claim a resource names for the model files at `host_dir` on
+    /// real nodes (`/models/llama-v1` → `models-llama-v1`).
+    pub fn claim_name(&self, host_dir: &str) -> String {
+        host_dir.trim_matches('/').replace('/', "-")
+    }
+
+    /// A hostPath PersistentVolume of `host_dir` and a claim bound to it
+    /// in both directions, as an administrator provisions static volumes.
+    async fn provision_claim(&self, host_dir: &str) {
+        let claim = self.claim_name(host_dir);
+        let volume = format!("{}-{claim}", self.namespace);
+        let volumes: Api<PersistentVolume> = Api::all(self.client.clone());
+        let pv: PersistentVolume = serde_json::from_value(json!({
+            "metadata": {"name": volume},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadOnlyMany"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "hostPath": {"path": self.host_path(host_dir), "type": "Directory"},
+                "claimRef": {"namespace": self.namespace, "name": claim},
+            },
+        }))
+        .unwrap();
+        volumes
+            .create(&PostParams::default(), &pv)
+            .await
+            .expect("PersistentVolume created");
+        let claims: Api<PersistentVolumeClaim> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+            "metadata": {"name": claim},
+            "spec": {
+                "accessModes": ["ReadOnlyMany"],
+                "storageClassName": "",
+                "volumeName": volume,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        }))
+        .unwrap();
+        claims
+            .create(&PostParams::default(), &pvc)
+            .await
+            .expect("PersistentVolumeClaim created");
     }
 
     /// A policy trusting every TPM node's AK, allowing `models` (and, on
@@ -351,12 +407,22 @@ impl Cluster {
             name,
             ConfidentialModelSpec {
                 model: ModelSpec {
-                    source: ModelSource {
-                        persistent_volume_claim: None,
-                        image: None,
-                        host_path: Some(HostPathModelSource {
-                            path: self.host_path(host_dir),
-                        }),
+                    source: match &self.nodes {
+                        Nodes::Sim(_) => ModelSource {
+                            persistent_volume_claim: None,
+                            image: None,
+                            host_path: Some(HostPathModelSource {
+                                path: self.host_path(host_dir),
+                            }),
+                        },
+                        Nodes::Real(_) => ModelSource {
+                            persistent_volume_claim: Some(PvcModelSource {
+                                claim_name: self.claim_name(host_dir),
+                                sub_path: None,
+                            }),
+                            image: None,
+                            host_path: None,
+                        },
                     },
                     digest,
                 },
@@ -447,11 +513,21 @@ impl Cluster {
                 "nodeName": node,
                 "restartPolicy": "Never",
                 "automountServiceAccountToken": false,
+                // What PodSecurity `restricted` asks of every pod.
+                "securityContext": {
+                    "runAsNonRoot": true,
+                    "runAsUser": 65534,
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
                 "containers": [{
                     "name": "probe",
                     "image": aver_tests::containerd::BUSYBOX_IMAGE,
                     "imagePullPolicy": "Never",
                     "command": ["/bin/sh", "-c", script],
+                    "securityContext": {
+                        "allowPrivilegeEscalation": false,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
                 }],
             },
         }))
@@ -472,6 +548,116 @@ impl Cluster {
         pods.logs(name, &Default::default())
             .await
             .expect("probe pod logs")
+    }
+
+    /// `kubectl apply -f` of `object`, written as JSON into the work
+    /// directory, as a platform team applies a manifest.
+    pub fn kubectl_apply(&self, file: &str, object: &serde_json::Value) {
+        let path = self.work.path().join(file);
+        std::fs::write(&path, serde_json::to_vec_pretty(object).unwrap()).unwrap();
+        let (ok, out, err) = run(self.cp.kubectl().arg("apply").arg("-f").arg(&path));
+        assert!(ok, "kubectl apply -f {file}: {out}{err}");
+    }
+
+    /// The peer of the real-node benchmark: the engine image alone as a
+    /// plain Deployment of `replicas` pods on the plain nodes (TPM nodes
+    /// admit only confidential pods), no enclave and no attestation, with
+    /// a TCP readiness probe. Returns the seconds from `kubectl apply` to
+    /// the first and to the last Ready pod, then deletes it and waits for
+    /// its pods to be gone.
+    pub async fn plain_engine_rollout(&self, replicas: i32) -> (f64, f64) {
+        const NAME: &str = "plain-engine";
+        let Nodes::Real(real) = &self.nodes else {
+            panic!("the plain peer runs on real nodes only");
+        };
+        let labels = json!({"app": NAME});
+        let deployment = json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": NAME, "namespace": self.namespace},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "automountServiceAccountToken": false,
+                        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                            "nodeSelectorTerms": [{"matchExpressions": [
+                                {"key": aver_tests::kubelet::TPM_LABEL.0, "operator": "DoesNotExist"},
+                            ]}],
+                        }}},
+                        "securityContext": {
+                            "runAsNonRoot": true,
+                            "runAsUser": 65532,
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                        },
+                        "containers": [{
+                            "name": "engine",
+                            "image": real.image_by_digest(STUB_ENGINE_IMAGE),
+                            "imagePullPolicy": "Never",
+                            "args": ["0.0.0.0:8000"],
+                            "ports": [{"containerPort": 8000}],
+                            "readinessProbe": {"tcpSocket": {"port": 8000}, "periodSeconds": 5},
+                            "securityContext": {
+                                "allowPrivilegeEscalation": false,
+                                "readOnlyRootFilesystem": true,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                        }],
+                    },
+                },
+            },
+        });
+        let applied = Instant::now();
+        self.kubectl_apply("plain-engine.json", &deployment);
+        let pods = self.pods();
+        let selector = ListParams::default().labels(&format!("app={NAME}"));
+        let ready = |want: usize| {
+            let (pods, selector) = (pods.clone(), selector.clone());
+            async move {
+                let list = pods.list(&selector).await.ok()?;
+                let n = list
+                    .items
+                    .iter()
+                    .filter(|pod| {
+                        pod.status
+                            .as_ref()
+                            .and_then(|s| s.conditions.as_ref())
+                            .is_some_and(|c| {
+                                c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                            })
+                    })
+                    .count();
+                (n >= want).then_some(())
+            }
+        };
+        let timeout = Duration::from_secs(120);
+        self.wait_for("a Ready plain engine pod", timeout, || ready(1))
+            .await;
+        let first = applied.elapsed().as_secs_f64();
+        let all = usize::try_from(replicas).unwrap();
+        self.wait_for("every plain engine pod Ready", timeout, || ready(all))
+            .await;
+        let last = applied.elapsed().as_secs_f64();
+        let (ok, out, err) = run(self.cp.kubectl().args([
+            "delete",
+            "deployment",
+            NAME,
+            "--namespace",
+            &self.namespace,
+            "--wait=true",
+        ]));
+        assert!(ok, "kubectl delete deployment {NAME}: {out}{err}");
+        self.wait_for("the plain engine pods gone", timeout, || async {
+            pods.list(&selector)
+                .await
+                .ok()
+                .filter(|l| l.items.is_empty())
+                .map(|_| ())
+        })
+        .await;
+        (first, last)
     }
 
     /// Writes a policy file for `aver --policy`.
