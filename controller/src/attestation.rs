@@ -53,30 +53,30 @@ impl AttestedEndpoint {
     pub fn from_report(certificate_der: Vec<u8>, report: &VerifiedReport) -> Self {
         Self {
             certificate_der,
-            spki_sha256: report.spki_sha256,
+            spki_sha256: report.spki_sha256(),
             measurements: EndpointMeasurements {
-                model: report.launch.model,
-                engine: report.launch.engine,
-                serving_config: report.launch.serving_config,
-                ak_name: report.ak_name.clone(),
+                model: report.launch().model(),
+                engine: report.launch().engine(),
+                serving_config: report.launch().serving_config(),
+                ak_name: report.ak_name().to_owned(),
                 boot_policy: BootPolicyResult {
                     result: BootPolicyResult::PASSED.to_owned(),
-                    checked_pcrs: report.boot_pcrs.iter().map(|p| p.pcr).collect(),
+                    checked_pcrs: report.boot_pcrs().iter().map(|p| p.pcr).collect(),
                     proven: report
-                        .platform
+                        .platform()
                         .iter()
-                        .flat_map(|p| p.boot.iter().chain(p.runtime.iter()))
-                        .flat_map(|log| log.statements.iter())
+                        .flat_map(|p| p.boot().into_iter().chain(p.runtime()))
+                        .flat_map(|log| log.statements().iter())
                         .take(MAX_PROVEN_STATEMENTS)
                         .map(|s| truncated(s, MAX_PROVEN_CHARS))
                         .collect(),
                 },
-                ak_activation: report.activation.as_ref().map(|a| AkActivation {
-                    ek_certificate_sha256: a.ek.certificate_sha256,
-                    ek_kind: a.ek.kind.to_string(),
-                    ek_issuer: a.ek.issuer.clone(),
-                    tpm: a.ek.tpm.as_ref().map(|t| t.describe()),
-                    activated_at: a.activated_at.clone(),
+                ak_activation: report.activation().map(|a| AkActivation {
+                    ek_certificate_sha256: a.ek().certificate_sha256,
+                    ek_kind: a.ek().kind.to_string(),
+                    ek_issuer: a.ek().issuer.clone(),
+                    tpm: a.ek().tpm.as_ref().map(|t| t.describe()),
+                    activated_at: a.activated_at().to_owned(),
                 }),
             },
         }

@@ -430,7 +430,7 @@ async fn node_agent_mode_registers_the_key_and_serves_verifiable_v2_evidence() {
     .unwrap();
     let attested = client.attest(&endpoint).await.expect("attested");
     let report = attested.report().expect("a verified report");
-    assert_eq!(report.spki_sha256, request.spki_sha256);
+    assert_eq!(report.spki_sha256(), request.spki_sha256);
     drop(attested);
     let chat = Request::builder()
         .method(Method::POST)

@@ -250,11 +250,11 @@ impl EndpointState {
     fn record_success(&self, report: &VerifiedReport) {
         let mut info = lock(&self.info);
         info.measurements = Some(Measurements {
-            model: report.launch.model.to_string(),
-            engine: report.launch.engine.map(|d| d.to_string()),
-            ak_name: report.ak_name.clone(),
-            tls_spki: report.spki_sha256.to_string(),
-            launches_since_boot: report.launches_since_boot,
+            model: report.launch().model().to_string(),
+            engine: report.launch().engine().map(|d| d.to_string()),
+            ak_name: report.ak_name().to_owned(),
+            tls_spki: report.spki_sha256().to_string(),
+            launches_since_boot: report.launches_since_boot(),
         });
         info.attested_at = Some((Instant::now(), jiff::Timestamp::now()));
         info.failing = false;

@@ -196,7 +196,7 @@ impl Report {
         max_evidence_age: Duration,
     ) -> Self {
         let verified_at = jiff::Timestamp::now().to_string();
-        let (measured_by, pod, containers) = match &report.measured_by {
+        let (measured_by, pod, containers) = match &report.measured_by() {
             MeasuredBy::Node {
                 pod, containers, ..
             } => (
@@ -223,25 +223,25 @@ impl Report {
             verified_at,
             evidence_age: evidence_age.as_secs_f64(),
             max_evidence_age: max_evidence_age.as_secs_f64(),
-            ak_name: report.ak_name.clone(),
-            spki_sha256: report.spki_sha256.to_string(),
-            model_digest: report.launch.model.to_string(),
-            engine_digest: report.launch.engine.map(|d| d.to_string()),
-            serving_config_digest: report.launch.serving_config.map(|d| d.to_string()),
+            ak_name: report.ak_name().to_owned(),
+            spki_sha256: report.spki_sha256().to_string(),
+            model_digest: report.launch().model().to_string(),
+            engine_digest: report.launch().engine().map(|d| d.to_string()),
+            serving_config_digest: report.launch().serving_config().map(|d| d.to_string()),
             measured_by: measured_by.to_owned(),
             pod,
             containers,
             boot_pcrs: report
-                .boot_pcrs
+                .boot_pcrs()
                 .iter()
                 .map(|p| (p.pcr, p.value.to_string()))
                 .collect(),
-            workload_pcr: report.workload_pcr.pcr,
-            workload_pcr_value: report.workload_pcr.value.to_string(),
-            nonce: report.nonce.to_hex(),
-            evidence_version: report.evidence_version,
-            launches_since_boot: report.launches_since_boot,
-            weak_hash: report.weak_hash,
+            workload_pcr: report.workload_pcr().pcr,
+            workload_pcr_value: report.workload_pcr().value.to_string(),
+            nonce: report.nonce().to_hex(),
+            evidence_version: report.evidence_version(),
+            launches_since_boot: report.launches_since_boot(),
+            weak_hash: report.weak_hash(),
             json,
         }
     }

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use aver_tests::node::TestNode;
 use aver_tests::stub_upstream::StubUpstream;
-use aver_verifier::client::tls::{client_config, KeyAcceptance};
+use aver_verifier::client::tls::danger::to_be_attested_client_config;
 use aver_verifier::client::{AttestedClient, AttestedConnection, Endpoint};
 use bytes::Bytes;
 use http::{Method, Request};
@@ -285,9 +285,8 @@ async fn connect(targets: &Targets, mode: Mode) -> anyhow::Result<Conn> {
             tcp.set_nodelay(true)?;
             // Accepts whatever key the server presents: TLS without the
             // attestation step.
-            let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(
-                KeyAcceptance::ToBeAttested,
-            )));
+            let connector =
+                tokio_rustls::TlsConnector::from(Arc::new(to_be_attested_client_config()));
             let tls = connector
                 .connect(ServerName::try_from("127.0.0.1")?.to_owned(), tcp)
                 .await?;

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use aver_verifier::client::tls::{client_config, KeyAcceptance};
+use aver_verifier::client::tls::danger::to_be_attested_client_config;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -24,8 +24,7 @@ pub async fn start_mitm(target: u16) -> anyhow::Result<u16> {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
     )?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let connector =
-        tokio_rustls::TlsConnector::from(Arc::new(client_config(KeyAcceptance::ToBeAttested)));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(to_be_attested_client_config()));
     let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let port = listener.local_addr()?.port();
     let name = ServerName::try_from("localhost")?;

@@ -81,18 +81,15 @@ async fn a_zero_trust_client_activates_each_tpm_once() {
         .unwrap()
         .expect("attested through the EK chain");
     let report = first.report().expect("fresh report");
-    let activation = report.activation.as_ref().expect("trusted by activation");
-    assert_eq!(activation.ak_name, report.ak_name);
-    assert_eq!(activation.ek.kind, EkKind::Rsa2048);
+    let activation = report.activation().expect("trusted by activation");
+    assert_eq!(activation.ak_name(), report.ak_name());
+    assert_eq!(activation.ek().kind, EkKind::Rsa2048);
     assert!(report.to_text().contains("ak residency      activated"));
     assert_eq!(client.activations().len(), 1);
 
     // Re-attestation reuses the proof: the TPM activated exactly once.
     let second = client.attest(&endpoint).await.expect("attested again");
-    assert!(second
-        .report()
-        .and_then(|r| r.activation.as_ref())
-        .is_some());
+    assert!(second.report().and_then(|r| r.activation()).is_some());
     assert_eq!(
         metric(&client, &rig.enclave.url, "aver_enclave_activations_total").await,
         1
@@ -269,9 +266,9 @@ async fn intermediates_served_by_the_enclave_complete_the_chain() {
         .attest(&Endpoint::from_url(&enclave.url).unwrap())
         .await
         .expect("attested through root and served intermediate");
-    let activation = connection.report().unwrap().activation.clone().unwrap();
+    let activation = connection.report().unwrap().activation().cloned().unwrap();
     assert_eq!(
-        activation.ek.chain,
+        activation.ek().chain,
         [
             "\"O=aver tests, CN=aver e2e vendor root intermediate\"",
             "\"O=aver tests, CN=aver e2e vendor root\""
@@ -337,8 +334,8 @@ async fn ek_pins_accept_the_enrolled_node_and_refuse_another_of_the_same_vendor(
         .unwrap()
         .expect("the enrolled node is accepted");
     let report = attested.report().expect("fresh report");
-    let activation = report.activation.as_ref().expect("trusted by activation");
-    assert_eq!(activation.pinned_by, Some(pins(&mine)[0]));
+    let activation = report.activation().expect("trusted by activation");
+    assert_eq!(activation.pinned_by(), Some(pins(&mine)[0]));
     assert!(
         report.to_text().contains("node pinned"),
         "{}",

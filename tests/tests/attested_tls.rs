@@ -96,7 +96,7 @@ async fn attested_request_reaches_the_engine_and_pins_the_key() {
     assert!(matches!(err, ClientError::Tls { .. }), "{err}");
     // Attesting afresh accepts the new key (same TPM, new launch).
     let fresh = client.attest(&endpoint).await.unwrap();
-    assert_eq!(fresh.report().unwrap().launches_since_boot, 2);
+    assert_eq!(fresh.report().unwrap().launches_since_boot(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,7 +292,7 @@ async fn a_hundred_concurrent_clients_share_few_quotes() {
         let (barrier, policy) = (barrier.clone(), policy.clone());
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            connection.reattest(&policy).await.map(|r| r.batched)
+            connection.reattest(&policy).await.map(|r| r.batched())
         }));
     }
     let mut batched = 0;

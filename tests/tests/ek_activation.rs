@@ -170,13 +170,13 @@ fn genuine_rsa_ek_chain_activates_the_resident_ak() {
     assert_eq!(offer.endorsement_keys[0].kind, EkKind::Rsa2048);
 
     let activated = activate(&offer, ca.root_pem(), &mut tpm).expect("activation succeeds");
-    assert_eq!(activated.ak_name, hex::encode(tpm.ak_name()));
-    assert_eq!(activated.ek.kind, EkKind::Rsa2048);
-    let manufacturer = activated.ek.tpm.as_ref().expect("SAN attributes");
+    assert_eq!(activated.ak_name(), hex::encode(tpm.ak_name()));
+    assert_eq!(activated.ek().kind, EkKind::Rsa2048);
+    let manufacturer = activated.ek().tpm.as_ref().expect("SAN attributes");
     assert_eq!(manufacturer.manufacturer, "id:00001014");
     assert_eq!(manufacturer.model.as_deref(), Some("swtpm"));
     assert_eq!(
-        activated.ek.chain,
+        activated.ek().chain,
         vec!["\"O=aver tests, CN=aver test TPM CA\"".to_owned()]
     );
 
@@ -207,8 +207,8 @@ fn ecc_p256_ek_activates_with_ecdh_and_kdfe() {
     assert_eq!(kinds, [EkKind::Rsa2048, EkKind::EccP256]);
     offer.endorsement_keys.retain(|e| e.kind == EkKind::EccP256);
     let activated = activate(&offer, ca.root_pem(), &mut tpm).expect("ECC activation succeeds");
-    assert_eq!(activated.ek.kind, EkKind::EccP256);
-    assert_eq!(activated.ak_name, hex::encode(tpm.ak_name()));
+    assert_eq!(activated.ek().kind, EkKind::EccP256);
+    assert_eq!(activated.ak_name(), hex::encode(tpm.ak_name()));
 }
 
 #[test]

@@ -18,7 +18,7 @@ use aver_tests::slow_tpm::{TPM2_CC_ACTIVATE_CREDENTIAL, TPM2_CC_CREATE_PRIMARY};
 use aver_tests::stub_upstream::{StubUpstream, STREAM_CHUNKS_BEFORE_GATE};
 use aver_tests::{cargo_bin, require_swtpm, Delays, SlowTpm};
 use aver_verifier::binding::Nonce;
-use aver_verifier::client::tls::{client_config, KeyAcceptance};
+use aver_verifier::client::tls::danger::to_be_attested_client_config;
 use aver_verifier::client::{AttestedClient, AttestedConnection, Endpoint};
 use aver_verifier::ek::{ActivationRequest, EkKind, ACTIVATION_VERSION};
 use aver_verifier::evidence::Base64Bytes;
@@ -106,8 +106,7 @@ fn serve(
 /// A TLS connection to the enclave that accepts its certificate without
 /// attesting (what an attacker, or a load generator, opens).
 async fn raw_tls(port: u16) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let connector =
-        tokio_rustls::TlsConnector::from(Arc::new(client_config(KeyAcceptance::ToBeAttested)));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(to_be_attested_client_config()));
     let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
     Ok(connector
         .connect(ServerName::try_from("localhost")?, tcp)

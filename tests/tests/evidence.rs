@@ -57,18 +57,18 @@ fn genuine_evidence_verifies_and_reports_measurements() {
     let (evidence, spki) = node.evidence_ok(&nonce);
     let report =
         verify(&evidence, &challenge(nonce, spki), &policy).expect("genuine evidence verifies");
-    assert_eq!(report.ak_name, node.ak());
+    assert_eq!(report.ak_name(), node.ak());
     assert_eq!(
-        report.launch.model,
+        report.launch().model(),
         model_digest(node.model.path()).unwrap()
     );
     assert_eq!(
-        report.launch.engine.map(|e| e.to_string()).as_deref(),
+        report.launch().engine().map(|e| e.to_string()).as_deref(),
         Some(ENGINE)
     );
-    assert_eq!(report.launch.tls_spki, spki);
-    assert_eq!(report.launches_since_boot, 1);
-    assert_eq!(report.boot_pcrs.len(), 8);
+    assert_eq!(report.launch().tls_spki(), spki);
+    assert_eq!(report.launches_since_boot(), 1);
+    assert_eq!(report.boot_pcrs().len(), 8);
 }
 
 #[test]
@@ -371,7 +371,7 @@ fn restart_without_tpm_reset_still_verifies() {
     let (evidence, spki) = node.evidence_ok(&second);
     assert_ne!(first_spki, spki);
     let report = verify(&evidence, &challenge(second, spki), &policy).expect("relaunch verifies");
-    assert_eq!(report.launches_since_boot, 2);
+    assert_eq!(report.launches_since_boot(), 2);
     // The earlier launch's key is no longer the latest: evidence claiming it fails.
     let mut stale = evidence.clone();
     stale.spki_sha256 = first_spki;

@@ -121,7 +121,7 @@ fn the_launch_after_max_launches_is_refused_and_the_last_evidence_still_verifies
             spki_sha256: spki,
         };
         let report = verify(&evidence, &challenge, &policy).expect("evidence verifies");
-        assert_eq!(report.launches_since_boot, n as usize);
+        assert_eq!(report.launches_since_boot(), n as usize);
         sizes.push(evidence.to_json_compact().len());
         last = Some((evidence, challenge));
     }
@@ -189,7 +189,7 @@ fn the_launch_after_max_launches_is_refused_and_the_last_evidence_still_verifies
         spki_sha256: spki_of(&output),
     };
     let report = verify(&evidence, &challenge, &policy).expect("evidence verifies");
-    assert_eq!(report.launches_since_boot, 4);
+    assert_eq!(report.launches_since_boot(), 4);
     let (output, _, _) = run_evidence(&node, &[], &[("AVER_MAX_LAUNCHES", "4")]);
     assert_names_the_limit(&stderr(&output), 4);
 

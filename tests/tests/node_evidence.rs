@@ -382,12 +382,12 @@ fn genuine_node_log_verifies_and_reports_the_pod() {
 
     let policy = node.policy();
     let report = verify(&evidence, &challenge(nonce), &policy).expect("genuine node log verifies");
-    assert_eq!(report.evidence_version, EVIDENCE_VERSION_NODE);
-    assert_eq!(report.ak_name, node.ak_name);
-    assert_eq!(report.launch.model, MODEL);
-    assert_eq!(report.launch.tls_spki, SPKI);
-    assert_eq!(report.launch.engine, None);
-    assert_eq!(report.launches_since_boot, 1);
+    assert_eq!(report.evidence_version(), EVIDENCE_VERSION_NODE);
+    assert_eq!(report.ak_name(), node.ak_name);
+    assert_eq!(report.launch().model(), MODEL);
+    assert_eq!(report.launch().tls_spki(), SPKI);
+    assert_eq!(report.launch().engine(), None);
+    assert_eq!(report.launches_since_boot(), 1);
     let MeasuredBy::Node {
         pod,
         confidential_model,
@@ -395,9 +395,9 @@ fn genuine_node_log_verifies_and_reports_the_pod() {
         agent_starts,
         node_policies,
         ..
-    } = &report.measured_by
+    } = report.measured_by()
     else {
-        panic!("measured by {:?}", report.measured_by);
+        panic!("measured by {:?}", report.measured_by());
     };
     assert_eq!(pod, "ml/llama-0");
     assert_eq!(confidential_model, "llama");
@@ -708,7 +708,7 @@ fn enclave_reported_evidence_is_refused_by_a_pod_policy() {
     legacy.allowed.pod = None;
     legacy.allowed.engine_digests = vec![digest(0x72)];
     let report = verify(&evidence, &challenge(nonce), &legacy).expect("v1 passes a legacy policy");
-    assert!(matches!(report.measured_by, MeasuredBy::Enclave { .. }));
+    assert!(matches!(report.measured_by(), MeasuredBy::Enclave { .. }));
     assert!(report.to_text().contains(
         "measured by       the enclave itself (weaker: proves what the enclave reports, not what the node ran)"
     ));

@@ -1,4 +1,53 @@
 //! What a successful verification established.
+//!
+//! # Proofs cannot be forged or edited
+//!
+//! A proof's fields are private and read through getters that hand out
+//! shared references or copies, and every type inside one is either sealed
+//! the same way or `#[non_exhaustive]`: code outside this crate can neither
+//! build a proof nor change one it holds. The examples below must not
+//! compile (each is a doctest that fails if it does).
+//!
+//! Editing a report:
+//! ```compile_fail,E0616
+//! fn edit(report: &mut aver_verifier::VerifiedReport) {
+//!     report.ak_name = String::from("000b00");
+//! }
+//! ```
+//! Extending an activation proof:
+//! ```compile_fail,E0616
+//! fn extend(proof: &mut aver_verifier::ek::ActivatedAk) {
+//!     proof.valid_until = i64::MAX;
+//! }
+//! ```
+//! Changing the model a launch proved:
+//! ```compile_fail,E0616
+//! fn swap(report: &mut aver_verifier::VerifiedReport, model: aver_verifier::Sha256Digest) {
+//!     report.launch.model = model;
+//! }
+//! ```
+//! Building a launch, a container or a measurement:
+//! ```compile_fail,E0451
+//! fn build(d: aver_verifier::Sha256Digest) -> aver_verifier::VerifiedLaunch {
+//!     aver_verifier::VerifiedLaunch { model: d, tls_spki: d, engine: None, serving_config: None }
+//! }
+//! ```
+//! ```compile_fail,E0639
+//! fn build(d: aver_verifier::Sha256Digest) -> aver_verifier::MeasuredBy {
+//!     aver_verifier::MeasuredBy::Enclave { enclave_version: String::new(), enclave_digest: d }
+//! }
+//! ```
+//! ```compile_fail,E0639
+//! fn build(d: aver_verifier::Sha256Digest) -> aver_verifier::MeasuredContainer {
+//!     aver_verifier::MeasuredContainer {
+//!         name: String::new(), image: String::new(), image_id: d, spec_digest: d, attempt: 0,
+//!     }
+//! }
+//! ```
+//! Accepting any server key without naming the danger:
+//! ```compile_fail,E0603
+//! let _ = aver_verifier::client::tls::KeyAcceptance::ToBeAttested;
+//! ```
 
 use aver_crds::Sha256Digest;
 use serde::Serialize;
@@ -16,46 +65,130 @@ use crate::platform::PlatformReport;
 #[non_exhaustive]
 pub struct VerifiedReport {
     /// TPM name of the attestation key that signed the quote.
-    pub ak_name: String,
+    pub(crate) ak_name: String,
     /// The verifier's challenge the quote answered.
-    pub nonce: Nonce,
+    pub(crate) nonce: Nonce,
     /// The TLS key the evidence is bound to, and that the latest launch measured.
-    pub spki_sha256: Sha256Digest,
+    pub(crate) spki_sha256: Sha256Digest,
     /// TPM clock state at quote time, for freshness tracking per AK.
-    pub clock: QuoteClock,
+    pub(crate) clock: QuoteClock,
     /// Boot PCRs checked against the policy's reference values.
-    pub boot_pcrs: Vec<CheckedPcr>,
+    pub(crate) boot_pcrs: Vec<CheckedPcr>,
     /// What the firmware event log and the IMA list proved, when the
     /// policy has `boot` or `runtime` rules.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub platform: Option<PlatformReport>,
+    pub(crate) platform: Option<PlatformReport>,
     /// The workload PCR, whose log was replayed to its quoted value.
-    pub workload_pcr: CheckedPcr,
+    pub(crate) workload_pcr: CheckedPcr,
     /// Enclave launches since boot: launch sequences in an enclave-reported
     /// log; TLS key registrations (by any pod) in a node log.
-    pub launches_since_boot: usize,
+    pub(crate) launches_since_boot: usize,
     /// The evidence version verified ([`crate::evidence::EVIDENCE_VERSION_NODE`]
     /// or [`crate::evidence::EVIDENCE_VERSION_ENCLAVE`]).
-    pub evidence_version: u32,
+    pub(crate) evidence_version: u32,
     /// Who measured the workload, and so what the report proves.
-    pub measured_by: MeasuredBy,
+    pub(crate) measured_by: MeasuredBy,
     /// What serves behind the attested TLS key.
-    pub launch: VerifiedLaunch,
+    pub(crate) launch: VerifiedLaunch,
     /// Whether the quote was shared with other challenges (Merkle batch).
-    pub batched: bool,
+    pub(crate) batched: bool,
     /// How the AK was proven TPM-resident, when it was by credential
     /// activation against `trust.ekRoots` (absent: trusted by `akNames`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub activation: Option<ActivatedAk>,
+    pub(crate) activation: Option<ActivatedAk>,
     /// The AK certificate that made the AK trusted under `trust.akRoots`
     /// (a cloud vTPM's), when it was.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ak_certificate: Option<AkCertificateInfo>,
+    pub(crate) ak_certificate: Option<AkCertificateInfo>,
     /// The quote's signing hash or the AK's nameAlg is SHA-1, accepted only
     /// because the policy sets `trust.allowSha1`: collisions in SHA-1 are
     /// practical, so this report proves less than a SHA-256 one.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub weak_hash: bool,
+    pub(crate) weak_hash: bool,
+}
+
+impl VerifiedReport {
+    /// TPM name of the attestation key that signed the quote.
+    pub fn ak_name(&self) -> &str {
+        &self.ak_name
+    }
+
+    /// The verifier's challenge the quote answered.
+    pub fn nonce(&self) -> Nonce {
+        self.nonce
+    }
+
+    /// The TLS key the evidence is bound to, and that the latest launch measured.
+    pub fn spki_sha256(&self) -> Sha256Digest {
+        self.spki_sha256
+    }
+
+    /// TPM clock state at quote time, for freshness tracking per AK.
+    pub fn clock(&self) -> QuoteClock {
+        self.clock
+    }
+
+    /// Boot PCRs checked against the policy's reference values.
+    pub fn boot_pcrs(&self) -> &[CheckedPcr] {
+        &self.boot_pcrs
+    }
+
+    /// What the firmware event log and the IMA list proved, when the
+    /// policy has `boot` or `runtime` rules.
+    pub fn platform(&self) -> Option<&PlatformReport> {
+        self.platform.as_ref()
+    }
+
+    /// The workload PCR, whose log was replayed to its quoted value.
+    pub fn workload_pcr(&self) -> CheckedPcr {
+        self.workload_pcr
+    }
+
+    /// Enclave launches since boot: launch sequences in an enclave-reported
+    /// log; TLS key registrations (by any pod) in a node log.
+    pub fn launches_since_boot(&self) -> usize {
+        self.launches_since_boot
+    }
+
+    /// The evidence version verified ([`crate::evidence::EVIDENCE_VERSION_NODE`]
+    /// or [`crate::evidence::EVIDENCE_VERSION_ENCLAVE`]).
+    pub fn evidence_version(&self) -> u32 {
+        self.evidence_version
+    }
+
+    /// Who measured the workload, and so what the report proves.
+    pub fn measured_by(&self) -> &MeasuredBy {
+        &self.measured_by
+    }
+
+    /// What serves behind the attested TLS key.
+    pub fn launch(&self) -> &VerifiedLaunch {
+        &self.launch
+    }
+
+    /// Whether the quote was shared with other challenges (Merkle batch).
+    pub fn batched(&self) -> bool {
+        self.batched
+    }
+
+    /// How the AK was proven TPM-resident, when it was by credential
+    /// activation against `trust.ekRoots` (absent: trusted by `akNames`).
+    pub fn activation(&self) -> Option<&ActivatedAk> {
+        self.activation.as_ref()
+    }
+
+    /// The AK certificate that made the AK trusted under `trust.akRoots`
+    /// (a cloud vTPM's), when it was.
+    pub fn ak_certificate(&self) -> Option<&AkCertificateInfo> {
+        self.ak_certificate.as_ref()
+    }
+
+    /// The quote's signing hash or the AK's nameAlg is SHA-1, accepted only
+    /// because the policy sets `trust.allowSha1`: collisions in SHA-1 are
+    /// practical, so this report proves less than a SHA-256 one.
+    pub fn weak_hash(&self) -> bool {
+        self.weak_hash
+    }
 }
 
 /// Proof that a node's platform passed a policy's AK trust, reference PCRs
@@ -65,23 +198,62 @@ pub struct VerifiedReport {
 #[non_exhaustive]
 pub struct VerifiedNode {
     /// TPM name of the attestation key that signed the quote.
-    pub ak_name: String,
+    pub(crate) ak_name: String,
     /// The verifier's challenge the quote answered.
-    pub nonce: Nonce,
+    pub(crate) nonce: Nonce,
     /// TPM clock state at quote time.
-    pub clock: QuoteClock,
+    pub(crate) clock: QuoteClock,
     /// Boot PCRs checked against the policy's reference values.
-    pub boot_pcrs: Vec<CheckedPcr>,
+    pub(crate) boot_pcrs: Vec<CheckedPcr>,
     /// What the firmware event log and the IMA list proved.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub platform: Option<PlatformReport>,
+    pub(crate) platform: Option<PlatformReport>,
     /// The AK certificate that made the AK trusted under `trust.akRoots`
     /// (a cloud vTPM's), when it was.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ak_certificate: Option<AkCertificateInfo>,
+    pub(crate) ak_certificate: Option<AkCertificateInfo>,
     /// SHA-1 was relied on (quote signature or AK name), accepted only
     /// because the policy sets `trust.allowSha1`.
-    pub weak_hash: bool,
+    pub(crate) weak_hash: bool,
+}
+
+impl VerifiedNode {
+    /// TPM name of the attestation key that signed the quote.
+    pub fn ak_name(&self) -> &str {
+        &self.ak_name
+    }
+
+    /// The verifier's challenge the quote answered.
+    pub fn nonce(&self) -> Nonce {
+        self.nonce
+    }
+
+    /// TPM clock state at quote time.
+    pub fn clock(&self) -> QuoteClock {
+        self.clock
+    }
+
+    /// Boot PCRs checked against the policy's reference values.
+    pub fn boot_pcrs(&self) -> &[CheckedPcr] {
+        &self.boot_pcrs
+    }
+
+    /// What the firmware event log and the IMA list proved.
+    pub fn platform(&self) -> Option<&PlatformReport> {
+        self.platform.as_ref()
+    }
+
+    /// The AK certificate that made the AK trusted under `trust.akRoots`
+    /// (a cloud vTPM's), when it was.
+    pub fn ak_certificate(&self) -> Option<&AkCertificateInfo> {
+        self.ak_certificate.as_ref()
+    }
+
+    /// SHA-1 was relied on (quote signature or AK name), accepted only
+    /// because the policy sets `trust.allowSha1`.
+    pub fn weak_hash(&self) -> bool {
+        self.weak_hash
+    }
 }
 
 impl VerifiedNode {
@@ -149,6 +321,7 @@ pub enum MeasuredBy {
     /// identified every container of the pod holding the TLS key, and the
     /// node policy was re-applied to everything the node ran since boot.
     #[serde(rename_all = "camelCase")]
+    #[non_exhaustive]
     Node {
         /// The pod holding the TLS key, `namespace/name`.
         pod: String,
@@ -165,6 +338,7 @@ pub enum MeasuredBy {
     /// The enclave itself (evidence v1): proves what the enclave reports,
     /// not what the node ran. Version and digest are its own claims.
     #[serde(rename_all = "camelCase")]
+    #[non_exhaustive]
     Enclave {
         enclave_version: String,
         enclave_digest: Sha256Digest,
@@ -174,6 +348,7 @@ pub enum MeasuredBy {
 /// A container of the attested pod, as the node's runtime resolved it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct MeasuredContainer {
     pub name: String,
     /// The image digest shown for it: its first manifest digest, else its ID.
@@ -190,22 +365,47 @@ pub struct MeasuredContainer {
 #[serde(rename_all = "camelCase")]
 pub struct VerifiedLaunch {
     /// Model digest the enclave measured, allowed by the policy.
-    pub model: Sha256Digest,
+    pub(crate) model: Sha256Digest,
     /// The TLS key the measurement binds (the connection's key).
-    pub tls_spki: Sha256Digest,
+    pub(crate) tls_spki: Sha256Digest,
     /// Engine image digest the enclave reported (enclave-reported evidence
     /// only; node-measured evidence identifies it in [`MeasuredBy::Node`]).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub engine: Option<Sha256Digest>,
+    pub(crate) engine: Option<Sha256Digest>,
     /// Serving configuration digest the enclave reported (enclave-reported
     /// evidence only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub serving_config: Option<Sha256Digest>,
+    pub(crate) serving_config: Option<Sha256Digest>,
+}
+
+impl VerifiedLaunch {
+    /// Model digest the enclave measured, allowed by the policy.
+    pub fn model(&self) -> Sha256Digest {
+        self.model
+    }
+
+    /// The TLS key the measurement binds (the connection's key).
+    pub fn tls_spki(&self) -> Sha256Digest {
+        self.tls_spki
+    }
+
+    /// Engine image digest the enclave reported (enclave-reported evidence
+    /// only; node-measured evidence identifies it in [`MeasuredBy::Node`]).
+    pub fn engine(&self) -> Option<Sha256Digest> {
+        self.engine
+    }
+
+    /// Serving configuration digest the enclave reported (enclave-reported
+    /// evidence only).
+    pub fn serving_config(&self) -> Option<Sha256Digest> {
+        self.serving_config
+    }
 }
 
 /// TPMS_CLOCK_INFO and firmware version of the quote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct QuoteClock {
     pub clock_ms: u64,
     pub reset_count: u32,
@@ -215,6 +415,7 @@ pub struct QuoteClock {
 
 /// A PCR value that the verifier checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct CheckedPcr {
     pub pcr: u8,
     pub value: Sha256Digest,

@@ -246,7 +246,7 @@ impl Pki {
         intermediates: &[Vec<u8>],
     ) -> Result<[u8; 32], EkChainError> {
         validate_ek_certificate(ek, kind, intermediates, &self.anchors, NOW)
-            .map(|validated| validated.info.certificate_sha256.0)
+            .map(|validated| validated.info().certificate_sha256.0)
     }
 
     fn genuine_chain(&self) -> Vec<Vec<u8>> {
@@ -639,7 +639,7 @@ proptest! {
                 validate_ek_certificate(ek, kind, &pki.genuine_chain(), &anchors, NOW)
             {
                 prop_assert_eq!(
-                    validated.info.certificate_sha256.0,
+                    validated.info().certificate_sha256.0,
                     <[u8; 32]>::from(Sha256::digest(ek))
                 );
             }

@@ -411,7 +411,7 @@ fn ek_certificates_padded_to_the_nv_index_size_are_accepted() {
         let validated = validate(&nv, EkKind::Rsa2048, &[], &anchors).unwrap();
         // The identity of the TPM is the certificate, not its padding.
         assert_eq!(
-            validated.info.certificate_sha256.0,
+            validated.info().certificate_sha256.0,
             <[u8; 32]>::from(Sha256::digest(&ek))
         );
         assert_eq!(strip_nv_padding(&nv).unwrap(), &ek[..]);
@@ -441,7 +441,7 @@ fn p521_root_p384_intermediate_chains_verify() {
 
     let ecc = intermediate.ek(ecc_ek_spki(), (2020, 9999));
     let validated = validate(&ecc, EkKind::EccP256, &chain, &anchors).unwrap();
-    assert_eq!(validated.info.chain.len(), 2);
+    assert_eq!(validated.info().chain.len(), 2);
     // An RSA EK under the same ECDSA CAs.
     let rsa = intermediate.ek(rsa_ek_spki(), (2020, 9999));
     validate(&rsa, EkKind::Rsa2048, &chain, &anchors).unwrap();
@@ -589,7 +589,8 @@ fn reports_decode_space_padded_vendor_codes_and_drop_der_serial_zeros() {
     );
     let info = validate(&ek, EkKind::Rsa2048, &[], &root.anchors())
         .unwrap()
-        .info;
+        .info()
+        .clone();
     assert_eq!(info.serial, "8a:01:ff");
     let tpm = info.tpm.unwrap();
     assert_eq!(
@@ -660,8 +661,8 @@ fn unsorted_multi_valued_rdns_and_empty_subjects_are_accepted() {
     // critical SAN directoryName.
     let ek = root.ek(ecc_ek_spki(), (2020, 9999));
     let validated = validate(&ek, EkKind::EccP256, &[], &root.anchors()).unwrap();
-    assert_eq!(validated.info.subject, "(empty subject)");
-    assert!(validated.info.tpm.is_some());
+    assert_eq!(validated.info().subject, "(empty subject)");
+    assert!(validated.info().tpm.is_some());
 }
 
 #[test]
@@ -682,7 +683,7 @@ fn an_expired_intermediate_still_vouches_for_the_ek_certificates_it_issued() {
     let validated = validate(&ek, EkKind::Rsa2048, &chain, &anchors).unwrap();
     // The intermediate's past expiry does not bound the activation: the
     // root's does.
-    assert!(validated.valid_until > unix_now());
+    assert!(validated.valid_until() > unix_now());
 
     // Dated after the intermediate expired: refused, with the date.
     let late = intermediate.ek(rsa_ek_spki(), (2021, 9999));

@@ -25,7 +25,7 @@ fn fixture() -> (Evidence, Challenge, AttestationPolicy) {
 fn captured_evidence_verifies_with_four_launches() {
     let (evidence, challenge, policy) = fixture();
     let report = verify(&evidence, &challenge, &policy).unwrap();
-    assert_eq!(report.launches_since_boot, 4);
+    assert_eq!(report.launches_since_boot(), 4);
     assert_eq!(evidence.event_log.len(), 20);
 }
 

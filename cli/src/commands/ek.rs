@@ -82,7 +82,7 @@ fn verify(args: VerifyArgs) -> CommandResult {
 
     match validate_ek_certificate(&der, kind, &intermediates, &anchors, now) {
         Ok(valid) => {
-            let info = valid.info;
+            let info = valid.info();
             println!("EK certificate: {} ({kind})", info.subject);
             println!("serial: {}", info.serial);
             println!("not after: {}", info.not_after);

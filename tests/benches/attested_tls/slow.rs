@@ -20,7 +20,7 @@ use aver_tests::node::{listening_url, TestNode};
 use aver_tests::slow_tpm::{TPM2_CC_ACTIVATE_CREDENTIAL, TPM2_CC_CREATE_PRIMARY, TPM2_CC_QUOTE};
 use aver_tests::stub_upstream::StubUpstream;
 use aver_tests::{Delays, SlowTpm, Swtpm};
-use aver_verifier::client::tls::{client_config, KeyAcceptance};
+use aver_verifier::client::tls::client_config;
 use aver_verifier::client::{AttestedConnection, ClientError, Endpoint, ACTIVATE_PATH};
 use aver_verifier::ek::{ActivationRequest, EkKind, ACTIVATION_VERSION};
 use aver_verifier::evidence::Base64Bytes;
@@ -434,8 +434,7 @@ impl Flood {
         let stop = Arc::new(AtomicBool::new(false));
         let answers = Arc::new(Mutex::new(BTreeMap::new()));
         let target = SocketAddr::from((Ipv4Addr::LOCALHOST, enclave.port));
-        let connector =
-            TlsConnector::from(Arc::new(client_config(KeyAcceptance::Pinned(vec![spki]))));
+        let connector = TlsConnector::from(Arc::new(client_config(vec![spki])));
         let mut tasks = Vec::new();
         for i in 0..flooders {
             let source = Ipv4Addr::new(127, 1 + (i / 250) as u8, 0, (i % 250) as u8 + 1);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use aver_verifier::client::tls::{client_config, KeyAcceptance};
+use aver_verifier::client::tls::danger::to_be_attested_client_config;
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
@@ -60,8 +60,7 @@ async fn probe_https(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Vec<u
     let tcp = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
         .await
         .context("connect timed out")??;
-    let connector =
-        tokio_rustls::TlsConnector::from(Arc::new(client_config(KeyAcceptance::ToBeAttested)));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(to_be_attested_client_config()));
     let tls = tokio::time::timeout(
         Duration::from_secs(2),
         connector.connect(ServerName::IpAddress(addr.ip().into()), tcp),

@@ -18,7 +18,7 @@ use tokio_rustls::TlsConnector;
 use super::activation::ActivationMode;
 use super::error::ClientError;
 use super::spki::spki_sha256;
-use super::tls::{client_config, KeyAcceptance};
+use super::tls::{config as client_config, KeyAcceptance};
 use super::EVIDENCE_PATH;
 use crate::binding::Nonce;
 use crate::ek::ActivationCache;

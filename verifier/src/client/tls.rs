@@ -17,7 +17,7 @@ use super::spki::spki_sha256;
 
 /// Which server keys a connection accepts.
 #[derive(Debug, Clone)]
-pub enum KeyAcceptance {
+pub(crate) enum KeyAcceptance {
     /// Any key: the connection is about to be attested, and nothing is sent
     /// on it but the evidence request until the evidence verifies.
     ToBeAttested,
@@ -90,11 +90,31 @@ impl ServerCertVerifier for EvidenceBoundVerifier {
     }
 }
 
-/// A TLS 1.3-only client configuration that accepts server keys as `accept`
-/// says. Usable directly with `tokio-rustls`, or handed to `reqwest`
-/// (`use_preconfigured_tls`) with [`KeyAcceptance::Pinned`] so existing HTTP
-/// code talks only to attested keys.
-pub fn client_config(accept: KeyAcceptance) -> ClientConfig {
+/// A TLS 1.3-only client configuration that accepts only server keys whose
+/// SPKI SHA-256 is in `pins` (keys attested earlier). Usable directly with
+/// `tokio-rustls`, or handed to `reqwest` (`use_preconfigured_tls`) so
+/// existing HTTP code talks only to attested keys.
+pub fn client_config(pins: Vec<Sha256Digest>) -> ClientConfig {
+    config(KeyAcceptance::Pinned(pins))
+}
+
+/// What skips the certificate check, for code that attests the connection
+/// itself afterwards.
+pub mod danger {
+    use rustls::ClientConfig;
+
+    /// A TLS 1.3-only client configuration that accepts **any** server key.
+    ///
+    /// Nothing on such a connection is trustworthy until evidence bound to
+    /// the key it got has verified: send the evidence request and nothing
+    /// else (no prompt, no credential) before that. [`crate::client`]
+    /// attests this way; everything else wants [`super::client_config`].
+    pub fn to_be_attested_client_config() -> ClientConfig {
+        super::config(super::KeyAcceptance::ToBeAttested)
+    }
+}
+
+pub(crate) fn config(accept: KeyAcceptance) -> ClientConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(EvidenceBoundVerifier {
         provider: provider.clone(),

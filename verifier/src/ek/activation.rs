@@ -198,27 +198,65 @@ impl ActivationResponse {
 #[non_exhaustive]
 pub struct ActivatedAk {
     /// TPM name (hex) of the activated AK.
-    pub ak_name: String,
+    pub(crate) ak_name: String,
     /// The certified EK the credential was wrapped to, and its chain.
-    pub ek: EkCertificateInfo,
+    pub(crate) ek: EkCertificateInfo,
     /// SHA-256 of the policy's `trust.ekRoots` text the chain was checked
     /// against.
-    pub roots_sha256: Sha256Digest,
+    pub(crate) roots_sha256: Sha256Digest,
     /// The digests that pin this TPM in `trust.ekPins`.
-    pub ek_pin: EkPin,
+    pub(crate) ek_pin: EkPin,
     /// The `trust.ekPins` entry this TPM matched, when the policy pins
     /// nodes (set by the verification that relied on this proof).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pinned_by: Option<Sha256Digest>,
+    pub(crate) pinned_by: Option<Sha256Digest>,
     /// When the TPM released the secret (RFC 3339).
-    pub activated_at: String,
+    pub(crate) activated_at: String,
     /// Unix time at which a certificate of the path expires; the proof is
     /// not reused after it.
     #[serde(skip)]
-    pub valid_until: i64,
+    pub(crate) valid_until: i64,
 }
 
 impl ActivatedAk {
+    /// TPM name (hex) of the activated AK.
+    pub fn ak_name(&self) -> &str {
+        &self.ak_name
+    }
+
+    /// The certified EK the credential was wrapped to, and its chain.
+    pub fn ek(&self) -> &EkCertificateInfo {
+        &self.ek
+    }
+
+    /// SHA-256 of the policy's `trust.ekRoots` text the chain was checked
+    /// against.
+    pub fn roots_sha256(&self) -> Sha256Digest {
+        self.roots_sha256
+    }
+
+    /// The digests that pin this TPM in `trust.ekPins`.
+    pub fn ek_pin(&self) -> EkPin {
+        self.ek_pin
+    }
+
+    /// The `trust.ekPins` entry this TPM matched, when the policy pins
+    /// nodes (set by the verification that relied on this proof).
+    pub fn pinned_by(&self) -> Option<Sha256Digest> {
+        self.pinned_by
+    }
+
+    /// When the TPM released the secret (RFC 3339).
+    pub fn activated_at(&self) -> &str {
+        &self.activated_at
+    }
+
+    /// Unix time at which a certificate of the path expires; the proof is
+    /// not reused after it.
+    pub fn valid_until(&self) -> i64 {
+        self.valid_until
+    }
+
     /// Whether this proof may vouch for `ak_name` under a policy whose
     /// `ekRoots` text hashes to `roots_sha256`, at Unix time `now`.
     pub fn vouches_for(&self, ak_name: &str, roots_sha256: &Sha256Digest, now: i64) -> bool {

@@ -292,10 +292,27 @@ fn vendor_code(manufacturer: &str) -> Option<String> {
 /// An EK certificate whose chain reached a trust anchor, and its key.
 #[derive(Debug, Clone)]
 pub struct ValidatedEk {
-    pub info: EkCertificateInfo,
-    pub public_key: EkPublicKey,
+    pub(crate) info: EkCertificateInfo,
+    pub(crate) public_key: EkPublicKey,
     /// Unix time at which the first certificate of the path expires.
-    pub valid_until: i64,
+    pub(crate) valid_until: i64,
+}
+
+impl ValidatedEk {
+    /// `info`.
+    pub fn info(&self) -> &EkCertificateInfo {
+        &self.info
+    }
+
+    /// `public_key`.
+    pub fn public_key(&self) -> &EkPublicKey {
+        &self.public_key
+    }
+
+    /// Unix time at which the first certificate of the path expires.
+    pub fn valid_until(&self) -> i64 {
+        self.valid_until
+    }
 }
 
 /// Checks the size of an activation offer before any certificate is

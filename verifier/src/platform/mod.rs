@@ -29,10 +29,22 @@ pub use runtime::RuntimeError;
 pub struct PlatformReport {
     /// The boot chain, when the policy checks it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub boot: Option<CheckedLog>,
+    pub(crate) boot: Option<CheckedLog>,
     /// What ran since boot, when the policy checks it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub runtime: Option<CheckedLog>,
+    pub(crate) runtime: Option<CheckedLog>,
+}
+
+impl PlatformReport {
+    /// The boot chain, when the policy checks it.
+    pub fn boot(&self) -> Option<&CheckedLog> {
+        self.boot.as_ref()
+    }
+
+    /// What ran since boot, when the policy checks it.
+    pub fn runtime(&self) -> Option<&CheckedLog> {
+        self.runtime.as_ref()
+    }
 }
 
 /// One log that replayed to the quote, and the statements it proved.
@@ -41,9 +53,21 @@ pub struct PlatformReport {
 #[non_exhaustive]
 pub struct CheckedLog {
     /// Events (or IMA entries) the quote covers.
-    pub events: usize,
+    pub(crate) events: usize,
     /// What the log proved, one sentence each, in the order checked.
-    pub statements: Vec<String>,
+    pub(crate) statements: Vec<String>,
+}
+
+impl CheckedLog {
+    /// Events (or IMA entries) the quote covers.
+    pub fn events(&self) -> usize {
+        self.events
+    }
+
+    /// What the log proved, one sentence each, in the order checked.
+    pub fn statements(&self) -> &[String] {
+        &self.statements
+    }
 }
 
 /// Checks the evidence's platform logs against the policy's `boot` and
