@@ -2,14 +2,16 @@
 //! `GET` the enclave's [`ActivationOffer`], check its EK certificate chain
 //! and wrap a secret to the certified EK in software, `POST` the credential
 //! and compare what the TPM released. The pure steps are in
-//! [`crate::ek::activation`]; this module only moves the documents.
+//! [`crate::ek::activation`]; this module only moves the documents, over
+//! any [`Exchange`] (the attested connection implements it: activation
+//! must happen on the TLS session whose key the evidence binds).
 
 use aver_crds::AttestationPolicy;
 use bytes::Bytes;
-use http::{header, Method, Request, StatusCode};
+use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
 
-use super::connection::AttestedConnection;
 use super::error::ClientError;
 use super::ACTIVATE_PATH;
 use crate::ek::activation::{unix_now, MAX_ACTIVATION_BYTES, MAX_OFFER_BYTES};
@@ -38,142 +40,161 @@ enum Answer {
     Refused(String),
 }
 
-impl AttestedConnection {
-    /// The proof of the evidence's AK that `mode` asks for, if any.
-    pub(super) async fn activation_for(
+/// What activation needs of a connection: HTTP exchanges on it.
+pub(super) trait Exchange {
+    /// `host:port`, for `Host` and messages.
+    fn authority(&self) -> String;
+    /// Sends `request` as it is and returns the response head.
+    async fn send_raw(
         &mut self,
-        evidence: &Evidence,
-        policy: &AttestationPolicy,
-        mode: ActivationMode<'_>,
-    ) -> Result<Option<ActivatedAk>, ClientError> {
-        let (cache, always) = match mode {
-            ActivationMode::IfNeeded(cache) => (cache, false),
-            ActivationMode::Always(cache) => (cache, true),
-        };
-        let Some(roots) = policy.trust.ek_roots.as_deref() else {
-            if always {
-                return Err(crate::VerifyError::from(ActivationError::NoEkRoots).into());
-            }
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, ClientError>;
+}
+
+/// The proof of the evidence's AK that `mode` asks for, if any: none when
+/// the policy lists the AK (or has no `trust.ekRoots`), a cached one, or
+/// one made now on `connection`.
+pub(super) async fn activation_for(
+    connection: &mut impl Exchange,
+    evidence: &Evidence,
+    policy: &AttestationPolicy,
+    mode: ActivationMode<'_>,
+) -> Result<Option<ActivatedAk>, ClientError> {
+    let (cache, always) = match mode {
+        ActivationMode::IfNeeded(cache) => (cache, false),
+        ActivationMode::Always(cache) => (cache, true),
+    };
+    let Some(roots) = policy.trust.ek_roots.as_deref() else {
+        if always {
+            return Err(crate::VerifyError::from(ActivationError::NoEkRoots).into());
+        }
+        return Ok(None);
+    };
+    if !always {
+        // An unparsable AK is reported by verification, with context.
+        let Ok(ak) = AkPublic::parse(&evidence.ak_public.0) else {
             return Ok(None);
         };
-        if !always {
-            // An unparsable AK is reported by verification, with context.
-            let Ok(ak) = AkPublic::parse(&evidence.ak_public.0) else {
-                return Ok(None);
-            };
-            let name = ak.name_hex();
-            if policy
-                .trust
-                .ak_names
-                .iter()
-                .any(|n| n.eq_ignore_ascii_case(&name))
-            {
-                return Ok(None);
-            }
-            if let Some(proof) = cache.find(&name, &roots_sha256(roots), unix_now()) {
-                return Ok(Some(proof));
-            }
-        }
-        let activated = self.activate(roots).await?;
-        tracing::debug!(
-            endpoint = %self.endpoint().authority(),
-            ak = %activated.ak_name,
-            ek = %activated.ek.certificate_sha256,
-            "attestation key activated"
-        );
-        cache.insert(activated.clone());
-        Ok(Some(activated))
-    }
-
-    /// Activates the enclave's AK against the EK roots `roots` (a PEM
-    /// bundle, the policy's `trust.ekRoots`).
-    pub async fn activate(&mut self, roots: &str) -> Result<ActivatedAk, ClientError> {
-        let anchors = TrustAnchors::from_pem(roots)
-            .map_err(|e| crate::VerifyError::from(ActivationError::BadRoots(e)))?;
-        let offer = self.activation_offer().await?;
-        // Chain validation is CPU work on what the server sent: off the
-        // async threads.
-        let (request, pending) = tokio::task::spawn_blocking(move || {
-            PendingActivation::prepare(&offer, &anchors, unix_now(), &mut rand::thread_rng())
-        })
-        .await
-        .map_err(|e| ClientError::Request(format!("EK certificate validation stopped: {e}")))?
-        .map_err(crate::VerifyError::from)?;
-        let result = match self.submit_activation(&request).await? {
-            Ok(response) => pending.complete(&response),
-            Err(Answer::Refused(message)) => Err(pending.refused(message)),
-        };
-        result.map_err(|e| crate::VerifyError::from(e).into())
-    }
-
-    /// `GET /.well-known/aver/activate`.
-    pub async fn activation_offer(&mut self) -> Result<ActivationOffer, ClientError> {
-        let body = self
-            .activation_exchange(Method::GET, Bytes::new(), MAX_OFFER_BYTES)
-            .await?
-            .map_err(|Answer::Refused(message)| ClientError::ActivationStatus {
-                endpoint: self.endpoint().authority(),
-                status: StatusCode::UNPROCESSABLE_ENTITY,
-                message,
-            })?;
-        ActivationOffer::from_json(&body).map_err(|e| crate::VerifyError::from(e).into())
-    }
-
-    /// `POST /.well-known/aver/activate`: the TPM's answer, or its refusal
-    /// (HTTP 422) as a message.
-    async fn submit_activation(
-        &mut self,
-        request: &ActivationRequest,
-    ) -> Result<Result<ActivationResponse, Answer>, ClientError> {
-        let json = serde_json::to_vec(request).map_err(|e| ClientError::Request(e.to_string()))?;
-        match self
-            .activation_exchange(Method::POST, Bytes::from(json), MAX_ACTIVATION_BYTES)
-            .await?
+        let name = ak.name_hex();
+        if policy
+            .trust
+            .ak_names
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(&name))
         {
-            Ok(body) => ActivationResponse::from_json(&body)
-                .map(Ok)
-                .map_err(|e| crate::VerifyError::from(e).into()),
-            Err(refused) => Ok(Err(refused)),
+            return Ok(None);
+        }
+        if let Some(proof) = cache.find(&name, &roots_sha256(roots), unix_now()) {
+            return Ok(Some(proof));
         }
     }
+    let activated = activate(connection, roots).await?;
+    tracing::debug!(
+        endpoint = %connection.authority(),
+        ak = %activated.ak_name,
+        ek = %activated.ek.certificate_sha256,
+        "attestation key activated"
+    );
+    cache.insert(activated.clone());
+    Ok(Some(activated))
+}
 
-    async fn activation_exchange(
-        &mut self,
-        method: Method,
-        body: Bytes,
-        limit: usize,
-    ) -> Result<Result<Bytes, Answer>, ClientError> {
-        let authority = self.endpoint().authority();
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(ACTIVATE_PATH)
-            .header(header::HOST, &authority);
-        if !body.is_empty() {
-            builder = builder.header(header::CONTENT_TYPE, "application/json");
-        }
-        let request = builder
-            .body(Full::new(body))
-            .map_err(|e| ClientError::Request(e.to_string()))?;
-        let response = self.send_raw(request).await?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), limit)
-            .collect()
-            .await
-            .map_err(|_| ClientError::ActivationStatus {
-                endpoint: authority.clone(),
-                status,
-                message: format!("answer larger than {limit} bytes or cut short"),
-            })?
-            .to_bytes();
-        match status {
-            StatusCode::OK => Ok(Ok(body)),
-            StatusCode::UNPROCESSABLE_ENTITY => Ok(Err(Answer::Refused(error_message(&body)))),
-            status => Err(ClientError::ActivationStatus {
-                endpoint: authority,
-                status,
-                message: error_message(&body),
-            }),
-        }
+/// Activates the enclave's AK against the EK roots `roots` (a PEM
+/// bundle, the policy's `trust.ekRoots`).
+pub(super) async fn activate(
+    connection: &mut impl Exchange,
+    roots: &str,
+) -> Result<ActivatedAk, ClientError> {
+    let anchors = TrustAnchors::from_pem(roots)
+        .map_err(|e| crate::VerifyError::from(ActivationError::BadRoots(e)))?;
+    let offer = activation_offer(connection).await?;
+    // Chain validation is CPU work on what the server sent: off the
+    // async threads.
+    let (request, pending) = tokio::task::spawn_blocking(move || {
+        PendingActivation::prepare(&offer, &anchors, unix_now(), &mut rand::thread_rng())
+    })
+    .await
+    .map_err(|e| ClientError::Request(format!("EK certificate validation stopped: {e}")))?
+    .map_err(crate::VerifyError::from)?;
+    let result = match submit_activation(connection, &request).await? {
+        Ok(response) => pending.complete(&response),
+        Err(Answer::Refused(message)) => Err(pending.refused(message)),
+    };
+    result.map_err(|e| crate::VerifyError::from(e).into())
+}
+
+/// `GET /.well-known/aver/activate`.
+pub(super) async fn activation_offer(
+    connection: &mut impl Exchange,
+) -> Result<ActivationOffer, ClientError> {
+    let body = activation_exchange(connection, Method::GET, Bytes::new(), MAX_OFFER_BYTES)
+        .await?
+        .map_err(|Answer::Refused(message)| ClientError::ActivationStatus {
+            endpoint: connection.authority(),
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message,
+        })?;
+    ActivationOffer::from_json(&body).map_err(|e| crate::VerifyError::from(e).into())
+}
+
+/// `POST /.well-known/aver/activate`: the TPM's answer, or its refusal
+/// (HTTP 422) as a message.
+async fn submit_activation(
+    connection: &mut impl Exchange,
+    request: &ActivationRequest,
+) -> Result<Result<ActivationResponse, Answer>, ClientError> {
+    let json = serde_json::to_vec(request).map_err(|e| ClientError::Request(e.to_string()))?;
+    match activation_exchange(
+        connection,
+        Method::POST,
+        Bytes::from(json),
+        MAX_ACTIVATION_BYTES,
+    )
+    .await?
+    {
+        Ok(body) => ActivationResponse::from_json(&body)
+            .map(Ok)
+            .map_err(|e| crate::VerifyError::from(e).into()),
+        Err(refused) => Ok(Err(refused)),
+    }
+}
+
+async fn activation_exchange(
+    connection: &mut impl Exchange,
+    method: Method,
+    body: Bytes,
+    limit: usize,
+) -> Result<Result<Bytes, Answer>, ClientError> {
+    let authority = connection.authority();
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(ACTIVATE_PATH)
+        .header(header::HOST, &authority);
+    if !body.is_empty() {
+        builder = builder.header(header::CONTENT_TYPE, "application/json");
+    }
+    let request = builder
+        .body(Full::new(body))
+        .map_err(|e| ClientError::Request(e.to_string()))?;
+    let response = connection.send_raw(request).await?;
+    let status = response.status();
+    let body = Limited::new(response.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|_| ClientError::ActivationStatus {
+            endpoint: authority.clone(),
+            status,
+            message: format!("answer larger than {limit} bytes or cut short"),
+        })?
+        .to_bytes();
+    match status {
+        StatusCode::OK => Ok(Ok(body)),
+        StatusCode::UNPROCESSABLE_ENTITY => Ok(Err(Answer::Refused(error_message(&body)))),
+        status => Err(ClientError::ActivationStatus {
+            endpoint: authority,
+            status,
+            message: error_message(&body),
+        }),
     }
 }
 

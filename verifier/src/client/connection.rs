@@ -15,13 +15,13 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::activation::ActivationMode;
+use super::activation::{self, ActivationMode, Exchange};
 use super::error::ClientError;
 use super::spki::spki_sha256;
 use super::tls::{config as client_config, KeyAcceptance};
 use super::EVIDENCE_PATH;
 use crate::binding::Nonce;
-use crate::ek::ActivationCache;
+use crate::ek::{ActivatedAk, ActivationCache, ActivationOffer};
 use crate::evidence::{Evidence, MAX_EVIDENCE_BYTES};
 use crate::report::VerifiedReport;
 use crate::verify::{verify_activated, Challenge};
@@ -130,7 +130,8 @@ impl AttestedConnection {
             nonce,
             spki_sha256: connection.spki_sha256,
         };
-        let activated = connection.activation_for(&evidence, policy, mode).await?;
+        let activated =
+            activation::activation_for(&mut connection, &evidence, policy, mode).await?;
         let report = verify_activated(&evidence, &challenge, policy, activated.as_ref())?;
         tracing::debug!(endpoint = %endpoint.authority(), spki = %report.spki_sha256, "endpoint attested");
         connection.report = Some(report);
@@ -313,12 +314,15 @@ impl AttestedConnection {
             .await
     }
 
-    pub(super) async fn send_raw(
-        &mut self,
-        request: Request<Full<Bytes>>,
-    ) -> Result<Response<Incoming>, ClientError> {
-        self.send_wire(request.map(|b| b.map_err(|never| match never {}).boxed_unsync()))
-            .await
+    /// Activates the enclave's AK against the EK roots `roots` (a PEM
+    /// bundle, the policy's `trust.ekRoots`), on this connection.
+    pub async fn activate(&mut self, roots: &str) -> Result<ActivatedAk, ClientError> {
+        activation::activate(self, roots).await
+    }
+
+    /// The enclave's activation offer (`GET /.well-known/aver/activate`).
+    pub async fn activation_offer(&mut self) -> Result<ActivationOffer, ClientError> {
+        activation::activation_offer(self).await
     }
 
     /// True once the connection can carry no more requests (the server
@@ -360,5 +364,19 @@ impl AttestedConnection {
 
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
+    }
+}
+
+impl Exchange for AttestedConnection {
+    fn authority(&self) -> String {
+        self.endpoint.authority()
+    }
+
+    async fn send_raw(
+        &mut self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        self.send_wire(request.map(|b| b.map_err(|never| match never {}).boxed_unsync()))
+            .await
     }
 }
