@@ -16,6 +16,8 @@ use aver_tests::{cargo_bin, Swtpm};
 const RUNS: usize = 30;
 const NONCE: &str = "0102abcd";
 
+// The one unsafe block of the suite: rustix has no getrusage.
+#[allow(unsafe_code)]
 fn children_cpu() -> Duration {
     // SAFETY: getrusage only writes the struct it is given.
     let usage = unsafe {

@@ -17,7 +17,6 @@
 //! root are missing.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::CString;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::future::Future;
 use std::io::{self, Write as _};
@@ -71,8 +70,7 @@ static INSTANCES: AtomicU32 = AtomicU32::new(0);
 /// What the harness needs and this machine lacks (empty when it can run).
 pub fn containerd_missing() -> Vec<&'static str> {
     let mut missing = Vec::new();
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::process::is_root() {
         missing.push("root (containerd and runc need it)");
     }
     if !tool_runs("containerd", &["--version"]) || !tool_runs("ctr", &["--version"]) {
@@ -654,12 +652,14 @@ required_plugins = ["io.containerd.grpc.v1.cri"]
         }
         // 2. containerd itself: SIGTERM, then SIGKILL.
         if let Some(mut child) = self.child.take() {
-            terminate(&mut child, Duration::from_secs(5));
+            crate::process::stop(&mut child, Duration::from_secs(5));
         }
         // 3. Whatever survived: shims, then container processes.
         for pid in self.shim_pids().into_iter().chain(self.cgroup_pids()) {
-            // SAFETY: kill(2) on a pid we found; at worst it no longer exists.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // At worst it no longer exists.
+            if let Ok(pid) = u32::try_from(pid) {
+                let _ = crate::process::signal(pid, crate::process::Signal::Kill);
+            }
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         while !self.cgroup_pids().is_empty() && Instant::now() < deadline {
@@ -688,22 +688,6 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         self.cleanup();
     }
-}
-
-fn terminate(child: &mut Child, grace: Duration) {
-    if let Ok(pid) = i32::try_from(child.id()) {
-        // SAFETY: our own child, not yet reaped, so the pid is still ours.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-    }
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if child.try_wait().ok().flatten().is_some() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// The mounted cgroup hierarchies (v1 controllers, named ones, unified).
@@ -758,11 +742,8 @@ fn unmount_below(dir: &Path) {
             return;
         }
         for mount in mounts {
-            let Ok(path) = CString::new(mount.as_os_str().as_bytes()) else {
-                continue;
-            };
-            // SAFETY: a valid NUL-terminated path; MNT_DETACH cannot block.
-            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+            // MNT_DETACH cannot block.
+            let _ = rustix::mount::unmount(&mount, rustix::mount::UnmountFlags::DETACH);
         }
     }
 }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Mutex, OnceLock};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -286,7 +286,7 @@ impl ControlPlane {
             .context("kube-apiserver.pid")?
             .trim()
             .parse()?;
-        signal(pid, Signal::Kill)?;
+        crate::process::signal(pid, crate::process::Signal::Kill)?;
         Ok(pid)
     }
 
@@ -316,46 +316,9 @@ impl Drop for ControlPlane {
     }
 }
 
-/// Signals this harness sends.
-#[derive(Debug, Clone, Copy)]
-pub enum Signal {
-    Term,
-    Kill,
-}
-
-/// Sends a signal to a process (through `kill(1)`, to stay free of unsafe).
-pub fn signal(pid: u32, signal: Signal) -> anyhow::Result<()> {
-    let name = match signal {
-        Signal::Term => "-TERM",
-        Signal::Kill => "-KILL",
-    };
-    let status = Command::new("kill")
-        .arg(name)
-        .arg(pid.to_string())
-        .stderr(Stdio::null())
-        .status()
-        .context("cannot run kill")?;
-    if !status.success() {
-        bail!("kill {name} {pid} failed");
-    }
-    Ok(())
-}
-
 /// SIGTERM, then SIGKILL after [`STOP_TIMEOUT`]; reaps the process.
 pub fn stop_child(child: &mut Child) {
-    if matches!(child.try_wait(), Ok(Some(_))) {
-        return;
-    }
-    let _ = signal(child.id(), Signal::Term);
-    let deadline = Instant::now() + STOP_TIMEOUT;
-    while Instant::now() < deadline {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    crate::process::stop(child, STOP_TIMEOUT);
 }
 
 /// The last `lines` lines of a file, headed by its name.

@@ -16,6 +16,7 @@ pub mod mitm;
 pub mod node;
 pub mod node_agent;
 pub mod node_sim;
+pub mod process;
 pub mod slow_tpm;
 pub mod stub_upstream;
 pub mod vm;

@@ -204,7 +204,7 @@ impl NodeAgent {
     /// Containers keep running: they belong to containerd.
     pub fn stop_node(&mut self) {
         if let Some(mut child) = self.node.take() {
-            terminate(&mut child, STOP_GRACE);
+            crate::process::stop(&mut child, STOP_GRACE);
         }
     }
 
@@ -417,22 +417,6 @@ fn run_ak(tpm: &Swtpm) -> anyhow::Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
-}
-
-fn terminate(child: &mut Child, grace: Duration) {
-    if let Ok(pid) = i32::try_from(child.id()) {
-        // SAFETY: our own child, not yet reaped, so the pid is still ours.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-    }
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if child.try_wait().ok().flatten().is_some() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 fn tail(path: &Path, lines: usize) -> String {

@@ -596,11 +596,7 @@ async fn a_stopping_enclave_drains_open_streams_for_its_drain_timeout() {
         .unwrap();
         let client = AttestedClient::new(policy.clone()).unwrap();
         let body = open_stream(&client, &enclave).await;
-        aver_tests::controlplane::signal(
-            enclave.child.id(),
-            aver_tests::controlplane::Signal::Term,
-        )
-        .unwrap();
+        aver_tests::process::signal(enclave.child.id(), aver_tests::process::Signal::Term).unwrap();
         // Stopping: no new connections, while the open stream goes on.
         let refused = tokio::time::timeout(PATIENCE, async {
             while raw_tls(enclave.port).await.is_ok() {

@@ -352,7 +352,7 @@ async fn patch_pod_status(
 /// SIGTERM, then SIGKILL after the grace period.
 async fn stop_process(child: &mut tokio::process::Child) {
     if let Some(pid) = child.id() {
-        let _ = crate::controlplane::signal(pid, crate::controlplane::Signal::Term);
+        let _ = crate::process::signal(pid, crate::process::Signal::Term);
         if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_ok() {
             return;
         }
