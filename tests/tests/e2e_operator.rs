@@ -252,10 +252,13 @@ async fn operator_on_a_real_control_plane() {
                 .all(|e| e.pod != victim.pod && e.node != victim.node)
         })
         .await;
-    assert!(
-        !cluster.pod_nodes(MODEL).await.contains_key(&victim.pod),
-        "the tampered pod is gone"
-    );
+    // The replacement can be verified while the tampered pod still drains
+    // (spec.pod.drainSeconds): it must be gone by the end of its grace.
+    cluster
+        .wait_for("the tampered pod gone", Duration::from_secs(30), || async {
+            (!cluster.pod_nodes(MODEL).await.contains_key(&victim.pod)).then_some(())
+        })
+        .await;
     assert!(
         !cluster.pod_running(&victim.pod).await,
         "its containers stopped"
