@@ -38,16 +38,16 @@ ensure_tools() {
 case "${1:-test}" in
   lint)
     cargo fmt --manifest-path python/Cargo.toml -- --check
-    cargo clippy --manifest-path python/Cargo.toml --all-targets --quiet -- -D warnings
+    cargo clippy --manifest-path python/Cargo.toml --all-targets --locked --quiet -- -D warnings
     # Without the cluster feature too (its cfg branches).
-    cargo clippy --manifest-path python/Cargo.toml --no-default-features --quiet -- -D warnings
+    cargo clippy --manifest-path python/Cargo.toml --no-default-features --locked --quiet -- -D warnings
     ;;
   test)
     ensure_tools
     start=$(date +%s)
     wheels="$root/target/python-wheels"
     rm -rf "$wheels"
-    (cd python && "$venv/bin/maturin" build --release --quiet --out "$wheels")
+    (cd python && "$venv/bin/maturin" build --release --locked --quiet --out "$wheels")
     echo "python: wheel built in $(($(date +%s) - start))s"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
       --force-reinstall --no-deps "$wheels"/aver-*.whl

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --workspace --bins --quiet
+cargo build --workspace --bins --locked --quiet
 # The real control plane of the end-to-end tests (tests/e2e_*.rs), built
 # from the upstream Kubernetes modules; minutes on a fresh checkout, cached
 # in target/controlplane afterwards.
@@ -19,7 +19,7 @@ mkdir -p target
 setsid nice -n 19 bash scripts/engine.sh build >target/engine-build.log 2>&1 &
 engine_pid=$!
 trap 'kill -- -"$engine_pid" 2>/dev/null || true' EXIT
-cargo test --workspace
+cargo test --workspace --locked
 if ! wait "$engine_pid"; then
   cat target/engine-build.log >&2
   exit 1

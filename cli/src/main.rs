@@ -1,6 +1,10 @@
 //! `aver`: the client side of aver. Verifies evidence before anything is
 //! sent, and derives policies and reference digests.
 
+// Doc comments in this crate are clap's --help text ("sha256:<hex>"), not
+// rendered Markdown.
+#![allow(rustdoc::invalid_html_tags)]
+
 mod commands;
 mod logging;
 

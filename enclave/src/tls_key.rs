@@ -5,14 +5,14 @@
 //! TLS handshakes and the enclave's self-signed certificate, nothing else.
 //!
 //! The private scalar exists in exactly one place: the first 32 bytes of a
-//! [`LockedPage`] (locked in RAM, left out of core dumps, zeroed on drop).
+//! `LockedPage` (locked in RAM, left out of core dumps, zeroed on drop).
 //! The random bytes are written there directly by the kernel. No library
 //! gets a long-lived copy: rcgen signs the certificate through
 //! [`rcgen::SigningKey`] and rustls signs handshakes through
 //! [`rustls::sign::SigningKey`], both implemented here. Each signature
 //! builds a `p256` signing key from the page, uses it and drops it (it
 //! zeroizes itself); the stack the computation used, where the arithmetic
-//! leaves intermediate copies, is then overwritten ([`scrub_stack`]).
+//! leaves intermediate copies, is then overwritten (`scrub_stack`).
 
 use std::sync::Arc;
 

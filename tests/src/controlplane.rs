@@ -5,7 +5,7 @@
 //! `aver-controller` processes pointed at it.
 //!
 //! Every [`ControlPlane`] has its own state directory and ports; dropping it
-//! stops every component. Tests that need it start with [`require_e2e!`],
+//! stops every component. Tests that need it start with [`require_e2e!`](crate::require_e2e),
 //! which skips them outside CI when Go or swtpm is missing and fails them
 //! under `CI=true`.
 
@@ -63,7 +63,7 @@ pub fn go_binary() -> Option<PathBuf> {
 
 /// Decides whether an end-to-end test can run: it needs swtpm, the TPM
 /// tools and Go (to build the fixture). `false` after printing why, outside
-/// CI; panics under `CI=true`. Use through [`require_e2e!`].
+/// CI; panics under `CI=true`. Use through [`require_e2e!`](crate::require_e2e).
 pub fn e2e_or_skip(test: &str) -> bool {
     let mut missing = Vec::new();
     if !swtpm_available() {
@@ -316,7 +316,7 @@ impl Drop for ControlPlane {
     }
 }
 
-/// SIGTERM, then SIGKILL after [`STOP_TIMEOUT`]; reaps the process.
+/// SIGTERM, then SIGKILL after `STOP_TIMEOUT`; reaps the process.
 pub fn stop_child(child: &mut Child) {
     crate::process::stop(child, STOP_TIMEOUT);
 }

@@ -285,7 +285,7 @@ impl AttestedConnection {
 
     /// Sends a request on this connection. An absolute URI is reduced to its
     /// path and query (the connection already fixes the server), and `Host`
-    /// is set when missing. The body may be any [`http_body::Body`]
+    /// is set when missing. The body may be any [`hyper::body::Body`]
     /// (`Full<Bytes>`, or a streamed one): it is polled only as hyper
     /// writes it out.
     pub async fn send<B>(

@@ -19,7 +19,7 @@
 //!   in the field for the TPM's life, and TCG treats the EK certificate as
 //!   a statement made at manufacture;
 //! - signatures are ECDSA (P-256, P-384, P-521), RSA PKCS#1 v1.5 or RSA-PSS
-//!   with SHA-256/384/512 ([`super::cert_signature`]); anything else is
+//!   with SHA-256/384/512 (`ek::cert_signature`); anything else is
 //!   unsupported, SHA-1 is weak;
 //! - every parent is a CA (basicConstraints cA, keyCertSign if keyUsage is
 //!   present) whose pathLenConstraint allows the intermediates below it;
