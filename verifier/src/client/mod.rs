@@ -1,5 +1,6 @@
 //! The attested client: no request byte leaves before the server's TLS key
-//! is proven to live in a measured enclave on a trusted TPM (DESIGN §4).
+//! is proven to live in a measured enclave on a trusted TPM
+//! (docs/architecture.md#channel-binding).
 //!
 //! 1. Open TLS to the endpoint, accepting its self-signed certificate
 //!    provisionally and noting the key's SPKI digest.
@@ -86,7 +87,8 @@ impl AttestedClient {
         &self.pins
     }
 
-    /// Activated AKs, one per TPM seen (DESIGN §3.5), shared by clones.
+    /// Activated AKs, one per TPM seen (docs/architecture.md#platform-identity),
+    /// shared by clones.
     pub fn activations(&self) -> &ActivationCache {
         &self.activations
     }
