@@ -81,8 +81,34 @@ pub enum Error {
     ModelVolume(model_volume::ResolveError),
 }
 
+/// When to reconcile a model again if no watch event comes first: what a
+/// reconcile decides, in a form tests can read (kube's [`Action`] hides
+/// its delay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeue {
+    After(Duration),
+    OnChange,
+}
+
+impl From<Requeue> for Action {
+    fn from(requeue: Requeue) -> Self {
+        match requeue {
+            Requeue::After(delay) => Action::requeue(delay),
+            Requeue::OnChange => Action::await_change(),
+        }
+    }
+}
+
 /// Reconciles one resource (the `kube::runtime::Controller` entry point).
 pub async fn reconcile(cm: Arc<ConfidentialModel>, ctx: Arc<Context>) -> Result<Action, Error> {
+    reconcile_model(cm, ctx).await.map(Action::from)
+}
+
+/// [`reconcile`], saying when to requeue.
+pub async fn reconcile_model(
+    cm: Arc<ConfidentialModel>,
+    ctx: Arc<Context>,
+) -> Result<Requeue, Error> {
     let started = Instant::now();
     let namespace = cm.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<ConfidentialModel> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -92,7 +118,7 @@ pub async fn reconcile(cm: Arc<ConfidentialModel>, ctx: Arc<Context>) -> Result<
             // The garbage collector deletes the workload; only the
             // attestation state is ours to drop.
             ctx.store.remove_model(&ObjectRef::from_obj(cm.as_ref()));
-            return Ok(Action::await_change());
+            return Ok(Requeue::OnChange);
         }
         apply(&cm, &ctx).await
     }
@@ -143,7 +169,7 @@ pub fn error_policy(cm: Arc<ConfidentialModel>, error: &Error, _ctx: Arc<Context
     Action::requeue(ERROR_REQUEUE)
 }
 
-async fn apply(cm: &ConfidentialModel, ctx: &Context) -> Result<Action, Error> {
+async fn apply(cm: &ConfidentialModel, ctx: &Context) -> Result<Requeue, Error> {
     let name = cm.name_any();
     let namespace = cm.namespace().ok_or(Error::NoNamespace)?;
     let mut problem = cm.spec.attestation.validate().err().map(|e| Problem {
@@ -283,8 +309,8 @@ async fn apply(cm: &ConfidentialModel, ctx: &Context) -> Result<Action, Error> {
     let next = status::next_change(&desired, &inputs);
     match failure {
         Some(e) => Err(e),
-        None if unresolved => Ok(Action::requeue(next.min(UNRESOLVED_RECHECK))),
-        None => Ok(Action::requeue(next)),
+        None if unresolved => Ok(Requeue::After(next.min(UNRESOLVED_RECHECK))),
+        None => Ok(Requeue::After(next)),
     }
 }
 
@@ -547,26 +573,11 @@ mod tests {
         .expect_body(check)
     }
 
-    /// The requeue delay of an action, from its Debug form (the field is private).
-    fn requeue_secs(action: &Action) -> f64 {
-        let text = format!("{action:?}");
-        let inner = text
-            .split_once("Some(")
-            .and_then(|(_, rest)| rest.split_once(')'))
-            .map(|(inner, _)| inner)
-            .unwrap_or_else(|| panic!("no requeue in {text}"));
-        let (number, unit) = inner.split_at(
-            inner
-                .find(|c: char| c.is_ascii_alphabetic())
-                .unwrap_or(inner.len()),
-        );
-        let value: f64 = number
-            .parse()
-            .unwrap_or_else(|_| panic!("bad duration {inner}"));
-        match unit {
-            "s" => value,
-            "ms" => value / 1000.0,
-            _ => panic!("unexpected unit in {inner}"),
+    /// The requeue delay of a reconcile that requeues after one.
+    fn requeue_secs(requeue: &Requeue) -> f64 {
+        match requeue {
+            Requeue::After(delay) => delay.as_secs_f64(),
+            Requeue::OnChange => panic!("no requeue delay: {requeue:?}"),
         }
     }
 
@@ -645,10 +656,10 @@ mod tests {
             })],
         ));
         let ctx = context(mock.client(), ResultStore::new());
-        let action = reconcile(Arc::new(cm), Arc::clone(&ctx))
+        let action = reconcile_model(Arc::new(cm), Arc::clone(&ctx))
             .await
             .expect("reconciled");
-        assert_ne!(action, Action::await_change());
+        assert_ne!(action, Requeue::OnChange);
         assert_eq!(ctx.metrics.status_write_count(), 1);
         mock.finish().await;
     }
@@ -688,7 +699,7 @@ mod tests {
             })],
         ));
         let ctx = context(mock.client(), ResultStore::new());
-        reconcile(Arc::new(cm), Arc::clone(&ctx))
+        reconcile_model(Arc::new(cm), Arc::clone(&ctx))
             .await
             .expect("reconciled");
         mock.finish().await;
@@ -734,7 +745,7 @@ mod tests {
                 assert_eq!(condition(status, "Attested")["status"], "True");
             })],
         ));
-        reconcile(Arc::new(cm), context(mock.client(), store))
+        reconcile_model(Arc::new(cm), context(mock.client(), store))
             .await
             .expect("reconciled");
         mock.finish().await;
@@ -777,7 +788,7 @@ mod tests {
                 assert_eq!(condition(status, "Attested")["status"], "False");
             })],
         ));
-        reconcile(Arc::new(cm), context(mock.client(), store))
+        reconcile_model(Arc::new(cm), context(mock.client(), store))
             .await
             .expect("reconciled");
         mock.finish().await;
@@ -796,7 +807,7 @@ mod tests {
         // Only the two idempotent applies; the mock fails on any third request.
         let mock = ApiMock::start(applies(deployment_reply(3), []));
         let ctx = context(mock.client(), store);
-        let action = reconcile(Arc::new(cm), Arc::clone(&ctx))
+        let action = reconcile_model(Arc::new(cm), Arc::clone(&ctx))
             .await
             .expect("reconciled");
         assert_eq!(ctx.metrics.status_write_count(), 0);
@@ -820,7 +831,7 @@ mod tests {
                 .as_str()
                 .is_some_and(|m| m.contains("trusts no attestation key")));
         })]);
-        reconcile(Arc::new(cm), context(mock.client(), ResultStore::new()))
+        reconcile_model(Arc::new(cm), context(mock.client(), ResultStore::new()))
             .await
             .expect("reconciled");
         mock.finish().await;
@@ -842,7 +853,7 @@ mod tests {
                 .as_str()
                 .is_some_and(|m| m.contains("--allowed-model-host-paths")));
         })]);
-        reconcile(Arc::new(cm), context(mock.client(), ResultStore::new()))
+        reconcile_model(Arc::new(cm), context(mock.client(), ResultStore::new()))
             .await
             .expect("reconciled");
         mock.finish().await;
@@ -858,7 +869,8 @@ mod tests {
                 assert_eq!(degraded["reason"], "ApplyFailed");
             }),
         ]);
-        let result = reconcile(Arc::new(cm), context(mock.client(), ResultStore::new())).await;
+        let result =
+            reconcile_model(Arc::new(cm), context(mock.client(), ResultStore::new())).await;
         assert!(result.is_err(), "{result:?}");
         mock.finish().await;
     }
@@ -889,7 +901,7 @@ mod tests {
         let cm = managed_model();
         // Applies and status only: the mock fails on a patch of the resource.
         let mock = ApiMock::start(applies(deployment_reply(0), [status_reply(&cm, |_| {})]));
-        reconcile(Arc::new(cm), context(mock.client(), ResultStore::new()))
+        reconcile_model(Arc::new(cm), context(mock.client(), ResultStore::new()))
             .await
             .expect("reconciled");
         mock.finish().await;
@@ -904,7 +916,7 @@ mod tests {
                 .chain(applies(deployment_reply(0), [status_reply(&cm, |_| {})]))
                 .collect(),
         );
-        reconcile(Arc::new(cm), context(mock.client(), ResultStore::new()))
+        reconcile_model(Arc::new(cm), context(mock.client(), ResultStore::new()))
             .await
             .expect("reconciled");
         mock.finish().await;
@@ -915,7 +927,8 @@ mod tests {
         let mut cm = managed_model();
         cm.metadata.finalizers = Some(vec![LEGACY_FINALIZER.into()]);
         let mock = ApiMock::start(vec![Reply::status(Method::PATCH, MODEL, 422)]);
-        let result = reconcile(Arc::new(cm), context(mock.client(), ResultStore::new())).await;
+        let result =
+            reconcile_model(Arc::new(cm), context(mock.client(), ResultStore::new())).await;
         let error = result.expect_err("the patch failed");
         assert!(matches!(error, Error::Finalizer { .. }), "{error}");
         mock.finish().await;
@@ -931,8 +944,10 @@ mod tests {
         // Only the finalizer removal: no delete, no apply, no status.
         let mock = ApiMock::start(vec![finalizer_removal(&cm, 0)]);
         let ctx = context(mock.client(), store.clone());
-        let action = reconcile(Arc::new(cm), ctx).await.expect("reconciled");
-        assert_eq!(action, Action::await_change());
+        let action = reconcile_model(Arc::new(cm), ctx)
+            .await
+            .expect("reconciled");
+        assert_eq!(action, Requeue::OnChange);
         assert_eq!(store.verified_count(), 0);
         mock.finish().await;
     }
@@ -968,7 +983,7 @@ mod tests {
                 );
             })],
         ));
-        reconcile(
+        reconcile_model(
             Arc::new(cm.clone()),
             context(mock.client(), ResultStore::new()),
         )
@@ -1041,7 +1056,7 @@ mod tests {
             })],
         ));
         let mock = ApiMock::start(replies);
-        let action = reconcile(Arc::new(cm), node_context(mock.client()))
+        let action = reconcile_model(Arc::new(cm), node_context(mock.client()))
             .await
             .expect("reconciled");
         assert!(requeue_secs(&action) <= 5.0, "{action:?}");
@@ -1078,7 +1093,7 @@ mod tests {
             })],
         ));
         let mock = ApiMock::start(replies);
-        reconcile(Arc::new(cm), node_context(mock.client()))
+        reconcile_model(Arc::new(cm), node_context(mock.client()))
             .await
             .expect("reconciled");
         mock.finish().await;
@@ -1099,7 +1114,7 @@ mod tests {
             })],
         ));
         let mock = ApiMock::start(replies);
-        reconcile(Arc::new(cm), node_context(mock.client()))
+        reconcile_model(Arc::new(cm), node_context(mock.client()))
             .await
             .expect("reconciled");
         mock.finish().await;
@@ -1128,7 +1143,7 @@ mod tests {
                 assert_eq!(degraded["reason"], "ModelVolumeUnsupported");
             }),
         ]);
-        reconcile(Arc::new(cm), node_context(mock.client()))
+        reconcile_model(Arc::new(cm), node_context(mock.client()))
             .await
             .expect("reconciled");
         mock.finish().await;

@@ -180,9 +180,4 @@ impl Enclave {
             limit: self.max_launches,
         }
     }
-
-    /// The TPM, for callers that need more than evidence (e.g. the AK name).
-    pub fn tpm(&mut self) -> &mut Tpm {
-        &mut self.tpm
-    }
 }

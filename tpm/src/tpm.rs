@@ -184,11 +184,6 @@ impl Tpm {
         &self.ak_name
     }
 
-    /// The persistent handle the AK lives at.
-    pub fn ak_handle(&self) -> u32 {
-        self.ak_handle
-    }
-
     /// The TSS context and the AK's handle, for commands implemented in
     /// other modules (credential activation in [`crate::endorsement`]).
     pub(crate) fn context_and_ak(&mut self) -> (&mut Context, KeyHandle) {

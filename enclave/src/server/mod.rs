@@ -638,7 +638,7 @@ fn metrics(state: &AppState) -> Response<BoxBody> {
     let stats = state.batcher.stats();
     let c = &state.counters;
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let series: [(&str, &str, &str, u64); 14] = [
+    let series: [(&str, &str, &str, u64); 15] = [
         (
             "evidence_requests_total",
             "counter",
@@ -668,6 +668,12 @@ fn metrics(state: &AppState) -> Response<BoxBody> {
             "counter",
             "Challenges answered by those quotes.",
             load(&stats.challenges),
+        ),
+        (
+            "quote_failures_total",
+            "counter",
+            "Batches whose quote failed (each of their challenges got the error).",
+            load(&stats.failures),
         ),
         (
             "proxied_requests_total",
