@@ -18,6 +18,7 @@ pub struct Sha256Digest(pub [u8; 32]);
 
 /// Why a string is not a `sha256:` digest.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DigestParseError {
     #[error("digest {0:?} must start with \"sha256:\"")]
     MissingPrefix(String),

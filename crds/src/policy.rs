@@ -285,6 +285,7 @@ pub struct TrustRoots {
 
 /// A policy that cannot be enforced as written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PolicyError {
     #[error("policy is not valid YAML/JSON for the attestation policy schema: {0}")]
     Syntax(String),

@@ -165,6 +165,12 @@ impl Enclave {
         &self.measurements
     }
 
+    /// The AK's TPMT_PUBLIC, as the evidence carries it (for checking what
+    /// the evidence names against the TPM the enclave holds).
+    pub fn ak_public(&self) -> Vec<u8> {
+        self.tpm.ak_public_tpmt()
+    }
+
     /// The workload event log since the last TPM reset.
     pub fn log(&self) -> &LaunchLog {
         &self.log

@@ -323,7 +323,7 @@ fn evidence_binds_the_nonce_and_key_and_its_quote_verifies() {
     assert_eq!(evidence.nonce, nonce);
     assert_eq!(evidence.spki_sha256, spki);
     assert_eq!(evidence.batch, None);
-    assert_eq!(evidence.ak_public.0, enclave.tpm().ak_public_tpmt());
+    assert_eq!(evidence.ak_public.0, enclave.ak_public());
     assert_eq!(evidence.event_log, enclave.log().entries());
     assert_eq!(
         evidence.pcrs.iter().map(|p| p.pcr).collect::<Vec<_>>(),

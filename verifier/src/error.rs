@@ -12,6 +12,7 @@ use crate::tpm::TpmParseError;
 /// Why evidence was not accepted. Callers match on the variant to count
 /// failures by reason; users read the message, which names what failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum VerifyError {
     #[error(transparent)]
     Evidence(#[from] EvidenceError),

@@ -165,6 +165,7 @@ impl LaunchMeasurements {
 
 /// Why an event log cannot be trusted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EventLogError {
     #[error("event log is empty: the enclave never measured a workload into PCR {0}")]
     Empty(u8),

@@ -219,6 +219,7 @@ impl<'de> Deserialize<'de> for Base64Bytes {
 
 /// Why bytes are not an evidence document this verifier understands.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EvidenceError {
     #[error("evidence version {found} is not supported (this verifier understands versions {EVIDENCE_VERSION_ENCLAVE} and {EVIDENCE_VERSION_NODE})")]
     UnsupportedVersion { found: u64 },

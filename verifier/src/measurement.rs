@@ -16,6 +16,7 @@ const CHUNK: usize = 1 << 20;
 
 /// Why a workload input could not be measured.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum MeasureError {
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: io::Error },

@@ -5,6 +5,7 @@ use crate::VerifyError;
 /// Every failure before, during or after attestation. Whatever the variant,
 /// no byte of the caller's request was sent unless attestation succeeded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     #[error("invalid endpoint {0:?}: expected https://HOST:PORT[/path]")]
     BadEndpoint(String),

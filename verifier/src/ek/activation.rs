@@ -99,6 +99,7 @@ pub struct ActivationResponse {
 
 /// Why an attestation key was not proven resident in a genuine TPM.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ActivationError {
     #[error("malformed activation {document}: {reason}")]
     Malformed {

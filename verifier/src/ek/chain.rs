@@ -90,6 +90,7 @@ enum Role {
 
 /// Why an EK certificate (or the policy's roots) was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EkChainError {
     #[error("{field} holds no PEM certificate")]
     NoRoots { field: &'static str },

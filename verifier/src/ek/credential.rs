@@ -64,6 +64,7 @@ pub struct CredentialBlob {
 
 /// Why a credential could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CredentialError {
     #[error("a credential must be 1 to {SEED_BYTES} bytes, got {0}")]
     BadCredentialSize(usize),

@@ -69,6 +69,7 @@ pub fn bank_name(hash_alg: u16) -> String {
 
 /// Why TPM bytes could not be read as the expected structure.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TpmParseError {
     #[error("{structure} is truncated: needed {needed} more bytes at offset {offset}")]
     Truncated {
