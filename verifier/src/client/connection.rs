@@ -18,7 +18,7 @@ use tokio_rustls::TlsConnector;
 use super::activation::{self, ActivationMode, Exchange};
 use super::error::ClientError;
 use super::spki::spki_sha256;
-use super::tls::{config as client_config, KeyAcceptance};
+use super::tls::{self, KeyAcceptance};
 use super::EVIDENCE_PATH;
 use crate::binding::Nonce;
 use crate::ek::{ActivatedAk, ActivationCache, ActivationOffer};
@@ -215,7 +215,7 @@ impl AttestedConnection {
         let _ = tcp.set_nodelay(true);
         let server_name = ServerName::try_from(endpoint.host.clone())
             .map_err(|_| ClientError::BadEndpoint(authority.clone()))?;
-        let connector = TlsConnector::from(Arc::new(client_config(accept)));
+        let connector = TlsConnector::from(Arc::new(tls::config(accept)));
         let tls = tokio::time::timeout(timeout, connector.connect(server_name, tcp))
             .await
             .map_err(|_| ClientError::ConnectTimeout(authority.clone()))?

@@ -300,12 +300,12 @@ pub struct ValidatedEk {
 }
 
 impl ValidatedEk {
-    /// `info`.
+    /// What the certificate says, and its chain.
     pub fn info(&self) -> &EkCertificateInfo {
         &self.info
     }
 
-    /// `public_key`.
+    /// The certified EK public key, which credentials are wrapped to.
     pub fn public_key(&self) -> &EkPublicKey {
         &self.public_key
     }
