@@ -16,8 +16,8 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use aver_client::{ActivationMode, AttestedConnection, ClientError, Endpoint};
 use aver_crds::AttestationPolicy;
-use aver_verifier::client::{ActivationMode, AttestedConnection, ClientError, Endpoint};
 use aver_verifier::ek::ActivationCache;
 use aver_verifier::ClockHistory;
 

@@ -13,6 +13,7 @@
 pub mod boot_policy;
 pub mod digest;
 pub mod policy;
+pub mod protocol;
 
 #[cfg(feature = "resource")]
 pub mod confidential_model;

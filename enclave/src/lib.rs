@@ -21,7 +21,6 @@ pub use aver_tpm::{endorsement, tpm};
 
 pub mod backend;
 pub mod batcher;
-pub mod cli;
 pub mod evidence;
 pub mod hardening;
 pub mod launch;

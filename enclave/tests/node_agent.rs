@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aver_client::{AttestedClient, AttestedConnection, Endpoint};
 use aver_crds::{AttestationPolicy, Sha256Digest};
 use aver_enclave::tpm::DEFAULT_AK_HANDLE;
 use aver_enclave::Tpm;
@@ -24,7 +25,6 @@ use aver_node_log::{ContainerSpec, ImageIdentity, NodeEvent, NodeLogEntry, PodRe
 use aver_tests::require_swtpm;
 use aver_tests::stub_upstream::StubUpstream;
 use aver_tests::Swtpm;
-use aver_verifier::client::{AttestedClient, AttestedConnection, Endpoint};
 use aver_verifier::evidence::{Base64Bytes, PcrValue};
 use aver_verifier::measurement::model_digest;
 use bytes::Bytes;

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use aver_verifier::client::ClientError;
+use aver_client::ClientError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {

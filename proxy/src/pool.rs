@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use aver_client::{AttestedClient, AttestedConnection, ClientError, Endpoint};
 use aver_crds::AttestationPolicy;
-use aver_verifier::client::{AttestedClient, AttestedConnection, ClientError, Endpoint};
 use aver_verifier::VerifiedReport;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use aver_verifier::client::{AttestedClient, Endpoint};
+use aver_client::{AttestedClient, Endpoint};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};

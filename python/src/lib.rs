@@ -2,7 +2,7 @@
 //! package. Python code uses the wrappers in `aver/` (which resolve policy
 //! paths and build the httpx clients); this module does the work:
 //!
-//! - [`verify`]: attest one endpoint with `aver_verifier::client` (fresh
+//! - [`verify`]: attest one endpoint with `aver_client` (fresh
 //!   nonce, evidence bound to the TLS connection) and return a [`Report`];
 //! - [`Proxy`]: an `aver_proxy::Proxy` on a private unix socket, served by
 //!   its own background tokio runtime until closed.
@@ -19,9 +19,9 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use aver_client::{AttestedClient, ClientError, Endpoint};
 use aver_crds::AttestationPolicy;
 use aver_proxy::{Listen, ProxyConfig, ProxyError, Upstream};
-use aver_verifier::client::{AttestedClient, ClientError, Endpoint};
 use aver_verifier::report::{MeasuredBy, VerifiedReport};
 use aver_verifier::VerifyError;
 use pyo3::prelude::*;

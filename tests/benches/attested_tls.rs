@@ -32,11 +32,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use aver_client::{AttestedConnection, Endpoint};
 use aver_enclave::Tpm;
 use aver_tests::node::{EnclaveProcess, TestNode};
 use aver_tests::stub_upstream::StubUpstream;
 use aver_tests::Swtpm;
-use aver_verifier::client::{AttestedConnection, Endpoint};
 use aver_verifier::AttestationPolicy;
 use bytes::Bytes;
 use http::Request;

@@ -22,9 +22,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use aver_client::{AttestedClient, AttestedConnection, Endpoint};
 use aver_tests::llama::{serve_model, EngineArtifacts, LlamaServer, Model};
 use aver_tests::node::{policy_for, TestNode};
-use aver_verifier::client::{AttestedClient, AttestedConnection, Endpoint};
 use aver_verifier::measurement::model_digest;
 use bytes::Bytes;
 use http::{Method, Request};

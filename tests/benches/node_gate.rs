@@ -17,6 +17,7 @@
 
 use std::time::{Duration, Instant};
 
+use aver_client::{AttestedConnection, Endpoint};
 use aver_node_log::CONFIDENTIAL_LABEL;
 use aver_tests::confidential_pod::{
     client_policy, engine_container, expected_enclave_spec, expected_spec, run_confidential_pod,
@@ -25,7 +26,6 @@ use aver_tests::containerd::{containerd_missing, ContainerSpec, CriClient, BUSYB
 use aver_tests::node::TestNode;
 use aver_tests::node_agent::NodeAgent;
 use aver_tests::stub_upstream::StubUpstream;
-use aver_verifier::client::{AttestedConnection, Endpoint};
 use aver_verifier::measurement::model_digest;
 use aver_verifier::AttestationPolicy;
 

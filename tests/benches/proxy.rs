@@ -26,10 +26,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use aver_client::tls::danger::to_be_attested_client_config;
+use aver_client::{AttestedClient, AttestedConnection, Endpoint};
 use aver_tests::node::TestNode;
 use aver_tests::stub_upstream::StubUpstream;
-use aver_verifier::client::tls::danger::to_be_attested_client_config;
-use aver_verifier::client::{AttestedClient, AttestedConnection, Endpoint};
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::{BodyExt as _, Full};

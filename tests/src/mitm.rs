@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use aver_verifier::client::tls::danger::to_be_attested_client_config;
+use aver_client::tls::danger::to_be_attested_client_config;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::net::{TcpListener, TcpStream};
 

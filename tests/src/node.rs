@@ -226,7 +226,7 @@ impl Drop for EnclaveProcess {
 /// verifying anything (what a kubelet's HTTPS probe sees); `None` if
 /// nothing completes a handshake within two seconds.
 pub async fn served_certificate(addr: &str) -> Option<Vec<u8>> {
-    use aver_verifier::client::tls::danger::to_be_attested_client_config;
+    use aver_client::tls::danger::to_be_attested_client_config;
     let addr: std::net::SocketAddr = addr.parse().ok()?;
     let tcp = tokio::time::timeout(
         std::time::Duration::from_secs(2),

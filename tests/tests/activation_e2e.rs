@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
+use aver_client::{AttestedClient, ClientError, Endpoint};
 use aver_crds::{AttestationPolicy, Sha256Digest};
 use aver_tests::ek_ca::TestCa;
 use aver_tests::node::{EnclaveProcess, TestNode};
 use aver_tests::stub_upstream::StubUpstream;
 use aver_tests::{cargo_bin, require_swtpm, Swtpm};
-use aver_verifier::client::{AttestedClient, ClientError, Endpoint};
 use aver_verifier::ek::{ActivationError, EkChainError, EkKind};
 use aver_verifier::error::VerifyError;
 use bytes::Bytes;

@@ -7,10 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use aver_client::{AttestedClient, AttestedConnection, ClientError, Endpoint};
 use aver_tests::node::{policy_for, TestNode};
 use aver_tests::require_swtpm;
 use aver_tests::stub_upstream::{StubUpstream, STREAM_CHUNKS_BEFORE_GATE};
-use aver_verifier::client::{AttestedClient, AttestedConnection, ClientError, Endpoint};
 use aver_verifier::error::VerifyError;
 use aver_verifier::Sha256Digest;
 use bytes::Bytes;

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use aver_client::AttestedClient;
 use aver_tests::node::TestNode;
 use aver_tests::require_swtpm;
 use aver_tests::stub_upstream::{StubUpstream, STREAM_CHUNKS_BEFORE_GATE};
-use aver_verifier::client::AttestedClient;
 use aver_verifier::{AttestationPolicy, Sha256Digest};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};

@@ -13,13 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use aver_client::tls::danger::to_be_attested_client_config;
+use aver_client::{AttestedClient, AttestedConnection, Endpoint};
 use aver_tests::node::{listening_url, TestNode};
 use aver_tests::slow_tpm::{TPM2_CC_ACTIVATE_CREDENTIAL, TPM2_CC_CREATE_PRIMARY};
 use aver_tests::stub_upstream::{StubUpstream, STREAM_CHUNKS_BEFORE_GATE};
 use aver_tests::{cargo_bin, require_swtpm, Delays, SlowTpm};
 use aver_verifier::binding::Nonce;
-use aver_verifier::client::tls::danger::to_be_attested_client_config;
-use aver_verifier::client::{AttestedClient, AttestedConnection, Endpoint};
 use aver_verifier::ek::{ActivationRequest, EkKind, ACTIVATION_VERSION};
 use aver_verifier::evidence::Base64Bytes;
 use bytes::Bytes;

@@ -24,10 +24,10 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use aver_client::AttestedClient;
 use aver_tests::node::{TestNode, ENGINE};
 use aver_tests::require_swtpm;
 use aver_tests::stub_upstream::StubUpstream;
-use aver_verifier::client::AttestedClient;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt as _, Full};

@@ -6,13 +6,13 @@ mod process_memory;
 
 use std::time::Duration;
 
-use aver_enclave::cli::DEFAULT_BOOT_PCRS;
+use aver_client::AttestedClient;
+use aver_crds::boot_policy::PLATFORM_PCRS as DEFAULT_BOOT_PCRS;
 use aver_enclave::server::{ServeConfig, Server};
 use aver_enclave::{Enclave, LaunchConfig, WorkloadInputs};
 use aver_tests::node::{TestNode, ENGINE};
 use aver_tests::require_swtpm;
 use aver_tests::stub_upstream::StubUpstream;
-use aver_verifier::client::AttestedClient;
 use aver_verifier::Sha256Digest;
 use base64::Engine as _;
 use bytes::Bytes;

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use aver_client::{AttestedConnection, Endpoint};
 use aver_controller::config::ReattestConfig;
 use aver_controller::metrics::Metrics;
 use aver_controller::tls_attester::TlsAttester;
@@ -16,7 +17,6 @@ use aver_controller::{
 use aver_tests::node::{policy_for, EnclaveProcess, TestNode};
 use aver_tests::require_swtpm;
 use aver_tests::stub_upstream::StubUpstream;
-use aver_verifier::client::{AttestedConnection, Endpoint};
 use aver_verifier::measurement::model_digest;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::reflector::ObjectRef;

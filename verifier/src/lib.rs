@@ -5,7 +5,6 @@
 //! types so that code cannot mistake "received" for "checked".
 
 pub mod binding;
-pub mod client;
 pub mod clock;
 pub mod ek;
 pub mod error;

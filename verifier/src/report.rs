@@ -44,10 +44,6 @@
 //!     }
 //! }
 //! ```
-//! Accepting any server key without naming the danger:
-//! ```compile_fail,E0603
-//! let _ = aver_verifier::client::tls::KeyAcceptance::ToBeAttested;
-//! ```
 
 use aver_crds::Sha256Digest;
 use serde::Serialize;

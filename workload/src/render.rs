@@ -20,6 +20,7 @@
 
 use std::collections::BTreeMap;
 
+use aver_crds::protocol::{enclave_flags as flags, flag, HEALTHZ_PATH, READYZ_PATH};
 use aver_crds::{ConfidentialModel, Measurement, ModelSource, TpmDevice};
 use aver_node_log::CONFIDENTIAL_LABEL;
 use k8s_openapi::api::apps::v1::{
@@ -55,7 +56,7 @@ pub const NODE_ENCLAVE_CONTAINER: &str = "enclave";
 /// Name of the engine container.
 pub const ENGINE_CONTAINER: &str = "engine";
 /// TLS port the enclave listens on in every pod.
-pub const ENCLAVE_PORT: u16 = 8443;
+pub use aver_crds::protocol::ENCLAVE_PORT;
 /// Name of the enclave's port, targeted by the Service.
 pub const ENCLAVE_PORT_NAME: &str = "https";
 /// Name of the model files' volume in the pod.
@@ -364,13 +365,13 @@ pub fn pod_spec(cm: &ConfidentialModel, config: &WorkloadConfig) -> Result<PodSp
         // No TPM, no state: the node agent measures, logs and quotes.
         vec![
             "serve".to_owned(),
-            "--listen".to_owned(),
+            flag(flags::LISTEN),
             format!("[::]:{ENCLAVE_PORT}"),
-            "--upstream".to_owned(),
+            flag(flags::UPSTREAM),
             format!("http://127.0.0.1:{}", spec.engine.port),
-            "--node-agent".to_owned(),
+            flag(flags::NODE_AGENT),
             AGENT_SOCKET.to_owned(),
-            "--model-dir".to_owned(),
+            flag(flags::MODEL_DIR),
             MODEL_MOUNT.to_owned(),
         ]
     } else {
@@ -404,25 +405,25 @@ pub fn pod_spec(cm: &ConfidentialModel, config: &WorkloadConfig) -> Result<PodSp
             .join(",");
         vec![
             "serve".to_owned(),
-            "--listen".to_owned(),
+            flag(flags::LISTEN),
             format!("[::]:{ENCLAVE_PORT}"),
-            "--upstream".to_owned(),
+            flag(flags::UPSTREAM),
             format!("http://127.0.0.1:{}", spec.engine.port),
-            "--tcti".to_owned(),
+            flag(flags::TCTI),
             tcti,
-            "--engine-digest".to_owned(),
+            flag(flags::ENGINE_DIGEST),
             spec.engine.digest.to_string(),
-            "--model-dir".to_owned(),
+            flag(flags::MODEL_DIR),
             MODEL_MOUNT.to_owned(),
-            "--state-dir".to_owned(),
+            flag(flags::STATE_DIR),
             STATE_MOUNT.to_owned(),
-            "--workload-pcr".to_owned(),
+            flag(flags::WORKLOAD_PCR),
             policy.workload_pcr.to_string(),
-            "--quote-pcrs".to_owned(),
+            flag(flags::QUOTE_PCRS),
             quote_pcrs,
         ]
     };
-    args.extend(["--drain-timeout-secs".to_owned(), drain.to_string()]);
+    args.extend([flag(flags::DRAIN_TIMEOUT_SECS), drain.to_string()]);
 
     let log_format = EnvVar {
         name: "AVER_LOG_FORMAT".to_owned(),
@@ -473,14 +474,14 @@ pub fn pod_spec(cm: &ConfidentialModel, config: &WorkloadConfig) -> Result<PodSp
             protocol: Some("TCP".to_owned()),
             ..ContainerPort::default()
         }]),
-        readiness_probe: Some(https_probe("/readyz", 5)),
-        liveness_probe: Some(https_probe("/healthz", 10)),
+        readiness_probe: Some(https_probe(READYZ_PATH, 5)),
+        liveness_probe: Some(https_probe(HEALTHZ_PATH, 10)),
         // The enclave hashes the whole model before it listens (about 2 s
         // per GiB on a shared 2-core machine, docs/availability.md): liveness
         // waits until it does, for up to STARTUP_TIMEOUT_SECONDS.
         startup_probe: Some(Probe {
             failure_threshold: Some(STARTUP_TIMEOUT_SECONDS / STARTUP_PERIOD_SECONDS),
-            ..https_probe("/healthz", STARTUP_PERIOD_SECONDS)
+            ..https_probe(HEALTHZ_PATH, STARTUP_PERIOD_SECONDS)
         }),
         volume_mounts: Some(enclave_mounts),
         resources: Some(enclave_resources),

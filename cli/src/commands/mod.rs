@@ -17,7 +17,7 @@ use std::fmt;
 use std::path::Path;
 use std::process::ExitCode;
 
-use aver_verifier::client::ClientError;
+use aver_client::ClientError;
 use aver_verifier::{AttestationPolicy, VerifyError};
 
 /// How a command failed: a rejected attestation (exit 1) is a different

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use std::time::Duration;
 
-use aver_verifier::client::{AttestedConnection, Endpoint};
+use aver_client::{AttestedConnection, Endpoint};
 use aver_verifier::policy_init::policy_from_evidence;
 use aver_verifier::{Evidence, VerifyError};
 

@@ -8,12 +8,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use aver_verifier::client::{AttestedClient, AttestedConnection, Endpoint};
+use aver_client::{AttestedClient, AttestedConnection, Endpoint};
 use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Method, Request};
 use http_body_util::{BodyExt as _, Full};
 
-use aver_verifier::client::ClientError;
+use aver_client::ClientError;
 
 use super::{load_policy, CommandResult, Failure};
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use aver_verifier::client::{AttestedClient, Endpoint};
+use aver_client::{AttestedClient, Endpoint};
 
 use super::{client_failure, load_policy, CommandResult};
 

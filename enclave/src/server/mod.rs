@@ -30,8 +30,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use aver_crds::protocol::{
+    ACTIVATE_PATH, EVIDENCE_PATH, HEALTHZ_PATH, METRICS_PATH, READYZ_PATH, WELL_KNOWN_PREFIX,
+};
 use aver_verifier::binding::Nonce;
-use aver_verifier::client::{ACTIVATE_PATH, EVIDENCE_PATH};
 use aver_verifier::ek::activation::MAX_ACTIVATION_BYTES;
 use aver_verifier::ek::{ActivationRequest, ActivationResponse, ACTIVATION_VERSION};
 use aver_verifier::evidence::Base64Bytes;
@@ -426,10 +428,10 @@ async fn route(state: &AppState, peer: IpAddr, request: Request<Incoming>) -> Re
         (&Method::GET, ACTIVATE_PATH) => activation_offer(state),
         (&Method::POST, ACTIVATE_PATH) => activate(state, peer, request).await,
         (_, ACTIVATE_PATH) => body::error(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST"),
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => readyz(state).await,
-        (&Method::GET, "/metrics") => metrics(state),
-        (_, p) if p.starts_with("/.well-known/aver/") => {
+        (&Method::GET, HEALTHZ_PATH) => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, READYZ_PATH) => readyz(state).await,
+        (&Method::GET, METRICS_PATH) => metrics(state),
+        (_, p) if p.starts_with(WELL_KNOWN_PREFIX) => {
             body::error(StatusCode::NOT_FOUND, "no such aver endpoint")
         }
         _ => {

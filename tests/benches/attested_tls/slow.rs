@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use aver_client::tls::client_config;
+use aver_client::{AttestedConnection, ClientError, Endpoint, ACTIVATE_PATH};
 use aver_crds::Sha256Digest;
 use aver_enclave::tpm::DEFAULT_AK_HANDLE;
 use aver_enclave::Tpm;
@@ -20,8 +22,6 @@ use aver_tests::node::{listening_url, TestNode};
 use aver_tests::slow_tpm::{TPM2_CC_ACTIVATE_CREDENTIAL, TPM2_CC_CREATE_PRIMARY, TPM2_CC_QUOTE};
 use aver_tests::stub_upstream::StubUpstream;
 use aver_tests::{Delays, SlowTpm, Swtpm};
-use aver_verifier::client::tls::client_config;
-use aver_verifier::client::{AttestedConnection, ClientError, Endpoint, ACTIVATE_PATH};
 use aver_verifier::ek::{ActivationRequest, EkKind, ACTIVATION_VERSION};
 use aver_verifier::evidence::Base64Bytes;
 use aver_verifier::AttestationPolicy;

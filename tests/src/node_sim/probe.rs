@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use aver_verifier::client::tls::danger::to_be_attested_client_config;
+use aver_client::tls::danger::to_be_attested_client_config;
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;

@@ -4,7 +4,7 @@
 //! was rendered with. A flag renamed on one side fails here, not first on
 //! a cluster.
 
-use aver_enclave::cli::{Cli, Command, ServeArgs};
+use crate::cli::{Cli, Command, ServeArgs};
 use aver_workload::render::{enclave_container, pod_template};
 use aver_workload::testing::{model, node_model, node_workload_config, workload_config};
 use aver_workload::WorkloadConfig;

@@ -1,28 +1,31 @@
 //! Command-line and environment settings of `aver-enclave`.
 //!
-//! Kept in the library so that every subcommand shares one definition of
-//! the launch settings ([`LaunchArgs`], flattened into each subcommand that
-//! launches) and so that parsing is unit-tested without spawning the binary.
+//! Every subcommand shares one definition of the launch settings
+//! ([`LaunchArgs`], flattened into each subcommand that launches). The flags
+//! the controller renders into pods are named in `aver_crds::protocol`, so
+//! the two sides cannot drift; the tests below parse the rendered command
+//! line. The library takes typed configurations, never these types.
 
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use aver_crds::protocol::enclave_flags as flags;
 use aver_crds::Sha256Digest;
 use aver_verifier::binding::Nonce;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::launch::LaunchConfig;
-use crate::launch_log::{
+use aver_enclave::launch::LaunchConfig;
+use aver_enclave::launch_log::{
     check_workload_pcr, DEFAULT_MAX_LAUNCHES, DEFAULT_STATE_DIR, DEFAULT_WORKLOAD_PCR,
 };
-use crate::measure::WorkloadInputs;
-use crate::node_agent::NodeAgentConfig;
-use crate::tpm::{DEFAULT_AK_HANDLE, PCR_COUNT};
+use aver_enclave::measure::WorkloadInputs;
+use aver_enclave::node_agent::NodeAgentConfig;
+use aver_enclave::tpm::{DEFAULT_AK_HANDLE, PCR_COUNT};
 
 /// The platform PCRs quoted by default (boot chain 0–9, IMA 10), to which
 /// the workload PCR is added.
-pub const DEFAULT_BOOT_PCRS: [u8; 11] = aver_crds::boot_policy::PLATFORM_PCRS;
+const DEFAULT_BOOT_PCRS: [u8; 11] = aver_crds::boot_policy::PLATFORM_PCRS;
 
 /// The hardened server in each model pod: measures the workload into the
 /// TPM and produces attestation evidence bound to its in-memory TLS key.
@@ -66,7 +69,7 @@ pub struct TpmArgs {
     /// TPM to use: `device:/dev/tpmrm0` (kernel resource manager) or
     /// `swtpm:host=127.0.0.1,port=2321` (software TPM; its control port is
     /// port + 1).
-    #[arg(long, env = "AVER_TCTI", default_value = "device:/dev/tpmrm0")]
+    #[arg(long = flags::TCTI, env = "AVER_TCTI", default_value = "device:/dev/tpmrm0")]
     pub tcti: String,
     /// Persistent handle of the attestation key (hex with 0x, or decimal).
     #[arg(long, env = "AVER_AK_HANDLE", default_value = "0x81010100", value_parser = parse_handle)]
@@ -82,10 +85,10 @@ pub struct LaunchArgs {
     #[command(flatten)]
     pub tpm: TpmArgs,
     /// Directory holding the workload event log across restarts.
-    #[arg(long, env = "AVER_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    #[arg(long = flags::STATE_DIR, env = "AVER_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
     /// PCR the launch is measured into (11 to 15).
-    #[arg(long, env = "AVER_WORKLOAD_PCR", default_value_t = DEFAULT_WORKLOAD_PCR, value_parser = parse_workload_pcr)]
+    #[arg(long = flags::WORKLOAD_PCR, env = "AVER_WORKLOAD_PCR", default_value_t = DEFAULT_WORKLOAD_PCR, value_parser = parse_workload_pcr)]
     pub workload_pcr: u8,
     /// Most launches measured into the workload PCR per boot (TPM reset).
     /// The PCR cannot be compacted, so each start adds a launch sequence
@@ -97,14 +100,14 @@ pub struct LaunchArgs {
     pub max_launches: u32,
     /// PCRs every quote covers, e.g. `0,1,2,3,4,5,6,7,15` or `0-7,15`
     /// [default: 0-10 and the workload PCR].
-    #[arg(long, env = "AVER_QUOTE_PCRS")]
+    #[arg(long = flags::QUOTE_PCRS, env = "AVER_QUOTE_PCRS")]
     pub quote_pcrs: Option<PcrList>,
     /// Directory of the model files that are measured.
-    #[arg(long, env = "AVER_MODEL_DIR")]
+    #[arg(long = flags::MODEL_DIR, env = "AVER_MODEL_DIR")]
     pub model_dir: PathBuf,
     /// Serving configuration file [default: none, measured as the SHA-256
     /// of the empty string].
-    #[arg(long, env = "AVER_SERVING_CONFIG")]
+    #[arg(long = flags::SERVING_CONFIG, env = "AVER_SERVING_CONFIG")]
     pub serving_config: Option<PathBuf>,
 }
 
@@ -147,7 +150,7 @@ pub struct EvidenceArgs {
     #[command(flatten)]
     pub launch: LaunchArgs,
     /// Digest of the inference engine image (`sha256:<64 hex>`).
-    #[arg(long, env = "AVER_ENGINE_DIGEST")]
+    #[arg(long = flags::ENGINE_DIGEST, env = "AVER_ENGINE_DIGEST")]
     pub engine_digest: Sha256Digest,
     /// The verifier's challenge: 64 hex characters.
     #[arg(long, value_parser = parse_nonce)]
@@ -190,7 +193,7 @@ pub struct ServeArgs {
     /// Digest of the inference engine image (`sha256:<64 hex>`); local TPM
     /// mode only (with --node-agent, aver-node measures the engine).
     #[arg(
-        long,
+        long = flags::ENGINE_DIGEST,
         env = "AVER_ENGINE_DIGEST",
         required_unless_present = "node_agent"
     )]
@@ -201,7 +204,7 @@ pub struct ServeArgs {
     /// a TPM, and serves evidence v2 (the node log). Without it, the enclave
     /// measures its own launch into the TPM given by --tcti (evidence v1).
     #[arg(
-        long,
+        long = flags::NODE_AGENT,
         env = "AVER_NODE_AGENT",
         value_name = "SOCKET",
         conflicts_with_all = LOCAL_TPM_ARGS
@@ -224,10 +227,10 @@ pub struct ServeArgs {
     pub node_agent_timeout: Option<Duration>,
     /// Address the TLS listener binds. The default IPv6 wildcard takes
     /// IPv4 connections too (and falls back to 0.0.0.0 without IPv6).
-    #[arg(long, env = "AVER_LISTEN", default_value = "[::]:8443")]
+    #[arg(long = flags::LISTEN, env = "AVER_LISTEN", default_value = "[::]:8443")]
     pub listen: std::net::SocketAddr,
     /// The OpenAI-compatible inference engine, e.g. `http://127.0.0.1:8000`.
-    #[arg(long, env = "AVER_UPSTREAM", value_parser = parse_upstream)]
+    #[arg(long = flags::UPSTREAM, env = "AVER_UPSTREAM", value_parser = parse_upstream)]
     pub upstream: String,
     /// Largest request body forwarded to the engine, in bytes.
     #[arg(long, env = "AVER_MAX_REQUEST_BYTES", default_value_t = 10 * 1024 * 1024)]
@@ -255,7 +258,7 @@ pub struct ServeArgs {
     /// Seconds open requests (streamed answers) may run on after SIGTERM
     /// before their connections are closed. Keep the pod's
     /// terminationGracePeriodSeconds above it.
-    #[arg(long, env = "AVER_DRAIN_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    #[arg(long = flags::DRAIN_TIMEOUT_SECS, env = "AVER_DRAIN_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub drain_timeout_secs: u64,
     /// Seconds an evidence or activation request may take in all (body,
     /// waiting for the TPM, quoting) before it is answered 503 or 408.
@@ -314,18 +317,18 @@ impl ServeArgs {
     }
 
     /// The server settings these flags describe.
-    pub fn to_serve_config(&self) -> crate::server::ServeConfig {
-        crate::server::ServeConfig {
+    pub fn to_serve_config(&self) -> aver_enclave::server::ServeConfig {
+        aver_enclave::server::ServeConfig {
             listen: self.listen,
             upstream: self.upstream.clone(),
             max_request_bytes: self.max_request_bytes,
             upstream_timeout: std::time::Duration::from_secs(self.upstream_timeout_secs),
-            batch: crate::batcher::BatchConfig {
+            batch: aver_enclave::batcher::BatchConfig {
                 window: std::time::Duration::from_millis(self.batch_window_ms),
                 max_batch: usize::try_from(self.max_batch).unwrap_or(usize::MAX),
             },
             certificate_names: self.cert_names.clone(),
-            limits: crate::server::limits::Limits {
+            limits: aver_enclave::server::limits::Limits {
                 max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
                 idle_timeout: std::time::Duration::from_secs(self.idle_timeout_secs),
                 drain_timeout: std::time::Duration::from_secs(self.drain_timeout_secs),
@@ -398,7 +401,7 @@ fn parse_workload_pcr(text: &str) -> Result<u8, String> {
 
 /// Checked before the launch so that a typo does not cost a launch sequence.
 fn parse_upstream(text: &str) -> Result<String, String> {
-    crate::server::proxy::Proxy::check_upstream(text)
+    aver_enclave::server::proxy::Proxy::check_upstream(text)
         .map(|_| text.to_owned())
         .map_err(|e| e.to_string())
 }

@@ -2,7 +2,7 @@
 //! `GET` the enclave's [`ActivationOffer`], check its EK certificate chain
 //! and wrap a secret to the certified EK in software, `POST` the credential
 //! and compare what the TPM released. The pure steps are in
-//! [`crate::ek::activation`]; this module only moves the documents, over
+//! [`aver_verifier::ek::activation`]; this module only moves the documents, over
 //! any [`Exchange`] (the attested connection implements it: activation
 //! must happen on the TLS session whose key the evidence binds).
 
@@ -12,16 +12,16 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 
-use super::error::ClientError;
-use super::ACTIVATE_PATH;
-use crate::ek::activation::{unix_now, MAX_ACTIVATION_BYTES, MAX_OFFER_BYTES};
-use crate::ek::chain::roots_sha256;
-use crate::ek::{
+use crate::error::ClientError;
+use crate::ACTIVATE_PATH;
+use aver_verifier::ek::activation::{unix_now, MAX_ACTIVATION_BYTES, MAX_OFFER_BYTES};
+use aver_verifier::ek::chain::roots_sha256;
+use aver_verifier::ek::{
     ActivatedAk, ActivationCache, ActivationError, ActivationOffer, ActivationRequest,
     ActivationResponse, PendingActivation, TrustAnchors,
 };
-use crate::evidence::Evidence;
-use crate::tpm::AkPublic;
+use aver_verifier::evidence::Evidence;
+use aver_verifier::tpm::AkPublic;
 
 /// When an attestation proves the AK's residency by credential activation.
 #[derive(Debug, Clone, Copy)]
@@ -66,7 +66,7 @@ pub(super) async fn activation_for(
     };
     let Some(roots) = policy.trust.ek_roots.as_deref() else {
         if always {
-            return Err(crate::VerifyError::from(ActivationError::NoEkRoots).into());
+            return Err(aver_verifier::VerifyError::from(ActivationError::NoEkRoots).into());
         }
         return Ok(None);
     };
@@ -91,8 +91,8 @@ pub(super) async fn activation_for(
     let activated = activate(connection, roots).await?;
     tracing::debug!(
         endpoint = %connection.authority(),
-        ak = %activated.ak_name,
-        ek = %activated.ek.certificate_sha256,
+        ak = %activated.ak_name(),
+        ek = %activated.ek().certificate_sha256,
         "attestation key activated"
     );
     cache.insert(activated.clone());
@@ -106,7 +106,7 @@ pub(super) async fn activate(
     roots: &str,
 ) -> Result<ActivatedAk, ClientError> {
     let anchors = TrustAnchors::from_pem(roots)
-        .map_err(|e| crate::VerifyError::from(ActivationError::BadRoots(e)))?;
+        .map_err(|e| aver_verifier::VerifyError::from(ActivationError::BadRoots(e)))?;
     let offer = activation_offer(connection).await?;
     // Chain validation is CPU work on what the server sent: off the
     // async threads.
@@ -115,12 +115,12 @@ pub(super) async fn activate(
     })
     .await
     .map_err(|e| ClientError::Request(format!("EK certificate validation stopped: {e}")))?
-    .map_err(crate::VerifyError::from)?;
+    .map_err(aver_verifier::VerifyError::from)?;
     let result = match submit_activation(connection, &request).await? {
         Ok(response) => pending.complete(&response),
         Err(Answer::Refused(message)) => Err(pending.refused(message)),
     };
-    result.map_err(|e| crate::VerifyError::from(e).into())
+    result.map_err(|e| aver_verifier::VerifyError::from(e).into())
 }
 
 /// `GET /.well-known/aver/activate`.
@@ -134,7 +134,7 @@ pub(super) async fn activation_offer(
             status: StatusCode::UNPROCESSABLE_ENTITY,
             message,
         })?;
-    ActivationOffer::from_json(&body).map_err(|e| crate::VerifyError::from(e).into())
+    ActivationOffer::from_json(&body).map_err(|e| aver_verifier::VerifyError::from(e).into())
 }
 
 /// `POST /.well-known/aver/activate`: the TPM's answer, or its refusal
@@ -154,7 +154,7 @@ async fn submit_activation(
     {
         Ok(body) => ActivationResponse::from_json(&body)
             .map(Ok)
-            .map_err(|e| crate::VerifyError::from(e).into()),
+            .map_err(|e| aver_verifier::VerifyError::from(e).into()),
         Err(refused) => Ok(Err(refused)),
     }
 }

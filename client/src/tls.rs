@@ -4,6 +4,12 @@
 //! trust comes from TPM evidence bound to the certificate's key. The
 //! handshake still proves possession of that key (TLS 1.3 signatures are
 //! verified as usual), so evidence bound to the key binds the connection.
+//!
+//! Accepting any server key is possible only by naming the danger
+//! ([`danger::to_be_attested_client_config`]); the setting itself is private:
+//! ```compile_fail,E0603
+//! let _ = aver_client::tls::KeyAcceptance::ToBeAttested;
+//! ```
 
 use std::sync::Arc;
 
@@ -13,7 +19,7 @@ use rustls::crypto::{verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 
-use super::spki::spki_sha256;
+use aver_verifier::binding::spki_sha256;
 
 /// Which server keys a connection accepts.
 #[derive(Debug, Clone)]
@@ -107,7 +113,7 @@ pub mod danger {
     ///
     /// Nothing on such a connection is trustworthy until evidence bound to
     /// the key it got has verified: send the evidence request and nothing
-    /// else (no prompt, no credential) before that. [`crate::client`]
+    /// else (no prompt, no credential) before that. [`crate`]
     /// attests this way; everything else wants [`super::client_config`].
     pub fn to_be_attested_client_config() -> ClientConfig {
         super::config(super::KeyAcceptance::ToBeAttested)

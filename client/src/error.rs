@@ -1,6 +1,6 @@
 //! Why an attested request did not happen.
 
-use crate::VerifyError;
+use aver_verifier::VerifyError;
 
 /// Every failure before, during or after attestation. Whatever the variant,
 /// no byte of the caller's request was sent unless attestation succeeded.

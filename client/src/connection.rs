@@ -15,16 +15,16 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::activation::{self, ActivationMode, Exchange};
-use super::error::ClientError;
-use super::spki::spki_sha256;
-use super::tls::{self, KeyAcceptance};
-use super::EVIDENCE_PATH;
-use crate::binding::Nonce;
-use crate::ek::{ActivatedAk, ActivationCache, ActivationOffer};
-use crate::evidence::{Evidence, MAX_EVIDENCE_BYTES};
-use crate::report::VerifiedReport;
-use crate::verify::{verify_activated, Challenge};
+use crate::activation::{self, ActivationMode, Exchange};
+use crate::error::ClientError;
+use crate::tls::{self, KeyAcceptance};
+use crate::EVIDENCE_PATH;
+use aver_verifier::binding::spki_sha256;
+use aver_verifier::binding::Nonce;
+use aver_verifier::ek::{ActivatedAk, ActivationCache, ActivationOffer};
+use aver_verifier::evidence::{Evidence, MAX_EVIDENCE_BYTES};
+use aver_verifier::report::VerifiedReport;
+use aver_verifier::verify::{verify_activated, Challenge};
 
 /// Where an enclave listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,7 +133,7 @@ impl AttestedConnection {
         let activated =
             activation::activation_for(&mut connection, &evidence, policy, mode).await?;
         let report = verify_activated(&evidence, &challenge, policy, activated.as_ref())?;
-        tracing::debug!(endpoint = %endpoint.authority(), spki = %report.spki_sha256, "endpoint attested");
+        tracing::debug!(endpoint = %endpoint.authority(), spki = %report.spki_sha256(), "endpoint attested");
         connection.report = Some(report);
         Ok(connection)
     }
@@ -153,7 +153,7 @@ impl AttestedConnection {
         };
         // The AK cannot change on a live connection's enclave; its
         // activation proof (if that is how it was trusted) still holds.
-        let activated = self.report.as_ref().and_then(|r| r.activation.clone());
+        let activated = self.report.as_ref().and_then(|r| r.activation().cloned());
         let report = verify_activated(&evidence, &challenge, policy, activated.as_ref())?;
         Ok(self.report.insert(report))
     }
@@ -171,13 +171,13 @@ impl AttestedConnection {
         let nonce = Nonce::random();
         let evidence = connection.fetch_evidence(&nonce).await?;
         if evidence.nonce != nonce {
-            return Err(crate::VerifyError::NonceMismatch {
+            return Err(aver_verifier::VerifyError::NonceMismatch {
                 found: evidence.nonce.to_hex(),
             }
             .into());
         }
         if evidence.spki_sha256 != connection.spki_sha256 {
-            return Err(crate::VerifyError::SpkiMismatch {
+            return Err(aver_verifier::VerifyError::SpkiMismatch {
                 expected: connection.spki_sha256,
                 found: evidence.spki_sha256,
             }

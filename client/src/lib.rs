@@ -17,7 +17,6 @@ mod activation;
 mod connection;
 mod error;
 mod pins;
-pub mod spki;
 pub mod tls;
 
 pub use activation::ActivationMode;
@@ -33,16 +32,11 @@ use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::clock::ClockHistory;
-use crate::ek::ActivationCache;
-use crate::report::VerifiedReport;
+use aver_verifier::clock::ClockHistory;
+use aver_verifier::ek::ActivationCache;
+use aver_verifier::report::VerifiedReport;
 
-/// Path of the evidence endpoint every enclave serves.
-pub const EVIDENCE_PATH: &str = "/.well-known/aver/evidence";
-
-/// Path of the credential activation endpoint (GET: offer, POST: activate;
-/// see [`crate::ek::activation`]).
-pub const ACTIVATE_PATH: &str = "/.well-known/aver/activate";
+pub use aver_crds::protocol::{ACTIVATE_PATH, EVIDENCE_PATH};
 
 /// An HTTP client that attests every endpoint before use. Cheap to clone;
 /// clones share pins and the TPM clock history.
@@ -60,10 +54,12 @@ impl AttestedClient {
     /// A client that verifies against `policy` (validated here, so a client
     /// with an unenforceable policy cannot exist).
     pub fn new(policy: AttestationPolicy) -> Result<Self, ClientError> {
-        policy.validate().map_err(crate::VerifyError::from)?;
+        policy
+            .validate()
+            .map_err(aver_verifier::VerifyError::from)?;
         let max_age = policy
             .max_evidence_age()
-            .map_err(crate::VerifyError::from)?;
+            .map_err(aver_verifier::VerifyError::from)?;
         Ok(Self {
             policy: Arc::new(policy),
             max_age,
@@ -126,7 +122,7 @@ impl AttestedClient {
             self.pins.insert(
                 endpoint.authority(),
                 Pin::new(
-                    report.spki_sha256,
+                    report.spki_sha256(),
                     connection.certificate_der().to_vec(),
                     self.max_age,
                 ),

@@ -5,10 +5,14 @@ use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use aver_enclave::cli::{AkArgs, Cli, Command, EvidenceArgs, LogFormat, ServeArgs, ServeMode};
+mod cli;
+#[cfg(test)]
+mod rendered_args;
+
 use aver_enclave::server::{ServeConfig, Server};
 use aver_enclave::{Enclave, RegisteredEnclave, Tpm};
 use clap::Parser as _;
+use cli::{AkArgs, Cli, Command, EvidenceArgs, LogFormat, ServeArgs, ServeMode};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
