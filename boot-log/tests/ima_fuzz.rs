@@ -2,6 +2,7 @@
 //! real list never panic, and every mutation that breaks the list is
 //! refused.
 
+use aver_boot_log::ima::encode::ImaLogWriter;
 use aver_boot_log::ima::{ImaLog, ImaLogError};
 use proptest::prelude::*;
 
@@ -98,6 +99,25 @@ proptest! {
             bytes[offset] ^= xor;
         }
         let _ = ImaLog::parse(&bytes);
+    }
+
+    /// Whatever mutant parses, the fixture itself included, marshals back
+    /// from its entries to exactly its bytes.
+    #[test]
+    fn accepted_lists_marshal_back_to_themselves(
+        flips in proptest::collection::vec((0..FIXTURE.len(), any::<u8>()), 0..4),
+    ) {
+        let mut bytes = FIXTURE.to_vec();
+        for (offset, xor) in flips {
+            bytes[offset] ^= xor;
+        }
+        if let Ok(log) = ImaLog::parse(&bytes) {
+            let mut w = ImaLogWriter::new();
+            for e in log.entries() {
+                w.raw(e.pcr(), *e.template_digest(), e.template_name().as_bytes(), e.template_data());
+            }
+            prop_assert_eq!(w.bytes(), &bytes[..]);
+        }
     }
 
     /// Any length field set to a large value is refused as oversize or

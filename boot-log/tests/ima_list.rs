@@ -432,6 +432,124 @@ proptest! {
     }
 }
 
+/// One entry as its fields, before marshalling.
+#[derive(Debug, Clone)]
+struct Fields {
+    pcr: u32,
+    template: Template,
+    /// `None` for the bare SHA-1 form.
+    alg: Option<String>,
+    digest: Vec<u8>,
+    path: Vec<u8>,
+    /// The `sig` or `buf` field (empty for `ima-ng`).
+    extra: Vec<u8>,
+    violation: bool,
+}
+
+/// A file digest: a kernel algorithm name with a digest of its size, a
+/// name the parser does not know with any digest it bounds, or a bare
+/// SHA-1 (kept free of `:` so it cannot look prefixed).
+fn arb_file_digest() -> impl Strategy<Value = (Option<String>, Vec<u8>)> {
+    let known = prop::sample::select(vec![
+        ("md5", 16usize),
+        ("sha1", 20),
+        ("sha224", 28),
+        ("sha256", 32),
+        ("sm3", 32),
+        ("sha384", 48),
+        ("sha512", 64),
+        ("streebog512", 64),
+    ])
+    .prop_flat_map(|(alg, len)| {
+        (
+            Just(Some(alg.to_owned())),
+            proptest::collection::vec(any::<u8>(), len),
+        )
+    });
+    let unknown = (
+        "x[a-z0-9-]{0,31}",
+        proptest::collection::vec(any::<u8>(), 1..=64),
+    )
+        .prop_map(|(alg, digest)| (Some(alg), digest));
+    let bare = proptest::collection::vec(any::<u8>().prop_filter("no colon", |b| *b != b':'), 20)
+        .prop_map(|digest| (None, digest));
+    prop_oneof![known, unknown, bare]
+}
+
+fn arb_fields() -> impl Strategy<Value = Fields> {
+    (
+        any::<u32>(),
+        prop::sample::select(vec![Template::ImaNg, Template::ImaSig, Template::ImaBuf]),
+        arb_file_digest(),
+        path_bytes(),
+        proptest::collection::vec(any::<u8>(), 0..300),
+        prop::bool::weighted(0.1),
+    )
+        .prop_map(
+            |(pcr, template, (alg, digest), path, extra, violation)| Fields {
+                pcr,
+                template,
+                alg,
+                digest,
+                path,
+                extra: if template == Template::ImaNg {
+                    Vec::new()
+                } else {
+                    extra
+                },
+                violation,
+            },
+        )
+}
+
+fn marshal(entries: &[Fields]) -> Vec<u8> {
+    let mut w = ImaLogWriter::new();
+    for f in entries {
+        let d = d_ng(f.alg.as_deref().unwrap_or(""), &f.digest);
+        let n = n_ng(&f.path);
+        let data = match f.template {
+            Template::ImaNg => template_data(&[&d, &n]),
+            _ => template_data(&[&d, &n, &f.extra]),
+        };
+        if f.violation {
+            w.raw(f.pcr, [0; 20], f.template.name().as_bytes(), &data);
+        } else {
+            w.measurement(f.pcr, f.template.name(), &data);
+        }
+    }
+    w.into_bytes()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn any_entries_parse_back_and_re_marshal(entries in proptest::collection::vec(arb_fields(), 0..12)) {
+        let bytes = marshal(&entries);
+        let log = ImaLog::parse(&bytes).expect("marshalled list parses");
+        prop_assert_eq!(log.len(), entries.len());
+        let mut again = ImaLogWriter::new();
+        for (f, e) in entries.iter().zip(log.entries()) {
+            prop_assert_eq!(e.pcr(), f.pcr);
+            prop_assert_eq!(e.template(), f.template);
+            prop_assert_eq!(e.is_violation(), f.violation);
+            let alg = f.alg.as_deref().unwrap_or("sha1");
+            prop_assert_eq!(e.file_digest(), (!f.violation).then_some((alg, &f.digest[..])));
+            prop_assert_eq!(e.path_bytes(), &f.path[..]);
+            let (signature, buffer) = match f.template {
+                Template::ImaSig => ((!f.extra.is_empty()).then_some(&f.extra[..]), None),
+                Template::ImaBuf => (None, Some(&f.extra[..])),
+                _ => (None, None),
+            };
+            prop_assert_eq!(e.signature(), signature);
+            prop_assert_eq!(e.buffer(), buffer);
+            again.raw(e.pcr(), *e.template_digest(), e.template_name().as_bytes(), e.template_data());
+        }
+        // What the parser keeps of an entry is all of its bytes.
+        prop_assert_eq!(again.bytes(), &bytes[..]);
+    }
+}
+
 #[test]
 fn bare_sha1_that_looks_like_a_prefix_is_still_sha1() {
     // "md5:\0" + 15 bytes: 20 bytes, a wrong md5 length, so a bare digest.

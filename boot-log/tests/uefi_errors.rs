@@ -4,8 +4,9 @@
 mod uefi_encode;
 
 use aver_boot_log::uefi::{
-    EventData, EventLog, EventType, Guid, HashAlg, LogFormat, UefiLogError, MAX_UEFI_EVENTS,
-    MAX_UEFI_EVENT_DATA_BYTES, MAX_UEFI_LOG_BYTES,
+    EventData, EventLog, EventType, Guid, HashAlg, LogFormat, SpecId, SpecIdAlgorithm,
+    UefiLogError, MAX_UEFI_EVENTS, MAX_UEFI_EVENT_DATA_BYTES, MAX_UEFI_LOG_BYTES, SPEC_ID_EVENT00,
+    SPEC_ID_EVENT02, SPEC_ID_EVENT03,
 };
 use proptest::prelude::*;
 use uefi_encode::*;
@@ -561,8 +562,145 @@ fn arb_event(banks: &'static [(u16, u16)]) -> impl Strategy<Value = RawEvent> {
         })
 }
 
+/// Spec ID algorithms: the four banks this crate hashes and four it does
+/// not (SM3_256, SHA3-256, SHA3-384, SHA3-512), whose digests it skips.
+const ANY_BANKS: [(u16, u16); 8] = [
+    (0x0004, 20),
+    (0x000B, 32),
+    (0x000C, 48),
+    (0x000D, 64),
+    (0x0012, 32),
+    (0x0027, 32),
+    (0x0028, 48),
+    (0x0029, 64),
+];
+
+fn spec_id(
+    signature: [u8; 16],
+    banks: Vec<(u16, u16)>,
+    fields: [u8; 8],
+    vendor_info: Vec<u8>,
+) -> SpecId {
+    SpecId {
+        signature,
+        platform_class: u32::from_le_bytes([fields[0], fields[1], fields[2], fields[3]]),
+        spec_version_minor: fields[4],
+        spec_version_major: fields[5],
+        spec_errata: fields[6],
+        uintn_size: fields[7],
+        algorithms: banks
+            .into_iter()
+            .map(|(alg_id, digest_size)| SpecIdAlgorithm {
+                alg_id,
+                digest_size,
+            })
+            .collect(),
+        vendor_info,
+    }
+}
+
+/// A crypto-agile header declaring any non-empty set of banks in any order,
+/// with any header fields and vendor data.
+fn arb_agile_spec_id() -> impl Strategy<Value = SpecId> {
+    (
+        prop::sample::subsequence(ANY_BANKS.to_vec(), 1..=ANY_BANKS.len()).prop_shuffle(),
+        any::<[u8; 8]>(),
+        proptest::collection::vec(any::<u8>(), 0..=255),
+    )
+        .prop_map(|(banks, fields, vendor)| spec_id(*SPEC_ID_EVENT03, banks, fields, vendor))
+}
+
+/// Records with a digest for every bank `spec` declares, in any order.
+fn arb_agile_events(spec: &SpecId) -> impl Strategy<Value = Vec<RawEvent>> {
+    let digests = spec
+        .algorithms
+        .iter()
+        .map(|a| {
+            let id = a.alg_id;
+            proptest::collection::vec(any::<u8>(), usize::from(a.digest_size))
+                .prop_map(move |d| (id, d))
+        })
+        .collect::<Vec<_>>()
+        .prop_shuffle();
+    let event = (
+        0u32..24,
+        any::<u32>(),
+        digests,
+        proptest::collection::vec(any::<u8>(), 0..64),
+    )
+        .prop_map(|(pcr, event_type, digests, data)| RawEvent {
+            pcr,
+            event_type,
+            digests,
+            data,
+        });
+    proptest::collection::vec(event, 0..16)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn agile_round_trip_under_any_spec_id(
+        (spec, events) in arb_agile_spec_id().prop_flat_map(|spec| {
+            let events = arb_agile_events(&spec);
+            (Just(spec), events)
+        }),
+    ) {
+        let bytes = encode_agile_with(&spec, &events);
+        let log = EventLog::parse(&bytes).expect("encoded log parses");
+        prop_assert_eq!(log.format(), LogFormat::CryptoAgile);
+        prop_assert_eq!(log.spec_id(), Some(&spec));
+        let known: Vec<HashAlg> =
+            spec.algorithms.iter().filter_map(|a| HashAlg::from_id(a.alg_id)).collect();
+        prop_assert_eq!(log.banks(), &known[..]);
+        prop_assert!(log.events().iter().enumerate().all(|(i, e)| e.index == i));
+        prop_assert_eq!(
+            RawEvent::from_event(&log.events()[0]),
+            RawEvent { pcr: 0, event_type: 3, digests: vec![(0x0004, vec![0; 20])], data: spec_id_data(&spec) }
+        );
+        // Digests of banks this crate cannot hash are read past, not kept.
+        let expected: Vec<RawEvent> = events
+            .iter()
+            .map(|e| RawEvent {
+                digests: e.digests.iter().filter(|(id, _)| HashAlg::from_id(*id).is_some()).cloned().collect(),
+                ..e.clone()
+            })
+            .collect();
+        let back: Vec<RawEvent> = log.events()[1..].iter().map(RawEvent::from_event).collect();
+        prop_assert_eq!(&back, &expected);
+        if known.len() == spec.algorithms.len() {
+            prop_assert_eq!(encode_agile_with(&spec, &back), bytes);
+        } else if !known.is_empty() {
+            // Unknown banks are dropped, so re-marshal under the known ones
+            // only: parse . marshal . parse = parse.
+            let mut known_spec = spec.clone();
+            known_spec.algorithms.retain(|a| HashAlg::from_id(a.alg_id).is_some());
+            let again = EventLog::parse(&encode_agile_with(&known_spec, &back)).expect("re-encoded log parses");
+            prop_assert_eq!(again.events()[1..].iter().map(RawEvent::from_event).collect::<Vec<_>>(), back);
+        }
+    }
+
+    #[test]
+    fn legacy_round_trip_under_a_spec_id_header(
+        signature in prop::sample::select(vec![*SPEC_ID_EVENT00, *SPEC_ID_EVENT02]),
+        fields in any::<[u8; 8]>(),
+        vendor in proptest::collection::vec(any::<u8>(), 0..=255),
+        sha1 in any::<[u8; 20]>(),
+        events in proptest::collection::vec(arb_event(&[(0x0004, 20)]), 0..16),
+    ) {
+        let spec = spec_id(signature, Vec::new(), fields, vendor);
+        let header = RawEvent { pcr: 0, event_type: 3, digests: vec![(0x0004, sha1.to_vec())], data: spec_id_data(&spec) };
+        let all: Vec<RawEvent> = std::iter::once(header).chain(events).collect();
+        let bytes = encode_legacy(&all);
+        let log = EventLog::parse(&bytes).expect("encoded log parses");
+        prop_assert_eq!(log.format(), LogFormat::Sha1Legacy);
+        prop_assert_eq!(log.spec_id(), Some(&spec));
+        prop_assert_eq!(log.banks(), &[HashAlg::Sha1][..]);
+        let back: Vec<RawEvent> = log.events().iter().map(RawEvent::from_event).collect();
+        prop_assert_eq!(&back, &all);
+        prop_assert_eq!(encode_legacy(&back), bytes);
+    }
 
     #[test]
     fn agile_round_trip(events in proptest::collection::vec(arb_event(&ALL_BANKS), 0..24)) {

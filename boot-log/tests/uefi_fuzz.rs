@@ -3,7 +3,7 @@
 
 mod uefi_encode;
 
-use aver_boot_log::uefi::{device_path_text, EventData, EventLog};
+use aver_boot_log::uefi::{device_path_text, EventData, EventLog, HashAlg, LogFormat};
 use proptest::prelude::*;
 
 const LOG: &[u8] = include_bytes!("../testdata/ovmf-q35-swtpm.bin");
@@ -160,6 +160,36 @@ proptest! {
             m[i] ^= x;
         }
         exercise(&m);
+    }
+
+    #[test]
+    fn accepted_mutants_marshal_back_up_to_padding(flips in proptest::collection::vec((0..LOG.len(), 1u8..=255), 0..4)) {
+        // Trailing padding is dropped and digests of unknown banks are
+        // skipped; otherwise marshalling what was parsed gives the bytes.
+        let mut m = LOG.to_vec();
+        for (i, x) in flips {
+            m[i] ^= x;
+        }
+        let Ok(log) = EventLog::parse(&m) else {
+            return Ok(());
+        };
+        let all_known = log.spec_id().is_none_or(|s| {
+            s.algorithms.iter().all(|a| HashAlg::from_id(a.alg_id).is_some())
+        });
+        prop_assume!(all_known);
+        let events: Vec<uefi_encode::RawEvent> =
+            log.events().iter().map(uefi_encode::RawEvent::from_event).collect();
+        let again: Vec<u8> = match log.format() {
+            LogFormat::Sha1Legacy => uefi_encode::encode_legacy(&events),
+            LogFormat::CryptoAgile => {
+                let mut v = uefi_encode::legacy_record(&events[0]);
+                v.extend(events[1..].iter().flat_map(uefi_encode::agile_record));
+                v
+            }
+        };
+        prop_assert!(m.starts_with(&again), "re-marshalled log is not a prefix");
+        let rest = &m[again.len()..];
+        prop_assert!(rest.iter().all(|b| *b == 0) || rest.iter().all(|b| *b == 0xFF));
     }
 
     #[test]

@@ -453,6 +453,8 @@ impl ContainerSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{AccessKind, ImageIdentity, NodeEvent, NodeLogEntry, PodRef, SandboxInfo};
+    use proptest::prelude::*;
 
     fn sample() -> ContainerSpec {
         ContainerSpec {
@@ -605,6 +607,260 @@ mod tests {
             other.differences(&s),
             vec!["env API_KEY changed".to_owned()]
         );
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        "\\PC{0,10}"
+    }
+
+    fn texts() -> impl Strategy<Value = Vec<String>> {
+        proptest::collection::vec(text(), 0..4)
+    }
+
+    fn digest() -> impl Strategy<Value = Sha256Digest> {
+        prop::array::uniform32(any::<u8>()).prop_map(Sha256Digest)
+    }
+
+    fn namespace_mode() -> impl Strategy<Value = NamespaceMode> {
+        prop::sample::select(vec![
+            NamespaceMode::Pod,
+            NamespaceMode::Container,
+            NamespaceMode::Node,
+            NamespaceMode::Target,
+        ])
+    }
+
+    fn profile() -> impl Strategy<Value = Option<Profile>> {
+        prop::option::of((text(), text()).prop_map(|(kind, name)| Profile { kind, name }))
+    }
+
+    fn mount_source() -> impl Strategy<Value = MountSource> {
+        prop_oneof![
+            (text(), text()).prop_map(|(plugin, name)| MountSource::Volume { plugin, name }),
+            Just(MountSource::EtcHosts),
+            Just(MountSource::TerminationLog),
+            text().prop_map(|path| MountSource::HostPath { path }),
+            text().prop_map(|reference| MountSource::Image { reference }),
+            Just(MountSource::NodeAgent),
+        ]
+    }
+
+    /// Any spec, every field at any value, lists in any order.
+    fn arb_spec() -> impl Strategy<Value = ContainerSpec> {
+        let env = proptest::collection::vec(
+            (text(), digest()).prop_map(|(name, value_sha256)| EnvVar { name, value_sha256 }),
+            0..4,
+        );
+        let user = (
+            prop::option::of(any::<i64>()),
+            prop::option::of(any::<i64>()),
+            text(),
+            proptest::collection::vec(any::<i64>(), 0..4),
+        )
+            .prop_map(|(uid, gid, username, supplemental_groups)| User {
+                uid,
+                gid,
+                username,
+                supplemental_groups,
+            });
+        let selinux = prop::option::of((text(), text(), text(), text()).prop_map(
+            |(user, role, kind, level)| SelinuxOptions {
+                user,
+                role,
+                kind,
+                level,
+            },
+        ));
+        let namespaces = (namespace_mode(), namespace_mode(), namespace_mode(), text()).prop_map(
+            |(network, pid, ipc, target_id)| Namespaces {
+                network,
+                pid,
+                ipc,
+                target_id,
+            },
+        );
+        let mount = (text(), mount_source(), any::<bool>(), text(), any::<bool>()).prop_map(
+            |(container_path, source, readonly, propagation, selinux_relabel)| Mount {
+                container_path,
+                source,
+                readonly,
+                propagation,
+                selinux_relabel,
+            },
+        );
+        let device =
+            (text(), text(), text()).prop_map(|(container_path, host_path, permissions)| Device {
+                container_path,
+                host_path,
+                permissions,
+            });
+        (
+            (texts(), texts(), env, text(), user),
+            (
+                any::<bool>(),
+                texts(),
+                texts(),
+                any::<bool>(),
+                any::<bool>(),
+            ),
+            (profile(), profile(), selinux, namespaces),
+            (
+                proptest::collection::vec(mount, 0..4),
+                proptest::collection::vec(device, 0..3),
+                texts(),
+                texts(),
+            ),
+        )
+            .prop_map(
+                |(
+                    (command, args, env, working_dir, user),
+                    (
+                        privileged,
+                        capabilities_add,
+                        capabilities_drop,
+                        no_new_privs,
+                        readonly_rootfs,
+                    ),
+                    (seccomp, apparmor, selinux, namespaces),
+                    (mounts, devices, masked_paths, readonly_paths),
+                )| ContainerSpec {
+                    command,
+                    args,
+                    env,
+                    working_dir,
+                    user,
+                    privileged,
+                    capabilities_add,
+                    capabilities_drop,
+                    no_new_privs,
+                    readonly_rootfs,
+                    seccomp,
+                    apparmor,
+                    selinux,
+                    namespaces,
+                    mounts,
+                    devices,
+                    masked_paths,
+                    readonly_paths,
+                },
+            )
+    }
+
+    fn arb_event() -> impl Strategy<Value = NodeEvent> {
+        prop_oneof![
+            (text(), text()).prop_map(|(agent_version, policy)| NodeEvent::AgentStart {
+                agent_version,
+                policy
+            }),
+            (
+                (text(), text(), text(), text()),
+                prop::option::of(text()),
+                prop::array::uniform4(any::<bool>()),
+            )
+                .prop_map(
+                    |((sandbox_id, namespace, name, uid), confidential_model, host)| {
+                        NodeEvent::PodSandbox {
+                            sandbox_id,
+                            sandbox: SandboxInfo {
+                                pod: PodRef {
+                                    namespace,
+                                    name,
+                                    uid,
+                                },
+                                confidential_model,
+                                host_network: host[0],
+                                host_pid: host[1],
+                                host_ipc: host[2],
+                                privileged: host[3],
+                            },
+                        }
+                    }
+                ),
+            (
+                (text(), text(), text(), any::<u32>()),
+                (text(), digest(), texts()),
+                arb_spec(),
+            )
+                .prop_map(
+                    |(
+                        (sandbox_id, container_id, name, attempt),
+                        (reference, id, repo_digests),
+                        spec,
+                    )| {
+                        NodeEvent::Container {
+                            sandbox_id,
+                            container_id,
+                            name,
+                            attempt,
+                            image: ImageIdentity {
+                                reference,
+                                id,
+                                repo_digests,
+                            },
+                            spec,
+                        }
+                    }
+                ),
+            (
+                text(),
+                prop::option::of(text()),
+                prop::sample::select(vec![
+                    AccessKind::Exec,
+                    AccessKind::ExecSync,
+                    AccessKind::Attach,
+                    AccessKind::PortForward,
+                ]),
+            )
+                .prop_map(|(sandbox_id, container_id, kind)| NodeEvent::Access {
+                    sandbox_id,
+                    container_id,
+                    kind
+                }),
+            (text(), text(), digest(), digest()).prop_map(
+                |(sandbox_id, container_id, spki_sha256, model_digest)| NodeEvent::TlsKey {
+                    sandbox_id,
+                    container_id,
+                    spki_sha256,
+                    model_digest,
+                }
+            ),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn specs_round_trip_through_json(spec in arb_spec()) {
+            let json = serde_json::to_vec(&spec).unwrap();
+            let back: ContainerSpec = serde_json::from_slice(&json).unwrap();
+            prop_assert_eq!(back.encoding(), spec.encoding());
+            prop_assert_eq!(back, spec);
+        }
+
+        #[test]
+        fn canonical_specs_are_a_fixed_point(spec in arb_spec()) {
+            // canonicalize reorders lists, so compare marshal . parse .
+            // marshal with marshal on the canonical form.
+            let mut canonical = spec.clone();
+            canonical.canonicalize();
+            prop_assert_eq!(canonical.encoding(), spec.encoding());
+            let json = serde_json::to_vec(&canonical).unwrap();
+            let mut back: ContainerSpec = serde_json::from_slice(&json).unwrap();
+            back.canonicalize();
+            prop_assert_eq!(serde_json::to_vec(&back).unwrap(), json);
+        }
+
+        #[test]
+        fn node_log_entries_round_trip_through_json(
+            entries in proptest::collection::vec(
+                (any::<u8>(), arb_event()).prop_map(|(pcr, event)| NodeLogEntry { pcr, event }),
+                0..6,
+            ),
+        ) {
+            let json = serde_json::to_vec(&entries).unwrap();
+            let back: Vec<NodeLogEntry> = serde_json::from_slice(&json).unwrap();
+            prop_assert_eq!(crate::replay(&back), crate::replay(&entries));
+            prop_assert_eq!(back, entries);
+        }
     }
 
     #[test]

@@ -276,6 +276,30 @@ mod tests {
 
     proptest! {
         #[test]
+        fn nonces_round_trip_through_hex_and_json(bytes in prop::array::uniform32(any::<u8>())) {
+            let nonce = Nonce(bytes);
+            prop_assert_eq!(Nonce::from_hex(&nonce.to_hex()), Ok(nonce));
+            let json = serde_json::to_string(&nonce).unwrap();
+            prop_assert_eq!(serde_json::from_str::<Nonce>(&json).unwrap(), nonce);
+            // Upper-case hex parses too and is written back in lower case.
+            let upper = Nonce::from_hex(&nonce.to_hex().to_uppercase()).unwrap();
+            prop_assert_eq!(upper.to_hex(), nonce.to_hex());
+        }
+
+        #[test]
+        fn proofs_round_trip_through_json(
+            leaf_index in any::<u32>(),
+            siblings in proptest::collection::vec(prop::array::uniform32(any::<u8>()), 0..=MAX_PROOF_DEPTH),
+        ) {
+            let proof = MerkleProof {
+                leaf_index,
+                siblings: siblings.into_iter().map(HexHash).collect(),
+            };
+            let json = serde_json::to_vec(&proof).unwrap();
+            prop_assert_eq!(serde_json::from_slice::<MerkleProof>(&json).unwrap(), proof);
+        }
+
+        #[test]
         fn every_leaf_of_any_batch_proves_into_the_root(n in 1usize..70, pick in any::<prop::sample::Index>()) {
             let nonces: Vec<Nonce> = (0..n).map(|i| Nonce([(i % 251) as u8; 32])).collect();
             let tree = MerkleTree::new(nonces.iter().map(|x| leaf(x, &spki(3))).collect()).unwrap();

@@ -306,6 +306,7 @@ impl Evidence {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::binding::HexHash;
     use crate::eventlog::WorkloadEvent;
     use aver_node_log::NodeEvent;
     use proptest::prelude::*;
@@ -499,7 +500,204 @@ mod tests {
         }
     }
 
+    fn arb_bytes(max: usize) -> impl Strategy<Value = Base64Bytes> {
+        proptest::collection::vec(any::<u8>(), 0..max).prop_map(Base64Bytes)
+    }
+
+    fn arb_digest() -> impl Strategy<Value = Sha256Digest> {
+        prop::array::uniform32(any::<u8>()).prop_map(Sha256Digest)
+    }
+
+    fn arb_text() -> impl Strategy<Value = String> {
+        "\\PC{0,12}"
+    }
+
+    fn arb_workload_event() -> impl Strategy<Value = WorkloadEvent> {
+        prop_oneof![
+            (arb_text(), arb_digest()).prop_map(|(enclave_version, enclave_digest)| {
+                WorkloadEvent::LaunchStart {
+                    enclave_version,
+                    enclave_digest,
+                }
+            }),
+            arb_digest().prop_map(|digest| WorkloadEvent::Engine { digest }),
+            arb_digest().prop_map(|digest| WorkloadEvent::Model { digest }),
+            arb_digest().prop_map(|digest| WorkloadEvent::ServingConfig { digest }),
+            arb_digest().prop_map(|digest| WorkloadEvent::TlsSpki { digest }),
+        ]
+    }
+
+    fn arb_node_event() -> impl Strategy<Value = NodeEvent> {
+        use aver_node_log::{AccessKind, ContainerSpec, ImageIdentity, PodRef, SandboxInfo};
+        prop_oneof![
+            (arb_text(), arb_text()).prop_map(|(agent_version, policy)| NodeEvent::AgentStart {
+                agent_version,
+                policy
+            }),
+            (
+                arb_text(),
+                (arb_text(), arb_text(), arb_text()),
+                prop::option::of(arb_text()),
+                prop::array::uniform4(any::<bool>()),
+            )
+                .prop_map(
+                    |(sandbox_id, (namespace, name, uid), confidential_model, host)| {
+                        NodeEvent::PodSandbox {
+                            sandbox_id,
+                            sandbox: SandboxInfo {
+                                pod: PodRef {
+                                    namespace,
+                                    name,
+                                    uid,
+                                },
+                                confidential_model,
+                                host_network: host[0],
+                                host_pid: host[1],
+                                host_ipc: host[2],
+                                privileged: host[3],
+                            },
+                        }
+                    }
+                ),
+            (
+                (arb_text(), arb_text(), arb_text(), any::<u32>()),
+                (
+                    arb_text(),
+                    arb_digest(),
+                    proptest::collection::vec(arb_text(), 0..3)
+                ),
+                proptest::collection::vec(arb_text(), 0..3),
+            )
+                .prop_map(
+                    |(
+                        (sandbox_id, container_id, name, attempt),
+                        (reference, id, repo_digests),
+                        args,
+                    )| {
+                        NodeEvent::Container {
+                            sandbox_id,
+                            container_id,
+                            name,
+                            attempt,
+                            image: ImageIdentity {
+                                reference,
+                                id,
+                                repo_digests,
+                            },
+                            spec: ContainerSpec {
+                                args,
+                                ..Default::default()
+                            },
+                        }
+                    }
+                ),
+            (
+                arb_text(),
+                prop::option::of(arb_text()),
+                prop::sample::select(vec![
+                    AccessKind::Exec,
+                    AccessKind::ExecSync,
+                    AccessKind::Attach,
+                    AccessKind::PortForward,
+                ]),
+            )
+                .prop_map(|(sandbox_id, container_id, kind)| NodeEvent::Access {
+                    sandbox_id,
+                    container_id,
+                    kind
+                }),
+            (arb_text(), arb_text(), arb_digest(), arb_digest()).prop_map(
+                |(sandbox_id, container_id, spki_sha256, model_digest)| NodeEvent::TlsKey {
+                    sandbox_id,
+                    container_id,
+                    spki_sha256,
+                    model_digest,
+                }
+            ),
+        ]
+    }
+
+    /// Any well-shaped document of either version: v1 with an enclave log,
+    /// v2 with a node log, every optional part present or not.
+    fn arb_evidence() -> impl Strategy<Value = Evidence> {
+        let log = prop_oneof![
+            proptest::collection::vec(
+                (any::<u8>(), arb_workload_event())
+                    .prop_map(|(pcr, event)| LogEntry { pcr, event }),
+                0..6
+            )
+            .prop_map(|log| (EVIDENCE_VERSION_ENCLAVE, log, Vec::new())),
+            proptest::collection::vec(
+                (any::<u8>(), arb_node_event())
+                    .prop_map(|(pcr, event)| NodeLogEntry { pcr, event }),
+                0..6
+            )
+            .prop_map(|log| (EVIDENCE_VERSION_NODE, Vec::new(), log)),
+        ];
+        let proof = (
+            any::<u32>(),
+            proptest::collection::vec(prop::array::uniform32(any::<u8>()).prop_map(HexHash), 0..4),
+        )
+            .prop_map(|(leaf_index, siblings)| MerkleProof {
+                leaf_index,
+                siblings,
+            });
+        (
+            (
+                prop::array::uniform32(any::<u8>()).prop_map(Nonce),
+                arb_digest(),
+                arb_bytes(128),
+                arb_bytes(128),
+            ),
+            proptest::collection::vec(
+                (any::<u8>(), arb_digest()).prop_map(|(pcr, value)| PcrValue { pcr, value }),
+                0..4,
+            ),
+            arb_bytes(128),
+            log,
+            (
+                prop::option::of(arb_bytes(256)),
+                prop::option::of(arb_bytes(256)),
+                prop::option::of(proof),
+            ),
+            (
+                prop::option::of(arb_bytes(128)),
+                proptest::collection::vec(arb_bytes(64), 0..3),
+            ),
+        )
+            .prop_map(
+                |(
+                    (nonce, spki_sha256, attest, signature),
+                    pcrs,
+                    ak_public,
+                    (version, event_log, node_log),
+                    (boot_log, ima_log, batch),
+                    (ak_certificate, ak_chain),
+                )| Evidence {
+                    version,
+                    nonce,
+                    spki_sha256,
+                    quote: Quote { attest, signature },
+                    pcrs,
+                    ak_public,
+                    event_log,
+                    node_log,
+                    boot_log,
+                    ima_log,
+                    batch,
+                    ak_certificate,
+                    ak_chain,
+                },
+            )
+    }
+
     proptest! {
+        #[test]
+        fn documents_parse_back_from_both_encodings(e in arb_evidence()) {
+            prop_assert_eq!(Evidence::from_json(&e.to_json()), Ok(e.clone()));
+            prop_assert_eq!(Evidence::from_json(&e.to_json_compact()), Ok(e));
+        }
+
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = Evidence::from_json(&bytes);

@@ -14,11 +14,14 @@
 //!
 //! Case counts are kept small so the file runs in seconds in `cargo test`.
 
-use aver_verifier::ek::activation::{ActivationError, ActivationOffer, ActivationResponse};
+use aver_verifier::ek::activation::{
+    ActivationError, ActivationOffer, ActivationResponse, EndorsementCertificate,
+};
 use aver_verifier::ek::chain::{
     ca_certificates_from_pem, validate_ek_certificate, EkChainError, TrustAnchors,
 };
 use aver_verifier::ek::{ActivationRequest, EkKind, PendingActivation};
+use aver_verifier::evidence::Base64Bytes;
 use base64::Engine as _;
 use proptest::prelude::*;
 use rand::SeedableRng as _;
@@ -866,8 +869,49 @@ fn edit_offer(
     offer
 }
 
+fn arb_base64(max: usize) -> impl Strategy<Value = Base64Bytes> {
+    prop::collection::vec(any::<u8>(), 0..max).prop_map(Base64Bytes)
+}
+
+/// Any offer of the supported version: AK and certificates as any bytes.
+fn arb_offer() -> impl Strategy<Value = ActivationOffer> {
+    (
+        arb_base64(128),
+        prop::collection::vec(
+            (kind(), arb_base64(256))
+                .prop_map(|(kind, certificate)| EndorsementCertificate { kind, certificate }),
+            0..3,
+        ),
+        prop::collection::vec(arb_base64(256), 0..3),
+    )
+        .prop_map(|(ak_public, endorsement_keys, ek_chain)| ActivationOffer {
+            version: 1,
+            ak_public,
+            endorsement_keys,
+            ek_chain,
+        })
+}
+
 proptest! {
     #![proptest_config(config(96))]
+
+    #[test]
+    fn activation_documents_round_trip_through_json(
+        offer in arb_offer(),
+        kind in kind(),
+        credential_blob in arb_base64(256),
+        encrypted_secret in arb_base64(256),
+        credential in arb_base64(64),
+    ) {
+        let json = serde_json::to_vec(&offer).unwrap();
+        prop_assert_eq!(ActivationOffer::from_json(&json), Ok(offer));
+        let request = ActivationRequest { version: 1, kind, credential_blob, encrypted_secret };
+        let json = serde_json::to_vec(&request).unwrap();
+        prop_assert_eq!(ActivationRequest::from_json(&json), Ok(request));
+        let response = ActivationResponse { version: 1, credential };
+        let json = serde_json::to_vec(&response).unwrap();
+        prop_assert_eq!(ActivationResponse::from_json(&json), Ok(response));
+    }
 
     #[test]
     fn arbitrary_activation_documents_are_refused_with_typed_errors(

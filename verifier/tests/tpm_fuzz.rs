@@ -1,5 +1,6 @@
 //! Bounded fuzzing of the TPM parsers: random bytes, and single-byte
-//! mutations and truncations of well-formed structures, never panic.
+//! mutations and truncations of well-formed structures, never panic; and
+//! whatever of them parses marshals back to what was parsed.
 
 use aver_verifier::tpm::{AkPublic, Attest, Signature};
 use proptest::prelude::*;
@@ -44,6 +45,60 @@ fn seeds_parse() {
     assert!(Attest::parse(&quote()).is_ok());
 }
 
+fn tpm2b(v: &mut Vec<u8>, bytes: &[u8]) {
+    v.extend((bytes.len() as u16).to_be_bytes());
+    v.extend(bytes);
+}
+
+/// TPMT_SIGNATURE as a TPM marshals it.
+fn marshal_signature(sig: &Signature) -> Vec<u8> {
+    let mut v = Vec::new();
+    match sig {
+        Signature::Ecdsa { hash_alg, r, s } => {
+            v.extend(0x0018u16.to_be_bytes());
+            v.extend(hash_alg.to_be_bytes());
+            tpm2b(&mut v, r);
+            tpm2b(&mut v, s);
+        }
+        Signature::RsaSsa { hash_alg, sig } => {
+            v.extend(0x0014u16.to_be_bytes());
+            v.extend(hash_alg.to_be_bytes());
+            tpm2b(&mut v, sig);
+        }
+        Signature::RsaPss { hash_alg, sig } => {
+            v.extend(0x0016u16.to_be_bytes());
+            v.extend(hash_alg.to_be_bytes());
+            tpm2b(&mut v, sig);
+        }
+    }
+    v
+}
+
+/// TPMS_ATTEST of a quote with 3-byte PCR selections, as PC-client TPMs
+/// marshal it; `None` if a selection names a PCR above 23.
+fn marshal_quote(a: &Attest) -> Option<Vec<u8>> {
+    let mut v = vec![0xff, 0x54, 0x43, 0x47, 0x80, 0x18];
+    tpm2b(&mut v, &a.qualified_signer);
+    tpm2b(&mut v, &a.extra_data);
+    v.extend(a.clock_info.clock.to_be_bytes());
+    v.extend(a.clock_info.reset_count.to_be_bytes());
+    v.extend(a.clock_info.restart_count.to_be_bytes());
+    v.push(u8::from(a.clock_info.safe));
+    v.extend(a.firmware_version.to_be_bytes());
+    v.extend((a.pcr_select.len() as u32).to_be_bytes());
+    for s in &a.pcr_select {
+        v.extend(s.hash_alg.to_be_bytes());
+        let mut bitmap = [0u8; 3];
+        for p in &s.pcrs {
+            *bitmap.get_mut(usize::from(*p) / 8)? |= 1 << (p % 8);
+        }
+        v.push(3);
+        v.extend(bitmap);
+    }
+    tpm2b(&mut v, &a.pcr_digest);
+    Some(v)
+}
+
 fn mutate(
     mut bytes: Vec<u8>,
     pos: prop::sample::Index,
@@ -85,5 +140,28 @@ proptest! {
         let (m, t) = mutate(quote(), pos, byte, cut);
         let _ = Attest::parse(&m);
         let _ = Attest::parse(&t);
+    }
+
+    #[test]
+    fn accepted_mutants_marshal_back(
+        pos in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        // A signature the parser accepts is exactly its bytes.
+        for bytes in [pss_signature(), mutate(pss_signature(), pos, byte, cut).0] {
+            if let Ok(sig) = Signature::parse(&bytes) {
+                prop_assert_eq!(marshal_signature(&sig), bytes);
+            }
+        }
+        // A quote's sizeofSelect is not kept, so the property is
+        // parse . marshal . parse = parse.
+        for bytes in [quote(), mutate(quote(), pos, byte, cut).0] {
+            if let Ok(a) = Attest::parse(&bytes) {
+                if let Some(again) = marshal_quote(&a) {
+                    prop_assert_eq!(Attest::parse(&again), Ok(a));
+                }
+            }
+        }
     }
 }

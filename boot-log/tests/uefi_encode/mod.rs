@@ -2,7 +2,7 @@
 //! round trips, synthesized logs for tpm2_eventlog, and malformed ones.
 #![allow(dead_code)]
 
-use aver_boot_log::uefi::{Event, Guid, HashAlg};
+use aver_boot_log::uefi::{Event, Guid, HashAlg, SpecId};
 
 /// TPM_ALG_IDs and digest sizes of the fixture's four banks.
 pub const ALL_BANKS: [(u16, u16); 4] = [(0x0004, 20), (0x000B, 32), (0x000C, 48), (0x000D, 64)];
@@ -77,6 +77,43 @@ pub fn spec_id03(algs: &[(u16, u16)]) -> Vec<u8> {
     }
     d.push(0); // vendorInfoSize
     d
+}
+
+/// The data of a Spec ID event as `spec` describes it.
+pub fn spec_id_data(spec: &SpecId) -> Vec<u8> {
+    let mut d = spec.signature.to_vec();
+    d.extend(spec.platform_class.to_le_bytes());
+    d.extend([
+        spec.spec_version_minor,
+        spec.spec_version_major,
+        spec.spec_errata,
+        spec.uintn_size,
+    ]);
+    if spec.is_crypto_agile() {
+        d.extend((spec.algorithms.len() as u32).to_le_bytes());
+        for a in &spec.algorithms {
+            d.extend(a.alg_id.to_le_bytes());
+            d.extend(a.digest_size.to_le_bytes());
+        }
+    }
+    d.push(spec.vendor_info.len() as u8);
+    d.extend(&spec.vendor_info);
+    d
+}
+
+/// A crypto-agile log under the header `spec`, then `events`.
+pub fn encode_agile_with(spec: &SpecId, events: &[RawEvent]) -> Vec<u8> {
+    let header = RawEvent {
+        pcr: 0,
+        event_type: 3,
+        digests: vec![(0x0004, vec![0; 20])],
+        data: spec_id_data(spec),
+    };
+    let mut out = legacy_record(&header);
+    for e in events {
+        out.extend(agile_record(e));
+    }
+    out
 }
 
 /// A legacy-format record.

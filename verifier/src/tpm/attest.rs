@@ -246,7 +246,105 @@ pub(crate) mod tests {
         );
     }
 
+    fn bytes_up_to(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), 0..=max)
+    }
+
+    /// Any quote [`marshal`] can write: every field at any value within the
+    /// parser's bounds, PCR selections of the 24 PC-client PCRs.
+    fn arb_attest() -> impl Strategy<Value = Attest> {
+        let selection = (
+            any::<u16>(),
+            proptest::collection::btree_set(0u8..24, 0..=24),
+        )
+            .prop_map(|(hash_alg, pcrs)| PcrSelection {
+                hash_alg,
+                pcrs: pcrs.into_iter().collect(),
+            });
+        (
+            bytes_up_to(MAX_NAME),
+            bytes_up_to(MAX_DATA),
+            (any::<u64>(), any::<u32>(), any::<u32>(), any::<bool>()),
+            any::<u64>(),
+            proptest::collection::vec(selection, 0..=MAX_BANKS as usize),
+            bytes_up_to(MAX_DIGEST),
+        )
+            .prop_map(
+                |(
+                    qualified_signer,
+                    extra_data,
+                    (clock, reset_count, restart_count, safe),
+                    firmware_version,
+                    pcr_select,
+                    pcr_digest,
+                )| Attest {
+                    qualified_signer,
+                    extra_data,
+                    clock_info: ClockInfo {
+                        clock,
+                        reset_count,
+                        restart_count,
+                        safe,
+                    },
+                    firmware_version,
+                    pcr_select,
+                    pcr_digest,
+                },
+            )
+    }
+
+    /// A TPMS_PCR_SELECTION as raw wire fields: any sizeofSelect the parser
+    /// accepts and any bitmap, not only the 3-byte one [`marshal`] writes.
+    fn arb_wire_selection() -> impl Strategy<Value = (u16, Vec<u8>)> {
+        (any::<u16>(), bytes_up_to(MAX_SELECT_BYTES))
+    }
+
+    /// [`marshal`] with the PCR selections written as given.
+    fn marshal_wire_selections(a: &Attest, selections: &[(u16, Vec<u8>)]) -> Vec<u8> {
+        let plain = Attest {
+            pcr_select: Vec::new(),
+            ..a.clone()
+        };
+        let mut v = marshal(&plain);
+        // Drop the empty selection list and the pcrDigest after it.
+        v.truncate(v.len() - 4 - 2 - a.pcr_digest.len());
+        v.extend((selections.len() as u32).to_be_bytes());
+        for (hash_alg, bitmap) in selections {
+            v.extend(hash_alg.to_be_bytes());
+            v.push(bitmap.len() as u8);
+            v.extend(bitmap);
+        }
+        v.extend((a.pcr_digest.len() as u16).to_be_bytes());
+        v.extend(&a.pcr_digest);
+        v
+    }
+
     proptest! {
+        #[test]
+        fn marshalled_quotes_parse_back(a in arb_attest()) {
+            let bytes = marshal(&a);
+            prop_assert_eq!(Attest::parse(&bytes), Ok(a));
+        }
+
+        #[test]
+        fn selections_of_any_size_parse_to_their_set_bits(
+            a in arb_attest(),
+            selections in proptest::collection::vec(arb_wire_selection(), 0..=MAX_BANKS as usize),
+        ) {
+            let parsed = Attest::parse(&marshal_wire_selections(&a, &selections));
+            let expected: Vec<PcrSelection> = selections
+                .iter()
+                .map(|(hash_alg, bitmap)| PcrSelection {
+                    hash_alg: *hash_alg,
+                    pcrs: (0..bitmap.len() * 8)
+                        .filter(|i| bitmap[i / 8] >> (i % 8) & 1 == 1)
+                        .map(|i| i as u8)
+                        .collect(),
+                })
+                .collect();
+            prop_assert_eq!(parsed, Ok(Attest { pcr_select: expected, ..a }));
+        }
+
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = Attest::parse(&bytes);

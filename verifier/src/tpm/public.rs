@@ -10,13 +10,13 @@ const MIN_RSA_BITS: u16 = 2048;
 const MAX_RSA_BITS: u16 = 4096;
 
 /// TPMA_OBJECT bits an attestation key must (and must not) have.
-pub mod attributes {
-    pub const FIXED_TPM: u32 = 1 << 1;
-    pub const FIXED_PARENT: u32 = 1 << 4;
-    pub const SENSITIVE_DATA_ORIGIN: u32 = 1 << 5;
-    pub const RESTRICTED: u32 = 1 << 16;
-    pub const DECRYPT: u32 = 1 << 17;
-    pub const SIGN: u32 = 1 << 18;
+pub(super) mod attributes {
+    pub(crate) const FIXED_TPM: u32 = 1 << 1;
+    pub(crate) const FIXED_PARENT: u32 = 1 << 4;
+    pub(crate) const SENSITIVE_DATA_ORIGIN: u32 = 1 << 5;
+    pub(crate) const RESTRICTED: u32 = 1 << 16;
+    pub(crate) const DECRYPT: u32 = 1 << 17;
+    pub(crate) const SIGN: u32 = 1 << 18;
 }
 
 /// The verification key inside an AK's public area.
@@ -324,7 +324,129 @@ mod tests {
         ));
     }
 
+    /// What a TPMT_PUBLIC of a signing key says, with the authPolicy the
+    /// parsed value drops (it counts only in the name).
+    #[derive(Debug, Clone)]
+    struct Template {
+        name_alg: u16,
+        object_attributes: u32,
+        auth_policy: Vec<u8>,
+        scheme: Option<(u16, u16)>,
+        key: PublicKey,
+    }
+
+    /// Marshals a TPMT_PUBLIC as a TPM does: a default RSA exponent as 0.
+    fn marshal(t: &Template) -> Vec<u8> {
+        let mut v = Vec::new();
+        let key_type = match t.key {
+            PublicKey::Rsa { .. } => alg::RSA,
+            _ => alg::ECC,
+        };
+        v.extend(key_type.to_be_bytes());
+        v.extend(t.name_alg.to_be_bytes());
+        v.extend(t.object_attributes.to_be_bytes());
+        v.extend((t.auth_policy.len() as u16).to_be_bytes());
+        v.extend(&t.auth_policy);
+        v.extend(alg::NULL.to_be_bytes());
+        match t.scheme {
+            None => v.extend(alg::NULL.to_be_bytes()),
+            Some((scheme, hash)) => {
+                v.extend(scheme.to_be_bytes());
+                v.extend(hash.to_be_bytes());
+            }
+        }
+        let tpm2b = |v: &mut Vec<u8>, b: &[u8]| {
+            v.extend((b.len() as u16).to_be_bytes());
+            v.extend(b);
+        };
+        match &t.key {
+            PublicKey::EccP256 { x, y } => {
+                v.extend(ECC_NIST_P256.to_be_bytes());
+                v.extend(alg::NULL.to_be_bytes());
+                tpm2b(&mut v, x);
+                tpm2b(&mut v, y);
+            }
+            PublicKey::EccP384 { x, y } => {
+                v.extend(ECC_NIST_P384.to_be_bytes());
+                v.extend(alg::NULL.to_be_bytes());
+                tpm2b(&mut v, x);
+                tpm2b(&mut v, y);
+            }
+            PublicKey::Rsa { n, e } => {
+                v.extend(((n.len() * 8) as u16).to_be_bytes());
+                v.extend(if *e == 65_537 { 0 } else { *e }.to_be_bytes());
+                tpm2b(&mut v, n);
+            }
+        }
+        v
+    }
+
+    fn arb_hash() -> impl Strategy<Value = u16> {
+        prop::sample::select(vec![alg::SHA1, alg::SHA256, alg::SHA384, alg::SHA512])
+    }
+
+    fn arb_template() -> impl Strategy<Value = Template> {
+        let ecc = (
+            prop::option::of(arb_hash().prop_map(|h| (alg::ECDSA, h))),
+            prop_oneof![
+                (
+                    prop::array::uniform(any::<u8>()),
+                    prop::array::uniform(any::<u8>())
+                )
+                    .prop_map(|(x, y)| PublicKey::EccP256 { x, y }),
+                (
+                    prop::array::uniform(any::<u8>()),
+                    prop::array::uniform(any::<u8>())
+                )
+                    .prop_map(|(x, y)| PublicKey::EccP384 { x, y }),
+            ],
+        );
+        let rsa = (
+            prop::option::of((
+                prop::sample::select(vec![alg::RSASSA, alg::RSAPSS]),
+                arb_hash(),
+            )),
+            (256usize..=512).prop_flat_map(|len| proptest::collection::vec(any::<u8>(), len)),
+            prop_oneof![Just(65_537u32), 1u32..],
+        )
+            .prop_map(|(scheme, n, e)| (scheme, PublicKey::Rsa { n, e }));
+        (
+            arb_hash(),
+            any::<u32>(),
+            proptest::collection::vec(any::<u8>(), 0..=MAX_DIGEST),
+            prop_oneof![ecc, rsa],
+        )
+            .prop_map(
+                |(name_alg, object_attributes, auth_policy, (scheme, key))| Template {
+                    name_alg,
+                    object_attributes,
+                    auth_policy,
+                    scheme,
+                    key,
+                },
+            )
+    }
+
     proptest! {
+        #[test]
+        fn marshalled_keys_parse_back(t in arb_template()) {
+            let bytes = marshal(&t);
+            let mut name = t.name_alg.to_be_bytes().to_vec();
+            name.extend(digest(t.name_alg, &bytes).unwrap());
+            let expected = AkPublic {
+                name,
+                name_alg: t.name_alg,
+                object_attributes: t.object_attributes,
+                scheme: t.scheme,
+                key: t.key.clone(),
+            };
+            prop_assert_eq!(AkPublic::parse(&bytes), Ok(expected.clone()));
+            // As a TPM2B_PUBLIC: the same key, named without the prefix.
+            let mut tpm2b = (bytes.len() as u16).to_be_bytes().to_vec();
+            tpm2b.extend(&bytes);
+            prop_assert_eq!(AkPublic::parse(&tpm2b), Ok(expected));
+        }
+
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = AkPublic::parse(&bytes);

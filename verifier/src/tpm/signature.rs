@@ -233,7 +233,75 @@ mod tests {
         assert!(left_pad::<32>(&[1u8; 33]).is_none());
     }
 
+    /// Marshals a TPMT_SIGNATURE as a TPM does.
+    fn marshal(sig: &Signature) -> Vec<u8> {
+        let tpm2b = |v: &mut Vec<u8>, b: &[u8]| {
+            v.extend((b.len() as u16).to_be_bytes());
+            v.extend(b);
+        };
+        let mut v = Vec::new();
+        match sig {
+            Signature::Ecdsa { hash_alg, r, s } => {
+                v.extend(alg::ECDSA.to_be_bytes());
+                v.extend(hash_alg.to_be_bytes());
+                tpm2b(&mut v, r);
+                tpm2b(&mut v, s);
+            }
+            Signature::RsaSsa { hash_alg, sig } => {
+                v.extend(alg::RSASSA.to_be_bytes());
+                v.extend(hash_alg.to_be_bytes());
+                tpm2b(&mut v, sig);
+            }
+            Signature::RsaPss { hash_alg, sig } => {
+                v.extend(alg::RSAPSS.to_be_bytes());
+                v.extend(hash_alg.to_be_bytes());
+                tpm2b(&mut v, sig);
+            }
+        }
+        v
+    }
+
+    /// Any signature within the parser's bounds; the hash is any id, since
+    /// parsing does not judge it (verification does).
+    fn arb_signature() -> impl Strategy<Value = Signature> {
+        let bytes = |max| proptest::collection::vec(any::<u8>(), 0..=max);
+        prop_oneof![
+            (
+                any::<u16>(),
+                bytes(MAX_ECC_PARAMETER),
+                bytes(MAX_ECC_PARAMETER)
+            )
+                .prop_map(|(hash_alg, r, s)| Signature::Ecdsa { hash_alg, r, s }),
+            (any::<u16>(), bytes(MAX_RSA_SIGNATURE))
+                .prop_map(|(hash_alg, sig)| Signature::RsaSsa { hash_alg, sig }),
+            (any::<u16>(), bytes(MAX_RSA_SIGNATURE))
+                .prop_map(|(hash_alg, sig)| Signature::RsaPss { hash_alg, sig }),
+        ]
+    }
+
     proptest! {
+        #[test]
+        fn marshalled_signatures_parse_back(sig in arb_signature()) {
+            let bytes = marshal(&sig);
+            prop_assert_eq!(Signature::parse(&bytes), Ok(sig));
+        }
+
+        #[test]
+        fn accepted_bytes_marshal_back_to_themselves(
+            sig in arb_signature(),
+            pos in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            // A mutant the parser still accepts is exactly the signature it
+            // reads: nothing in the bytes is skipped or normalised.
+            let mut bytes = marshal(&sig);
+            let i = pos.index(bytes.len());
+            bytes[i] = byte;
+            if let Ok(parsed) = Signature::parse(&bytes) {
+                prop_assert_eq!(marshal(&parsed), bytes);
+            }
+        }
+
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = Signature::parse(&bytes);
