@@ -7,6 +7,8 @@
 //! every malformation and never panic; a log means something only once its
 //! replay equals the PCR values a verified quote holds. No TPM, network or
 //! policy code lives here, so the verifier and the node share it.
+#![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 pub mod ima;
 pub mod uefi;

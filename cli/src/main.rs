@@ -1,15 +1,15 @@
 //! `aver`: the client side of aver. Verifies evidence before anything is
 //! sent, and derives policies and reference digests.
-
+#![forbid(unsafe_code)]
 // Doc comments in this crate are clap's --help text ("sha256:<hex>"), not
 // rendered Markdown.
 #![allow(rustdoc::invalid_html_tags)]
 
 mod commands;
-mod logging;
 
 use std::process::ExitCode;
 
+use aver_logging::LogFormat;
 use clap::{Parser, Subcommand};
 
 /// Verify that an LLM endpoint runs the expected code on a genuine TPM-backed
@@ -17,9 +17,10 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "aver", version, propagate_version = true)]
 struct Cli {
-    /// Log format on stderr.
-    #[arg(long, global = true, env = "AVER_LOG_FORMAT", value_enum, default_value_t = logging::LogFormat::Text)]
-    log_format: logging::LogFormat,
+    /// Log format on stderr. AVER_LOG sets the filter (e.g. AVER_LOG=debug;
+    /// RUST_LOG is read when it is unset).
+    #[arg(long, global = true, env = "AVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 
     #[command(subcommand)]
     command: Command,
@@ -68,7 +69,7 @@ fn main() -> ExitCode {
         Command::Proxy(_) => "warn,aver_proxy=info,aver::commands::proxy=info",
         _ => "warn",
     };
-    logging::init(cli.log_format, default_filter);
+    aver_logging::init(cli.log_format, default_filter);
     let result = match cli.command {
         Command::Verify(args) => commands::verify::run(args),
         Command::Request(args) => commands::request::run(args),

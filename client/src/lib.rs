@@ -12,6 +12,8 @@
 //! 4. Only then send the caller's request, on the same connection, and pin
 //!    the SPKI so later connections skip step 2 until the policy's
 //!    `maxEvidenceAge` has passed.
+#![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 mod activation;
 mod connection;

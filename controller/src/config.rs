@@ -7,8 +7,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use aver_workload::KubeletParams;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 
+/// The format of `--log-format`, shared by every aver binary.
+pub use aver_logging::LogFormat;
 pub use aver_workload::render::HARDENED_TAINT_KEY;
 pub use aver_workload::WorkloadConfig;
 
@@ -119,18 +121,10 @@ pub struct Args {
     #[arg(long, env = "AVER_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
     pub retry_period: Duration,
 
-    /// Log format on stderr.
+    /// Log format on stderr. AVER_LOG sets the filter (e.g. AVER_LOG=debug;
+    /// RUST_LOG is read when it is unset).
     #[arg(long, env = "AVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line, for log collectors.
-    Json,
 }
 
 /// How the re-attestation loop paces itself.

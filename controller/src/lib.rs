@@ -16,6 +16,8 @@
 //! - [`leader`]: Lease-based leader election;
 //! - [`metrics`]: Prometheus metrics and the health/metrics HTTP server;
 //! - [`config`]: flags and settings.
+#![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 pub mod attestation;
 pub mod config;

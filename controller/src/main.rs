@@ -3,12 +3,13 @@
 //!
 //! Wiring only: flags, logging, the API client, leader election, and the
 //! tasks that make up the operator. Errors end the process with one line.
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use aver_controller::config::{Args, LogFormat};
+use aver_controller::config::Args;
 use aver_controller::effects::Effects;
 use aver_controller::leader::{ElectionConfig, LeaderElector};
 use aver_controller::metrics::{self, Metrics};
@@ -38,7 +39,7 @@ const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=aver-controller";
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_tracing(args.log_format);
+    aver_logging::init(args.log_format, aver_logging::DEFAULT_FILTER);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -58,18 +59,6 @@ fn main() -> ExitCode {
             eprintln!("aver-controller: {line}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
     }
 }
 

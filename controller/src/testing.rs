@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 type BodyCheck = Box<dyn FnOnce(&Value) + Send>;
 
 /// One expected request and the answer to it.
-pub struct Reply {
+pub(crate) struct Reply {
     method: Method,
     path: String,
     query: Vec<String>,
@@ -24,7 +24,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    pub fn json(method: Method, path: &str, status: u16, body: Value) -> Self {
+    pub(crate) fn json(method: Method, path: &str, status: u16, body: Value) -> Self {
         Self {
             method,
             path: path.to_owned(),
@@ -36,7 +36,7 @@ impl Reply {
     }
 
     /// A `Status` failure reply (404, 409, ...).
-    pub fn status(method: Method, path: &str, code: u16) -> Self {
+    pub(crate) fn status(method: Method, path: &str, code: u16) -> Self {
         let reason = match code {
             404 => "NotFound",
             409 => "Conflict",
@@ -57,31 +57,31 @@ impl Reply {
         )
     }
 
-    pub fn not_found(method: Method, path: &str) -> Self {
+    pub(crate) fn not_found(method: Method, path: &str) -> Self {
         Self::status(method, path, 404)
     }
 
     /// Requires the query string to contain `part` (e.g. "fieldManager=aver-controller").
-    pub fn expect_query(mut self, part: &str) -> Self {
+    pub(crate) fn expect_query(mut self, part: &str) -> Self {
         self.query.push(part.to_owned());
         self
     }
 
     /// Runs `check` on the request body (JSON).
-    pub fn expect_body(mut self, check: impl FnOnce(&Value) + Send + 'static) -> Self {
+    pub(crate) fn expect_body(mut self, check: impl FnOnce(&Value) + Send + 'static) -> Self {
         self.check = Some(Box::new(check));
         self
     }
 }
 
 /// The mock API server task.
-pub struct ApiMock {
+pub(crate) struct ApiMock {
     client: Client,
     task: JoinHandle<()>,
 }
 
 impl ApiMock {
-    pub fn start(replies: Vec<Reply>) -> Self {
+    pub(crate) fn start(replies: Vec<Reply>) -> Self {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "default");
         let task = tokio::spawn(async move {
@@ -136,12 +136,12 @@ impl ApiMock {
         Self { client, task }
     }
 
-    pub fn client(&self) -> Client {
+    pub(crate) fn client(&self) -> Client {
         self.client.clone()
     }
 
     /// Waits for the script to complete, re-raising its assertion failures.
-    pub async fn finish(self) {
+    pub(crate) async fn finish(self) {
         drop(self.client);
         match self.task.await {
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),

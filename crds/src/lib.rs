@@ -9,7 +9,10 @@
 //! behind the `resource` feature (on by default for this crate, off in the
 //! workspace dependency) so that policy-only users do not compile the
 //! Kubernetes API types.
+#![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
+pub mod ak_name;
 pub mod boot_policy;
 pub mod digest;
 pub mod policy;
@@ -20,6 +23,7 @@ pub mod confidential_model;
 #[cfg(feature = "resource")]
 pub mod crd;
 
+pub use ak_name::{AkName, AkNameError};
 pub use boot_policy::{AllowedFile, BootPolicy, RuntimePolicy, SecureBoot};
 pub use digest::{DigestParseError, Sha256Digest};
 pub use policy::{

@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::boot_policy::{BootPolicy, RuntimePolicy, BOOT_LOG_PCRS, IMA_PCR};
-use crate::Sha256Digest;
+use crate::{AkName, Sha256Digest};
 
 /// PCR that `aver-node` (and `aver-enclave` in enclave mode) extends with
 /// workload events unless told otherwise.
@@ -436,18 +436,8 @@ impl AttestationPolicy {
             }
         }
         for name in &self.trust.ak_names {
-            let digest_hex = match name.get(..4) {
-                Some("0004") => 40,
-                Some("000b") => 64,
-                Some("000c") => 96,
-                Some("000d") => 128,
-                _ => return Err(PolicyError::BadAkName(name.clone())),
-            };
-            let ok = name.len() == 4 + digest_hex && name.bytes().all(|b| b.is_ascii_hexdigit());
-            if !ok {
-                return Err(PolicyError::BadAkName(name.clone()));
-            }
-            if name.starts_with("0004") && !self.trust.allow_sha1 {
+            let parsed = AkName::parse(name).map_err(|_| PolicyError::BadAkName(name.clone()))?;
+            if parsed.is_sha1() && !self.trust.allow_sha1 {
                 return Err(PolicyError::Sha1AkName(name.clone()));
             }
         }

@@ -13,6 +13,7 @@
 //! On a hardened node the enclave has no TPM at all ([`node_agent`]): the
 //! node agent `aver-node` measured the pod, records the enclave's TLS key and
 //! quotes for it. [`backend`] is where the two modes meet the batcher.
+#![warn(unreachable_pub)]
 
 /// TPM access lives in the shared crate `aver-tpm` (the node agent uses it
 /// too); re-exported so `aver_enclave::tpm` and `aver_enclave::endorsement`

@@ -34,7 +34,7 @@ pub enum LockedPageError {
 /// A page of read-write memory that is locked, left out of core dumps and
 /// wiped on drop. Neither `Clone` nor `Debug`: its bytes are never copied
 /// by this type or shown.
-pub struct LockedPage {
+pub(crate) struct LockedPage {
     ptr: NonNull<u8>,
     len: usize,
 }
@@ -50,7 +50,7 @@ unsafe impl Sync for LockedPage {}
 impl LockedPage {
     /// Maps one page, excludes it from core dumps and locks it, all before
     /// any secret is written to it. The page starts zeroed.
-    pub fn new() -> Result<Self, LockedPageError> {
+    pub(crate) fn new() -> Result<Self, LockedPageError> {
         let len = rustix::param::page_size();
         // SAFETY: an anonymous private mapping at an address chosen by the
         // kernel (null hint, no MAP_FIXED) cannot overlap any existing
@@ -79,7 +79,7 @@ impl LockedPage {
     }
 
     /// The page's bytes.
-    pub fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         // SAFETY: `ptr` points to `len` bytes that are mapped readable and
         // writable for as long as `self` lives (unmapped only in `drop`),
         // initialised (anonymous mappings are zero-filled), and only
@@ -88,20 +88,20 @@ impl LockedPage {
     }
 
     /// The page's bytes, for writing a secret into place.
-    pub fn bytes_mut(&mut self) -> &mut [u8] {
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: as in `bytes`, and `&mut self` makes this the only borrow.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 
     /// Overwrites the whole page with zeros in a way the compiler cannot
     /// elide (volatile writes, then a fence). `drop` does this first.
-    pub fn wipe(&mut self) {
+    pub(crate) fn wipe(&mut self) {
         self.bytes_mut().zeroize();
     }
 
     /// The page's address, for identifying it in `/proc/self/smaps`.
     #[cfg(test)]
-    pub fn address(&self) -> usize {
+    pub(crate) fn address(&self) -> usize {
         self.ptr.as_ptr() as usize
     }
 

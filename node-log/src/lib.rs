@@ -8,6 +8,8 @@
 //! types, so they cannot disagree on what was allowed to run. It has no
 //! TPM, CRI or network dependencies, so clients can use it anywhere.
 //! `docs/node-measurement.md` describes the design.
+#![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 pub mod encoding;
 pub mod event;

@@ -7,7 +7,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use aver_tpm::tpm::DEFAULT_AK_HANDLE;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
+
+/// The format of `--log-format`, shared by every aver binary.
+pub use aver_logging::LogFormat;
 
 /// PCR the node log is extended into unless configured otherwise (why 13:
 /// [`aver_crds::policy::DEFAULT_WORKLOAD_PCR`]).
@@ -19,20 +22,12 @@ pub const DEFAULT_NODE_PCR: u8 = aver_crds::policy::DEFAULT_WORKLOAD_PCR;
 #[derive(Debug, Parser)]
 #[command(name = "aver-node", version, about, long_about = None)]
 pub struct Cli {
-    /// Log format on stderr.
+    /// Log format on stderr. AVER_LOG sets the filter (e.g. AVER_LOG=debug;
+    /// RUST_LOG is read when it is unset).
     #[arg(long, env = "AVER_NODE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line, for log collectors.
-    Json,
 }
 
 #[derive(Debug, Subcommand)]

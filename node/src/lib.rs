@@ -11,6 +11,8 @@
 //!
 //! Without the default `server` feature the crate is only
 //! [`agent::protocol`] and [`agent::client`], for the enclave.
+#![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 pub mod agent;
 #[cfg(feature = "server")]

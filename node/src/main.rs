@@ -1,14 +1,14 @@
 //! The `aver-node` binary: parses settings, sets up logging and runs one
 //! subcommand, reporting failure as one line on stderr and a non-zero exit.
+#![forbid(unsafe_code)]
 
-use std::io::IsTerminal as _;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use aver_node::agent::protocol::QuoteResponse;
 use aver_node::agent::AgentServer;
-use aver_node::cli::{AkArgs, Cli, Command, LogFormat, PlatformLogArgs, QuoteArgs, ServeArgs};
+use aver_node::cli::{AkArgs, Cli, Command, PlatformLogArgs, QuoteArgs, ServeArgs};
 use aver_node::cri::{CriProxy, Upstream};
 use aver_node::gate::Gate;
 use aver_node::metrics::Metrics;
@@ -19,15 +19,15 @@ use aver_tpm::Tpm;
 use aver_verifier::evidence::Base64Bytes;
 use clap::Parser as _;
 use tokio::sync::watch;
-use tracing_subscriber::EnvFilter;
 
 /// The CRI socket is for the kubelet (root) only.
 const CRI_SOCKET_MODE: u32 = 0o600;
 
 fn main() -> ExitCode {
-    quiet_tss_logging();
+    // Before any thread exists: it sets TSS2_LOG in the environment.
+    aver_logging::quiet_tss_logging();
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    aver_logging::init(cli.log_format, aver_logging::TPM_DEFAULT_FILTER);
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -292,30 +292,4 @@ fn enroll(args: AkArgs) -> anyhow::Result<()> {
         .map_err(|reason| anyhow::anyhow!("cannot pin this TPM: {reason}"))?;
     print!("{yaml}");
     Ok(())
-}
-
-/// The TSS C libraries print their own multi-line diagnostics to stderr for
-/// every failure, which would drown the one-line error this binary reports.
-/// They stay silent unless the operator asks for them with `TSS2_LOG`.
-fn quiet_tss_logging() {
-    if std::env::var_os("TSS2_LOG").is_none() {
-        // Runs first thing in main, before any thread exists.
-        std::env::set_var("TSS2_LOG", "all+NONE");
-    }
-}
-
-/// Logs go to stderr so that stdout carries only the command's result.
-/// `RUST_LOG` overrides the level; tss-esapi's own chatter is off unless
-/// asked for, since every TPM failure is reported through our errors.
-fn init_logging(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,tss_esapi=off"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }

@@ -23,6 +23,8 @@
 //! (`{"error":{"type":"aver_attestation_error","code":…,"message":…}}`).
 //! `GET /aver/status` serves [`ProxyStatus`] as JSON and `GET /aver/metrics`
 //! Prometheus metrics; every other request is forwarded.
+#![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 #[cfg(feature = "cluster")]
 pub mod cluster;

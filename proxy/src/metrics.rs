@@ -7,7 +7,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabel {
+pub(crate) struct OutcomeLabel {
     /// `forwarded` (an answer came back from an attested endpoint),
     /// `refused` (no attested endpoint: 502, nothing sent), `failed` (the
     /// exchange with an attested endpoint broke: 502).
@@ -15,24 +15,24 @@ pub struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
+pub(crate) struct ReasonLabel {
     pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
+pub(crate) struct KindLabel {
     /// `connect` (a new connection) or `refresh` (re-attested in place).
     pub kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PoolLabel {
+pub(crate) struct PoolLabel {
     pub endpoint: String,
     /// `idle` or `busy`.
     pub state: &'static str,
 }
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     pub requests: Family<OutcomeLabel, Counter>,
     pub attestations: Family<KindLabel, Counter>,
@@ -43,7 +43,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("aver_proxy");
         let requests = Family::<OutcomeLabel, Counter>::default();
         registry.register(
@@ -92,21 +92,21 @@ impl Metrics {
         }
     }
 
-    pub fn request(&self, outcome: &'static str) {
+    pub(crate) fn request(&self, outcome: &'static str) {
         self.requests.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
-    pub fn attested(&self, kind: &'static str) {
+    pub(crate) fn attested(&self, kind: &'static str) {
         self.attestations.get_or_create(&KindLabel { kind }).inc();
     }
 
-    pub fn attestation_failed(&self, reason: &'static str) {
+    pub(crate) fn attestation_failed(&self, reason: &'static str) {
         self.attestation_failures
             .get_or_create(&ReasonLabel { reason })
             .inc();
     }
 
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out

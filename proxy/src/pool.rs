@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::status::{EndpointStatus, LastError, Measurements, PoolStatus};
 
 /// What every endpoint's pool works with.
-pub struct Settings {
+pub(crate) struct Settings {
     pub client: AttestedClient,
     pub policy: AttestationPolicy,
     pub max_age: Duration,
@@ -31,7 +31,7 @@ pub struct Settings {
 }
 
 /// One enclave, its pool and what the proxy last learnt about it.
-pub struct EndpointState {
+pub(crate) struct EndpointState {
     pub endpoint: Endpoint,
     /// `https://host:port`.
     pub url: String,
@@ -67,11 +67,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// A one-line message (for a header-adjacent JSON body and logs).
-pub fn one_line(message: &str) -> String {
+pub(crate) fn one_line(message: &str) -> String {
     message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-pub fn last_error(reason: &str, message: &str, endpoint: Option<&str>) -> LastError {
+pub(crate) fn last_error(reason: &str, message: &str, endpoint: Option<&str>) -> LastError {
     LastError {
         reason: reason.to_owned(),
         message: one_line(message),
@@ -81,7 +81,12 @@ pub fn last_error(reason: &str, message: &str, endpoint: Option<&str>) -> LastEr
 }
 
 impl EndpointState {
-    pub fn new(endpoint: Endpoint, max: usize, pod: Option<String>, node: Option<String>) -> Self {
+    pub(crate) fn new(
+        endpoint: Endpoint,
+        max: usize,
+        pod: Option<String>,
+        node: Option<String>,
+    ) -> Self {
         let url = format!("https://{}", endpoint.authority());
         let max = max.max(1);
         Self {
@@ -98,23 +103,23 @@ impl EndpointState {
     }
 
     /// In rotation unless it failed less than `retry_after` ago.
-    pub fn in_rotation(&self, retry_after: Duration) -> bool {
+    pub(crate) fn in_rotation(&self, retry_after: Duration) -> bool {
         let info = lock(&self.info);
         !info.failing || info.failed_at.is_none_or(|t| t.elapsed() >= retry_after)
     }
 
-    pub fn idle_count(&self) -> usize {
+    pub(crate) fn idle_count(&self) -> usize {
         lock(&self.idle).len()
     }
 
-    pub fn busy_count(&self) -> usize {
+    pub(crate) fn busy_count(&self) -> usize {
         self.busy.load(Ordering::Relaxed)
     }
 
     /// An attested connection for one request: a pooled one (re-attested
     /// first if its evidence is due), or a new one. Nothing of the caller's
     /// request is involved: on error the caller may try another endpoint.
-    pub async fn checkout(
+    pub(crate) async fn checkout(
         self: &Arc<Self>,
         settings: &Settings,
         metrics: &Metrics,
@@ -225,7 +230,7 @@ impl EndpointState {
 
     /// Background upkeep: closes idle connections past the idle timeout and
     /// re-attests those whose evidence is due.
-    pub async fn maintain(&self, settings: &Settings, metrics: &Metrics) {
+    pub(crate) async fn maintain(&self, settings: &Settings, metrics: &Metrics) {
         let due: Vec<Idle> = {
             let mut idle = lock(&self.idle);
             idle.retain(|c| !c.connection.is_closed() && c.since.elapsed() < settings.idle_timeout);
@@ -260,7 +265,7 @@ impl EndpointState {
         info.failing = false;
     }
 
-    pub fn record_failure(&self, error: &ClientError, metrics: &Metrics) {
+    pub(crate) fn record_failure(&self, error: &ClientError, metrics: &Metrics) {
         let reason = error.reason();
         metrics.attestation_failed(reason);
         tracing::warn!(endpoint = %self.url, reason, error = %error, "upstream endpoint not attested");
@@ -270,11 +275,11 @@ impl EndpointState {
         info.last_error = Some(last_error(reason, &error.to_string(), Some(&self.url)));
     }
 
-    pub fn last_error(&self) -> Option<LastError> {
+    pub(crate) fn last_error(&self) -> Option<LastError> {
         lock(&self.info).last_error.clone()
     }
 
-    pub fn status(&self, settings: &Settings) -> EndpointStatus {
+    pub(crate) fn status(&self, settings: &Settings) -> EndpointStatus {
         let info = lock(&self.info);
         let age = info.attested_at.map(|(at, _)| at.elapsed());
         EndpointStatus {
@@ -302,7 +307,7 @@ impl EndpointState {
 /// One attested connection lent to one request. Dropped, the connection is
 /// closed; [`Self::release`]d (after a complete answer), it goes back to the
 /// pool.
-pub struct Lease {
+pub(crate) struct Lease {
     endpoint: Arc<EndpointState>,
     connection: Option<AttestedConnection>,
     attested_at: Instant,
@@ -310,18 +315,18 @@ pub struct Lease {
 }
 
 impl Lease {
-    pub fn connection(&mut self) -> &mut AttestedConnection {
+    pub(crate) fn connection(&mut self) -> &mut AttestedConnection {
         self.connection
             .as_mut()
             .expect("a lease holds its connection until released")
     }
 
-    pub fn endpoint(&self) -> &EndpointState {
+    pub(crate) fn endpoint(&self) -> &EndpointState {
         &self.endpoint
     }
 
     /// Returns the connection to the pool, if it can carry another request.
-    pub fn release(mut self) {
+    pub(crate) fn release(mut self) {
         if let Some(connection) = self.connection.take() {
             if !connection.is_closed() {
                 lock(&self.endpoint.idle).push(Idle {

@@ -5,6 +5,8 @@
 //! Each [`Swtpm`] is a `swtpm socket --tpm2` process on free loopback ports
 //! with its own state directory, so tests run in parallel without sharing
 //! PCRs or keys, and a test can simulate a reboot with [`Swtpm::restart`].
+#![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 pub mod confidential_pod;
 pub mod containerd;

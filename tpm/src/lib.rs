@@ -13,6 +13,8 @@
 //! and extends PCRs and quotes; [`pcrs`] is the workload PCR as a log uses
 //! it and quotes paired with the values they signed; [`endorsement`] reads
 //! the endorsement key (EK) certificates and performs credential activation.
+#![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 pub mod endorsement;
 pub mod pcrs;

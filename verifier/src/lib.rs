@@ -3,6 +3,8 @@
 //! A client holds raw [`Evidence`] fetched from an endpoint and turns it into
 //! a [`VerifiedReport`] only through [`verify()`]: the two are different
 //! types so that code cannot mistake "received" for "checked".
+#![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 pub mod binding;
 pub mod clock;

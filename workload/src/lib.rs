@@ -8,6 +8,8 @@
 //! - [`expected`]: the kubelet's conversion of a container to what the
 //!   runtime receives, as the canonical spec of `aver-node-log`;
 //! - [`policy`]: the attestation policy of a node-measured model.
+#![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 pub mod expected;
 pub mod policy;

@@ -1,5 +1,6 @@
 //! Prints the ConfidentialModel CRD as YAML, or with `--write` writes it to
 //! every committed location (run from the workspace root, as cargo does).
+#![forbid(unsafe_code)]
 
 use std::path::Path;
 use std::process::ExitCode;

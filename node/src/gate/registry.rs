@@ -8,14 +8,14 @@ use aver_node_log::{ImageIdentity, NodeEvent, NodeLogEntry, SandboxInfo};
 
 /// A container the gate admitted.
 #[derive(Debug, Clone)]
-pub struct Measured {
+pub(super) struct Measured {
     pub sandbox_id: String,
     pub name: String,
     pub image: ImageIdentity,
 }
 
 #[derive(Debug, Default)]
-pub struct Registry {
+pub(super) struct Registry {
     sandboxes: HashMap<String, SandboxInfo>,
     containers: HashMap<String, Measured>,
     /// Containers that registered a TLS key.
@@ -24,7 +24,7 @@ pub struct Registry {
 
 impl Registry {
     /// The registry a node log describes.
-    pub fn from_log(entries: &[NodeLogEntry]) -> Self {
+    pub(super) fn from_log(entries: &[NodeLogEntry]) -> Self {
         let mut r = Self::default();
         for entry in entries {
             r.apply(&entry.event);
@@ -33,7 +33,7 @@ impl Registry {
     }
 
     /// Records an event the gate has just extended.
-    pub fn apply(&mut self, event: &NodeEvent) {
+    pub(super) fn apply(&mut self, event: &NodeEvent) {
         match event {
             NodeEvent::PodSandbox {
                 sandbox_id,
@@ -64,17 +64,17 @@ impl Registry {
         }
     }
 
-    pub fn sandbox(&self, id: &str) -> Option<&SandboxInfo> {
+    pub(super) fn sandbox(&self, id: &str) -> Option<&SandboxInfo> {
         self.sandboxes.get(id)
     }
 
     /// A measured container and the sandbox it is in.
-    pub fn container(&self, id: &str) -> Option<(&Measured, &SandboxInfo)> {
+    pub(super) fn container(&self, id: &str) -> Option<(&Measured, &SandboxInfo)> {
         let c = self.containers.get(id)?;
         Some((c, self.sandboxes.get(&c.sandbox_id)?))
     }
 
-    pub fn has_key(&self, container_id: &str) -> bool {
+    pub(super) fn has_key(&self, container_id: &str) -> bool {
         self.keys.contains(container_id)
     }
 }

@@ -23,6 +23,7 @@
 //! bytes the chat enclave sent to its engine. Runs until its standard input
 //! closes or it is interrupted. Exits 2 when swtpm or the engine is missing
 //! (the message says which), 1 on any other failure.
+#![forbid(unsafe_code)]
 
 use std::io::Read as _;
 use std::process::ExitCode;

@@ -12,6 +12,7 @@
 //! test. Needs root, containerd, runc, the CNI plugins and swtpm (`bash
 //! scripts/setup.sh`) and the workspace's binaries (`cargo build
 //! --workspace --bins`); part of `scripts/demo.sh`.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -15,6 +15,7 @@
 //! once the child runs; then for each line `read HEXADDRESS` on stdin it
 //! answers one line on stdout: `read ok`, `read open-error ERRNO` or
 //! `read read-error ERRNO`. At the end of stdin it kills the child and exits.
+#![forbid(unsafe_code)]
 
 use std::fs::File;
 use std::io::{BufRead as _, Write as _};

@@ -1,6 +1,7 @@
 //! A stand-in inference engine with the OpenAI chat-completions shape, for
 //! the README demo and local experiments: it echoes the last user message,
 //! streamed (SSE) when asked. Not a product component.
+#![forbid(unsafe_code)]
 
 use std::time::Duration;
 

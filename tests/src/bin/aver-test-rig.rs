@@ -20,6 +20,7 @@
 //! standard input closes or it is interrupted, then stops everything.
 //! Exits 2 when swtpm is missing. Needs `aver-enclave` built next to it
 //! (`cargo build --workspace --bins`).
+#![forbid(unsafe_code)]
 
 use std::io::Read as _;
 use std::process::ExitCode;

@@ -189,12 +189,12 @@ pub(crate) mod tpm_side {
 
     use super::*;
 
-    pub enum EkPrivateKey {
+    pub(crate) enum EkPrivateKey {
         Rsa(Box<rsa::RsaPrivateKey>),
         Ecc(p256::SecretKey),
     }
 
-    pub fn activate(
+    pub(crate) fn activate(
         ek: &EkPrivateKey,
         blob: &CredentialBlob,
         object_name: &[u8],

@@ -9,7 +9,7 @@ use rcgen::{
 };
 
 /// A CA that can issue certificates.
-pub struct TestCa {
+pub(crate) struct TestCa {
     params: CertificateParams,
     key: KeyPair,
     pub der: Vec<u8>,
@@ -18,16 +18,20 @@ pub struct TestCa {
 
 impl TestCa {
     /// A self-signed root.
-    pub fn root(common_name: &str) -> Self {
+    pub(crate) fn root(common_name: &str) -> Self {
         Self::build(common_name, None, BasicConstraints::Unconstrained, |_| {})
     }
 
     /// An intermediate issued by `parent`.
-    pub fn intermediate(common_name: &str, parent: &TestCa, constraint: BasicConstraints) -> Self {
+    pub(crate) fn intermediate(
+        common_name: &str,
+        parent: &TestCa,
+        constraint: BasicConstraints,
+    ) -> Self {
         Self::build(common_name, Some(parent), constraint, |_| {})
     }
 
-    pub fn build(
+    pub(crate) fn build(
         common_name: &str,
         parent: Option<&TestCa>,
         constraint: BasicConstraints,
@@ -54,13 +58,13 @@ impl TestCa {
         }
     }
 
-    pub fn issuer(&self) -> Issuer<'_, &KeyPair> {
+    pub(crate) fn issuer(&self) -> Issuer<'_, &KeyPair> {
         Issuer::from_params(&self.params, &self.key)
     }
 }
 
 /// An EK public key given as its subjectPublicKey bits.
-pub struct ForeignKey {
+pub(crate) struct ForeignKey {
     pub bits: Vec<u8>,
     pub algorithm: &'static SignatureAlgorithm,
 }
@@ -76,7 +80,7 @@ impl PublicKeyData for ForeignKey {
 }
 
 impl ForeignKey {
-    pub fn rsa(key: &rsa::RsaPublicKey) -> Self {
+    pub(crate) fn rsa(key: &rsa::RsaPublicKey) -> Self {
         use rsa::pkcs1::EncodeRsaPublicKey as _;
         Self {
             bits: key.to_pkcs1_der().unwrap().as_bytes().to_vec(),
@@ -84,7 +88,7 @@ impl ForeignKey {
         }
     }
 
-    pub fn p256(key: &p256::PublicKey) -> Self {
+    pub(crate) fn p256(key: &p256::PublicKey) -> Self {
         use p256::elliptic_curve::sec1::ToEncodedPoint as _;
         Self {
             bits: key.to_encoded_point(false).as_bytes().to_vec(),
@@ -109,7 +113,7 @@ fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
 
 /// The DER of a subjectAltName with one directoryName holding the TPM
 /// manufacturer, model and version, as TPM vendors write it.
-pub fn tpm_san(manufacturer: &str, model: &str, version: &str) -> Vec<u8> {
+pub(crate) fn tpm_san(manufacturer: &str, model: &str, version: &str) -> Vec<u8> {
     let attribute = |last_arc: u8, value: &str| {
         let oid = tlv(0x06, &[0x67, 0x81, 0x05, 0x02, last_arc]);
         let utf8 = tlv(0x0c, value.as_bytes());
@@ -131,7 +135,7 @@ pub fn tpm_san(manufacturer: &str, model: &str, version: &str) -> Vec<u8> {
 
 /// An EK certificate for `key`, issued by `ca`, valid from `not_before`
 /// to `not_after` (years), shaped like a vendor's; `tweak` may change it.
-pub fn ek_certificate(
+pub(crate) fn ek_certificate(
     ca: &TestCa,
     key: &ForeignKey,
     validity: (i32, i32),
@@ -155,13 +159,13 @@ pub fn ek_certificate(
 }
 
 /// The RSA private key of the unit tests' EK.
-pub fn rsa_ek() -> rsa::RsaPrivateKey {
+pub(crate) fn rsa_ek() -> rsa::RsaPrivateKey {
     use rsa::pkcs8::DecodePrivateKey as _;
     rsa::RsaPrivateKey::from_pkcs8_pem(include_str!("test_rsa_ek.pem")).unwrap()
 }
 
 /// A TPMT_PUBLIC of an ECC P-256 key with `attributes` and point (x, y).
-pub fn ak_public(attributes: u32, x: [u8; 32], y: [u8; 32]) -> Vec<u8> {
+pub(crate) fn ak_public(attributes: u32, x: [u8; 32], y: [u8; 32]) -> Vec<u8> {
     use crate::tpm::{alg, ECC_NIST_P256};
     let mut v = Vec::new();
     v.extend(alg::ECC.to_be_bytes());
@@ -182,4 +186,5 @@ pub fn ak_public(attributes: u32, x: [u8; 32], y: [u8; 32]) -> Vec<u8> {
 
 /// Attributes of aver's AK: fixedTPM, fixedParent, sensitiveDataOrigin,
 /// userWithAuth, restricted, sign.
-pub const AK_ATTRIBUTES: u32 = (1 << 1) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 16) | (1 << 18);
+pub(crate) const AK_ATTRIBUTES: u32 =
+    (1 << 1) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 16) | (1 << 18);

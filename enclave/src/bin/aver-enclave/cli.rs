@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use aver_crds::protocol::enclave_flags as flags;
 use aver_crds::Sha256Digest;
+use aver_logging::LogFormat;
 use aver_verifier::binding::Nonce;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 use aver_enclave::launch::LaunchConfig;
 use aver_enclave::launch_log::{
@@ -32,20 +33,12 @@ const DEFAULT_BOOT_PCRS: [u8; 11] = aver_crds::boot_policy::PLATFORM_PCRS;
 #[derive(Debug, Parser)]
 #[command(name = "aver-enclave", version, about, long_about = None)]
 pub struct Cli {
-    /// Log format on stderr.
+    /// Log format on stderr. AVER_LOG sets the filter (e.g. AVER_LOG=debug;
+    /// RUST_LOG is read when it is unset).
     #[arg(long, env = "AVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line, for log collectors.
-    Json,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,7 +1,7 @@
 //! The `aver-enclave` binary: parses settings, sets up logging and runs one
 //! subcommand, reporting failure as one line on stderr and a non-zero exit.
+#![forbid(unsafe_code)]
 
-use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -12,8 +12,7 @@ mod rendered_args;
 use aver_enclave::server::{ServeConfig, Server};
 use aver_enclave::{Enclave, RegisteredEnclave, Tpm};
 use clap::Parser as _;
-use cli::{AkArgs, Cli, Command, EvidenceArgs, LogFormat, ServeArgs, ServeMode};
-use tracing_subscriber::EnvFilter;
+use cli::{AkArgs, Cli, Command, EvidenceArgs, ServeArgs, ServeMode};
 
 fn main() -> ExitCode {
     // Before anything else, in particular before the TLS key exists: every
@@ -22,9 +21,10 @@ fn main() -> ExitCode {
         eprintln!("aver-enclave: error: refusing to start: {error}");
         return ExitCode::FAILURE;
     }
-    quiet_tss_logging();
+    // Before any thread exists: it sets TSS2_LOG in the environment.
+    aver_logging::quiet_tss_logging();
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    aver_logging::init(cli.log_format, aver_logging::TPM_DEFAULT_FILTER);
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -157,31 +157,4 @@ fn ak(args: AkArgs) -> anyhow::Result<()> {
         .map_err(|reason| anyhow::anyhow!("cannot pin this TPM: {reason}"))?;
     print!("{yaml}");
     Ok(())
-}
-
-/// The TSS C libraries print their own multi-line diagnostics to stderr for
-/// every failure (e.g. an unreachable swtpm), which would drown the one-line
-/// error this binary reports. They stay silent unless the operator asks for
-/// them by setting `TSS2_LOG` (e.g. `TSS2_LOG=all+debug`).
-fn quiet_tss_logging() {
-    if std::env::var_os("TSS2_LOG").is_none() {
-        // Runs at the start of main, before any thread exists.
-        std::env::set_var("TSS2_LOG", "all+NONE");
-    }
-}
-
-/// Logs go to stderr so that stdout carries only the command's result.
-/// `RUST_LOG` overrides the level; tss-esapi's own chatter is off unless
-/// asked for, since every TPM failure is reported through our errors.
-fn init_logging(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,tss_esapi=off"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
