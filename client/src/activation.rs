@@ -6,7 +6,7 @@
 //! any [`Exchange`] (the attested connection implements it: activation
 //! must happen on the TLS session whose key the evidence binds).
 
-use aver_crds::AttestationPolicy;
+use aver_crds::AkName;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -15,13 +15,13 @@ use hyper::body::Incoming;
 use crate::error::ClientError;
 use crate::ACTIVATE_PATH;
 use aver_verifier::ek::activation::{unix_now, MAX_ACTIVATION_BYTES, MAX_OFFER_BYTES};
-use aver_verifier::ek::chain::roots_sha256;
 use aver_verifier::ek::{
     ActivatedAk, ActivationCache, ActivationError, ActivationOffer, ActivationRequest,
     ActivationResponse, PendingActivation, TrustAnchors,
 };
 use aver_verifier::evidence::Evidence;
 use aver_verifier::tpm::AkPublic;
+use aver_verifier::ValidatedPolicy;
 
 /// When an attestation proves the AK's residency by credential activation.
 #[derive(Debug, Clone, Copy)]
@@ -57,14 +57,14 @@ pub(super) trait Exchange {
 pub(super) async fn activation_for(
     connection: &mut impl Exchange,
     evidence: &Evidence,
-    policy: &AttestationPolicy,
+    policy: &ValidatedPolicy,
     mode: ActivationMode<'_>,
 ) -> Result<Option<ActivatedAk>, ClientError> {
     let (cache, always) = match mode {
         ActivationMode::IfNeeded(cache) => (cache, false),
         ActivationMode::Always(cache) => (cache, true),
     };
-    let Some(roots) = policy.trust.ek_roots.as_deref() else {
+    let Some(anchors) = policy.ek_roots() else {
         if always {
             return Err(aver_verifier::VerifyError::from(ActivationError::NoEkRoots).into());
         }
@@ -75,20 +75,17 @@ pub(super) async fn activation_for(
         let Ok(ak) = AkPublic::parse(&evidence.ak_public.0) else {
             return Ok(None);
         };
-        let name = ak.name_hex();
-        if policy
-            .trust
-            .ak_names
-            .iter()
-            .any(|n| n.eq_ignore_ascii_case(&name))
-        {
+        let Ok(name) = AkName::parse(&ak.name_hex()) else {
+            return Ok(None);
+        };
+        if policy.lists_ak(&name) {
             return Ok(None);
         }
-        if let Some(proof) = cache.find(&name, &roots_sha256(roots), unix_now()) {
+        if let Some(proof) = cache.find(&name, &anchors.policy_sha256(), unix_now()) {
             return Ok(Some(proof));
         }
     }
-    let activated = activate(connection, roots).await?;
+    let activated = activate(connection, anchors.clone()).await?;
     tracing::debug!(
         endpoint = %connection.authority(),
         ak = %activated.ak_name(),
@@ -99,14 +96,12 @@ pub(super) async fn activation_for(
     Ok(Some(activated))
 }
 
-/// Activates the enclave's AK against the EK roots `roots` (a PEM
-/// bundle, the policy's `trust.ekRoots`).
+/// Activates the enclave's AK against `anchors` (the policy's
+/// `trust.ekRoots`, parsed).
 pub(super) async fn activate(
     connection: &mut impl Exchange,
-    roots: &str,
+    anchors: TrustAnchors,
 ) -> Result<ActivatedAk, ClientError> {
-    let anchors = TrustAnchors::from_pem(roots)
-        .map_err(|e| aver_verifier::VerifyError::from(ActivationError::BadRoots(e)))?;
     let offer = activation_offer(connection).await?;
     // Chain validation is CPU work on what the server sent: off the
     // async threads.

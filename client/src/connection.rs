@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aver_crds::{AttestationPolicy, Sha256Digest};
+use aver_crds::Sha256Digest;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode, Uri};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -21,10 +21,13 @@ use crate::tls::{self, KeyAcceptance};
 use crate::EVIDENCE_PATH;
 use aver_verifier::binding::spki_sha256;
 use aver_verifier::binding::Nonce;
-use aver_verifier::ek::{ActivatedAk, ActivationCache, ActivationOffer};
+use aver_verifier::ek::{
+    ActivatedAk, ActivationCache, ActivationError, ActivationOffer, TrustAnchors,
+};
 use aver_verifier::evidence::{Evidence, MAX_EVIDENCE_BYTES};
 use aver_verifier::report::VerifiedReport;
 use aver_verifier::verify::{verify_activated, Challenge};
+use aver_verifier::ValidatedPolicy;
 
 /// Where an enclave listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +109,7 @@ impl AttestedConnection {
     /// TPM once).
     pub async fn attest(
         endpoint: &Endpoint,
-        policy: &AttestationPolicy,
+        policy: &ValidatedPolicy,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
         let cache = ActivationCache::default();
@@ -119,7 +122,7 @@ impl AttestedConnection {
     /// with the activation proof.
     pub async fn attest_with(
         endpoint: &Endpoint,
-        policy: &AttestationPolicy,
+        policy: &ValidatedPolicy,
         timeout: Duration,
         mode: ActivationMode<'_>,
     ) -> Result<Self, ClientError> {
@@ -143,7 +146,7 @@ impl AttestedConnection {
     /// previous evidence reaches its maximum age.
     pub async fn reattest(
         &mut self,
-        policy: &AttestationPolicy,
+        policy: &ValidatedPolicy,
     ) -> Result<&VerifiedReport, ClientError> {
         let nonce = Nonce::random();
         let evidence = self.fetch_evidence(&nonce).await?;
@@ -317,7 +320,9 @@ impl AttestedConnection {
     /// Activates the enclave's AK against the EK roots `roots` (a PEM
     /// bundle, the policy's `trust.ekRoots`), on this connection.
     pub async fn activate(&mut self, roots: &str) -> Result<ActivatedAk, ClientError> {
-        activation::activate(self, roots).await
+        let anchors = TrustAnchors::from_pem(roots)
+            .map_err(|e| aver_verifier::VerifyError::from(ActivationError::BadRoots(e)))?;
+        activation::activate(self, anchors).await
     }
 
     /// The enclave's activation offer (`GET /.well-known/aver/activate`).

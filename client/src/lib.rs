@@ -37,6 +37,7 @@ use hyper::body::Incoming;
 use aver_verifier::clock::ClockHistory;
 use aver_verifier::ek::ActivationCache;
 use aver_verifier::report::VerifiedReport;
+use aver_verifier::ValidatedPolicy;
 
 pub use aver_crds::protocol::{ACTIVATE_PATH, EVIDENCE_PATH};
 
@@ -44,7 +45,7 @@ pub use aver_crds::protocol::{ACTIVATE_PATH, EVIDENCE_PATH};
 /// clones share pins and the TPM clock history.
 #[derive(Clone)]
 pub struct AttestedClient {
-    policy: Arc<AttestationPolicy>,
+    policy: Arc<ValidatedPolicy>,
     max_age: Duration,
     pins: PinStore,
     clocks: Arc<Mutex<ClockHistory>>,
@@ -56,20 +57,20 @@ impl AttestedClient {
     /// A client that verifies against `policy` (validated here, so a client
     /// with an unenforceable policy cannot exist).
     pub fn new(policy: AttestationPolicy) -> Result<Self, ClientError> {
-        policy
-            .validate()
-            .map_err(aver_verifier::VerifyError::from)?;
-        let max_age = policy
-            .max_evidence_age()
-            .map_err(aver_verifier::VerifyError::from)?;
-        Ok(Self {
+        Ok(Self::with_policy(ValidatedPolicy::new(policy)?))
+    }
+
+    /// A client that verifies against an already validated policy.
+    pub fn with_policy(policy: ValidatedPolicy) -> Self {
+        let max_age = policy.max_evidence_age();
+        Self {
             policy: Arc::new(policy),
             max_age,
             pins: PinStore::default(),
             clocks: Arc::new(Mutex::new(ClockHistory::new())),
             activations: ActivationCache::default(),
             connect_timeout: Duration::from_secs(10),
-        })
+        }
     }
 
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
@@ -77,7 +78,7 @@ impl AttestedClient {
         self
     }
 
-    pub fn policy(&self) -> &AttestationPolicy {
+    pub fn policy(&self) -> &ValidatedPolicy {
         &self.policy
     }
 

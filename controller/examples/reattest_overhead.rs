@@ -32,7 +32,7 @@ impl EndpointAttester for Instant0 {
     async fn attest(
         &self,
         _target: &AttestTarget,
-        _policy: &AttestationPolicy,
+        _policy: &aver_verifier::ValidatedPolicy,
     ) -> Result<AttestedEndpoint, AttestError> {
         Ok(self.0.clone())
     }
@@ -62,7 +62,7 @@ fn main() {
     let interval = Duration::from_secs(5);
 
     let digest = |b: u8| Sha256Digest([b; 32]);
-    let policy = Arc::new(AttestationPolicy {
+    let policy = AttestationPolicy {
         reference_pcrs: vec![],
         workload_pcr: 15,
         boot: None,
@@ -84,7 +84,8 @@ fn main() {
         },
         interval: "5s".into(),
         max_evidence_age: "1m".into(),
-    });
+    };
+    let policy = Arc::new(aver_verifier::ValidatedPolicy::new(policy).expect("valid policy"));
     // 100 models of endpoints/100 pods each.
     let models: Vec<ModelTargets> = (0..100)
         .map(|m| ModelTargets {

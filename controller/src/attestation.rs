@@ -11,9 +11,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use aver_crds::{
-    AkActivation, AttestationPolicy, BootPolicyResult, EndpointMeasurements, Sha256Digest,
-};
+use aver_crds::{AkActivation, BootPolicyResult, EndpointMeasurements, Sha256Digest};
+use aver_verifier::ValidatedPolicy;
 use aver_verifier::{VerifiedReport, VerifyError};
 use base64::Engine as _;
 
@@ -155,7 +154,7 @@ pub trait EndpointAttester: Send + Sync + 'static {
     fn attest(
         &self,
         target: &AttestTarget,
-        policy: &AttestationPolicy,
+        policy: &ValidatedPolicy,
     ) -> impl Future<Output = Result<AttestedEndpoint, AttestError>> + Send;
 }
 

@@ -12,13 +12,14 @@ use anyhow::Context as _;
 use aver_controller::config::Args;
 use aver_controller::effects::Effects;
 use aver_controller::leader::{ElectionConfig, LeaderElector};
-use aver_controller::metrics::{self, Metrics};
+use aver_controller::metrics::Metrics;
 use aver_controller::reconcile::{error_policy, reconcile, Context};
 use aver_controller::source::{slim_pod, ClusterSource};
 use aver_controller::tls_attester::TlsAttester;
 use aver_controller::workload::MODEL_LABEL;
 use aver_controller::{ModelKey, Reattester, ResultStore};
 use aver_crds::ConfidentialModel;
+use aver_serve::{MetricsServer, Readiness};
 use clap::Parser;
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -77,15 +78,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     });
 
     let metrics = Metrics::new();
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
-        .await
-        .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
-    tracing::info!(addr = %args.metrics_addr, "serving /metrics, /healthz and /readyz");
-    tokio::spawn(metrics::serve_on(
-        listener,
-        metrics.clone(),
-        stopped(stop_rx.clone()),
-    ));
+    // Ready as soon as it serves: a replica that is not the leader is a
+    // warm standby, not an unready one.
+    let server = MetricsServer::bind(
+        args.metrics_addr,
+        Arc::new(metrics.clone()),
+        Readiness::new(true),
+    )
+    .await
+    .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
+    tokio::spawn(server.run(stopped(stop_rx.clone())));
 
     let client = Client::try_default().await.context(
         "cannot configure the Kubernetes client (in-cluster service account or KUBECONFIG)",

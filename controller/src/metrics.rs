@@ -1,25 +1,15 @@
-//! Prometheus metrics and the small HTTP server that exposes them with the
-//! health endpoints (`/metrics`, `/healthz`, `/readyz`).
+//! Prometheus metrics of the controller, served with the health endpoints
+//! (`/metrics`, `/healthz`, `/readyz`) by [`aver_serve::MetricsServer`].
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 
 /// Label of a result: "ok"/"error" for reconciles, "verified" or the failure
 /// reason for attestations.
@@ -183,84 +173,15 @@ impl Metrics {
             .get()
     }
 
-    /// The metrics in the Prometheus text format.
+    /// The metrics in the OpenMetrics text format.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        aver_serve::encode(&self.registry)
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown` completes.
-pub async fn serve(
-    addr: SocketAddr,
-    metrics: Metrics,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
-    serve_on(listener, metrics, shutdown).await;
-    Ok(())
-}
-
-/// Like [`serve`] on an already bound listener.
-pub async fn serve_on(listener: TcpListener, metrics: Metrics, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            () = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics listener accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(respond(&req, &metrics)) }
-            });
-            let builder = hyper::server::conn::http1::Builder::new();
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(error = %e, "metrics connection ended with an error");
-            }
-        });
-    }
-}
-
-fn respond(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
-    let text = |status: StatusCode, content_type: &'static str, body: String| {
-        let mut response = Response::new(Full::new(Bytes::from(body)));
-        *response.status_mut() = status;
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static(content_type),
-        );
-        response
-    };
-    if req.method() != Method::GET {
-        return text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "GET only\n".into(),
-        );
-    }
-    match req.uri().path() {
-        "/metrics" => text(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.encode(),
-        ),
-        "/healthz" | "/readyz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
-        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+impl aver_serve::Scrape for Metrics {
+    fn scrape(&self) -> String {
+        self.encode()
     }
 }
 
@@ -292,12 +213,18 @@ mod tests {
 
     #[tokio::test]
     async fn http_endpoints_answer() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
         let metrics = Metrics::new();
         metrics.set_verified_endpoints(3);
+        let server = aver_serve::MetricsServer::bind(
+            "127.0.0.1:0".parse().expect("address"),
+            Arc::new(metrics),
+            aver_serve::Readiness::new(true),
+        )
+        .await
+        .expect("bind");
+        let addr = server.local_addr().expect("addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_on(listener, metrics, async {
+        let server = tokio::spawn(server.run(async {
             let _ = stopped.await;
         }));
         let get = |path: &'static str| async move {
@@ -316,6 +243,7 @@ mod tests {
         assert!(body.starts_with("HTTP/1.1 200"), "{body}");
         assert!(body.contains("aver_verified_endpoints 3"));
         assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
+        assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
         assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
         let _ = stop.send(());
         server.await.expect("server stops");

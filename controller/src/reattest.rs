@@ -14,7 +14,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aver_crds::AttestationPolicy;
+use aver_verifier::ValidatedPolicy;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ObjectReference;
 use rand::Rng as _;
@@ -102,7 +102,7 @@ impl DeletionBudget {
 /// Per-model settings the loop keeps between refreshes.
 struct ModelEntry {
     reference: ObjectReference,
-    policy: Arc<AttestationPolicy>,
+    policy: Arc<ValidatedPolicy>,
     interval: Duration,
 }
 
@@ -126,7 +126,7 @@ type HeapEntry = Reverse<(Instant, u64, u64)>;
 struct Done {
     id: u64,
     target: AttestTarget,
-    policy: Arc<AttestationPolicy>,
+    policy: Arc<ValidatedPolicy>,
     started: Instant,
     took: Duration,
     result: Result<AttestedEndpoint, AttestError>,
@@ -498,7 +498,7 @@ mod tests {
         async fn attest(
             &self,
             target: &AttestTarget,
-            _policy: &AttestationPolicy,
+            _policy: &ValidatedPolicy,
         ) -> Result<AttestedEndpoint, AttestError> {
             let now_running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
             self.peak.fetch_max(now_running, Ordering::SeqCst);
@@ -799,12 +799,12 @@ mod tests {
         // A new policy: b is attested again right away, not 30 s later.
         let calls_before = attester.calls.lock().expect("lock").len();
         let mut changed = model(&["b"], interval);
-        let mut new_policy = (*changed.policy).clone();
+        let mut new_policy = changed.policy.policy().clone();
         new_policy
             .allowed
             .model_digests
             .push(aver_crds::Sha256Digest([7; 32]));
-        changed.policy = Arc::new(new_policy);
+        changed.policy = Arc::new(ValidatedPolicy::new(new_policy).expect("valid"));
         source.set(vec![changed]);
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(attester.calls.lock().expect("lock").len(), calls_before + 1);

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use aver_crds::{AttestationPolicy, ConfidentialModel};
+use aver_verifier::ValidatedPolicy;
 use jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
 
@@ -77,7 +78,7 @@ impl EndpointRecord {
 pub struct Verification {
     pub endpoint: AttestedEndpoint,
     pub at: Timestamp,
-    pub policy: Arc<AttestationPolicy>,
+    pub policy: Arc<ValidatedPolicy>,
 }
 
 /// A failed attestation.
@@ -100,7 +101,9 @@ impl EndpointRecord {
         policy: &AttestationPolicy,
     ) -> Option<&Verification> {
         self.verified.as_ref().filter(|v| {
-            self.consecutive_failures == 0 && age(now, v.at) <= max_age && *v.policy == *policy
+            self.consecutive_failures == 0
+                && age(now, v.at) <= max_age
+                && v.policy.policy() == policy
         })
     }
 }
@@ -133,7 +136,7 @@ impl ResultStore {
         model: &ModelKey,
         target: &AttestTarget,
         endpoint: AttestedEndpoint,
-        policy: &Arc<AttestationPolicy>,
+        policy: &Arc<ValidatedPolicy>,
         at: Timestamp,
     ) -> bool {
         let mut all = self.lock();
@@ -303,8 +306,10 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) fn policy() -> Arc<AttestationPolicy> {
-        Arc::new(crate::workload::tests::model("llama").spec.attestation)
+    pub(crate) fn policy() -> Arc<ValidatedPolicy> {
+        Arc::new(
+            ValidatedPolicy::new(crate::workload::tests::model("llama").spec.attestation).unwrap(),
+        )
     }
 
     fn key() -> ModelKey {
@@ -364,9 +369,11 @@ pub(crate) mod tests {
         let listable = store.snapshot(&key()).endpoints["b"].clone();
         let later = Timestamp::from_second(1_000 + 301).expect("time");
         let max_age = Duration::from_secs(300);
-        assert!(listable.listable(t0, max_age, &policy()).is_some());
-        assert!(listable.listable(later, max_age, &policy()).is_none());
-        let mut other = (*policy()).clone();
+        assert!(listable.listable(t0, max_age, policy().policy()).is_some());
+        assert!(listable
+            .listable(later, max_age, policy().policy())
+            .is_none());
+        let mut other = policy().policy().clone();
         other
             .allowed
             .model_digests

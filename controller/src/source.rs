@@ -10,7 +10,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aver_crds::{AttestationPolicy, ConfidentialModel};
+use aver_crds::ConfidentialModel;
+use aver_verifier::ValidatedPolicy;
 use aver_workload::KubeletParams;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -26,7 +27,7 @@ pub struct ModelTargets {
     pub key: ModelKey,
     /// Reference to the resource, for Events about it.
     pub reference: ObjectReference,
-    pub policy: Arc<AttestationPolicy>,
+    pub policy: Arc<ValidatedPolicy>,
     /// How often each endpoint is re-attested.
     pub interval: Duration,
     /// How long a verification counts.
@@ -122,13 +123,13 @@ pub fn model_targets(
         return None;
     }
     cm.spec.attestation.validate().ok()?;
-    let policy = &attestation_policy(cm, workload, kubelet).ok()?;
-    let interval = policy.interval().ok()?;
-    let max_age = policy.max_evidence_age().ok()?;
+    let policy = ValidatedPolicy::new(attestation_policy(cm, workload, kubelet).ok()?).ok()?;
+    let interval = policy.interval();
+    let max_age = policy.max_evidence_age();
     Some(ModelTargets {
         key: ObjectRef::from_obj(cm),
         reference: cm.object_ref(&()),
-        policy: Arc::new(policy.clone()),
+        policy: Arc::new(policy),
         interval,
         max_age,
         targets: Vec::new(),
@@ -248,7 +249,7 @@ mod tests {
         let kubelet = crate::workload::tests::kubelet();
         let targets = model_targets(&node, &node_config, Some(&kubelet)).expect("valid");
         assert_eq!(
-            *targets.policy,
+            *targets.policy.policy(),
             attestation_policy(&node, &node_config, Some(&kubelet)).unwrap()
         );
         assert!(targets.policy.allowed.pod.is_some());

@@ -392,7 +392,7 @@ mod tests {
 
     fn inputs(results: &ModelResults, now: i64) -> StatusInputs<'_> {
         static POLICY: std::sync::LazyLock<std::sync::Arc<AttestationPolicy>> =
-            std::sync::LazyLock::new(policy);
+            std::sync::LazyLock::new(|| std::sync::Arc::new(policy().policy().clone()));
         StatusInputs {
             policy: &POLICY,
             generation: Some(4),

@@ -17,9 +17,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use aver_client::{ActivationMode, AttestedConnection, ClientError, Endpoint};
-use aver_crds::AttestationPolicy;
 use aver_verifier::ek::ActivationCache;
 use aver_verifier::ClockHistory;
+use aver_verifier::ValidatedPolicy;
 
 use crate::attestation::{AttestError, AttestTarget, AttestedEndpoint, EndpointAttester};
 
@@ -49,7 +49,7 @@ impl EndpointAttester for TlsAttester {
     async fn attest(
         &self,
         target: &AttestTarget,
-        policy: &AttestationPolicy,
+        policy: &ValidatedPolicy,
     ) -> Result<AttestedEndpoint, AttestError> {
         let endpoint = Endpoint::new(target.address.clone(), target.port);
         let connection = AttestedConnection::attest_with(
@@ -138,7 +138,8 @@ mod tests {
             address: "127.0.0.1".into(),
             port,
         };
-        let policy = crate::workload::tests::model("m").spec.attestation;
+        let policy =
+            ValidatedPolicy::new(crate::workload::tests::model("m").spec.attestation).unwrap();
         let error = TlsAttester::new(Duration::from_secs(2))
             .attest(&target, &policy)
             .await

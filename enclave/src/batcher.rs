@@ -7,13 +7,14 @@
 //! One quote is in flight at a time; what signs it is the
 //! [`QuoteBackend`] (the enclave's own TPM, or aver-node).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use aver_crds::Sha256Digest;
 use aver_verifier::binding::{leaf, MerkleTree, Nonce};
 use aver_verifier::Evidence;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -43,12 +44,13 @@ impl Default for BatchConfig {
     }
 }
 
-/// Counters, exported as metrics and read by tests.
+/// Counters, exported as metrics (registered in the server's registry:
+/// every clone counts into the same value) and read by tests.
 #[derive(Debug, Default)]
 pub struct BatchStats {
-    pub quotes: AtomicU64,
-    pub challenges: AtomicU64,
-    pub failures: AtomicU64,
+    pub quotes: Counter,
+    pub challenges: Counter,
+    pub failures: Counter,
 }
 
 /// Why no evidence was produced for a challenge.
@@ -195,12 +197,10 @@ async fn collect_batches(
         // meanwhile goes under the next quote (group commit).
         let quoted = backend.quote(tree.root()).await.map_err(BatchError::Quote);
         demand.fetch_sub(batch.len(), Ordering::AcqRel);
-        stats
-            .challenges
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats.challenges.inc_by(batch.len() as u64);
         match quoted {
             Ok(state) => {
-                stats.quotes.fetch_add(1, Ordering::Relaxed);
+                stats.quotes.inc();
                 let single = batch.len() == 1;
                 for (i, pending) in batch.into_iter().enumerate() {
                     let proof = if single { None } else { tree.proof(i) };
@@ -209,7 +209,7 @@ async fn collect_batches(
                 }
             }
             Err(error) => {
-                stats.failures.fetch_add(1, Ordering::Relaxed);
+                stats.failures.inc();
                 tracing::error!(%error, challenges = batch.len(), "no evidence for this batch");
                 for pending in batch {
                     let _ = pending.reply.send(Err(error.clone()));

@@ -145,7 +145,8 @@ pub struct ServeArgs {
         default_value = "/var/lib/kubelet"
     )]
     pub kubelet_root: PathBuf,
-    /// Address to serve Prometheus `/metrics` on [default: not served].
+    /// Address to serve Prometheus `/metrics`, `/healthz` and `/readyz`
+    /// on [default: not served].
     #[arg(long, env = "AVER_NODE_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
 }

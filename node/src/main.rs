@@ -15,6 +15,7 @@ use aver_node::metrics::Metrics;
 use aver_node::platform_logs::PlatformLogs;
 use aver_node::store::{Measurer, MeasurerConfig, DEFAULT_BOOT_PCRS};
 use aver_node_log::NodePolicy;
+use aver_serve::{MetricsServer, Readiness};
 use aver_tpm::Tpm;
 use aver_verifier::evidence::Base64Bytes;
 use clap::Parser as _;
@@ -80,16 +81,13 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<()> {
     });
 
     let metrics = Metrics::new();
+    // Ready once both sockets serve.
+    let readiness = Readiness::new(false);
     if let Some(addr) = args.metrics_addr {
-        let listener = tokio::net::TcpListener::bind(addr)
+        let server = MetricsServer::bind(addr, Arc::new(metrics.clone()), readiness.clone())
             .await
             .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
-        tracing::info!(%addr, "serving /metrics");
-        tokio::spawn(aver_node::metrics::serve(
-            listener,
-            metrics.clone(),
-            stopped(stop_rx.clone()),
-        ));
+        tokio::spawn(server.run(stopped(stop_rx.clone())));
     }
 
     let policy_text = std::fs::read_to_string(&args.policy).with_context(|| {
@@ -164,6 +162,7 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<()> {
         upstream = %args.runtime_endpoint.display(),
         "serving the CRI"
     );
+    readiness.set(true);
     let served = aver_node::cri::serve(cri_listener, proxy, stopped(stop_rx)).await;
     let _ = agent.await;
     measurer.stop().await;

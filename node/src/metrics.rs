@@ -1,5 +1,6 @@
-//! Prometheus metrics of the node agent and the small HTTP server that
-//! exposes them (`/metrics`, `--metrics-addr`).
+//! Prometheus metrics of the node agent, served on `--metrics-addr` with the
+//! health endpoints (`/metrics`, `/healthz`, `/readyz`) by
+//! [`aver_serve::MetricsServer`].
 //!
 //! Refusals are what an operator watches: a node that refuses pods is either
 //! under attack or misconfigured, and the counter says which call it was.
@@ -7,23 +8,14 @@
 //! `aver_node_log_event_limit`) says how long until the node refuses every
 //! new pod and must be rebooted ([`crate::store::StoreError::Full`]).
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use aver_node_log::MAX_NODE_LOG_EVENTS;
-use bytes::Bytes;
-use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 
 use crate::store::worker::NodeLogSize;
 
@@ -135,71 +127,21 @@ impl Metrics {
             .get()
     }
 
-    /// The metrics in the Prometheus text format.
+    /// The metrics in the OpenMetrics text format, `aver_node_log_events`
+    /// read from the node log first.
     pub fn encode(&self) -> String {
         if let Some(size) = self.log_size.get() {
             self.log_events
                 .set(i64::try_from(size.events()).unwrap_or(i64::MAX));
         }
-        let mut out = String::new();
-        // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        aver_serve::encode(&self.registry)
     }
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown` completes.
-pub async fn serve(listener: TcpListener, metrics: Metrics, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    tracing::warn!(%error, "metrics listener: accept failed");
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request: Request<Incoming>| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(respond(&request, &metrics)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+impl aver_serve::Scrape for Metrics {
+    fn scrape(&self) -> String {
+        self.encode()
     }
-}
-
-fn respond(request: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/metrics") => (
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.encode(),
-        ),
-        (_, "/metrics") => (
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain; charset=utf-8",
-            "only GET\n".to_owned(),
-        ),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain; charset=utf-8",
-            "not found\n".to_owned(),
-        ),
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
-    response
 }
 
 #[cfg(test)]

@@ -107,8 +107,6 @@ impl Metrics {
     }
 
     pub(crate) fn encode(&self) -> String {
-        let mut out = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        aver_serve::encode(&self.registry)
     }
 }

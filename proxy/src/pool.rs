@@ -11,8 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use aver_client::{AttestedClient, AttestedConnection, ClientError, Endpoint};
-use aver_crds::AttestationPolicy;
-use aver_verifier::VerifiedReport;
+use aver_verifier::{ValidatedPolicy, VerifiedReport};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::Metrics;
@@ -21,7 +20,7 @@ use crate::status::{EndpointStatus, LastError, Measurements, PoolStatus};
 /// What every endpoint's pool works with.
 pub(crate) struct Settings {
     pub client: AttestedClient,
-    pub policy: AttestationPolicy,
+    pub policy: ValidatedPolicy,
     pub max_age: Duration,
     pub reattest_after: Duration,
     pub idle_timeout: Duration,

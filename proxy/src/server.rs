@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use aver_client::{AttestedClient, Endpoint};
+use aver_serve::{json_error, Accepting, OPENMETRICS_CONTENT_TYPE};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -103,17 +104,14 @@ impl Proxy {
         let client = AttestedClient::new(config.policy.clone())
             .map_err(ProxyError::Policy)?
             .with_connect_timeout(config.connect_timeout);
-        let max_age = config
-            .policy
-            .max_evidence_age()
-            .map_err(|e| ProxyError::Policy(aver_verifier::VerifyError::from(e).into()))?;
+        let max_age = client.policy().max_evidence_age();
         let reattest_after = config
             .reattest_after
             .unwrap_or_else(|| default_reattest_after(max_age))
             .min(max_age);
         let settings = Settings {
+            policy: client.policy().clone(),
             client,
-            policy: config.policy.clone(),
             max_age,
             reattest_after,
             idle_timeout: config.idle_timeout,
@@ -209,20 +207,12 @@ impl Proxy {
             background.spawn(refresh_cluster(self.inner.clone()));
         }
         let graceful = GracefulShutdown::new();
+        let mut accepting = Accepting::new("proxy listener");
         tokio::pin!(shutdown);
         loop {
-            let accepted = tokio::select! {
+            let io = tokio::select! {
                 () = &mut shutdown => break,
-                accepted = accept(&listener) => accepted,
-            };
-            let io = match accepted {
-                Ok(io) => io,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, go on.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
+                accepted = accepting.next(|| accept(&listener)) => accepted,
             };
             let inner = self.inner.clone();
             let service = service_fn(move |request| {
@@ -512,7 +502,7 @@ impl Inner {
             }
             (&Method::GET, METRICS_PATH) => full_response(
                 StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                OPENMETRICS_CONTENT_TYPE,
                 self.metrics_text(),
             ),
             _ => self.forward(request).await,
@@ -635,18 +625,13 @@ fn full_response(status: StatusCode, content_type: &str, body: String) -> Respon
 
 /// 502 in the OpenAI error shape, with the reason in `x-aver-error`.
 fn refusal(reason: &str, message: &str) -> Response<ProxyBody> {
-    let body = serde_json::json!({
-        "error": {
-            "type": ERROR_TYPE,
-            "code": reason,
-            "message": one_line(message),
-        }
-    });
-    let mut response = full_response(
+    let mut response = json_error(
         StatusCode::BAD_GATEWAY,
-        "application/json",
-        format!("{body}\n"),
-    );
+        ERROR_TYPE,
+        Some(reason),
+        &one_line(message),
+    )
+    .map(|body| body.map_err(|never| match never {}).boxed_unsync());
     if let Ok(value) = HeaderValue::from_str(reason) {
         response.headers_mut().insert(ERROR_HEADER, value);
     }

@@ -23,7 +23,7 @@ use aver_client::{AttestedClient, ClientError, Endpoint};
 use aver_crds::AttestationPolicy;
 use aver_proxy::{Listen, ProxyConfig, ProxyError, Upstream};
 use aver_verifier::report::{MeasuredBy, VerifiedReport};
-use aver_verifier::VerifyError;
+use aver_verifier::{ValidatedPolicy, VerifyError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -74,20 +74,18 @@ fn policy_error(py: Python<'_>, message: &str) -> PyErr {
     aver_error(py, "PolicyError", "policy-invalid", message)
 }
 
-/// Parses and validates a policy (YAML or JSON text); `source` names it in
-/// errors (a file path, or "policy text").
-fn parse_policy(py: Python<'_>, text: &str, source: &str) -> PyResult<AttestationPolicy> {
+/// Parses and validates a policy (YAML or JSON text), its trust anchors
+/// parsed too; `source` names it in errors (a file path, or "policy text").
+fn parse_policy(py: Python<'_>, text: &str, source: &str) -> PyResult<ValidatedPolicy> {
     let policy = AttestationPolicy::from_yaml(text)
         .map_err(|e| policy_error(py, &format!("{source}: {e}")))?;
-    // What AttestedClient::new and the proxy check too (maxEvidenceAge).
-    AttestedClient::new(policy.clone()).map_err(|e| {
+    ValidatedPolicy::new(policy).map_err(|e| {
         let message = match &e {
-            ClientError::Verify(VerifyError::Policy(inner)) => format!("{source}: {inner}"),
+            VerifyError::Policy(inner) => format!("{source}: {inner}"),
             other => format!("{source}: {other}"),
         };
         policy_error(py, &message)
-    })?;
-    Ok(policy)
+    })
 }
 
 fn seconds(py: Python<'_>, value: f64, what: &str) -> PyResult<Duration> {
@@ -287,13 +285,8 @@ fn verify(
     let policy = parse_policy(py, policy_text, source)?;
     let timeout = seconds(py, connect_timeout, "connect_timeout")?;
     let endpoint = Endpoint::from_url(url).map_err(|e| client_error(py, &e))?;
-    let client = AttestedClient::new(policy)
-        .map_err(|e| client_error(py, &e))?
-        .with_connect_timeout(timeout);
-    let max_age = client
-        .policy()
-        .max_evidence_age()
-        .map_err(|e| policy_error(py, &format!("{source}: {e}")))?;
+    let client = AttestedClient::with_policy(policy).with_connect_timeout(timeout);
+    let max_age = client.policy().max_evidence_age();
     let runtime = runtime(py, None)?;
     let target = endpoint.clone();
     let outcome = py.detach(move || {
@@ -373,7 +366,7 @@ impl Proxy {
         kube_context: Option<String>,
         threads: usize,
     ) -> PyResult<Self> {
-        let policy = parse_policy(py, policy_text, source)?;
+        let policy = parse_policy(py, policy_text, source)?.into_policy();
         let timeout = seconds(py, connect_timeout, "connect_timeout")?;
         let (upstream, described) = match (endpoint, cluster) {
             (Some(url), None) => (Upstream::Url(url.clone()), url),

@@ -160,7 +160,7 @@ async fn run() -> anyhow::Result<()> {
 /// Plain TLS connect (handshake, certificate check) vs attested connect
 /// (handshake, evidence for a fresh nonce on the same connection, verify).
 async fn connect(endpoint: &Endpoint, policy: &AttestationPolicy) -> anyhow::Result<()> {
-    let spki = AttestedConnection::attest(endpoint, policy, TIMEOUT)
+    let spki = AttestedConnection::attest(endpoint, &aver_tests::checked(policy), TIMEOUT)
         .await?
         .spki_sha256();
     let (mut plain, mut attested) = (Vec::new(), Vec::new());
@@ -170,7 +170,7 @@ async fn connect(endpoint: &Endpoint, policy: &AttestationPolicy) -> anyhow::Res
         plain.push(ms(t.elapsed()));
         drop(c);
         let t = Instant::now();
-        let c = AttestedConnection::attest(endpoint, policy, TIMEOUT).await?;
+        let c = AttestedConnection::attest(endpoint, &aver_tests::checked(policy), TIMEOUT).await?;
         attested.push(ms(t.elapsed()));
         drop(c);
     }
@@ -256,7 +256,7 @@ async fn proxy(
 ) -> anyhow::Result<()> {
     let mut direct = Path::Direct(direct_sender(stub).await?);
     let mut proxied = Path::Proxied(Box::new(
-        AttestedConnection::attest(endpoint, policy, TIMEOUT).await?,
+        AttestedConnection::attest(endpoint, &aver_tests::checked(policy), TIMEOUT).await?,
     ));
     for _ in 0..200 {
         direct.call().await?;
@@ -316,7 +316,8 @@ async fn throughput(
         for _ in 0..8 {
             let mut path = if proxied {
                 Path::Proxied(Box::new(
-                    AttestedConnection::attest(endpoint, policy, TIMEOUT).await?,
+                    AttestedConnection::attest(endpoint, &aver_tests::checked(policy), TIMEOUT)
+                        .await?,
                 ))
             } else {
                 Path::Direct(direct_sender(stub).await?)
@@ -359,7 +360,7 @@ async fn attestations(
 ) -> anyhow::Result<()> {
     let endpoint = Endpoint::from_url(&enclave.url)?;
     let count = Arc::new(AtomicU64::new(0));
-    let policy = Arc::new(policy.clone());
+    let policy = Arc::new(aver_tests::checked(policy));
     let mut connections = Vec::new();
     for _ in 0..64 {
         connections.push(AttestedConnection::attest(&endpoint, &policy, TIMEOUT).await?);

@@ -51,7 +51,10 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(TestNode::ak_name)
         .collect::<Result<Vec<_>, _>>()?;
-    let policy = Arc::new(policy_for(&ak_names, model_digest(nodes[0].model.path())?));
+    let policy = Arc::new(aver_tests::checked(&policy_for(
+        &ak_names,
+        model_digest(nodes[0].model.path())?,
+    )));
 
     let targets = (0..TARGETS)
         .map(|i| AttestTarget {

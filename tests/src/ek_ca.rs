@@ -7,51 +7,54 @@
 //! P-384 one in the high range; the P-256 EK certificate aver also uses
 //! (NV 0x01c0000a) is issued with [`TestCa::issue_ek_certificate`] and
 //! written by the test.
+//!
+//! The certificates and keys are the shared test PKI's
+//! ([`aver_testkit::TestCa`], the one the verifier's tests use); what is
+//! here is the swtpm side: swtpm-localca signs with that CA's key and
+//! certificate, written to its configuration directory.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context as _};
-use rcgen::{
-    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
-    SignatureAlgorithm,
-};
+use aver_testkit::ca::{ek_params, TpmAttributes};
+use aver_testkit::ForeignKey;
+use rcgen::{BasicConstraints, DistinguishedName, DnType, SignatureAlgorithm};
 
 /// A manufacturer CA: a root, and optionally an intermediate below it.
 /// swtpm-localca signs EK certificates with the lowest of the two.
 pub struct TestCa {
     dir: tempfile::TempDir,
-    /// The issuing CA's parameters and key.
-    params: CertificateParams,
-    key: KeyPair,
+    /// The CA that issues EK certificates: the root, or the intermediate.
+    issuing: aver_testkit::TestCa,
     root_pem: String,
     /// The intermediate's certificate, when there is one.
     intermediate_pem: Option<String>,
 }
 
-fn ca_params(common_name: &str) -> CertificateParams {
-    let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "aver tests");
-    params
-        .distinguished_name
-        .push(DnType::CommonName, common_name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    params
+/// A CA named "O=aver tests, CN=`common_name`" (ECDSA P-256), issued by
+/// `parent` or self-signed.
+fn ca(common_name: &str, parent: Option<&aver_testkit::TestCa>) -> aver_testkit::TestCa {
+    aver_testkit::TestCa::build(
+        common_name,
+        parent,
+        BasicConstraints::Unconstrained,
+        |params| {
+            let mut name = DistinguishedName::new();
+            name.push(DnType::OrganizationName, "aver tests");
+            name.push(DnType::CommonName, common_name);
+            params.distinguished_name = name;
+        },
+    )
 }
 
 impl TestCa {
     /// Creates a root CA (ECDSA P-256) that issues EK certificates itself,
     /// and the swtpm-localca and swtpm_setup configuration files using it.
     pub fn new(common_name: &str) -> anyhow::Result<Self> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let params = ca_params(common_name);
-        let root_pem = params.self_signed(&key)?.pem();
-        Self::configure(params, key, root_pem, None)
+        let root = ca(common_name, None);
+        let root_pem = root.pem.clone();
+        Self::configure(root, root_pem, None)
     }
 
     /// A root and an intermediate CA below it that issues the EK
@@ -59,27 +62,21 @@ impl TestCa {
     /// `trust.ekRoots`, the intermediate is served by the enclave
     /// (`--ek-chain`, [`Self::intermediate_pem`]).
     pub fn with_intermediate(common_name: &str) -> anyhow::Result<Self> {
-        let root_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let root_params = ca_params(common_name);
-        let root_pem = root_params.self_signed(&root_key)?.pem();
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let params = ca_params(&format!("{common_name} intermediate"));
-        let issuer = Issuer::from_params(&root_params, &root_key);
-        let intermediate_pem = params.signed_by(&key, &issuer)?.pem();
-        Self::configure(params, key, root_pem, Some(intermediate_pem))
+        let root = ca(common_name, None);
+        let intermediate = ca(&format!("{common_name} intermediate"), Some(&root));
+        let intermediate_pem = intermediate.pem.clone();
+        Self::configure(intermediate, root.pem, Some(intermediate_pem))
     }
 
     fn configure(
-        params: CertificateParams,
-        key: KeyPair,
+        issuing: aver_testkit::TestCa,
         root_pem: String,
         intermediate_pem: Option<String>,
     ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("aver-ekca-").tempdir()?;
-        let issuer_pem = intermediate_pem.as_deref().unwrap_or(&root_pem);
         let path = |name: &str| dir.path().join(name);
-        std::fs::write(path("signkey.pem"), key.serialize_pem())?;
-        std::fs::write(path("issuercert.pem"), issuer_pem)?;
+        std::fs::write(path("signkey.pem"), issuing.key_pem())?;
+        std::fs::write(path("issuercert.pem"), &issuing.pem)?;
         std::fs::write(path("certserial"), "1\n")?;
         std::fs::write(
             path("swtpm-localca.conf"),
@@ -102,8 +99,7 @@ impl TestCa {
         )?;
         Ok(Self {
             dir,
-            params,
-            key,
+            issuing,
             root_pem,
             intermediate_pem,
         })
@@ -128,37 +124,20 @@ impl TestCa {
     /// Issues an EK certificate for a public key (its SubjectPublicKeyInfo
     /// bit string, `algorithm` naming its type), valid from January 1st of
     /// `from` to January 1st of `until`, shaped like swtpm's own (empty
-    /// subject, critical SAN with the TPM attributes, EK EKU).
+    /// subject, critical SAN with swtpm's TPM attributes, EK EKU).
     pub fn issue_ek_certificate(
         &self,
         public_key: &[u8],
         algorithm: &'static SignatureAlgorithm,
-        (from, until): (i32, i32),
+        validity: (i32, i32),
     ) -> anyhow::Result<Vec<u8>> {
-        struct Key<'a>(&'a [u8], &'static SignatureAlgorithm);
-        impl PublicKeyData for Key<'_> {
-            fn der_bytes(&self) -> &[u8] {
-                self.0
-            }
-            fn algorithm(&self) -> &'static SignatureAlgorithm {
-                self.1
-            }
-        }
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params.not_before = rcgen::date_time_ymd(from, 1, 1);
-        params.not_after = rcgen::date_time_ymd(until, 1, 1);
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::KeyEncipherment];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::Other(vec![2, 23, 133, 8, 1])];
-        let mut san = CustomExtension::from_oid_content(&[2, 5, 29, 17], tpm_san());
-        san.set_criticality(true);
-        params.custom_extensions = vec![san];
-        let issuer = Issuer::from_params(&self.params, &self.key);
-        Ok(params
-            .signed_by(&Key(public_key, algorithm), &issuer)?
-            .der()
-            .to_vec())
+        let key = ForeignKey {
+            bits: public_key.to_vec(),
+            algorithm,
+        };
+        Ok(self
+            .issuing
+            .issue(&ek_params(validity, &TpmAttributes::SWTPM), &key))
     }
 
     /// Runs `swtpm_setup --create-ek-cert` on `state`, issuing the EK
@@ -198,34 +177,4 @@ fn localca_tool() -> &'static str {
         }
     }
     "swtpm_localca"
-}
-
-/// A subjectAltName with one directoryName carrying the TPM manufacturer,
-/// model and version attributes (2.23.133.2.1/2/3), as vendors write it.
-fn tpm_san() -> Vec<u8> {
-    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag, content.len() as u8];
-        out.extend_from_slice(content);
-        out
-    }
-    let attribute = |arc: u8, value: &str| {
-        tlv(
-            0x30,
-            &[
-                tlv(0x06, &[0x67, 0x81, 0x05, 0x02, arc]),
-                tlv(0x0c, value.as_bytes()),
-            ]
-            .concat(),
-        )
-    };
-    let set = tlv(
-        0x31,
-        &[
-            attribute(1, "id:00001014"),
-            attribute(2, "swtpm"),
-            attribute(3, "id:20191023"),
-        ]
-        .concat(),
-    );
-    tlv(0x30, &tlv(0xa4, &tlv(0x30, &set)))
 }

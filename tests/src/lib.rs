@@ -276,3 +276,11 @@ pub fn cargo_bin(name: &str) -> PathBuf {
         exe.display()
     );
 }
+
+/// `policy` as verification takes it. Tests edit the written policy and
+/// validate it at each use; a policy a test expects to be refused is
+/// checked with `ValidatedPolicy::new` itself.
+pub fn checked(policy: &aver_crds::AttestationPolicy) -> aver_verifier::ValidatedPolicy {
+    aver_verifier::ValidatedPolicy::new(policy.clone())
+        .unwrap_or_else(|e| panic!("the test's policy is refused: {e}"))
+}

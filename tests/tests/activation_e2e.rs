@@ -208,7 +208,10 @@ async fn the_controller_activates_each_node_once_and_records_it() {
         address: "127.0.0.1".into(),
         port: rig.enclave.port,
     };
-    let first = attester.attest(&target, &policy).await.expect("attested");
+    let first = attester
+        .attest(&target, &aver_tests::checked(&policy))
+        .await
+        .expect("attested");
     let recorded = first
         .measurements
         .ak_activation
@@ -224,7 +227,7 @@ async fn the_controller_activates_each_node_once_and_records_it() {
     // Re-attestation reuses the proof (same activation time), and the TPM
     // saw one activation only.
     let second = attester
-        .attest(&target, &policy)
+        .attest(&target, &aver_tests::checked(&policy))
         .await
         .expect("re-attested");
     assert_eq!(second.measurements.ak_activation, Some(recorded));

@@ -271,7 +271,7 @@ fn sha1_passes_verification_only_with_the_policys_opt_in() {
     let report = aver_verifier::verify_node(
         &node_evidence(&q, &[0, 1]),
         &nonce,
-        &node_policy(&name, false).unwrap(),
+        &aver_tests::checked(&node_policy(&name, false).unwrap()),
     )
     .expect("a SHA-256 AK verifies");
     assert!(!report.weak_hash());
@@ -285,12 +285,17 @@ fn sha1_passes_verification_only_with_the_policys_opt_in() {
     match node_policy(&name, false) {
         Err(e) => assert!(matches!(e, aver_crds::PolicyError::Sha1AkName(_)), "{e}"),
         Ok(strict) => {
-            let err = aver_verifier::verify_node(&evidence, &nonce, &strict).unwrap_err();
+            let err = aver_verifier::verify_node(&evidence, &nonce, &aver_tests::checked(&strict))
+                .unwrap_err();
             assert_eq!(err.reason(), "weak-hash", "{err}");
         }
     }
-    let report = aver_verifier::verify_node(&evidence, &nonce, &node_policy(&name, true).unwrap())
-        .expect("accepted with trust.allowSha1");
+    let report = aver_verifier::verify_node(
+        &evidence,
+        &nonce,
+        &aver_tests::checked(&node_policy(&name, true).unwrap()),
+    )
+    .expect("accepted with trust.allowSha1");
     assert!(report.weak_hash());
     assert!(
         report.to_text().contains("weak hash"),

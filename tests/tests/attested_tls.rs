@@ -203,13 +203,13 @@ async fn evidence_of_one_enclave_cannot_vouch_for_another() {
         spki_sha256: to_a.spki_sha256(),
     };
     assert!(matches!(
-        aver_verifier::verify(&from_b, &challenge, &both),
+        aver_verifier::verify(&from_b, &challenge, &aver_tests::checked(&both)),
         Err(VerifyError::SpkiMismatch { .. })
     ));
     let mut relabelled = from_b.clone();
     relabelled.spki_sha256 = to_a.spki_sha256();
     assert_eq!(
-        aver_verifier::verify(&relabelled, &challenge, &both),
+        aver_verifier::verify(&relabelled, &challenge, &aver_tests::checked(&both)),
         Err(VerifyError::QualifyingDataMismatch)
     );
     // Through a relay terminating in front of B while the client means A.
@@ -276,7 +276,7 @@ async fn metric(client: &AttestedClient, url: &str, name: &str) -> u64 {
 async fn a_hundred_concurrent_clients_share_few_quotes() {
     require_swtpm!();
     let rig = rig(&[]).await;
-    let policy = Arc::new(rig.node.policy().unwrap());
+    let policy = Arc::new(aver_tests::checked(&rig.node.policy().unwrap()));
     let endpoint = Endpoint::from_url(&rig.enclave.url).unwrap();
     let spki = AttestedConnection::attest(&endpoint, &policy, PATIENCE)
         .await
@@ -302,7 +302,7 @@ async fn a_hundred_concurrent_clients_share_few_quotes() {
             batched += 1;
         }
     }
-    let observer = AttestedClient::new((*policy).clone()).unwrap();
+    let observer = AttestedClient::with_policy((*policy).clone());
     let quotes = metric(&observer, &rig.enclave.url, "aver_enclave_quotes_total").await;
     let challenges = metric(&observer, &rig.enclave.url, "aver_enclave_challenges_total").await;
     assert_eq!(

@@ -358,7 +358,8 @@ fn a_real_boot_chain_is_verified_by_meaning_and_changes_are_refused() {
         Some(boot_policy.clone()),
         Some(runtime_policy.clone()),
     );
-    let report = verify_node(&a.evidence, &nonce_a, &good).expect("the known-good boot verifies");
+    let report = verify_node(&a.evidence, &nonce_a, &aver_tests::checked(&good))
+        .expect("the known-good boot verifies");
     let text = report.to_text();
     eprintln!("{text}");
     for expected in [
@@ -382,7 +383,7 @@ fn a_real_boot_chain_is_verified_by_meaning_and_changes_are_refused() {
 
     // Evidence for another nonce is refused.
     assert!(matches!(
-        verify_node(&a.evidence, &nonce_b, &good),
+        verify_node(&a.evidence, &nonce_b, &aver_tests::checked(&good)),
         Err(VerifyError::NonceMismatch { .. })
     ));
 
@@ -395,7 +396,11 @@ fn a_real_boot_chain_is_verified_by_meaning_and_changes_are_refused() {
         }),
         None,
     );
-    match boot_error(verify_node(&a.evidence, &nonce_a, &secure)) {
+    match boot_error(verify_node(
+        &a.evidence,
+        &nonce_a,
+        &aver_tests::checked(&secure),
+    )) {
         BootError::Refused { pcr: 7, reason, .. } => {
             assert!(reason.contains("Secure Boot is disabled"), "{reason}")
         }
@@ -411,7 +416,7 @@ fn a_real_boot_chain_is_verified_by_meaning_and_changes_are_refused() {
     match boot_error(verify_node(
         &a.evidence,
         &nonce_a,
-        &policy(&aks, Some(other_root), None),
+        &aver_tests::checked(&policy(&aks, Some(other_root), None)),
     )) {
         BootError::Refused { pcr: 9, reason, .. } => {
             assert!(reason.contains("kernel command line"), "{reason}")
@@ -426,7 +431,7 @@ fn a_real_boot_chain_is_verified_by_meaning_and_changes_are_refused() {
     match boot_error(verify_node(
         &a.evidence,
         &nonce_a,
-        &policy(&aks, Some(other_initrd), None),
+        &aver_tests::checked(&policy(&aks, Some(other_initrd), None)),
     )) {
         BootError::Refused { pcr: 9, reason, .. } => {
             assert!(reason.contains("initrd"), "{reason}")
@@ -447,7 +452,7 @@ fn a_real_boot_chain_is_verified_by_meaning_and_changes_are_refused() {
     match verify_node(
         &a.evidence,
         &nonce_a,
-        &policy(&aks, None, Some(without_aver_node)),
+        &aver_tests::checked(&policy(&aks, None, Some(without_aver_node))),
     ) {
         Err(VerifyError::Runtime(RuntimeError::Refused(violation))) => {
             assert!(
@@ -460,7 +465,11 @@ fn a_real_boot_chain_is_verified_by_meaning_and_changes_are_refused() {
     // The root's files alone do not cover the boot: IMA measured what the
     // initramfs ran before switch_root (its /init, veritysetup, the
     // modules), and the first of those is refused with its digest.
-    match verify_node(&a.evidence, &nonce_a, &policy(&aks, None, Some(root_only))) {
+    match verify_node(
+        &a.evidence,
+        &nonce_a,
+        &aver_tests::checked(&policy(&aks, None, Some(root_only))),
+    ) {
         Err(VerifyError::Runtime(RuntimeError::Refused(violation))) => {
             let named = violation.to_string();
             let initramfs_file = initramfs_only.files.iter().find(|f| {
@@ -484,7 +493,8 @@ fn a_real_boot_chain_is_verified_by_meaning_and_changes_are_refused() {
         let last = log.0.len() - 1;
         log.0[last - 40] ^= 1;
     }
-    let err = verify_node(&altered, &nonce_a, &good).expect_err("an altered log is refused");
+    let err = verify_node(&altered, &nonce_a, &aver_tests::checked(&good))
+        .expect_err("an altered log is refused");
     assert!(
         matches!(
             err,

@@ -170,7 +170,7 @@ fn genuine_rsa_ek_chain_activates_the_resident_ak() {
     assert_eq!(offer.endorsement_keys[0].kind, EkKind::Rsa2048);
 
     let activated = activate(&offer, ca.root_pem(), &mut tpm).expect("activation succeeds");
-    assert_eq!(activated.ak_name(), hex::encode(tpm.ak_name()));
+    assert_eq!(activated.ak_name().as_str(), hex::encode(tpm.ak_name()));
     assert_eq!(activated.ek().kind, EkKind::Rsa2048);
     let manufacturer = activated.ek().tpm.as_ref().expect("SAN attributes");
     assert_eq!(manufacturer.manufacturer, "id:00001014");
@@ -208,7 +208,7 @@ fn ecc_p256_ek_activates_with_ecdh_and_kdfe() {
     offer.endorsement_keys.retain(|e| e.kind == EkKind::EccP256);
     let activated = activate(&offer, ca.root_pem(), &mut tpm).expect("ECC activation succeeds");
     assert_eq!(activated.ek().kind, EkKind::EccP256);
-    assert_eq!(activated.ak_name(), hex::encode(tpm.ak_name()));
+    assert_eq!(activated.ak_name().as_str(), hex::encode(tpm.ak_name()));
 }
 
 #[test]

@@ -183,7 +183,7 @@ fn evidence_request() -> Request<Full<Bytes>> {
 async fn an_activation_flood_is_refused_and_waits_behind_quotes() {
     require_swtpm!();
     let node = TestNode::start().unwrap();
-    let policy = Arc::new(node.policy().unwrap());
+    let policy = Arc::new(aver_tests::checked(&node.policy().unwrap()));
     let slow = SlowTpm::start(
         &node.tpm,
         Delays {
@@ -403,7 +403,7 @@ async fn accept_backs_off_when_out_of_file_descriptors() {
     // Once the connections close, the enclave serves again.
     drop(held);
     let endpoint = Endpoint::from_url(&enclave.url).unwrap();
-    AttestedConnection::attest(&endpoint, &policy, PATIENCE)
+    AttestedConnection::attest(&endpoint, &aver_tests::checked(&policy), PATIENCE)
         .await
         .expect("serving again after the descriptors are back");
 }

@@ -55,8 +55,12 @@ fn genuine_evidence_verifies_and_reports_measurements() {
     let policy = node.policy_ok();
     let nonce = Nonce::random();
     let (evidence, spki) = node.evidence_ok(&nonce);
-    let report =
-        verify(&evidence, &challenge(nonce, spki), &policy).expect("genuine evidence verifies");
+    let report = verify(
+        &evidence,
+        &challenge(nonce, spki),
+        &aver_tests::checked(&policy),
+    )
+    .expect("genuine evidence verifies");
     assert_eq!(report.ak_name(), node.ak());
     assert_eq!(
         report.launch().model(),
@@ -82,14 +86,22 @@ fn replayed_evidence_fails_freshness() {
 
     // Replayed as is: the nonce is not the one this verifier sent.
     assert!(matches!(
-        verify(&evidence, &challenge(fresh, spki), &policy),
+        verify(
+            &evidence,
+            &challenge(fresh, spki),
+            &aver_tests::checked(&policy)
+        ),
         Err(VerifyError::NonceMismatch { .. })
     ));
     // Replayed with the nonce field rewritten: the quote still answers the old one.
     let mut rewritten = evidence.clone();
     rewritten.nonce = fresh;
     assert_eq!(
-        verify(&rewritten, &challenge(fresh, spki), &policy),
+        verify(
+            &rewritten,
+            &challenge(fresh, spki),
+            &aver_tests::checked(&policy)
+        ),
         Err(VerifyError::QualifyingDataMismatch)
     );
 }
@@ -104,13 +116,21 @@ fn evidence_for_another_tls_key_fails_channel_binding() {
     let mitm = Sha256Digest([0x66; 32]);
 
     assert!(matches!(
-        verify(&evidence, &challenge(nonce, mitm), &policy),
+        verify(
+            &evidence,
+            &challenge(nonce, mitm),
+            &aver_tests::checked(&policy)
+        ),
         Err(VerifyError::SpkiMismatch { .. })
     ));
     let mut relabelled = evidence.clone();
     relabelled.spki_sha256 = mitm;
     assert_eq!(
-        verify(&relabelled, &challenge(nonce, mitm), &policy),
+        verify(
+            &relabelled,
+            &challenge(nonce, mitm),
+            &aver_tests::checked(&policy)
+        ),
         Err(VerifyError::QualifyingDataMismatch)
     );
     assert_ne!(spki, mitm);
@@ -126,14 +146,22 @@ fn edited_pcr_value_fails_the_quote_digest() {
     let boot = evidence.pcrs.iter_mut().find(|p| p.pcr == 0).unwrap();
     boot.value = Sha256Digest([0x01; 32]);
     assert_eq!(
-        verify(&evidence, &challenge(nonce, spki), &policy),
+        verify(
+            &evidence,
+            &challenge(nonce, spki),
+            &aver_tests::checked(&policy)
+        ),
         Err(VerifyError::PcrDigestMismatch)
     );
     // Dropping a quoted PCR from the list is caught before the digest.
     let (mut evidence, spki) = node.evidence_ok(&nonce);
     evidence.pcrs.retain(|p| p.pcr != 3);
     assert!(matches!(
-        verify(&evidence, &challenge(nonce, spki), &policy),
+        verify(
+            &evidence,
+            &challenge(nonce, spki),
+            &aver_tests::checked(&policy)
+        ),
         Err(VerifyError::PcrSetMismatch(_))
     ));
 }
@@ -147,7 +175,11 @@ fn boot_pcr_outside_the_reference_values_is_refused() {
     let nonce = Nonce::random();
     let (evidence, spki) = node.evidence_ok(&nonce);
     assert_eq!(
-        verify(&evidence, &challenge(nonce, spki), &policy),
+        verify(
+            &evidence,
+            &challenge(nonce, spki),
+            &aver_tests::checked(&policy)
+        ),
         Err(VerifyError::BootPcrMismatch {
             pcr: 2,
             value: Sha256Digest([0; 32])
@@ -172,7 +204,7 @@ fn added_removed_or_edited_events_are_each_named() {
         },
     });
     assert!(matches!(
-        verify(&added, &ch, &policy),
+        verify(&added, &ch, &aver_tests::checked(&policy)),
         Err(VerifyError::EventLog(
             EventLogError::OutsideLaunchSequence { index: 5, .. }
         ))
@@ -181,7 +213,7 @@ fn added_removed_or_edited_events_are_each_named() {
     let mut removed = evidence.clone();
     removed.event_log.pop();
     assert_eq!(
-        verify(&removed, &ch, &policy),
+        verify(&removed, &ch, &aver_tests::checked(&policy)),
         Err(VerifyError::EventLog(EventLogError::IncompleteLaunch {
             present: 4
         }))
@@ -192,7 +224,7 @@ fn added_removed_or_edited_events_are_each_named() {
         digest: Sha256Digest([7; 32]),
     };
     assert!(matches!(
-        verify(&edited, &ch, &policy),
+        verify(&edited, &ch, &aver_tests::checked(&policy)),
         Err(VerifyError::EventLog(EventLogError::ReplayMismatch {
             pcr: WORKLOAD_PCR,
             ..
@@ -204,7 +236,7 @@ fn added_removed_or_edited_events_are_each_named() {
     let copy: Vec<LogEntry> = evidence.event_log.clone();
     fabricated.event_log.extend(copy);
     assert!(matches!(
-        verify(&fabricated, &ch, &policy),
+        verify(&fabricated, &ch, &aver_tests::checked(&policy)),
         Err(VerifyError::EventLog(EventLogError::ReplayMismatch { .. }))
     ));
 }
@@ -228,7 +260,11 @@ fn extend_by_anyone_else_fails_closed() {
     // would append a launch, so replay the mismatch on a new launch too.)
     let (evidence, spki) = node.evidence_ok(&nonce);
     assert!(matches!(
-        verify(&evidence, &challenge(nonce, spki), &policy),
+        verify(
+            &evidence,
+            &challenge(nonce, spki),
+            &aver_tests::checked(&policy)
+        ),
         Err(VerifyError::EventLog(EventLogError::ReplayMismatch {
             pcr: WORKLOAD_PCR,
             ..
@@ -251,20 +287,32 @@ fn quote_from_another_ak_is_refused() {
     let mut swapped = from_a.clone();
     swapped.ak_public = from_b.ak_public.clone();
     assert!(matches!(
-        verify(&swapped, &challenge(nonce, spki), &both),
+        verify(
+            &swapped,
+            &challenge(nonce, spki),
+            &aver_tests::checked(&both)
+        ),
         Err(VerifyError::BadSignature { .. })
     ));
     // B's quote and signature under A's AK.
     let mut foreign = from_a.clone();
     foreign.quote = from_b.quote.clone();
     assert!(matches!(
-        verify(&foreign, &challenge(nonce, spki), &both),
+        verify(
+            &foreign,
+            &challenge(nonce, spki),
+            &aver_tests::checked(&both)
+        ),
         Err(VerifyError::BadSignature { .. })
     ));
     // All of B, against a policy that trusts only A.
     let only_a = policy_for(&[a.ak()], model);
     assert!(matches!(
-        verify(&from_b, &challenge(nonce, spki_b), &only_a),
+        verify(
+            &from_b,
+            &challenge(nonce, spki_b),
+            &aver_tests::checked(&only_a)
+        ),
         Err(VerifyError::UntrustedAk { .. })
     ));
 }
@@ -287,7 +335,11 @@ fn unknown_version_truncation_and_garbage_are_typed_errors() {
     let mut in_memory = evidence.clone();
     in_memory.version = 3;
     assert!(matches!(
-        verify(&in_memory, &challenge(nonce, spki), &policy),
+        verify(
+            &in_memory,
+            &challenge(nonce, spki),
+            &aver_tests::checked(&policy)
+        ),
         Err(VerifyError::Evidence(EvidenceError::UnsupportedVersion {
             found: 3
         }))
@@ -295,7 +347,11 @@ fn unknown_version_truncation_and_garbage_are_typed_errors() {
     // Relabelled as node-measured, it still carries the enclave's log.
     in_memory.version = 2;
     assert!(matches!(
-        verify(&in_memory, &challenge(nonce, spki), &policy),
+        verify(
+            &in_memory,
+            &challenge(nonce, spki),
+            &aver_tests::checked(&policy)
+        ),
         Err(VerifyError::Evidence(EvidenceError::Malformed(_)))
     ));
 
@@ -317,13 +373,21 @@ fn unknown_version_truncation_and_garbage_are_typed_errors() {
     let mut short_quote = evidence.clone();
     short_quote.quote.attest.0.truncate(20);
     assert!(matches!(
-        verify(&short_quote, &challenge(nonce, spki), &policy),
+        verify(
+            &short_quote,
+            &challenge(nonce, spki),
+            &aver_tests::checked(&policy)
+        ),
         Err(VerifyError::BadSignature { .. }) | Err(VerifyError::Tpm { .. })
     ));
     let mut short_ak = evidence.clone();
     short_ak.ak_public.0.truncate(10);
     assert!(matches!(
-        verify(&short_ak, &challenge(nonce, spki), &policy),
+        verify(
+            &short_ak,
+            &challenge(nonce, spki),
+            &aver_tests::checked(&policy)
+        ),
         Err(VerifyError::Tpm {
             part: "AK public area",
             ..
@@ -332,7 +396,11 @@ fn unknown_version_truncation_and_garbage_are_typed_errors() {
     let mut short_sig = evidence;
     short_sig.quote.signature.0.truncate(7);
     assert!(matches!(
-        verify(&short_sig, &challenge(nonce, spki), &policy),
+        verify(
+            &short_sig,
+            &challenge(nonce, spki),
+            &aver_tests::checked(&policy)
+        ),
         Err(VerifyError::Tpm {
             part: "quote signature",
             ..
@@ -353,7 +421,12 @@ fn one_changed_model_byte_is_refused_with_the_digest_named() {
 
     let nonce = Nonce::random();
     let (evidence, spki) = node.evidence_ok(&nonce);
-    let err = verify(&evidence, &challenge(nonce, spki), &policy).unwrap_err();
+    let err = verify(
+        &evidence,
+        &challenge(nonce, spki),
+        &aver_tests::checked(&policy),
+    )
+    .unwrap_err();
     assert_eq!(err, VerifyError::ModelNotAllowed(tampered));
     assert!(err.to_string().contains(&tampered.to_string()), "{err}");
 }
@@ -370,12 +443,22 @@ fn restart_without_tpm_reset_still_verifies() {
     let second = Nonce::random();
     let (evidence, spki) = node.evidence_ok(&second);
     assert_ne!(first_spki, spki);
-    let report = verify(&evidence, &challenge(second, spki), &policy).expect("relaunch verifies");
+    let report = verify(
+        &evidence,
+        &challenge(second, spki),
+        &aver_tests::checked(&policy),
+    )
+    .expect("relaunch verifies");
     assert_eq!(report.launches_since_boot(), 2);
     // The earlier launch's key is no longer the latest: evidence claiming it fails.
     let mut stale = evidence.clone();
     stale.spki_sha256 = first_spki;
-    assert!(verify(&stale, &challenge(second, first_spki), &policy).is_err());
+    assert!(verify(
+        &stale,
+        &challenge(second, first_spki),
+        &aver_tests::checked(&policy)
+    )
+    .is_err());
 }
 
 #[test]
@@ -387,8 +470,8 @@ fn tpm_clock_going_backwards_is_refused() {
     let (e1, s1) = node.evidence_ok(&n1);
     let n2 = Nonce::random();
     let (e2, s2) = node.evidence_ok(&n2);
-    let older = verify(&e1, &challenge(n1, s1), &policy).unwrap();
-    let newer = verify(&e2, &challenge(n2, s2), &policy).unwrap();
+    let older = verify(&e1, &challenge(n1, s1), &aver_tests::checked(&policy)).unwrap();
+    let newer = verify(&e2, &challenge(n2, s2), &aver_tests::checked(&policy)).unwrap();
 
     let mut history = ClockHistory::new();
     history.observe(&newer).unwrap();

@@ -120,7 +120,8 @@ fn the_launch_after_max_launches_is_refused_and_the_last_evidence_still_verifies
             nonce,
             spki_sha256: spki,
         };
-        let report = verify(&evidence, &challenge, &policy).expect("evidence verifies");
+        let report = verify(&evidence, &challenge, &aver_tests::checked(&policy))
+            .expect("evidence verifies");
         assert_eq!(report.launches_since_boot(), n as usize);
         sizes.push(evidence.to_json_compact().len());
         last = Some((evidence, challenge));
@@ -174,7 +175,8 @@ fn the_launch_after_max_launches_is_refused_and_the_last_evidence_still_verifies
     // The last good launch's evidence still verifies, and its log still
     // explains the PCR, so a new quote of it would too.
     let (evidence, challenge) = last.unwrap();
-    verify(&evidence, &challenge, &policy).expect("the last good evidence still verifies");
+    verify(&evidence, &challenge, &aver_tests::checked(&policy))
+        .expect("the last good evidence still verifies");
     assert_eq!(replay(&evidence.event_log), pcr);
     assert_eq!(
         evidence.event_log.len(),
@@ -188,7 +190,8 @@ fn the_launch_after_max_launches_is_refused_and_the_last_evidence_still_verifies
         nonce,
         spki_sha256: spki_of(&output),
     };
-    let report = verify(&evidence, &challenge, &policy).expect("evidence verifies");
+    let report =
+        verify(&evidence, &challenge, &aver_tests::checked(&policy)).expect("evidence verifies");
     assert_eq!(report.launches_since_boot(), 4);
     let (output, _, _) = run_evidence(&node, &[], &[("AVER_MAX_LAUNCHES", "4")]);
     assert_names_the_limit(&stderr(&output), 4);

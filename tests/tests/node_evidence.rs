@@ -362,7 +362,11 @@ fn verify_node(events: &[NodeEvent]) -> Result<VerifiedReport, VerifyError> {
     let mut node = Node::measuring(events);
     let nonce = Nonce::random();
     let evidence = node.node_evidence(&nonce, entries(events));
-    verify(&evidence, &challenge(nonce), &node.policy())
+    verify(
+        &evidence,
+        &challenge(nonce),
+        &aver_tests::checked(&node.policy()),
+    )
 }
 
 #[test]
@@ -381,7 +385,8 @@ fn genuine_node_log_verifies_and_reports_the_pod() {
     );
 
     let policy = node.policy();
-    let report = verify(&evidence, &challenge(nonce), &policy).expect("genuine node log verifies");
+    let report = verify(&evidence, &challenge(nonce), &aver_tests::checked(&policy))
+        .expect("genuine node log verifies");
     assert_eq!(report.evidence_version(), EVIDENCE_VERSION_NODE);
     assert_eq!(report.ak_name(), node.ak_name);
     assert_eq!(report.launch().model(), MODEL);
@@ -434,13 +439,18 @@ fn genuine_node_log_verifies_and_reports_the_pod() {
     // Pinning the node policy: the one the log records passes.
     let mut pinned = policy.clone();
     pinned.allowed.node_policies = Some(vec![policy_digest(NODE_POLICY)]);
-    verify(&evidence, &challenge(nonce), &pinned).expect("the recorded node policy is allowed");
+    verify(&evidence, &challenge(nonce), &aver_tests::checked(&pinned))
+        .expect("the recorded node policy is allowed");
 
     // The same quote for a model the policy does not allow.
     let mut other_model = policy;
     other_model.allowed.model_digests = vec![digest(0x99)];
     assert_eq!(
-        verify(&evidence, &challenge(nonce), &other_model),
+        verify(
+            &evidence,
+            &challenge(nonce),
+            &aver_tests::checked(&other_model)
+        ),
         Err(VerifyError::ModelNotAllowed(MODEL))
     );
 }
@@ -488,7 +498,8 @@ fn an_added_engine_argument_or_variable_is_refused_and_named() {
         let policy = node.policy();
 
         // The decision is the policy's spec digests alone.
-        let error = verify(&evidence, &challenge(nonce), &policy).unwrap_err();
+        let error =
+            verify(&evidence, &challenge(nonce), &aver_tests::checked(&policy)).unwrap_err();
         assert!(
             matches!(&error, VerifyError::Pod(PodMismatch::SpecNotAllowed { name, digest, .. })
                 if name == "engine" && *digest == changed),
@@ -499,7 +510,13 @@ fn an_added_engine_argument_or_variable_is_refused_and_named() {
             reference_specs: &references,
             ..VerifyOptions::default()
         };
-        let error = verify_with(&evidence, &challenge(nonce), &policy, &options).unwrap_err();
+        let error = verify_with(
+            &evidence,
+            &challenge(nonce),
+            &aver_tests::checked(&policy),
+            &options,
+        )
+        .unwrap_err();
         let message = error.to_string();
         assert!(
             message.contains("container engine in pod ml/llama-0 runs spec")
@@ -581,7 +598,12 @@ fn a_foreign_extend_of_the_workload_pcr_is_a_replay_mismatch() {
     node.extend(&Sha256Digest(rand::random()));
     let nonce = Nonce::random();
     let evidence = node.node_evidence(&nonce, entries(&events));
-    let error = verify(&evidence, &challenge(nonce), &node.policy()).unwrap_err();
+    let error = verify(
+        &evidence,
+        &challenge(nonce),
+        &aver_tests::checked(&node.policy()),
+    )
+    .unwrap_err();
     assert!(
         matches!(
             &error,
@@ -648,7 +670,12 @@ fn a_node_log_edited_in_transit_is_a_replay_mismatch() {
     let nonce = Nonce::random();
     let sent = entries(&genuine());
     let evidence = node.node_evidence(&nonce, sent);
-    let error = verify(&evidence, &challenge(nonce), &node.policy()).unwrap_err();
+    let error = verify(
+        &evidence,
+        &challenge(nonce),
+        &aver_tests::checked(&node.policy()),
+    )
+    .unwrap_err();
     assert!(
         matches!(
             &error,
@@ -670,7 +697,11 @@ fn a_node_log_edited_in_transit_is_a_replay_mismatch() {
     let nonce = Nonce::random();
     let evidence = node.node_evidence(&nonce, entries(&genuine()));
     assert!(matches!(
-        verify(&evidence, &challenge(nonce), &node.policy()),
+        verify(
+            &evidence,
+            &challenge(nonce),
+            &aver_tests::checked(&node.policy())
+        ),
         Err(VerifyError::NodeLog(NodeLogError::ReplayMismatch { .. }))
     ));
 }
@@ -707,13 +738,19 @@ fn enclave_reported_evidence_is_refused_by_a_pod_policy() {
     let mut legacy = node.policy();
     legacy.allowed.pod = None;
     legacy.allowed.engine_digests = vec![digest(0x72)];
-    let report = verify(&evidence, &challenge(nonce), &legacy).expect("v1 passes a legacy policy");
+    let report = verify(&evidence, &challenge(nonce), &aver_tests::checked(&legacy))
+        .expect("v1 passes a legacy policy");
     assert!(matches!(report.measured_by(), MeasuredBy::Enclave { .. }));
     assert!(report.to_text().contains(
         "measured by       the enclave itself (weaker: proves what the enclave reports, not what the node ran)"
     ));
 
-    let error = verify(&evidence, &challenge(nonce), &node.policy()).unwrap_err();
+    let error = verify(
+        &evidence,
+        &challenge(nonce),
+        &aver_tests::checked(&node.policy()),
+    )
+    .unwrap_err();
     assert_eq!(error, VerifyError::NodeEvidenceRequired { found: 1 });
     assert!(
         error
@@ -733,7 +770,7 @@ fn an_unknown_node_policy_is_refused_with_allowed_node_policies() {
     let mut policy = node.policy();
     let hardened = "version: 1\n";
     policy.allowed.node_policies = Some(vec![policy_digest(hardened)]);
-    let error = verify(&evidence, &challenge(nonce), &policy).unwrap_err();
+    let error = verify(&evidence, &challenge(nonce), &aver_tests::checked(&policy)).unwrap_err();
     assert_eq!(
         error,
         VerifyError::NodeLog(NodeLogError::NodePolicyNotAllowed {

@@ -39,10 +39,10 @@ async fn reattestation_publishes_real_keys_and_drops_a_tampered_node() {
         .map(|n| n.serve(&stub.url(), &[]).unwrap())
         .collect();
     let ak_names: Vec<String> = nodes.iter().map(|n| n.ak_name().unwrap()).collect();
-    let policy = Arc::new(policy_for(
+    let policy = Arc::new(aver_tests::checked(&policy_for(
         &ak_names,
         model_digest(nodes[0].model.path()).unwrap(),
-    ));
+    )));
     // Every node measures the same model bytes, so one model digest fits all.
     for n in &nodes {
         assert_eq!(

@@ -3,6 +3,7 @@
 use aver_crds::{PolicyError, Sha256Digest};
 use aver_node_log::{NodeLogError, PodMismatch};
 
+use crate::ek::chain::EkChainError;
 use crate::ek::ActivationError;
 use crate::eventlog::EventLogError;
 use crate::evidence::EvidenceError;
@@ -18,6 +19,10 @@ pub enum VerifyError {
     Evidence(#[from] EvidenceError),
     #[error("invalid policy: {0}")]
     Policy(#[from] PolicyError),
+    /// A policy's `trust.ekRoots` or `trust.akRoots` certificates do not
+    /// parse, or one is not a CA; found when the policy is loaded.
+    #[error("invalid policy: {0}")]
+    PolicyRoots(EkChainError),
     #[error("evidence answers nonce {found}, not the nonce this verifier sent: replayed or misrouted evidence")]
     NonceMismatch { found: String },
     #[error("evidence is bound to TLS key {found}, but this connection's key is {expected}: possible man-in-the-middle")]
@@ -120,7 +125,7 @@ impl VerifyError {
         match self {
             Self::Evidence(EvidenceError::UnsupportedVersion { .. }) => "version",
             Self::Evidence(_) | Self::Tpm { .. } => "malformed",
-            Self::Policy(_) => "policy-invalid",
+            Self::Policy(_) | Self::PolicyRoots(_) => "policy-invalid",
             Self::NonceMismatch { .. } | Self::QualifyingDataMismatch => "freshness",
             Self::SpkiMismatch { .. } | Self::LaunchSpkiMismatch { .. } => "channel-binding",
             Self::NotAnAttestationKey { .. }

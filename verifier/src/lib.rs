@@ -14,13 +14,14 @@ pub mod eventlog;
 pub mod evidence;
 pub mod measurement;
 pub mod platform;
+pub mod policy;
 pub mod policy_init;
 pub mod reference_values;
 pub mod report;
 pub mod tpm;
 pub mod verify;
 
-pub use aver_crds::{AttestationPolicy, Sha256Digest};
+pub use aver_crds::{AkName, AttestationPolicy, Sha256Digest};
 pub use binding::Nonce;
 pub use clock::ClockHistory;
 pub use error::VerifyError;
@@ -28,5 +29,6 @@ pub use evidence::{
     Evidence, EvidenceError, EVIDENCE_VERSIONS, EVIDENCE_VERSION_ENCLAVE, EVIDENCE_VERSION_NODE,
 };
 pub use platform::{BootError, CheckedLog, PlatformReport, RuntimeError};
+pub use policy::ValidatedPolicy;
 pub use report::{MeasuredBy, MeasuredContainer, VerifiedLaunch, VerifiedNode, VerifiedReport};
 pub use verify::{verify, verify_activated, verify_node, verify_with, Challenge, VerifyOptions};

@@ -15,6 +15,7 @@ use aver_node_log::NodeHistory;
 use crate::error::VerifyError;
 use crate::eventlog;
 use crate::evidence::Evidence;
+use crate::policy::ValidatedPolicy;
 use crate::reference_values::boot_policy_from_log;
 use crate::tpm::AkPublic;
 use crate::verify::{verify, Challenge};
@@ -87,8 +88,9 @@ pub fn policy_from_evidence(
         nonce: evidence.nonce,
         spki_sha256: evidence.spki_sha256,
     };
+    let policy = ValidatedPolicy::new(policy)?;
     verify(evidence, &challenge, &policy)?;
-    Ok(policy)
+    Ok(policy.into_policy())
 }
 
 /// The boot rules the evidence's firmware event log supports, if it has a

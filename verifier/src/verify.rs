@@ -1,18 +1,17 @@
 //! The verification procedure: raw [`Evidence`] in, [`VerifiedReport`] out.
 
-use aver_crds::{AllowedPod, AttestationPolicy, Sha256Digest};
+use aver_crds::{AkName, AllowedPod, Sha256Digest};
 use aver_node_log::{ContainerSpec, NodeHistory};
 
 use crate::binding::{self, Nonce};
 use crate::ek::activation::unix_now;
-use crate::ek::chain::{
-    roots_sha256, validate_ak_certificate, AkCertificateInfo, EkChainError, TrustAnchors,
-};
+use crate::ek::chain::{validate_ak_certificate, AkCertificateInfo, EkChainError, TrustAnchors};
 use crate::ek::ActivatedAk;
 use crate::error::VerifyError;
 use crate::eventlog::{self, LAUNCH_SEQUENCE_LEN};
 use crate::evidence::{Evidence, EVIDENCE_VERSION_ENCLAVE, EVIDENCE_VERSION_NODE};
 use crate::platform::{self, PlatformReport};
+use crate::policy::ValidatedPolicy;
 use crate::report::{
     CheckedPcr, MeasuredBy, MeasuredContainer, QuoteClock, VerifiedLaunch, VerifiedNode,
     VerifiedReport,
@@ -35,7 +34,7 @@ pub struct Challenge {
 pub fn verify(
     evidence: &Evidence,
     challenge: &Challenge,
-    policy: &AttestationPolicy,
+    policy: &ValidatedPolicy,
 ) -> Result<VerifiedReport, VerifyError> {
     verify_activated(evidence, challenge, policy, None)
 }
@@ -65,7 +64,7 @@ pub struct VerifyOptions<'a> {
 pub fn verify_activated(
     evidence: &Evidence,
     challenge: &Challenge,
-    policy: &AttestationPolicy,
+    policy: &ValidatedPolicy,
     activated: Option<&ActivatedAk>,
 ) -> Result<VerifiedReport, VerifyError> {
     let options = VerifyOptions {
@@ -88,11 +87,10 @@ pub fn verify_activated(
 pub fn verify_with(
     evidence: &Evidence,
     challenge: &Challenge,
-    policy: &AttestationPolicy,
+    policy: &ValidatedPolicy,
     options: &VerifyOptions<'_>,
 ) -> Result<VerifiedReport, VerifyError> {
     let activated = options.activated;
-    policy.validate()?;
     evidence.check_shape()?;
     if evidence.nonce != challenge.nonce {
         return Err(VerifyError::NonceMismatch {
@@ -174,9 +172,8 @@ pub fn verify_with(
 pub fn verify_node(
     evidence: &Evidence,
     nonce: &Nonce,
-    policy: &AttestationPolicy,
+    policy: &ValidatedPolicy,
 ) -> Result<VerifiedNode, VerifyError> {
-    policy.validate()?;
     evidence.check_shape()?;
     if evidence.nonce != *nonce {
         return Err(VerifyError::NonceMismatch {
@@ -209,7 +206,7 @@ pub fn verify_node(
 /// runtime pass the policy's rules.
 fn verify_platform_stage(
     evidence: &Evidence,
-    policy: &AttestationPolicy,
+    policy: &ValidatedPolicy,
     activated: Option<&ActivatedAk>,
     expected_qd: Option<[u8; 32]>,
 ) -> Result<PlatformStage, VerifyError> {
@@ -218,44 +215,43 @@ fn verify_platform_stage(
         part: "AK public area",
         source,
     })?;
-    let ak_name = ak.name_hex();
+    let Ok(name) = AkName::parse(&ak.name_hex()) else {
+        return Err(VerifyError::NotAnAttestationKey {
+            name: ak.name_hex(),
+        });
+    };
+    let ak_name = name.to_string();
     if !ak.is_attestation_key() {
         return Err(VerifyError::NotAnAttestationKey { name: ak_name });
     }
-    let listed = policy
-        .trust
-        .ak_names
-        .iter()
-        .any(|n| n.eq_ignore_ascii_case(&ak_name));
+    let listed = policy.lists_ak(&name);
     let activation = match activated {
         None => None,
-        Some(proof) if !proof.ak_name.eq_ignore_ascii_case(&ak_name) => {
+        Some(proof) if *proof.ak_name() != name => {
             return Err(VerifyError::ActivatedAkMismatch {
-                activated: proof.ak_name.clone(),
+                activated: proof.ak_name().to_string(),
                 quoted: ak_name,
             });
         }
         // A proof under other roots (or expired) proves nothing here.
         Some(proof) => policy
-            .trust
-            .ek_roots
-            .as_deref()
-            .filter(|roots| proof.vouches_for(&ak_name, &roots_sha256(roots), unix_now()))
+            .ek_roots()
+            .filter(|roots| proof.vouches_for(&name, &roots.policy_sha256(), unix_now()))
             .map(|_| pinned(proof, &policy.trust.ek_pins))
             .transpose()
             // An AK listed by name needs no proof, pinned or not.
             .or_else(|error| if listed { Ok(None) } else { Err(error) })?,
     };
-    let certified = match (&policy.trust.ak_roots, listed || activation.is_some()) {
+    let certified = match (policy.ak_roots(), listed || activation.is_some()) {
         (Some(roots), false)
-            if evidence.ak_certificate.is_some() || policy.trust.ek_roots.is_none() =>
+            if evidence.ak_certificate.is_some() || policy.ek_roots().is_none() =>
         {
             Some(certified_ak(evidence, &ak, &ak_name, roots)?)
         }
         _ => None,
     };
     if !listed && activation.is_none() && certified.is_none() {
-        return Err(if policy.trust.ek_roots.is_some() {
+        return Err(if policy.ek_roots().is_some() {
             VerifyError::AkNotProven { name: ak_name }
         } else {
             VerifyError::UntrustedAk { name: ak_name }
@@ -368,7 +364,7 @@ fn pinned(proof: &ActivatedAk, pins: &[Sha256Digest]) -> Result<ActivatedAk, Ver
             Ok(proof)
         }
         None => Err(VerifyError::EkNotPinned {
-            name: proof.ak_name,
+            name: proof.ak_name.to_string(),
             certificate: proof.ek_pin.certificate_sha256,
             public_key: proof.ek_pin.public_key_sha256,
         }),
@@ -381,7 +377,7 @@ fn certified_ak(
     evidence: &Evidence,
     ak: &AkPublic,
     ak_name: &str,
-    roots: &str,
+    anchors: &TrustAnchors,
 ) -> Result<AkCertificateInfo, VerifyError> {
     let invalid = |source: EkChainError| match source {
         EkChainError::UntrustedIssuer { issuer, .. } => VerifyError::AkCertificateUntrusted {
@@ -398,10 +394,9 @@ fn certified_ak(
             name: ak_name.to_owned(),
         });
     };
-    let anchors = TrustAnchors::from_pem_field(roots, "trust.akRoots").map_err(invalid)?;
     let chain: Vec<Vec<u8>> = evidence.ak_chain.iter().map(|c| c.0.clone()).collect();
     let validated =
-        validate_ak_certificate(&certificate.0, &chain, &anchors, unix_now()).map_err(invalid)?;
+        validate_ak_certificate(&certificate.0, &chain, anchors, unix_now()).map_err(invalid)?;
     if !ak.key.matches_spki(&validated.subject_public_key_info) {
         return Err(VerifyError::AkCertificateKeyMismatch {
             name: ak_name.to_owned(),
@@ -446,7 +441,7 @@ struct Workload {
 fn node_measured(
     evidence: &Evidence,
     challenge: &Challenge,
-    policy: &AttestationPolicy,
+    policy: &ValidatedPolicy,
     pod: &AllowedPod,
     workload_value: &Sha256Digest,
     reference_specs: &[(String, ContainerSpec)],
@@ -504,7 +499,7 @@ fn node_measured(
 fn enclave_reported(
     evidence: &Evidence,
     challenge: &Challenge,
-    policy: &AttestationPolicy,
+    policy: &ValidatedPolicy,
     workload_value: &Sha256Digest,
 ) -> Result<Workload, VerifyError> {
     if evidence.version != EVIDENCE_VERSION_ENCLAVE {
@@ -548,12 +543,23 @@ fn enclave_reported(
 
 #[cfg(test)]
 mod tests {
+    use aver_crds::AttestationPolicy;
+
     use super::*;
+    use crate::ek::chain::roots_sha256;
     use crate::ek::{EkCertificateInfo, EkKind, EkPin};
 
     const EVIDENCE: &[u8] = include_bytes!("../testdata/evidence-swtpm.json");
     const POLICY: &str = include_str!("../testdata/policy-swtpm.yaml");
-    const ROOTS: &str = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    /// A CA certificate standing in for a TPM manufacturer's root: these
+    /// tests bring the activation proof themselves.
+    const ROOTS: &str = include_str!("../testdata/test-root-ca.pem");
+
+    /// The policy as verification takes it; each test edits the written
+    /// policy and validates it again.
+    fn checked(policy: &AttestationPolicy) -> ValidatedPolicy {
+        ValidatedPolicy::new(policy.clone()).unwrap()
+    }
 
     /// Captured swtpm evidence and a policy that trusts AKs only through
     /// (placeholder) EK roots.
@@ -571,7 +577,7 @@ mod tests {
 
     fn proof(ak_name: &str, roots: &str, valid_until: i64) -> ActivatedAk {
         ActivatedAk {
-            ak_name: ak_name.to_owned(),
+            ak_name: AkName::parse(ak_name).unwrap(),
             ek: EkCertificateInfo {
                 kind: EkKind::Rsa2048,
                 certificate_sha256: Sha256Digest([7; 32]),
@@ -597,13 +603,14 @@ mod tests {
     fn with_ek_roots_only_an_activated_ak_is_trusted() {
         let (evidence, challenge, policy, ak_name) = fixture();
         assert_eq!(
-            verify(&evidence, &challenge, &policy),
+            verify(&evidence, &challenge, &checked(&policy)),
             Err(VerifyError::AkNotProven {
                 name: ak_name.clone()
             })
         );
         let activated = proof(&ak_name, ROOTS, i64::MAX);
-        let report = verify_activated(&evidence, &challenge, &policy, Some(&activated)).unwrap();
+        let report =
+            verify_activated(&evidence, &challenge, &checked(&policy), Some(&activated)).unwrap();
         assert_eq!(report.activation, Some(activated));
         assert!(report.to_text().contains("ak residency      activated"));
     }
@@ -613,16 +620,17 @@ mod tests {
         let (evidence, challenge, policy, ak_name) = fixture();
         let other_roots = proof(&ak_name, "other roots", i64::MAX);
         assert!(matches!(
-            verify_activated(&evidence, &challenge, &policy, Some(&other_roots)),
+            verify_activated(&evidence, &challenge, &checked(&policy), Some(&other_roots)),
             Err(VerifyError::AkNotProven { .. })
         ));
         let expired = proof(&ak_name, ROOTS, 0);
         assert!(matches!(
-            verify_activated(&evidence, &challenge, &policy, Some(&expired)),
+            verify_activated(&evidence, &challenge, &checked(&policy), Some(&expired)),
             Err(VerifyError::AkNotProven { .. })
         ));
         let other_ak = proof(&format!("000b{}", "00".repeat(32)), ROOTS, i64::MAX);
-        let error = verify_activated(&evidence, &challenge, &policy, Some(&other_ak)).unwrap_err();
+        let error = verify_activated(&evidence, &challenge, &checked(&policy), Some(&other_ak))
+            .unwrap_err();
         assert!(matches!(error, VerifyError::ActivatedAkMismatch { .. }));
         assert_eq!(error.reason(), "activation");
     }
@@ -634,14 +642,16 @@ mod tests {
         for pin in [Sha256Digest([7; 32]), Sha256Digest([8; 32])] {
             policy.trust.ek_pins = vec![Sha256Digest([9; 32]), pin];
             let report =
-                verify_activated(&evidence, &challenge, &policy, Some(&activated)).unwrap();
+                verify_activated(&evidence, &challenge, &checked(&policy), Some(&activated))
+                    .unwrap();
             assert_eq!(report.activation.as_ref().unwrap().pinned_by, Some(pin));
             assert!(report
                 .to_text()
                 .contains(&format!("node pinned       {pin}")));
         }
         policy.trust.ek_pins = vec![Sha256Digest([9; 32])];
-        let error = verify_activated(&evidence, &challenge, &policy, Some(&activated)).unwrap_err();
+        let error = verify_activated(&evidence, &challenge, &checked(&policy), Some(&activated))
+            .unwrap_err();
         assert_eq!(
             error,
             VerifyError::EkNotPinned {
@@ -659,14 +669,14 @@ mod tests {
         assert_eq!(error.reason(), "untrusted-key");
         // A listed AK is trusted by its name, pins or not.
         policy.trust.ak_names = vec![ak_name];
-        assert!(verify(&evidence, &challenge, &policy).is_ok());
+        assert!(verify(&evidence, &challenge, &checked(&policy)).is_ok());
     }
 
     #[test]
     fn a_listed_ak_needs_no_activation() {
         let (evidence, challenge, mut policy, ak_name) = fixture();
         policy.trust.ak_names = vec![ak_name];
-        let report = verify(&evidence, &challenge, &policy).unwrap();
+        let report = verify(&evidence, &challenge, &checked(&policy)).unwrap();
         assert_eq!(report.activation, None);
         assert!(report
             .to_text()
@@ -674,7 +684,7 @@ mod tests {
     }
 
     /// The fixture's policy in node-measured mode.
-    fn pod_policy(policy: &AttestationPolicy) -> AttestationPolicy {
+    fn pod_policy(policy: &AttestationPolicy) -> ValidatedPolicy {
         let mut policy = policy.clone();
         policy.allowed.engine_digests.clear();
         policy.allowed.config_digests = None;
@@ -685,14 +695,14 @@ mod tests {
                 spec_digests: vec![Sha256Digest([2; 32])],
             }],
         });
-        policy
+        checked(&policy)
     }
 
     #[test]
     fn enclave_reported_evidence_says_it_is_weaker() {
         let (evidence, challenge, mut policy, ak_name) = fixture();
         policy.trust.ak_names = vec![ak_name];
-        let report = verify(&evidence, &challenge, &policy).unwrap();
+        let report = verify(&evidence, &challenge, &checked(&policy)).unwrap();
         assert_eq!(report.evidence_version, EVIDENCE_VERSION_ENCLAVE);
         assert!(matches!(report.measured_by, MeasuredBy::Enclave { .. }));
         assert!(report.launch.engine.is_some());
@@ -736,7 +746,7 @@ mod tests {
             },
         }];
         assert_eq!(
-            verify(&v2, &challenge, &policy),
+            verify(&v2, &challenge, &checked(&policy)),
             Err(VerifyError::EnclaveEvidenceRequired { found: 2 })
         );
         let error = verify(&v2, &challenge, &pod_policy(&policy)).unwrap_err();
@@ -751,7 +761,7 @@ mod tests {
         // Built in code with both logs: refused as malformed before any check.
         v2.event_log = evidence.event_log.clone();
         assert!(matches!(
-            verify(&v2, &challenge, &policy),
+            verify(&v2, &challenge, &checked(&policy)),
             Err(VerifyError::Evidence(
                 crate::evidence::EvidenceError::Malformed(_)
             ))

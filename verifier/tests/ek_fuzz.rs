@@ -14,6 +14,8 @@
 //!
 //! Case counts are kept small so the file runs in seconds in `cargo test`.
 
+use aver_testkit::tpm::AK_ATTRIBUTES;
+use aver_testkit::{rsa_ek, ForeignKey, TestCa};
 use aver_verifier::ek::activation::{
     ActivationError, ActivationOffer, ActivationResponse, EndorsementCertificate,
 };
@@ -25,11 +27,7 @@ use aver_verifier::evidence::Base64Bytes;
 use base64::Engine as _;
 use proptest::prelude::*;
 use rand::SeedableRng as _;
-use rcgen::{
-    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
-    SignatureAlgorithm,
-};
+use rcgen::BasicConstraints;
 use sha2::{Digest as _, Sha256};
 
 /// 2027-01-15, inside every test certificate's validity.
@@ -37,172 +35,50 @@ const NOW: i64 = 1_800_000_000;
 
 // --- Test PKI, shaped like a TPM vendor's ----------------------------------
 
-struct Ca {
-    params: CertificateParams,
-    key: KeyPair,
-    der: Vec<u8>,
-    pem: String,
-}
-
-impl Ca {
-    fn params(common_name: &str, constraint: BasicConstraints) -> CertificateParams {
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params.is_ca = IsCa::Ca(constraint);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params
-    }
-
-    fn new(common_name: &str, parent: Option<&Ca>, constraint: BasicConstraints) -> Self {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let params = Self::params(common_name, constraint);
-        let cert = match parent {
-            Some(parent) => params.signed_by(&key, &parent.issuer()).unwrap(),
-            None => params.self_signed(&key).unwrap(),
-        };
-        Self {
-            der: cert.der().to_vec(),
-            pem: cert.pem(),
-            params,
-            key,
-        }
-    }
-
-    fn issuer(&self) -> Issuer<'_, &KeyPair> {
-        Issuer::from_params(&self.params, &self.key)
-    }
-
-    /// This CA's name and key, certified by `other` instead of its parent.
-    fn cross_signed_by(&self, other: &Ca) -> Vec<u8> {
-        self.params
-            .signed_by(&self.key, &other.issuer())
-            .unwrap()
-            .der()
-            .to_vec()
-    }
-}
-
-/// An EK public key given as its subjectPublicKey bits.
-struct ForeignKey {
-    bits: Vec<u8>,
-    algorithm: &'static SignatureAlgorithm,
-}
-
-impl PublicKeyData for ForeignKey {
-    fn der_bytes(&self) -> &[u8] {
-        &self.bits
-    }
-
-    fn algorithm(&self) -> &'static SignatureAlgorithm {
-        self.algorithm
-    }
+fn ca(common_name: &str, parent: Option<&TestCa>, constraint: BasicConstraints) -> TestCa {
+    TestCa::build(common_name, parent, constraint, |_| {})
 }
 
 fn rsa_ek_key() -> ForeignKey {
-    use rsa::pkcs1::EncodeRsaPublicKey as _;
-    use rsa::pkcs8::DecodePrivateKey as _;
-    let private =
-        rsa::RsaPrivateKey::from_pkcs8_pem(include_str!("../src/ek/test_rsa_ek.pem")).unwrap();
-    ForeignKey {
-        bits: private
-            .to_public_key()
-            .to_pkcs1_der()
-            .unwrap()
-            .as_bytes()
-            .to_vec(),
-        algorithm: &rcgen::PKCS_RSA_SHA256,
-    }
+    ForeignKey::rsa(&rsa_ek().to_public_key())
 }
 
-fn p256_ek_key() -> ForeignKey {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    ForeignKey {
-        bits: key.der_bytes().to_vec(),
-        algorithm: &rcgen::PKCS_ECDSA_P256_SHA256,
-    }
-}
-
-fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let len = content.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else if len < 0x100 {
-        out.extend([0x81, len as u8]);
-    } else {
-        out.extend([0x82, (len >> 8) as u8, len as u8]);
-    }
-    out.extend_from_slice(content);
-    out
-}
-
-/// subjectAltName with a directoryName of TPM manufacturer, model, version.
-fn tpm_san() -> Vec<u8> {
-    let attribute = |last_arc: u8, value: &str| {
-        let oid = tlv(0x06, &[0x67, 0x81, 0x05, 0x02, last_arc]);
-        tlv(0x30, &[oid, tlv(0x0c, value.as_bytes())].concat())
-    };
-    let set = tlv(
-        0x31,
-        &[
-            attribute(1, "id:49465800"),
-            attribute(2, "SLB9670"),
-            attribute(3, "id:000F0010"),
-        ]
-        .concat(),
-    );
-    tlv(0x30, &tlv(0xa4, &tlv(0x30, &set)))
-}
-
-fn ek_certificate(ca: &Ca, key: &ForeignKey) -> Vec<u8> {
-    let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
-    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-    params.not_after = rcgen::date_time_ymd(2099, 1, 1);
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::KeyEncipherment];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::Other(vec![2, 23, 133, 8, 1])];
-    let mut san = CustomExtension::from_oid_content(&[2, 5, 29, 17], tpm_san());
-    san.set_criticality(true);
-    params.custom_extensions = vec![san];
-    params.signed_by(key, &ca.issuer()).unwrap().der().to_vec()
+fn ek_certificate(ca: &TestCa, key: &ForeignKey) -> Vec<u8> {
+    aver_testkit::ek_certificate(ca, key, (2020, 2099), |_| {})
 }
 
 /// Everything the properties mutate, built once.
 struct Pki {
-    root: Ca,
-    intermediate: Ca,
+    root: TestCa,
+    intermediate: TestCa,
     anchors: TrustAnchors,
     /// EK certificates issued by `intermediate`.
     rsa_ek: Vec<u8>,
     p256_ek: Vec<u8>,
     /// CAs with the intermediate's name but another key.
-    impostors: Vec<Ca>,
+    impostors: Vec<TestCa>,
     /// CAs under the root, with names of their own.
-    unrelated: Vec<Ca>,
+    unrelated: Vec<TestCa>,
     /// Two CAs that certify each other, and an EK certificate under one.
-    loop_a: Ca,
-    loop_b: Ca,
+    loop_a: TestCa,
+    loop_b: TestCa,
     loop_ek: Vec<u8>,
 }
 
 impl Pki {
     fn new() -> Self {
-        let root = Ca::new("TPM Vendor Root", None, BasicConstraints::Unconstrained);
-        let intermediate = Ca::new(
+        let root = ca("TPM Vendor Root", None, BasicConstraints::Unconstrained);
+        let intermediate = ca(
             "TPM Vendor Intermediate",
             Some(&root),
             BasicConstraints::Constrained(0),
         );
         let anchors = TrustAnchors::from_pem(&root.pem).unwrap();
         let rsa_ek = ek_certificate(&intermediate, &rsa_ek_key());
-        let p256_ek = ek_certificate(&intermediate, &p256_ek_key());
+        let p256_ek = ek_certificate(&intermediate, &ForeignKey::random_p256());
         let impostors = (0..3)
             .map(|_| {
-                Ca::new(
+                ca(
                     "TPM Vendor Intermediate",
                     Some(&root),
                     BasicConstraints::Unconstrained,
@@ -211,16 +87,16 @@ impl Pki {
             .collect();
         let unrelated = (0..3)
             .map(|i| {
-                Ca::new(
+                ca(
                     &format!("Other CA {i}"),
                     Some(&root),
                     BasicConstraints::Unconstrained,
                 )
             })
             .collect();
-        let loop_a = Ca::new("Loop A", None, BasicConstraints::Unconstrained);
-        let loop_b = Ca::new("Loop B", None, BasicConstraints::Unconstrained);
-        let loop_ek = ek_certificate(&loop_a, &p256_ek_key());
+        let loop_a = ca("Loop A", None, BasicConstraints::Unconstrained);
+        let loop_b = ca("Loop B", None, BasicConstraints::Unconstrained);
+        let loop_ek = ek_certificate(&loop_a, &ForeignKey::random_p256());
         Self {
             root,
             intermediate,
@@ -697,27 +573,7 @@ proptest! {
 
 /// A TPMT_PUBLIC of an ECC P-256 restricted signing key (aver's AK).
 fn ak_public() -> Vec<u8> {
-    const ECC: u16 = 0x0023;
-    const SHA256: u16 = 0x000b;
-    const NULL: u16 = 0x0010;
-    const ECDSA: u16 = 0x0018;
-    const NIST_P256: u16 = 0x0003;
-    // fixedTPM, fixedParent, sensitiveDataOrigin, userWithAuth, restricted, sign.
-    const ATTRIBUTES: u32 = (1 << 1) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 16) | (1 << 18);
-    let mut v = Vec::new();
-    for field in [ECC, SHA256] {
-        v.extend(field.to_be_bytes());
-    }
-    v.extend(ATTRIBUTES.to_be_bytes());
-    v.extend(0u16.to_be_bytes());
-    for field in [NULL, ECDSA, SHA256, NIST_P256, NULL] {
-        v.extend(field.to_be_bytes());
-    }
-    for coordinate in [[1u8; 32], [2u8; 32]] {
-        v.extend(32u16.to_be_bytes());
-        v.extend(coordinate);
-    }
-    v
+    aver_testkit::tpm::ak_public(AK_ATTRIBUTES, [1; 32], [2; 32])
 }
 
 fn b64(bytes: &[u8]) -> serde_json::Value {

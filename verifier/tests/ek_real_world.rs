@@ -9,6 +9,8 @@
 
 use std::time::Instant;
 
+use aver_testkit::der::{bits, certificate_pem, int, null, oid, seq, set, tlv, utf8};
+use aver_testkit::TpmAttributes;
 use aver_verifier::ek::activation::{
     unix_now, ActivationError, ActivationOffer, PendingActivation,
 };
@@ -17,64 +19,13 @@ use aver_verifier::ek::chain::{
 };
 use aver_verifier::ek::{EkKind, EndorsementCertificate, TrustAnchors, ACTIVATION_VERSION};
 use aver_verifier::evidence::Base64Bytes;
-use base64::Engine as _;
 use rsa::signature::{RandomizedSigner as _, SignatureEncoding as _, Signer as _};
 use sha2::{Digest as _, Sha256, Sha384, Sha512};
 
 // ---------------------------------------------------------------- DER ---
 
-fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let len = content.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else if len < 0x100 {
-        out.extend([0x81, len as u8]);
-    } else {
-        out.extend([0x82, (len >> 8) as u8, len as u8]);
-    }
-    out.extend_from_slice(content);
-    out
-}
-
-fn seq(parts: &[Vec<u8>]) -> Vec<u8> {
-    tlv(0x30, &parts.concat())
-}
-
-fn set(parts: &[Vec<u8>]) -> Vec<u8> {
-    tlv(0x31, &parts.concat())
-}
-
-fn oid(dotted: &str) -> Vec<u8> {
-    let arcs: Vec<u64> = dotted.split('.').map(|a| a.parse().unwrap()).collect();
-    let mut body = vec![(arcs[0] * 40 + arcs[1]) as u8];
-    for &arc in &arcs[2..] {
-        let mut chunk = vec![(arc & 0x7f) as u8];
-        let mut rest = arc >> 7;
-        while rest > 0 {
-            chunk.push(0x80 | (rest & 0x7f) as u8);
-            rest >>= 7;
-        }
-        chunk.reverse();
-        body.extend(chunk);
-    }
-    tlv(0x06, &body)
-}
-
-fn int(bytes: &[u8]) -> Vec<u8> {
-    tlv(0x02, bytes)
-}
-
-fn bits(bytes: &[u8]) -> Vec<u8> {
-    tlv(0x03, &[&[0u8][..], bytes].concat())
-}
-
-fn null() -> Vec<u8> {
-    vec![0x05, 0x00]
-}
-
 fn attribute(oid_text: &str, value: &str) -> Vec<u8> {
-    seq(&[oid(oid_text), tlv(0x0c, value.as_bytes())])
+    seq(&[oid(oid_text), utf8(value)])
 }
 
 fn cn(common_name: &str) -> Vec<u8> {
@@ -111,15 +62,15 @@ fn ca_extensions() -> Vec<Vec<u8>> {
 
 /// The TPM attributes in a critical SAN directoryName, an EKU of
 /// tcg-kp-EKCertificate and keyEncipherment, as vendors write them.
-fn ek_extensions(manufacturer: &str) -> Vec<Vec<u8>> {
-    let directory = seq(&[set(&[
-        attribute("2.23.133.2.1", manufacturer),
-        attribute("2.23.133.2.2", "ST33HTPHAHD4"),
-        attribute("2.23.133.2.3", "id:00010102"),
-    ])]);
+fn ek_extensions(manufacturer: &'static str) -> Vec<Vec<u8>> {
+    let tpm = TpmAttributes {
+        manufacturer,
+        model: "ST33HTPHAHD4",
+        version: "id:00010102",
+    };
     vec![
         extension("2.5.29.15", true, vec![0x03, 0x02, 0x05, 0x20]),
-        extension("2.5.29.17", true, seq(&[tlv(0xa4, &directory)])),
+        extension("2.5.29.17", true, tpm.subject_alt_name()),
         extension("2.5.29.37", false, seq(&[oid("2.23.133.8.1")])),
     ]
 }
@@ -152,8 +103,7 @@ enum Key {
 }
 
 fn rsa_key() -> rsa::RsaPrivateKey {
-    use rsa::pkcs8::DecodePrivateKey as _;
-    rsa::RsaPrivateKey::from_pkcs8_pem(include_str!("../src/ek/test_rsa_ek.pem")).unwrap()
+    aver_testkit::rsa_ek()
 }
 
 fn rsa_spki(key: &rsa::RsaPublicKey) -> Vec<u8> {
@@ -340,7 +290,7 @@ impl Ca {
     }
 
     fn anchors(&self) -> TrustAnchors {
-        TrustAnchors::from_pem(&pem(&self.der)).unwrap()
+        TrustAnchors::from_pem(&certificate_pem(&self.der)).unwrap()
     }
 
     /// An EK certificate for `spki` with an empty subject.
@@ -364,13 +314,6 @@ impl Ca {
         };
         issue(tbs, &self.name, self.key.algorithm(), &self.key)
     }
-}
-
-fn pem(der: &[u8]) -> String {
-    format!(
-        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-        base64::engine::general_purpose::STANDARD.encode(der)
-    )
 }
 
 fn rsa_ek_spki() -> Vec<u8> {

@@ -3,12 +3,12 @@
 //! bytes even where no TPM simulator is installed.
 
 use aver_verifier::error::VerifyError;
-use aver_verifier::{verify, AttestationPolicy, Challenge, Evidence};
+use aver_verifier::{verify, Challenge, Evidence, ValidatedPolicy};
 
 const EVIDENCE: &[u8] = include_bytes!("../testdata/evidence-swtpm.json");
 const POLICY: &str = include_str!("../testdata/policy-swtpm.yaml");
 
-fn fixture() -> (Evidence, Challenge, AttestationPolicy) {
+fn fixture() -> (Evidence, Challenge, ValidatedPolicy) {
     let evidence = Evidence::from_json(EVIDENCE).unwrap();
     let challenge = Challenge {
         nonce: evidence.nonce,
@@ -17,7 +17,7 @@ fn fixture() -> (Evidence, Challenge, AttestationPolicy) {
     (
         evidence,
         challenge,
-        AttestationPolicy::from_yaml(POLICY).unwrap(),
+        ValidatedPolicy::from_yaml(POLICY).unwrap(),
     )
 }
 

@@ -2,6 +2,7 @@
 //! mutations and truncations of well-formed structures, never panic; and
 //! whatever of them parses marshals back to what was parsed.
 
+use aver_testkit::tpm::{alg, ecdsa_signature, pcr_bitmap, rsa_signature, Quote};
 use aver_verifier::tpm::{AkPublic, Attest, Signature};
 use proptest::prelude::*;
 
@@ -45,58 +46,35 @@ fn seeds_parse() {
     assert!(Attest::parse(&quote()).is_ok());
 }
 
-fn tpm2b(v: &mut Vec<u8>, bytes: &[u8]) {
-    v.extend((bytes.len() as u16).to_be_bytes());
-    v.extend(bytes);
-}
-
 /// TPMT_SIGNATURE as a TPM marshals it.
 fn marshal_signature(sig: &Signature) -> Vec<u8> {
-    let mut v = Vec::new();
     match sig {
-        Signature::Ecdsa { hash_alg, r, s } => {
-            v.extend(0x0018u16.to_be_bytes());
-            v.extend(hash_alg.to_be_bytes());
-            tpm2b(&mut v, r);
-            tpm2b(&mut v, s);
-        }
-        Signature::RsaSsa { hash_alg, sig } => {
-            v.extend(0x0014u16.to_be_bytes());
-            v.extend(hash_alg.to_be_bytes());
-            tpm2b(&mut v, sig);
-        }
-        Signature::RsaPss { hash_alg, sig } => {
-            v.extend(0x0016u16.to_be_bytes());
-            v.extend(hash_alg.to_be_bytes());
-            tpm2b(&mut v, sig);
-        }
+        Signature::Ecdsa { hash_alg, r, s } => ecdsa_signature(*hash_alg, r, s),
+        Signature::RsaSsa { hash_alg, sig } => rsa_signature(alg::RSASSA, *hash_alg, sig),
+        Signature::RsaPss { hash_alg, sig } => rsa_signature(alg::RSAPSS, *hash_alg, sig),
     }
-    v
 }
 
 /// TPMS_ATTEST of a quote with 3-byte PCR selections, as PC-client TPMs
 /// marshal it; `None` if a selection names a PCR above 23.
 fn marshal_quote(a: &Attest) -> Option<Vec<u8>> {
-    let mut v = vec![0xff, 0x54, 0x43, 0x47, 0x80, 0x18];
-    tpm2b(&mut v, &a.qualified_signer);
-    tpm2b(&mut v, &a.extra_data);
-    v.extend(a.clock_info.clock.to_be_bytes());
-    v.extend(a.clock_info.reset_count.to_be_bytes());
-    v.extend(a.clock_info.restart_count.to_be_bytes());
-    v.push(u8::from(a.clock_info.safe));
-    v.extend(a.firmware_version.to_be_bytes());
-    v.extend((a.pcr_select.len() as u32).to_be_bytes());
-    for s in &a.pcr_select {
-        v.extend(s.hash_alg.to_be_bytes());
-        let mut bitmap = [0u8; 3];
-        for p in &s.pcrs {
-            *bitmap.get_mut(usize::from(*p) / 8)? |= 1 << (p % 8);
-        }
-        v.push(3);
-        v.extend(bitmap);
-    }
-    tpm2b(&mut v, &a.pcr_digest);
-    Some(v)
+    let pcr_select = a
+        .pcr_select
+        .iter()
+        .map(|s| Some((s.hash_alg, pcr_bitmap(&s.pcrs)?)))
+        .collect::<Option<Vec<_>>>()?;
+    let quote = Quote {
+        qualified_signer: a.qualified_signer.clone(),
+        extra_data: a.extra_data.clone(),
+        clock: a.clock_info.clock,
+        reset_count: a.clock_info.reset_count,
+        restart_count: a.clock_info.restart_count,
+        safe: a.clock_info.safe,
+        firmware_version: a.firmware_version,
+        pcr_select,
+        pcr_digest: a.pcr_digest.clone(),
+    };
+    Some(quote.marshal())
 }
 
 fn mutate(

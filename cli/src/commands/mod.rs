@@ -18,7 +18,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use aver_client::ClientError;
-use aver_verifier::{AttestationPolicy, VerifyError};
+use aver_verifier::{ValidatedPolicy, VerifyError};
 
 /// How a command failed: a rejected attestation (exit 1) is a different
 /// outcome from input the command could not use (exit 2, as for clap's
@@ -72,12 +72,13 @@ impl From<anyhow::Error> for Failure {
 
 pub type CommandResult = Result<(), Failure>;
 
-/// Reads and validates a policy file, naming the file in any error.
-pub fn load_policy(path: &Path) -> anyhow::Result<AttestationPolicy> {
+/// Reads and validates a policy file (its trust anchors parsed too), naming
+/// the file in any error.
+pub fn load_policy(path: &Path) -> anyhow::Result<ValidatedPolicy> {
     use anyhow::Context as _;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read policy {}", path.display()))?;
-    AttestationPolicy::from_yaml(&text).with_context(|| format!("policy {}", path.display()))
+    ValidatedPolicy::from_yaml(&text).with_context(|| format!("policy {}", path.display()))
 }
 
 /// Reads a file that must exist, naming it in any error.

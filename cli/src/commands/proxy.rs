@@ -88,7 +88,7 @@ Logs go to stderr (AVER_LOG=debug for more); stdout's first line is
 `listening on http://ADDR` or `listening on unix:PATH`.";
 
 pub fn run(args: Args) -> CommandResult {
-    let policy = load_policy(&args.policy)?;
+    let policy = load_policy(&args.policy)?.into_policy();
     let upstream = match (&args.upstream, &args.from_cluster) {
         (Some(url), _) => Upstream::Url(url.clone()),
         (None, Some(name)) => Upstream::Cluster {

@@ -96,9 +96,7 @@ pub fn run(args: Args) -> CommandResult {
                     .map_err(request_failure)?
             }
             (None, Some(policy)) => {
-                let client = AttestedClient::new(policy)
-                    .map_err(request_failure)?
-                    .with_connect_timeout(timeout);
+                let client = AttestedClient::with_policy(policy).with_connect_timeout(timeout);
                 client.attest(&endpoint).await.map_err(request_failure)?
             }
             (None, None) => return Err(anyhow::anyhow!("--policy is required").into()),

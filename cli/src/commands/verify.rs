@@ -30,8 +30,7 @@ pub struct Args {
 pub fn run(args: Args) -> CommandResult {
     let policy = load_policy(&args.policy)?;
     let endpoint = Endpoint::from_url(&args.url).map_err(anyhow::Error::from)?;
-    let client = AttestedClient::new(policy)
-        .map_err(client_failure)?
+    let client = AttestedClient::with_policy(policy)
         .with_connect_timeout(Duration::from_secs(args.connect_timeout));
     let runtime = super::runtime()?;
     let attestation = if args.activate {
@@ -49,10 +48,7 @@ pub fn run(args: Args) -> CommandResult {
     let Some(report) = connection.report() else {
         return Err(anyhow::anyhow!("attestation produced no report").into());
     };
-    let max_age = client
-        .policy()
-        .max_evidence_age()
-        .map_err(anyhow::Error::from)?;
+    let max_age = client.policy().max_evidence_age();
     if args.json {
         let json = serde_json::json!({
             "endpoint": endpoint.authority(),

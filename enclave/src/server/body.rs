@@ -4,6 +4,9 @@ use bytes::Bytes;
 use http::{header, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 
+/// `type` of the enclave's JSON error bodies.
+pub const ERROR_TYPE: &str = "aver_enclave";
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
@@ -15,14 +18,11 @@ pub fn full(bytes: impl Into<Bytes>) -> BoxBody {
 }
 
 /// A JSON error in the shape OpenAI-compatible clients expect
-/// (`{"error": {"message": …}}`), so their error handling keeps working.
+/// (`{"error": {"type": "aver_enclave", "message": …}}`), so their error
+/// handling keeps working.
 pub fn error(status: StatusCode, message: &str) -> Response<BoxBody> {
-    let json = serde_json::json!({ "error": { "message": message, "type": "aver_enclave" } });
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(full(json.to_string()))
-        .unwrap_or_else(|_| Response::new(full("")))
+    aver_serve::json_error(status, ERROR_TYPE, None, message)
+        .map(|body| body.map_err(|never| match never {}).boxed_unsync())
 }
 
 /// [`error`] with `Retry-After`, for refusals that say "not now" (429 and

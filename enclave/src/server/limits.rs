@@ -6,8 +6,9 @@
 //! unauthenticated client can ask for, are admitted here — a few per peer
 //! per minute, and a small queue for everyone — so that a flood is told
 //! 429 at once instead of waiting in front of the quotes that keep the
-//! endpoint verified. Connections are bounded too, and accept errors
-//! (running out of file descriptors) back off instead of spinning.
+//! endpoint verified. Connections are bounded too; accept errors (running
+//! out of file descriptors) back off ([`aver_serve::Accepting`]) instead of
+//! spinning.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -120,59 +121,6 @@ impl ActivationGate {
     }
 }
 
-/// Backoff for a failing `accept`: when the process is out of file
-/// descriptors (or the kernel out of buffers) every retry fails at once, so
-/// retrying immediately spins a core and floods the log.
-#[derive(Debug, Default)]
-pub struct AcceptBackoff {
-    failures: u32,
-}
-
-/// What to do after an accept error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AfterAcceptError {
-    /// A per-connection failure (the peer reset before accept): go on.
-    Retry,
-    /// Out of a resource: wait this long before accepting again; `log`
-    /// says whether this failure should be logged (the first of a streak,
-    /// then every 64th).
-    Wait { delay: Duration, log: bool },
-}
-
-const FIRST_DELAY: Duration = Duration::from_millis(10);
-const MAX_DELAY: Duration = Duration::from_secs(1);
-
-impl AcceptBackoff {
-    pub fn on_error(&mut self, error: &std::io::Error) -> AfterAcceptError {
-        if !is_resource_exhaustion(error) {
-            return AfterAcceptError::Retry;
-        }
-        let log = self.failures.is_multiple_of(64);
-        let doublings = self.failures.min(7);
-        self.failures = self.failures.saturating_add(1);
-        let delay = FIRST_DELAY.saturating_mul(1 << doublings).min(MAX_DELAY);
-        AfterAcceptError::Wait { delay, log }
-    }
-
-    /// Failures in the current streak, then resets it (after a success).
-    pub fn on_success(&mut self) -> u32 {
-        std::mem::take(&mut self.failures)
-    }
-}
-
-/// EMFILE, ENFILE, ENOBUFS, ENOMEM: the process or the system ran out;
-/// retrying at once cannot succeed.
-fn is_resource_exhaustion(error: &std::io::Error) -> bool {
-    const EMFILE: i32 = 24;
-    const ENFILE: i32 = 23;
-    const ENOBUFS: i32 = 105;
-    const ENOMEM: i32 = 12;
-    matches!(
-        error.raw_os_error(),
-        Some(EMFILE | ENFILE | ENOBUFS | ENOMEM)
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,38 +161,5 @@ mod tests {
         let _other = gate
             .admit(IpAddr::from([192, 0, 2, 2]))
             .expect("another peer is not limited by the first");
-    }
-
-    #[test]
-    fn resource_exhaustion_backs_off_and_logs_sparingly() {
-        let mut backoff = AcceptBackoff::default();
-        let emfile = std::io::Error::from_raw_os_error(24);
-        let mut delays = Vec::new();
-        let mut logged = 0;
-        for _ in 0..200 {
-            match backoff.on_error(&emfile) {
-                AfterAcceptError::Wait { delay, log } => {
-                    delays.push(delay);
-                    logged += usize::from(log);
-                }
-                AfterAcceptError::Retry => panic!("EMFILE must back off"),
-            }
-        }
-        assert_eq!(delays[0], FIRST_DELAY);
-        assert!(delays.windows(2).all(|w| w[0] <= w[1]), "{delays:?}");
-        assert_eq!(*delays.last().unwrap(), MAX_DELAY);
-        assert_eq!(logged, 4, "the first of 200 failures, then every 64th");
-        assert_eq!(backoff.on_success(), 200);
-        assert!(matches!(
-            backoff.on_error(&emfile),
-            AfterAcceptError::Wait { delay, log: true } if delay == FIRST_DELAY
-        ));
-    }
-
-    #[test]
-    fn a_reset_before_accept_is_retried_at_once() {
-        let mut backoff = AcceptBackoff::default();
-        let aborted = std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
-        assert_eq!(backoff.on_error(&aborted), AfterAcceptError::Retry);
     }
 }

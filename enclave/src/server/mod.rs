@@ -22,11 +22,11 @@
 
 pub mod body;
 pub mod limits;
+mod metrics;
 pub mod proxy;
 pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,8 +53,11 @@ use crate::endorsement::ActivateError;
 use crate::launch::Enclave;
 use crate::node_agent::RegisteredEnclave;
 use crate::tls_key::TlsKey;
+use aver_serve::Accepting;
 use body::BoxBody;
-use limits::{AcceptBackoff, ActivationGate, AfterAcceptError, Limits};
+use limits::{ActivationGate, Limits};
+use metrics::EnclaveMetrics;
+use prometheus_client::metrics::gauge::Gauge;
 use proxy::Proxy;
 
 /// Settings of the server, beyond the launch.
@@ -87,31 +90,16 @@ pub enum ServeError {
     Worker(std::io::Error),
 }
 
-#[derive(Default)]
-struct Counters {
-    evidence_requests: AtomicU64,
-    evidence_failures: AtomicU64,
-    evidence_busy: AtomicU64,
-    proxied_requests: AtomicU64,
-    activations: AtomicU64,
-    activation_refusals: AtomicU64,
-    activations_limited_peer: AtomicU64,
-    activations_limited_queue: AtomicU64,
-    deadlines_exceeded: AtomicU64,
-    connections_open: AtomicU64,
-    accept_errors: AtomicU64,
-}
-
 struct AppState {
     batcher: QuoteBatcher,
     activation: Activation,
     gate: ActivationGate,
     proxy: Proxy,
     limits: Limits,
-    /// Launches recorded in this boot's launch log, and the bound (local
-    /// TPM mode; aver-node keeps the node log and its own gauge).
-    launches: Option<crate::launch_log::LaunchStats>,
-    counters: Counters,
+    /// Counters and gauges, served at `/metrics`; in local TPM mode they
+    /// include the launch log's size and bound (with `--node-agent`,
+    /// aver-node keeps the node log and its own gauge).
+    metrics: EnclaveMetrics,
 }
 
 /// What the activation endpoint says in node-agent mode.
@@ -214,6 +202,7 @@ impl Listening {
         activation: Activation,
         launches: Option<crate::launch_log::LaunchStats>,
     ) -> Server {
+        let metrics = EnclaveMetrics::new(batcher.stats(), self.limits.max_connections, launches);
         Server {
             listener: self.listener,
             acceptor: self.acceptor,
@@ -223,8 +212,7 @@ impl Listening {
                 gate: ActivationGate::new(&self.limits),
                 proxy: self.proxy,
                 limits: self.limits,
-                launches,
-                counters: Counters::default(),
+                metrics,
             }),
         }
     }
@@ -300,7 +288,8 @@ impl Server {
         let slots = Arc::new(tokio::sync::Semaphore::new(
             self.state.limits.max_connections.max(1),
         ));
-        let mut backoff = AcceptBackoff::default();
+        let mut accepting =
+            Accepting::new("TLS listener").count_errors(self.state.metrics.accept_errors.clone());
         let mut housekeeping = tokio::time::interval(Duration::from_secs(60));
         tokio::pin!(shutdown);
         loop {
@@ -316,39 +305,15 @@ impl Server {
                 () = &mut shutdown => break,
             };
             let (tcp, peer) = tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        self.state.counters.accept_errors.fetch_add(1, Ordering::Relaxed);
-                        match backoff.on_error(&e) {
-                            AfterAcceptError::Retry => {
-                                tracing::debug!(error = %e, "accept failed");
-                            }
-                            AfterAcceptError::Wait { delay, log } => {
-                                if log {
-                                    tracing::warn!(error = %e, retry_in = ?delay, "accept failed: backing off");
-                                }
-                                tokio::select! {
-                                    () = tokio::time::sleep(delay) => {}
-                                    () = &mut shutdown => break,
-                                }
-                            }
-                        }
-                        continue;
-                    }
-                },
+                accepted = accepting.next(|| self.listener.accept()) => accepted,
                 () = &mut shutdown => break,
             };
-            let streak = backoff.on_success();
-            if streak > 1 {
-                tracing::info!(failures = streak, "accepting again after accept failures");
-            }
             let _ = tcp.set_nodelay(true);
             let acceptor = self.acceptor.clone();
             let state = self.state.clone();
             let watcher = graceful.watcher();
             tokio::spawn(async move {
-                let open = OpenConnection::new(&state.counters.connections_open, slot);
+                let open = OpenConnection::new(&state.metrics.connections_open, slot);
                 let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
                     .await
                 {
@@ -403,20 +368,20 @@ impl Server {
 /// One open connection: counted in the gauge and holding its slot until
 /// it closes.
 struct OpenConnection<'a> {
-    gauge: &'a AtomicU64,
+    gauge: &'a Gauge,
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl<'a> OpenConnection<'a> {
-    fn new(gauge: &'a AtomicU64, slot: tokio::sync::OwnedSemaphorePermit) -> Self {
-        gauge.fetch_add(1, Ordering::Relaxed);
+    fn new(gauge: &'a Gauge, slot: tokio::sync::OwnedSemaphorePermit) -> Self {
+        gauge.inc();
         Self { gauge, _slot: slot }
     }
 }
 
 impl Drop for OpenConnection<'_> {
     fn drop(&mut self) {
-        self.gauge.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.dec();
     }
 }
 
@@ -435,20 +400,14 @@ async fn route(state: &AppState, peer: IpAddr, request: Request<Incoming>) -> Re
             body::error(StatusCode::NOT_FOUND, "no such aver endpoint")
         }
         _ => {
-            state
-                .counters
-                .proxied_requests
-                .fetch_add(1, Ordering::Relaxed);
+            state.metrics.proxied_requests.inc();
             state.proxy.forward(request).await
         }
     }
 }
 
 async fn evidence(state: &AppState, query: Option<&str>) -> Response<BoxBody> {
-    state
-        .counters
-        .evidence_requests
-        .fetch_add(1, Ordering::Relaxed);
+    state.metrics.evidence_requests.inc();
     let nonce = query
         .unwrap_or_default()
         .split('&')
@@ -468,10 +427,7 @@ async fn evidence(state: &AppState, query: Option<&str>) -> Response<BoxBody> {
     let produced = match tokio::time::timeout(deadline, state.batcher.evidence(nonce)).await {
         Ok(produced) => produced,
         Err(_) => {
-            state
-                .counters
-                .deadlines_exceeded
-                .fetch_add(1, Ordering::Relaxed);
+            state.metrics.deadlines_exceeded.inc();
             return body::retry_later(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("no evidence within {deadline:?}: the TPM is slow or busy"),
@@ -486,14 +442,11 @@ async fn evidence(state: &AppState, query: Option<&str>) -> Response<BoxBody> {
             .body(body::full(evidence.to_json_compact()))
             .unwrap_or_else(|_| body::error(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed")),
         Err(e @ BatchError::Busy) => {
-            state.counters.evidence_busy.fetch_add(1, Ordering::Relaxed);
+            state.metrics.evidence_busy.inc();
             body::retry_later(StatusCode::SERVICE_UNAVAILABLE, &e.to_string(), 1)
         }
         Err(e) => {
-            state
-                .counters
-                .evidence_failures
-                .fetch_add(1, Ordering::Relaxed);
+            state.metrics.evidence_failures.inc();
             body::error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
         }
     }
@@ -528,10 +481,10 @@ async fn activate(state: &AppState, peer: IpAddr, request: Request<Incoming>) ->
         Ok(place) => place,
         Err(refused) => {
             let counter = match refused {
-                limits::Refused::PeerRate { .. } => &state.counters.activations_limited_peer,
-                limits::Refused::QueueFull { .. } => &state.counters.activations_limited_queue,
+                limits::Refused::PeerRate { .. } => &state.metrics.activations_limited_peer,
+                limits::Refused::QueueFull { .. } => &state.metrics.activations_limited_queue,
             };
-            counter.fetch_add(1, Ordering::Relaxed);
+            counter.inc();
             tracing::debug!(%peer, reason = refused.reason(), "credential activation not admitted");
             return body::retry_later(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -564,10 +517,7 @@ async fn activate(state: &AppState, peer: IpAddr, request: Request<Incoming>) ->
     match tokio::time::timeout(deadline, work).await {
         Ok(response) => response,
         Err(_) => {
-            state
-                .counters
-                .deadlines_exceeded
-                .fetch_add(1, Ordering::Relaxed);
+            state.metrics.deadlines_exceeded.inc();
             tracing::debug!(%peer, "credential activation request exceeded its deadline");
             body::error(
                 StatusCode::REQUEST_TIMEOUT,
@@ -584,7 +534,7 @@ fn activation_answer(
 ) -> Response<BoxBody> {
     match result {
         Ok(secret) => {
-            state.counters.activations.fetch_add(1, Ordering::Relaxed);
+            state.metrics.activations.inc();
             tracing::info!(ek = %kind, "credential activated");
             let response = ActivationResponse {
                 version: ACTIVATION_VERSION,
@@ -601,10 +551,7 @@ fn activation_answer(
                 })
         }
         Err(e @ ActivateError::Refused(_)) => {
-            state
-                .counters
-                .activation_refusals
-                .fetch_add(1, Ordering::Relaxed);
+            state.metrics.activation_refusals.inc();
             tracing::warn!(ek = %kind, error = %e, "credential activation refused");
             body::error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string())
         }
@@ -637,118 +584,9 @@ async fn readyz(state: &AppState) -> Response<BoxBody> {
 }
 
 fn metrics(state: &AppState) -> Response<BoxBody> {
-    let stats = state.batcher.stats();
-    let c = &state.counters;
-    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let series: [(&str, &str, &str, u64); 15] = [
-        (
-            "evidence_requests_total",
-            "counter",
-            "Evidence requests received.",
-            load(&c.evidence_requests),
-        ),
-        (
-            "evidence_failures_total",
-            "counter",
-            "Evidence requests answered with an error.",
-            load(&c.evidence_failures),
-        ),
-        (
-            "evidence_busy_total",
-            "counter",
-            "Evidence requests answered 503 because too many were waiting for the TPM.",
-            load(&c.evidence_busy),
-        ),
-        (
-            "quotes_total",
-            "counter",
-            "TPM quotes signed (one per batch of challenges).",
-            load(&stats.quotes),
-        ),
-        (
-            "challenges_total",
-            "counter",
-            "Challenges answered by those quotes.",
-            load(&stats.challenges),
-        ),
-        (
-            "quote_failures_total",
-            "counter",
-            "Batches whose quote failed (each of their challenges got the error).",
-            load(&stats.failures),
-        ),
-        (
-            "proxied_requests_total",
-            "counter",
-            "Requests forwarded to the inference engine.",
-            load(&c.proxied_requests),
-        ),
-        (
-            "activations_total",
-            "counter",
-            "Credentials the TPM activated for verifiers.",
-            load(&c.activations),
-        ),
-        (
-            "activation_refusals_total",
-            "counter",
-            "Credentials the TPM refused to activate.",
-            load(&c.activation_refusals),
-        ),
-        (
-            "activations_limited_peer_total",
-            "counter",
-            "Activation requests answered 429: over the per-peer rate.",
-            load(&c.activations_limited_peer),
-        ),
-        (
-            "activations_limited_queue_total",
-            "counter",
-            "Activation requests answered 429: the activation queue was full.",
-            load(&c.activations_limited_queue),
-        ),
-        (
-            "deadlines_exceeded_total",
-            "counter",
-            "Evidence or activation requests that exceeded the request deadline.",
-            load(&c.deadlines_exceeded),
-        ),
-        (
-            "connections_open",
-            "gauge",
-            "TLS connections open now.",
-            load(&c.connections_open),
-        ),
-        (
-            "connections_limit",
-            "gauge",
-            "Most connections open at once (--max-connections).",
-            state.limits.max_connections as u64,
-        ),
-        (
-            "accept_errors_total",
-            "counter",
-            "Failed accepts (e.g. out of file descriptors).",
-            load(&c.accept_errors),
-        ),
-    ];
-    let launches = state.launches.iter().flat_map(|l| {
-        [
-            ("launches", "gauge", "Launches recorded in this boot's launch log (the workload PCR cannot be compacted).", u64::from(l.launches)),
-            ("launch_limit", "gauge", "Most launches per boot (--max-launches); the next start beyond it is refused until the node reboots.", u64::from(l.limit)),
-        ]
-    });
-    let mut text_body = String::new();
-    for (name, kind, help, value) in series.into_iter().chain(launches) {
-        use std::fmt::Write as _;
-        let _ = write!(
-            text_body,
-            "# HELP aver_enclave_{name} {help}\n# TYPE aver_enclave_{name} {kind}\naver_enclave_{name} {value}\n"
-        );
-    }
     Response::builder()
-        .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
-        .body(body::full(text_body))
+        .header(header::CONTENT_TYPE, aver_serve::OPENMETRICS_CONTENT_TYPE)
+        .body(body::full(state.metrics.encode()))
         .unwrap_or_else(|_| body::error(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed"))
 }
 

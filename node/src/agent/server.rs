@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use aver_serve::Accepting;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
@@ -74,17 +75,11 @@ impl AgentServer {
     pub async fn run(self, listener: UnixListener, shutdown: impl Future<Output = ()>) {
         let server = Arc::new(self);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut accepting = Accepting::new("agent socket");
         tokio::pin!(shutdown);
         loop {
-            let stream = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(error) => {
-                        tracing::warn!(%error, "agent socket: accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+            let (stream, _) = tokio::select! {
+                accepted = accepting.next(|| listener.accept()) => accepted,
                 () = &mut shutdown => break,
             };
             let this = Arc::clone(&server);

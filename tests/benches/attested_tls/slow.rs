@@ -115,7 +115,7 @@ async fn connect(
     policy: &AttestationPolicy,
     quote: f64,
 ) -> anyhow::Result<()> {
-    let spki = AttestedConnection::attest(endpoint, policy, TIMEOUT)
+    let spki = AttestedConnection::attest(endpoint, &aver_tests::checked(policy), TIMEOUT)
         .await?
         .spki_sha256();
     let (mut plain, mut attested) = (Vec::new(), Vec::new());
@@ -125,7 +125,7 @@ async fn connect(
         plain.push(ms(t.elapsed()));
         drop(c);
         let t = Instant::now();
-        let c = AttestedConnection::attest(endpoint, policy, TIMEOUT).await?;
+        let c = AttestedConnection::attest(endpoint, &aver_tests::checked(policy), TIMEOUT).await?;
         attested.push(ms(t.elapsed()));
         drop(c);
     }
@@ -151,7 +151,7 @@ async fn connect(
 /// clients try again, for up to a minute.
 async fn open_clients(
     endpoint: &Endpoint,
-    policy: &Arc<AttestationPolicy>,
+    policy: &Arc<aver_verifier::ValidatedPolicy>,
     n: usize,
 ) -> anyhow::Result<Vec<AttestedConnection>> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -187,7 +187,7 @@ async fn attestations(
 ) -> anyhow::Result<()> {
     let length = Duration::from_secs(5);
     let endpoint = Endpoint::from_url(&enclave.url)?;
-    let policy = Arc::new(policy.clone());
+    let policy = Arc::new(aver_tests::checked(policy));
     let connections = open_clients(&endpoint, &policy, clients).await?;
     let (count, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let quotes_before = tpm.count(TPM2_CC_QUOTE);
@@ -254,7 +254,7 @@ async fn flood(options: &Options, stub: &StubUpstream, quote: Duration) -> anyho
     // the enclave serves an activation offer.
     let ca = TestCa::new("aver slow-TPM bench EK CA")?;
     let node = TestNode::with_tpm(Swtpm::start_with_ek_cert(&ca)?)?;
-    let policy = Arc::new(node.policy()?);
+    let policy = Arc::new(aver_tests::checked(&node.policy()?));
     let tpm = SlowTpm::start(&node.tpm, delays)?;
     let started = Instant::now();
     let enclave = Enclave::serve(&node, &tpm, &stub.url(), &[])?;
@@ -358,7 +358,7 @@ async fn evidence_phase(
     clients: Vec<AttestedConnection>,
     endpoint: &Endpoint,
     spki: Sha256Digest,
-    policy: &Arc<AttestationPolicy>,
+    policy: &Arc<aver_verifier::ValidatedPolicy>,
     tpm: &SlowTpm,
     length: Duration,
 ) -> anyhow::Result<(Phase, Vec<AttestedConnection>)> {

@@ -31,7 +31,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use aver_crds::Sha256Digest;
+use aver_crds::{AkName, Sha256Digest};
 use rand::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
 
@@ -199,7 +199,7 @@ impl ActivationResponse {
 #[non_exhaustive]
 pub struct ActivatedAk {
     /// TPM name (hex) of the activated AK.
-    pub(crate) ak_name: String,
+    pub(crate) ak_name: AkName,
     /// The certified EK the credential was wrapped to, and its chain.
     pub(crate) ek: EkCertificateInfo,
     /// SHA-256 of the policy's `trust.ekRoots` text the chain was checked
@@ -220,8 +220,8 @@ pub struct ActivatedAk {
 }
 
 impl ActivatedAk {
-    /// TPM name (hex) of the activated AK.
-    pub fn ak_name(&self) -> &str {
+    /// TPM name of the activated AK.
+    pub fn ak_name(&self) -> &AkName {
         &self.ak_name
     }
 
@@ -260,10 +260,8 @@ impl ActivatedAk {
 
     /// Whether this proof may vouch for `ak_name` under a policy whose
     /// `ekRoots` text hashes to `roots_sha256`, at Unix time `now`.
-    pub fn vouches_for(&self, ak_name: &str, roots_sha256: &Sha256Digest, now: i64) -> bool {
-        self.ak_name.eq_ignore_ascii_case(ak_name)
-            && self.roots_sha256 == *roots_sha256
-            && now <= self.valid_until
+    pub fn vouches_for(&self, ak_name: &AkName, roots_sha256: &Sha256Digest, now: i64) -> bool {
+        self.ak_name == *ak_name && self.roots_sha256 == *roots_sha256 && now <= self.valid_until
     }
 
     /// Report lines, indented like [`crate::VerifiedReport::to_text`].
@@ -309,7 +307,7 @@ impl ActivatedAk {
 /// An activation in flight: the secret the TPM must give back.
 #[derive(Debug)]
 pub struct PendingActivation {
-    ak_name: String,
+    ak_name: AkName,
     secret: [u8; SEED_BYTES],
     ek: EkCertificateInfo,
     ek_pin: EkPin,
@@ -336,9 +334,15 @@ impl PendingActivation {
         super::chain::check_offer_size(offer.endorsement_keys.len(), offer.ek_chain.len())
             .map_err(ActivationError::OfferTooLarge)?;
         let ak = AkPublic::parse(&offer.ak_public.0).map_err(ActivationError::AkPublic)?;
-        let ak_name = ak.name_hex();
+        let Ok(ak_name) = AkName::parse(&ak.name_hex()) else {
+            return Err(ActivationError::NotAnAttestationKey {
+                name: ak.name_hex(),
+            });
+        };
         if !ak.is_attestation_key() {
-            return Err(ActivationError::NotAnAttestationKey { name: ak_name });
+            return Err(ActivationError::NotAnAttestationKey {
+                name: ak_name.to_string(),
+            });
         }
         let intermediates: Vec<Vec<u8>> = offer.ek_chain.iter().map(|c| c.0.clone()).collect();
         let mut first_error = None;
@@ -399,7 +403,7 @@ impl PendingActivation {
     }
 
     /// The AK this activation is for.
-    pub fn ak_name(&self) -> &str {
+    pub fn ak_name(&self) -> &AkName {
         &self.ak_name
     }
 
@@ -417,7 +421,9 @@ impl PendingActivation {
             });
         }
         if !constant_time_eq(&response.credential.0, &self.secret) {
-            return Err(ActivationError::WrongSecret { name: self.ak_name });
+            return Err(ActivationError::WrongSecret {
+                name: self.ak_name.to_string(),
+            });
         }
         Ok(ActivatedAk {
             ak_name: self.ak_name,
@@ -433,7 +439,7 @@ impl PendingActivation {
     /// The TPM refused the credential (HTTP 422 from the enclave).
     pub fn refused(self, message: String) -> ActivationError {
         ActivationError::Refused {
-            name: self.ak_name,
+            name: self.ak_name.to_string(),
             message,
         }
     }
@@ -463,7 +469,7 @@ impl ActivationCache {
     /// is cached and still valid at Unix time `now`.
     pub fn find(
         &self,
-        ak_name: &str,
+        ak_name: &AkName,
         roots_sha256: &Sha256Digest,
         now: i64,
     ) -> Option<ActivatedAk> {
@@ -500,10 +506,9 @@ mod tests {
     use super::*;
     use crate::ek::credential::tpm_side::{activate, EkPrivateKey};
     use crate::ek::credential::CredentialBlob;
-    use crate::ek::testing::{
-        ak_public, ek_certificate, rsa_ek, ForeignKey, TestCa, AK_ATTRIBUTES,
-    };
     use crate::tpm::AkPublic;
+    use aver_testkit::tpm::{ak_public, AK_ATTRIBUTES};
+    use aver_testkit::{ek_certificate, rsa_ek, ForeignKey, TestCa};
 
     struct Fixture {
         root: TestCa,
@@ -560,9 +565,10 @@ mod tests {
         let activated = pending
             .complete(&tpm_answers(&request, &f.ak_name))
             .unwrap();
-        let name = hex::encode(&f.ak_name);
+        let name = AkName::from_bytes(&f.ak_name).unwrap();
         assert_eq!(activated.ak_name, name);
-        assert!(activated.vouches_for(&name.to_uppercase(), &roots.policy_sha256(), unix_now()));
+        let upper = AkName::parse(&name.as_str().to_uppercase()).unwrap();
+        assert!(activated.vouches_for(&upper, &roots.policy_sha256(), unix_now()));
         assert!(!activated.vouches_for(&name, &Sha256Digest([0; 32]), unix_now()));
         assert!(!activated.vouches_for(&name, &roots.policy_sha256(), i64::MAX));
         assert!(activated
@@ -576,7 +582,11 @@ mod tests {
             Some(activated)
         );
         assert_eq!(
-            cache.find("000b00", &roots.policy_sha256(), unix_now()),
+            cache.find(
+                &AkName::parse(&format!("000b{}", "00".repeat(32))).unwrap(),
+                &roots.policy_sha256(),
+                unix_now()
+            ),
             None
         );
     }

@@ -1000,7 +1000,8 @@ mod tests {
 
     use super::*;
     use crate::ek::activation::unix_now;
-    use crate::ek::testing::{ek_certificate, rsa_ek, ForeignKey, TestCa};
+    use aver_testkit::der::certificate_pem;
+    use aver_testkit::{ek_certificate, rsa_ek, ForeignKey, TestCa};
 
     fn rsa_key() -> ForeignKey {
         ForeignKey::rsa(&rsa_ek().to_public_key())
@@ -1275,10 +1276,7 @@ mod tests {
         ));
         let root = TestCa::root("Root");
         let ek = ek_certificate(&root, &rsa_key(), (2020, 2099), |_| {});
-        let leaf_pem = format!(
-            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &ek)
-        );
+        let leaf_pem = certificate_pem(&ek);
         assert!(matches!(
             TrustAnchors::from_pem(&leaf_pem),
             Err(EkChainError::NotACa { .. })

@@ -250,12 +250,8 @@ pub(crate) mod tpm_side {
 
 #[cfg(test)]
 mod tests {
-    use rsa::pkcs8::DecodePrivateKey as _;
-
     use super::tpm_side::{activate, EkPrivateKey};
     use super::*;
-
-    pub(crate) const TEST_RSA_EK: &str = include_str!("test_rsa_ek.pem");
 
     fn name(byte: u8) -> Vec<u8> {
         let mut n = vec![0x00, 0x0b];
@@ -265,7 +261,7 @@ mod tests {
 
     #[test]
     fn rsa_credential_round_trips_only_for_its_name() {
-        let private = rsa::RsaPrivateKey::from_pkcs8_pem(TEST_RSA_EK).unwrap();
+        let private = aver_testkit::rsa_ek();
         let ek = EkPublicKey::Rsa2048(private.to_public_key());
         let mut rng = rand::thread_rng();
         let blob = make_credential(&ek, &[9; 32], &name(1), &mut rng).unwrap();

@@ -24,9 +24,6 @@ pub mod credential;
 pub mod kdf;
 pub mod pin;
 
-#[cfg(test)]
-pub(crate) mod testing;
-
 pub use activation::{
     ActivatedAk, ActivationCache, ActivationError, ActivationOffer, ActivationRequest,
     ActivationResponse, EndorsementCertificate, PendingActivation, ACTIVATION_VERSION,

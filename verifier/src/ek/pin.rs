@@ -101,7 +101,7 @@ mod tests {
 
     #[test]
     fn a_padded_certificate_pins_by_its_der_and_its_public_key() {
-        let der = crate::ek::testing::TestCa::root("pin test").der;
+        let der = aver_testkit::TestCa::root("pin test").der;
         let mut nv = der.clone();
         nv.resize(der.len() + 100, 0xff);
         let pin = EkPin::from_nv(&nv).unwrap();

@@ -150,36 +150,20 @@ impl Attest {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use aver_testkit::tpm::{pcr_bitmap, Quote};
+
     use super::*;
     use proptest::prelude::*;
 
-    /// Marshals a quote the way a TPM does, for tests of the parser.
+    /// Marshals a quote the way a TPM does, for tests of the parser: the
+    /// PCR selections as 3-byte bitmaps.
     pub(crate) fn marshal(a: &Attest) -> Vec<u8> {
-        let mut v = Vec::new();
-        v.extend(TPM_GENERATED_VALUE.to_be_bytes());
-        v.extend(TPM_ST_ATTEST_QUOTE.to_be_bytes());
-        v.extend((a.qualified_signer.len() as u16).to_be_bytes());
-        v.extend(&a.qualified_signer);
-        v.extend((a.extra_data.len() as u16).to_be_bytes());
-        v.extend(&a.extra_data);
-        v.extend(a.clock_info.clock.to_be_bytes());
-        v.extend(a.clock_info.reset_count.to_be_bytes());
-        v.extend(a.clock_info.restart_count.to_be_bytes());
-        v.push(u8::from(a.clock_info.safe));
-        v.extend(a.firmware_version.to_be_bytes());
-        v.extend((a.pcr_select.len() as u32).to_be_bytes());
-        for s in &a.pcr_select {
-            v.extend(s.hash_alg.to_be_bytes());
-            v.push(3);
-            let mut bitmap = [0u8; 3];
-            for p in &s.pcrs {
-                bitmap[usize::from(*p) / 8] |= 1 << (p % 8);
-            }
-            v.extend(bitmap);
-        }
-        v.extend((a.pcr_digest.len() as u16).to_be_bytes());
-        v.extend(&a.pcr_digest);
-        v
+        let selections = a
+            .pcr_select
+            .iter()
+            .map(|s| (s.hash_alg, pcr_bitmap(&s.pcrs).expect("PCRs 0-23")))
+            .collect::<Vec<_>>();
+        marshal_wire_selections(a, &selections)
     }
 
     pub(crate) fn sample() -> Attest {
@@ -301,22 +285,18 @@ pub(crate) mod tests {
 
     /// [`marshal`] with the PCR selections written as given.
     fn marshal_wire_selections(a: &Attest, selections: &[(u16, Vec<u8>)]) -> Vec<u8> {
-        let plain = Attest {
-            pcr_select: Vec::new(),
-            ..a.clone()
-        };
-        let mut v = marshal(&plain);
-        // Drop the empty selection list and the pcrDigest after it.
-        v.truncate(v.len() - 4 - 2 - a.pcr_digest.len());
-        v.extend((selections.len() as u32).to_be_bytes());
-        for (hash_alg, bitmap) in selections {
-            v.extend(hash_alg.to_be_bytes());
-            v.push(bitmap.len() as u8);
-            v.extend(bitmap);
+        Quote {
+            qualified_signer: a.qualified_signer.clone(),
+            extra_data: a.extra_data.clone(),
+            clock: a.clock_info.clock,
+            reset_count: a.clock_info.reset_count,
+            restart_count: a.clock_info.restart_count,
+            safe: a.clock_info.safe,
+            firmware_version: a.firmware_version,
+            pcr_select: selections.to_vec(),
+            pcr_digest: a.pcr_digest.clone(),
         }
-        v.extend((a.pcr_digest.len() as u16).to_be_bytes());
-        v.extend(&a.pcr_digest);
-        v
+        .marshal()
     }
 
     proptest! {

@@ -263,7 +263,7 @@ mod tests {
     use sha2::{Digest, Sha256};
 
     pub(crate) fn ecc_public(attributes: u32) -> Vec<u8> {
-        crate::ek::testing::ak_public(attributes, [1; 32], [2; 32])
+        aver_testkit::tpm::ak_public(attributes, [1; 32], [2; 32])
     }
 
     const AK: u32 = attributes::FIXED_TPM

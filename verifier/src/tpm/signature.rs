@@ -235,30 +235,12 @@ mod tests {
 
     /// Marshals a TPMT_SIGNATURE as a TPM does.
     fn marshal(sig: &Signature) -> Vec<u8> {
-        let tpm2b = |v: &mut Vec<u8>, b: &[u8]| {
-            v.extend((b.len() as u16).to_be_bytes());
-            v.extend(b);
-        };
-        let mut v = Vec::new();
+        use aver_testkit::tpm::{ecdsa_signature, rsa_signature};
         match sig {
-            Signature::Ecdsa { hash_alg, r, s } => {
-                v.extend(alg::ECDSA.to_be_bytes());
-                v.extend(hash_alg.to_be_bytes());
-                tpm2b(&mut v, r);
-                tpm2b(&mut v, s);
-            }
-            Signature::RsaSsa { hash_alg, sig } => {
-                v.extend(alg::RSASSA.to_be_bytes());
-                v.extend(hash_alg.to_be_bytes());
-                tpm2b(&mut v, sig);
-            }
-            Signature::RsaPss { hash_alg, sig } => {
-                v.extend(alg::RSAPSS.to_be_bytes());
-                v.extend(hash_alg.to_be_bytes());
-                tpm2b(&mut v, sig);
-            }
+            Signature::Ecdsa { hash_alg, r, s } => ecdsa_signature(*hash_alg, r, s),
+            Signature::RsaSsa { hash_alg, sig } => rsa_signature(alg::RSASSA, *hash_alg, sig),
+            Signature::RsaPss { hash_alg, sig } => rsa_signature(alg::RSAPSS, *hash_alg, sig),
         }
-        v
     }
 
     /// Any signature within the parser's bounds; the hash is any id, since
