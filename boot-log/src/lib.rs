@@ -9,6 +9,7 @@
 //! policy code lives here, so the verifier and the node share it.
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
+#![warn(missing_docs)]
 
 pub mod ima;
 pub mod uefi;

@@ -32,11 +32,15 @@ use aver_verifier::ValidatedPolicy;
 /// Where an enclave listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
+    /// DNS name or IP address (IPv6 without brackets); also the TLS server
+    /// name.
     pub host: String,
+    /// TCP port of the enclave's TLS listener.
     pub port: u16,
 }
 
 impl Endpoint {
+    /// An endpoint from its parts, for callers that do not start from a URL.
     pub fn new(host: impl Into<String>, port: u16) -> Self {
         Self {
             host: host.into(),
@@ -52,6 +56,8 @@ impl Endpoint {
         Self::from_uri(&uri)
     }
 
+    /// [`Self::from_url`] for an already parsed URI, such as a request's;
+    /// anything but `https` is a [`ClientError::BadEndpoint`].
     pub fn from_uri(uri: &Uri) -> Result<Self, ClientError> {
         let bad = || ClientError::BadEndpoint(uri.to_string());
         if uri.scheme_str() != Some("https") {
@@ -359,14 +365,19 @@ impl AttestedConnection {
         self.report.as_ref()
     }
 
+    /// The server's leaf certificate (DER), kept so that callers can pin or
+    /// hand on exactly the key that was attested.
     pub fn certificate_der(&self) -> &[u8] {
         &self.certificate_der
     }
 
+    /// SHA-256 of the server's SubjectPublicKeyInfo: what evidence is bound
+    /// to and what a pin names.
     pub fn spki_sha256(&self) -> Sha256Digest {
         self.spki_sha256
     }
 
+    /// Where this connection goes; its authority is what pins are keyed by.
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
     }

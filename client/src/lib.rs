@@ -14,6 +14,7 @@
 //!    `maxEvidenceAge` has passed.
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
+#![warn(missing_docs)]
 
 mod activation;
 mod connection;
@@ -73,15 +74,20 @@ impl AttestedClient {
         }
     }
 
+    /// Bounds the TCP connect and the TLS handshake, each (10 seconds unless
+    /// set); the evidence exchange is not bounded by it.
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
+    /// The policy every endpoint is verified against.
     pub fn policy(&self) -> &ValidatedPolicy {
         &self.policy
     }
 
+    /// Keys this client attested, each trusted for the policy's
+    /// `maxEvidenceAge`; shared by clones, reused by [`Self::connect`].
     pub fn pins(&self) -> &PinStore {
         &self.pins
     }

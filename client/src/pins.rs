@@ -9,12 +9,19 @@ use aver_crds::Sha256Digest;
 /// An attested TLS key and until when it may be trusted without new evidence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pin {
+    /// SHA-256 of the attested SubjectPublicKeyInfo; a pinned handshake
+    /// accepts only this key.
     pub spki_sha256: Sha256Digest,
+    /// The certificate (DER) the key was attested with.
     pub certificate_der: Vec<u8>,
+    /// When the evidence's maximum age runs out; from then on the key must
+    /// be attested again.
     pub expires: Instant,
 }
 
 impl Pin {
+    /// A pin that expires `max_age` from now (the policy's `maxEvidenceAge`,
+    /// counted from when the evidence verified).
     pub fn new(spki_sha256: Sha256Digest, certificate_der: Vec<u8>, max_age: Duration) -> Self {
         Self {
             spki_sha256,
@@ -23,6 +30,7 @@ impl Pin {
         }
     }
 
+    /// Whether the key may still be trusted without new evidence.
     pub fn is_fresh(&self) -> bool {
         Instant::now() < self.expires
     }
@@ -35,6 +43,7 @@ pub struct PinStore {
 }
 
 impl PinStore {
+    /// Pins `authority` (`host:port`) to `pin`, replacing any earlier pin.
     pub fn insert(&self, authority: String, pin: Pin) {
         self.lock().insert(authority, pin);
     }
@@ -53,10 +62,12 @@ impl PinStore {
         }
     }
 
+    /// Endpoints pinned, expired pins not yet dropped included.
     pub fn len(&self) -> usize {
         self.lock().len()
     }
 
+    /// Whether no endpoint is pinned (expired pins not yet dropped count).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -110,6 +110,7 @@ pub enum AttestError {
     Protocol {
         /// Stable label for metrics and events, e.g. "evidence-fetch", "tls".
         reason: &'static str,
+        /// Human-readable detail, for logs and the Event note.
         message: String,
     },
     /// The endpoint could not be reached or the connection broke
@@ -119,6 +120,7 @@ pub enum AttestError {
     Unavailable {
         /// Stable label, e.g. "unreachable", "tls".
         reason: &'static str,
+        /// Human-readable detail, for logs and the Event note.
         message: String,
     },
     /// The attestation did not finish in time. Counted like unreachable.
@@ -151,6 +153,8 @@ impl AttestError {
 /// certificate is that connection's. They need not enforce a time limit:
 /// the caller does.
 pub trait EndpointAttester: Send + Sync + 'static {
+    /// Attests `target` once: the endpoint it reached and verified against
+    /// `policy`, or why not.
     fn attest(
         &self,
         target: &AttestTarget,

@@ -21,8 +21,12 @@ const MAX_NOTE: usize = 1024;
 
 /// Acts on the re-attestation loop's announcements.
 pub struct Effects {
+    /// Deletes the pods of failing endpoints.
     pub client: Client,
+    /// Publishes Events on the model: a Warning for each failure, a Normal
+    /// one for each pod deleted.
     pub recorder: Recorder,
+    /// Counts the pods deleted.
     pub metrics: Metrics,
     /// Feeds `Controller::reconcile_on`.
     pub reconcile: mpsc::UnboundedSender<ModelKey>,

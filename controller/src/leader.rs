@@ -49,8 +49,11 @@ pub enum Attempt {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LostLeadership {
     #[error("the Lease is now held by {0}")]
+    /// Another replica took the Lease over after ours went unrenewed.
     TakenBy(String),
     #[error("could not renew the Lease within the renew deadline")]
+    /// No renewal succeeded within the renew deadline (API errors or
+    /// conflicts); another replica may take over.
     RenewDeadline,
 }
 
@@ -67,6 +70,8 @@ pub struct LeaderElector {
 }
 
 impl LeaderElector {
+    /// A candidate that has seen no Lease yet; nothing is sent to the API
+    /// until its first attempt.
     pub fn new(api: Api<Lease>, config: ElectionConfig) -> Self {
         Self {
             api,

@@ -18,6 +18,7 @@
 //! - [`config`]: flags and settings.
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
+#![warn(missing_docs)]
 
 pub mod attestation;
 pub mod config;

@@ -15,6 +15,7 @@ use prometheus_client::registry::Registry;
 /// reason for attestations.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
+    /// "ok"/"error", "verified", or a failure reason such as "boot-pcr".
     pub result: String,
 }
 
@@ -46,6 +47,7 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
+    /// Registers every metric, prefixed `aver_`, all at zero.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("aver");
         let reconciles = Family::<ResultLabel, Counter>::default();
@@ -117,6 +119,7 @@ impl Metrics {
         }
     }
 
+    /// Records one reconcile and how long it took.
     pub fn reconciled(&self, ok: bool, took: Duration) {
         let result = if ok { "ok" } else { "error" };
         self.reconciles
@@ -137,24 +140,31 @@ impl Metrics {
         self.attestation_seconds.observe(took.as_secs_f64());
     }
 
+    /// Endpoints whose latest attestation succeeded, set each time the loop
+    /// refreshes its targets.
     pub fn set_verified_endpoints(&self, n: usize) {
         self.verified_endpoints
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
+    /// How many attestations are running now.
     pub fn set_in_flight(&self, n: usize) {
         self.attestations_in_flight
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
+    /// Counts a status write (the reconciler writes only when status changed).
     pub fn status_written(&self) {
         self.status_writes.inc();
     }
 
+    /// Counts a pod deleted because its endpoint failed attestation.
     pub fn pod_deleted(&self) {
         self.pod_deletions.inc();
     }
 
+    /// Whether this replica is acting (it holds the leader Lease, or runs
+    /// without an election); only then does it reconcile and attest.
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
     }

@@ -45,12 +45,15 @@ pub enum AttestationEvent {
 /// One failed attestation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failure {
+    /// The model the endpoint serves.
     pub model: ModelKey,
     /// The model resource, for the Event.
     pub reference: ObjectReference,
+    /// The pod whose endpoint failed.
     pub target: AttestTarget,
     /// Stable label of the failure, e.g. "boot-pcr", "unreachable".
     pub reason: &'static str,
+    /// What went wrong, for the Event note and logs.
     pub message: String,
     /// Failures of this endpoint in a row.
     pub consecutive: u32,
@@ -155,6 +158,8 @@ pub struct Reattester<S, A> {
 }
 
 impl<S: EndpointSource, A: EndpointAttester> Reattester<S, A> {
+    /// A loop with nothing scheduled: it learns its targets from `source`,
+    /// records outcomes in `store` and announces them on `events`.
     pub fn new(
         source: S,
         attester: Arc<A>,

@@ -51,11 +51,15 @@ const FALLBACK_MAX_AGE: Duration = Duration::from_secs(300);
 
 /// What every reconcile shares.
 pub struct Context {
+    /// Applies the workload, looks up the model's claim and writes status.
     pub client: Client,
+    /// How a model's workload objects and attestation policy are rendered.
     pub workload: WorkloadConfig,
     /// The kubelet's conversion of node-measured pods, if known.
     pub kubelet: Option<KubeletParams>,
+    /// Attestation outcomes, read (never written) to compute status.
     pub store: ResultStore,
+    /// Counts reconciles and status writes.
     pub metrics: Metrics,
     /// Publishes a Warning Event when the model gets a new problem (none in
     /// unit tests).
@@ -65,18 +69,38 @@ pub struct Context {
 /// Why a reconcile failed (it is retried after [`ERROR_REQUEUE`]).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The object came without `metadata.namespace`, which a namespaced
+    /// `ConfidentialModel` always has.
     #[error("the resource has no namespace")]
     NoNamespace,
+    /// The API server refused one of the model's objects (server-side apply).
     #[error("cannot apply {kind} {name}: {source}")]
     Apply {
+        /// `Deployment`, `Service`, `PodDisruptionBudget` or `NetworkPolicy`.
         kind: &'static str,
+        /// Name of the object that was applied.
         name: String,
+        /// What the API server answered.
         source: kube::Error,
     },
+    /// The status subresource could not be patched.
     #[error("cannot write status of {name}: {source}")]
-    Status { name: String, source: kube::Error },
+    Status {
+        /// Name of the model.
+        name: String,
+        /// What the API server answered.
+        source: kube::Error,
+    },
+    /// Removing [`LEGACY_FINALIZER`] failed, or the finalizer list changed
+    /// under the patch.
     #[error("cannot remove the finalizer {LEGACY_FINALIZER} from {name}: {source}")]
-    Finalizer { name: String, source: kube::Error },
+    Finalizer {
+        /// Name of the model.
+        name: String,
+        /// What the API server answered.
+        source: kube::Error,
+    },
+    /// The model's claim or its volume could not be looked up.
     #[error(transparent)]
     ModelVolume(model_volume::ResolveError),
 }
@@ -86,7 +110,11 @@ pub enum Error {
 /// its delay).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Requeue {
+    /// Reconcile again after this delay (status expires, or the claim is
+    /// not bound yet).
     After(Duration),
+    /// Reconcile again only when a watch event or an attestation outcome
+    /// triggers it.
     OnChange,
 }
 

@@ -49,6 +49,7 @@ pub struct ModelResults {
 /// One target and its latest outcome.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EndpointRecord {
+    /// The pod to attest and where to reach it, as last listed.
     pub target: AttestTarget,
     /// The last successful attestation, if any.
     pub verified: Option<Verification>,
@@ -76,18 +77,26 @@ impl EndpointRecord {
 /// listed until they pass the new one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verification {
+    /// What the endpoint presented (certificate, SPKI pin, measurements).
     pub endpoint: AttestedEndpoint,
+    /// When the attestation completed; status lists it until `max_age` after.
     pub at: Timestamp,
+    /// The policy it passed; compared with the model's current one.
     pub policy: Arc<ValidatedPolicy>,
 }
 
 /// A failed attestation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailureRecord {
+    /// The pod whose endpoint failed; a later failure replaces its record.
     pub pod: String,
+    /// The node the pod ran on.
     pub node: String,
+    /// Stable label of the failure, e.g. "boot-pcr", "unreachable".
     pub reason: String,
+    /// What went wrong, as the attester reported it.
     pub message: String,
+    /// When the attempt failed; records older than an hour are dropped.
     pub at: Timestamp,
 }
 
@@ -116,6 +125,7 @@ pub fn age(now: Timestamp, then: Timestamp) -> Duration {
 }
 
 impl ResultStore {
+    /// An empty store; clones share it.
     pub fn new() -> Self {
         Self::default()
     }

@@ -24,9 +24,12 @@ use crate::workload::{attestation_policy, model_of, WorkloadConfig, ENCLAVE_PORT
 /// One model and the endpoints to attest for it.
 #[derive(Debug, Clone)]
 pub struct ModelTargets {
+    /// Where the model's outcomes are kept in the [`ResultStore`](crate::results::ResultStore).
     pub key: ModelKey,
     /// Reference to the resource, for Events about it.
     pub reference: ObjectReference,
+    /// The model's `spec.attestation`, validated; a model whose policy is
+    /// invalid is not listed.
     pub policy: Arc<ValidatedPolicy>,
     /// How often each endpoint is re-attested.
     pub interval: Duration,
@@ -48,6 +51,7 @@ pub trait EndpointSource: Send + Sync + 'static {
 pub struct StaticSource(pub Arc<std::sync::Mutex<Vec<ModelTargets>>>);
 
 impl StaticSource {
+    /// A source that answers `models` until [`StaticSource::set`] replaces them.
     pub fn new(models: Vec<ModelTargets>) -> Self {
         Self(Arc::new(std::sync::Mutex::new(models)))
     }
@@ -73,10 +77,13 @@ impl EndpointSource for StaticSource {
 /// Models and pods from the controller's watch caches.
 #[derive(Clone)]
 pub struct ClusterSource {
+    /// The `ConfidentialModel` cache.
     pub models: Store<ConfidentialModel>,
+    /// The pod cache; a model's ready pods become its targets.
     pub pods: Store<Pod>,
     /// How pods are rendered, for the policy of node-measured models.
     pub workload: WorkloadConfig,
+    /// The kubelet's conversion of node-measured pods, if known.
     pub kubelet: Option<KubeletParams>,
 }
 

@@ -34,6 +34,7 @@ const MIN_RECHECK: Duration = Duration::from_secs(1);
 pub struct Problem {
     /// CamelCase condition reason, e.g. "InvalidPolicy".
     pub reason: &'static str,
+    /// Why, for the condition message.
     pub message: String,
 }
 
@@ -58,6 +59,7 @@ pub struct StatusInputs<'a> {
     pub policy: &'a AttestationPolicy,
     /// The model claim's volume, as resolved at this reconcile.
     pub model_volume: Option<ModelVolume>,
+    /// The time status is computed at; ages and expiries count from it.
     pub now: Timestamp,
 }
 

@@ -31,6 +31,8 @@ pub struct TlsAttester {
 }
 
 impl TlsAttester {
+    /// `connect_timeout` bounds the TCP connect and the TLS handshake of each
+    /// attestation, not the whole of it (the caller times that).
     pub fn new(connect_timeout: Duration) -> Self {
         Self {
             connect_timeout,

@@ -20,17 +20,22 @@ pub struct Sha256Digest(pub [u8; 32]);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DigestParseError {
+    /// The text lacks the `sha256:` prefix: a bare hex string, or another algorithm.
     #[error("digest {0:?} must start with \"sha256:\"")]
     MissingPrefix(String),
+    /// After the prefix there are not exactly 64 lowercase hex digits
+    /// (uppercase is refused, so that each digest has one textual form).
     #[error("digest {0:?} must have exactly 64 hex characters after \"sha256:\"")]
     BadHex(String),
 }
 
 impl Sha256Digest {
+    /// Wraps a digest computed in code (a hash output), which needs no parsing.
     pub const fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)
     }
 
+    /// The raw 32 bytes, as hash functions and TPM structures hold them.
     pub const fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }

@@ -11,6 +11,7 @@
 //! Kubernetes API types.
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
+#![warn(missing_docs)]
 
 pub mod ak_name;
 pub mod boot_policy;

@@ -287,56 +287,96 @@ pub struct TrustRoots {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PolicyError {
+    /// The text is not YAML, or does not deserialize into the policy schema.
     #[error("policy is not valid YAML/JSON for the attestation policy schema: {0}")]
     Syntax(String),
+    /// A referencePcrs entry names a PCR above [`MAX_PCR`].
     #[error("policy PCR {0} is out of range (0..={MAX_PCR})")]
     PcrOutOfRange(u8),
+    /// workloadPcr is outside [`WORKLOAD_PCRS`].
     #[error("policy workloadPcr {0} must be 11 to 15: PCRs 0-9 belong to the boot chain, 10 to IMA, 16 and 23 can be reset by any local process, 17-22 belong to dynamic launch")]
     BadWorkloadPcr(u8),
+    /// Two referencePcrs entries name the same PCR, so which values apply is ambiguous.
     #[error("policy lists PCR {0} more than once in referencePcrs")]
     DuplicatePcr(u8),
+    /// A referencePcrs entry lists no values, so no quote could match it.
     #[error("policy reference PCR {0} has no acceptable values")]
     EmptyPcrValues(u8),
+    /// workloadPcr is also listed in referencePcrs.
     #[error("policy workloadPcr {0} must not also be a reference (boot) PCR")]
     WorkloadPcrIsReference(u8),
+    /// Neither boot nor referencePcrs is set, and allowUnverifiedBoot is false.
     #[error("policy checks no boot chain: it sets neither boot rules nor referencePcrs, so a node that booted anything would pass; add boot rules (`aver policy boot`) or referencePcrs, or set allowUnverifiedBoot: true for development on a software TPM")]
     UnverifiedBoot,
+    /// An allow-list is present but empty (it would reject everything); the
+    /// payload names the list (e.g. "model digests", "boot.kernelCmdlines").
     #[error("policy allows no {0}: list at least one entry")]
     NothingAllowed(&'static str),
+    /// A runtime.files entry is not absolute, unique or digested, or there are too
+    /// many; the payload says which.
     #[error("policy runtime.files: {0}")]
     BadRuntimeFile(String),
+    /// trust sets none of akNames, ekRoots and akRoots.
     #[error("policy trusts no attestation key: set trust.akNames, trust.ekRoots or trust.akRoots")]
     NoTrustRoot,
+    /// trust.ekRoots is too large or not well-formed PEM certificate blocks; the
+    /// payload says what is wrong.
     #[error("policy trust.ekRoots is not a PEM bundle of certificates: {0}")]
     BadEkRoots(String),
+    /// trust.akRoots is too large or not well-formed PEM certificate blocks; the
+    /// payload says what is wrong.
     #[error("policy trust.akRoots is not a PEM bundle of certificates: {0}")]
     BadAkRoots(String),
+    /// trust.ekPins is set without trust.ekRoots.
     #[error("policy trust.ekPins needs trust.ekRoots: pins narrow which TPMs activation against ekRoots accepts, and without ekRoots nothing is activated")]
     EkPinsWithoutRoots,
+    /// trust.ekPins lists the same EK digest twice.
     #[error("policy trust.ekPins lists {0} more than once")]
     DuplicateEkPin(Sha256Digest),
+    /// An akNames entry is not a hex TPM name of a known nameAlg.
     #[error("policy akName {0:?} is not a hex TPM name: nameAlg and digest, 000b + 64 hex (SHA-256), 000c + 96 (SHA-384), 000d + 128 (SHA-512), or 0004 + 40 (SHA-1, with trust.allowSha1)")]
     BadAkName(String),
+    /// An akNames entry is a SHA-1 name and trust.allowSha1 is off.
     #[error("policy akName {0:?} is a SHA-1 name: SHA-1 collisions are practical, so it is accepted only with trust.allowSha1")]
     Sha1AkName(String),
+    /// A duration (interval, maxEvidenceAge) is not an integer followed by `ms`,
+    /// `s`, `m` or `h`, or overflows.
     #[error("policy {field} {value:?} is not a duration like \"30s\" or \"5m\"")]
-    BadDuration { field: &'static str, value: String },
+    BadDuration {
+        /// The policy field as spelled in the file: `interval` or `maxEvidenceAge`.
+        field: &'static str,
+        /// The text found there.
+        value: String,
+    },
+    /// interval is shorter than 5s, the floor the CRD schema also enforces.
     #[error("policy interval must be at least 5s, got {0:?}")]
     IntervalTooShort(String),
+    /// allowed sets neither pod nor engineDigests.
     #[error("policy allowed needs either pod (node-measured evidence from aver-node) or engineDigests (enclave-reported evidence)")]
     NoWorkloadMode,
+    /// allowed sets both pod and engineDigests.
     #[error("policy allowed.pod and allowed.engineDigests are exclusive: with pod the node's runtime identifies the engine image, so remove engineDigests")]
     PodWithEngineDigests,
+    /// allowed.configDigests is set in a node-measured (pod) policy.
     #[error("policy allowed.configDigests is for enclave-reported evidence only: with allowed.pod the containers' spec digests cover their configuration")]
     PodWithConfigDigests,
+    /// allowed.nodePolicies is set in an enclave-reported (engineDigests) policy.
     #[error("policy allowed.nodePolicies needs allowed.pod: only node-measured evidence records the node policy")]
     NodePoliciesWithoutPod,
+    /// allowed.pod.containers is empty.
     #[error("policy allowed.pod lists no container")]
     NoPodContainers,
+    /// Two allowed.pod.containers entries have the same name.
     #[error("policy allowed.pod.containers lists container {0:?} more than once")]
     DuplicateContainer(String),
+    /// An allowed.pod container lists no image digests or no spec digests.
     #[error("policy allowed.pod container {name:?} allows no {field}: list at least one digest")]
-    ContainerAllowsNothing { name: String, field: &'static str },
+    ContainerAllowsNothing {
+        /// The container's name in allowed.pod.containers.
+        name: String,
+        /// The empty list: "image digests" or "spec digests".
+        field: &'static str,
+    },
 }
 
 /// Durations as [`parse_duration`] reads them (and Go/CEL `duration()` too).
@@ -377,6 +417,8 @@ impl AttestationPolicy {
         Ok(policy)
     }
 
+    /// The policy file [`from_yaml`](Self::from_yaml) reads back, as `aver
+    /// policy` prints it.
     pub fn to_yaml(&self) -> String {
         // Serialising plain data structs to YAML cannot fail.
         serde_norway::to_string(self).unwrap_or_default()
@@ -449,10 +491,14 @@ impl AttestationPolicy {
         Ok(())
     }
 
+    /// How often the controller re-attests, as a [`Duration`];
+    /// [`PolicyError::BadDuration`] only for a policy that was never validated.
     pub fn interval(&self) -> Result<Duration, PolicyError> {
         parse_duration("interval", &self.interval)
     }
 
+    /// How long verified evidence may be relied on, as a [`Duration`];
+    /// [`PolicyError::BadDuration`] only for a policy that was never validated.
     pub fn max_evidence_age(&self) -> Result<Duration, PolicyError> {
         parse_duration("maxEvidenceAge", &self.max_evidence_age)
     }

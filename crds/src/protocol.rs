@@ -29,16 +29,31 @@ pub const ENCLAVE_PORT: u16 = 8443;
 /// Without the leading `--`, as clap's `long = …` takes them; render with
 /// [`flag`].
 pub mod enclave_flags {
+    /// Address the enclave's TLS listener binds (see [`ENCLAVE_PORT`](super::ENCLAVE_PORT)).
     pub const LISTEN: &str = "listen";
+    /// URL of the OpenAI-compatible inference engine requests are proxied to.
     pub const UPSTREAM: &str = "upstream";
+    /// Unix socket of aver-node; with it the enclave opens no TPM and serves
+    /// node-measured evidence (v2).
     pub const NODE_AGENT: &str = "node-agent";
+    /// Directory of the model files the enclave measures.
     pub const MODEL_DIR: &str = "model-dir";
+    /// TPM to use in local TPM mode: `device:<path>` or `swtpm:host=…,port=…`.
     pub const TCTI: &str = "tcti";
+    /// Digest of the inference engine image (`sha256:<64 hex>`); in `serve`,
+    /// local TPM mode only.
     pub const ENGINE_DIGEST: &str = "engine-digest";
+    /// Directory holding the workload event log across restarts.
     pub const STATE_DIR: &str = "state-dir";
+    /// PCR the launch is measured into (11 to 15).
     pub const WORKLOAD_PCR: &str = "workload-pcr";
+    /// PCRs every quote covers, e.g. `0-7,15`.
     pub const QUOTE_PCRS: &str = "quote-pcrs";
+    /// Serving configuration file the enclave measures (absent: the SHA-256 of
+    /// the empty string).
     pub const SERVING_CONFIG: &str = "serving-config";
+    /// Seconds open requests may run on after SIGTERM; keep the pod's
+    /// terminationGracePeriodSeconds above it.
     pub const DRAIN_TIMEOUT_SECS: &str = "drain-timeout-secs";
 }
 

@@ -16,7 +16,12 @@ pub enum Upstream {
     /// each attested by this proxy against its own policy; the list is read
     /// again every [`ProxyConfig::endpoint_refresh`].
     #[cfg(feature = "cluster")]
-    Cluster { name: String, namespace: String },
+    Cluster {
+        /// The ConfidentialModel whose verified endpoints are used.
+        name: String,
+        /// The namespace it lives in.
+        namespace: String,
+    },
 }
 
 /// Where the proxy accepts plain HTTP/1.1.
@@ -33,8 +38,12 @@ pub enum Listen {
 /// set fields directly or with the `with_*` builders.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
+    /// What every upstream connection's evidence must satisfy before it
+    /// carries a request; its maxEvidenceAge bounds re-attestation.
     pub policy: AttestationPolicy,
+    /// The enclave(s) requests are forwarded to.
     pub upstream: Upstream,
+    /// Where local clients connect, in plain HTTP/1.1.
     pub listen: Listen,
     /// Accept a TCP listen address that is not loopback. Anyone who can
     /// connect to the port can then use the attested upstream.
@@ -66,6 +75,8 @@ pub struct ProxyConfig {
 }
 
 impl ProxyConfig {
+    /// The defaults: loopback only, 10 s connect timeout, 32 connections per
+    /// endpoint, 60 s idle timeout, 10 s retry pause, 30 s cluster refresh, mode 0600.
     pub fn new(policy: AttestationPolicy, upstream: Upstream, listen: Listen) -> Self {
         Self {
             policy,
@@ -86,46 +97,59 @@ impl ProxyConfig {
         }
     }
 
+    /// See [`Self::allow_remote`]: exposes the attested upstream to the network.
     pub fn with_allow_remote(mut self, allow: bool) -> Self {
         self.allow_remote = allow;
         self
     }
 
+    /// See [`Self::connect_timeout`]; a whole attestation (connect, handshake,
+    /// evidence exchange) gets three times it.
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
+    /// See [`Self::max_connections_per_endpoint`]: requests beyond it queue.
     pub fn with_max_connections_per_endpoint(mut self, n: usize) -> Self {
         self.max_connections_per_endpoint = n;
         self
     }
 
+    /// See [`Self::idle_timeout`].
     pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = timeout;
         self
     }
 
+    /// See [`Self::reattest_after`]; an age beyond the policy's
+    /// maxEvidenceAge is lowered to it.
     pub fn with_reattest_after(mut self, age: Duration) -> Self {
         self.reattest_after = Some(age);
         self
     }
 
+    /// See [`Self::retry_after`].
     pub fn with_retry_after(mut self, pause: Duration) -> Self {
         self.retry_after = pause;
         self
     }
 
+    /// See [`Self::endpoint_refresh`]; only a cluster upstream uses it.
     pub fn with_endpoint_refresh(mut self, every: Duration) -> Self {
         self.endpoint_refresh = every;
         self
     }
 
+    /// See [`Self::unix_mode`]: widen it only for a group that may use the
+    /// attested upstream.
     pub fn with_unix_mode(mut self, mode: u32) -> Self {
         self.unix_mode = mode;
         self
     }
 
+    /// Where a cluster upstream is read from: [`Self::kubeconfig`] and
+    /// [`Self::kube_context`], `None` for the default of each.
     #[cfg(feature = "cluster")]
     pub fn with_kubeconfig(mut self, path: Option<PathBuf>, context: Option<String>) -> Self {
         self.kubeconfig = path;

@@ -25,6 +25,7 @@
 //! Prometheus metrics; every other request is forwarded.
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
+#![warn(missing_docs)]
 
 #[cfg(feature = "cluster")]
 pub mod cluster;

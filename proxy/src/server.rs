@@ -35,7 +35,9 @@ type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 /// Where the proxy listens, once bound.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LocalAddr {
+    /// The bound address, with the real port when port 0 was asked for.
     Tcp(SocketAddr),
+    /// The socket's path, as configured.
     Unix(PathBuf),
 }
 
@@ -98,8 +100,9 @@ struct Inner {
 
 impl Proxy {
     /// Validates the policy, resolves the upstream (reading the cluster for
-    /// [`Upstream::Cluster`]) and binds the listener. Nothing is attested
-    /// yet: each upstream connection is, before its first request.
+    /// `Upstream::Cluster`, with the `cluster` feature) and binds the
+    /// listener. Nothing is attested yet: each upstream connection is,
+    /// before its first request.
     pub async fn bind(config: ProxyConfig) -> Result<Self, ProxyError> {
         let client = AttestedClient::new(config.policy.clone())
             .map_err(ProxyError::Policy)?

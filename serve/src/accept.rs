@@ -21,13 +21,21 @@ pub enum AfterAcceptError {
     /// Out of a resource: wait this long before accepting again; `log`
     /// says whether this failure should be logged (the first of a streak,
     /// then every 64th).
-    Wait { delay: Duration, log: bool },
+    Wait {
+        /// Pause before the next accept: 10 ms, doubling with each failure of
+        /// the streak, at most 1 s.
+        delay: Duration,
+        /// Log this failure: true for the first of a streak, then every 64th.
+        log: bool,
+    },
 }
 
 const FIRST_DELAY: Duration = Duration::from_millis(10);
 const MAX_DELAY: Duration = Duration::from_secs(1);
 
 impl AcceptBackoff {
+    /// Decides after a failed `accept`: running out of descriptors or buffers
+    /// waits, longer with each failure in a row; any other error retries at once.
     pub fn on_error(&mut self, error: &std::io::Error) -> AfterAcceptError {
         if !is_resource_exhaustion(error) {
             return AfterAcceptError::Retry;

@@ -25,6 +25,7 @@
 //! its unix socket, the proxy's forwarding.
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
+#![warn(missing_docs)]
 
 mod accept;
 mod error;

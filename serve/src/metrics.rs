@@ -69,10 +69,12 @@ impl Readiness {
         Self(Arc::new(AtomicBool::new(ready)))
     }
 
+    /// Flips `/readyz` for every clone, from the next probe on.
     pub fn set(&self, ready: bool) {
         self.0.store(ready, Ordering::Relaxed);
     }
 
+    /// What `/readyz` answers now: `true` for 200, `false` for 503.
     pub fn is_ready(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
@@ -116,6 +118,7 @@ impl MetricsServer {
         }
     }
 
+    /// The bound address, which tells the port after binding port 0.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }

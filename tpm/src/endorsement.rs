@@ -31,16 +31,23 @@ use crate::tpm::{describe, Tpm, TpmError};
 /// Why a credential was not activated.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {
+    /// The request's `version` is not [`ACTIVATION_VERSION`].
     #[error("activation request version {0} is not supported (this enclave understands version {ACTIVATION_VERSION})")]
     UnsupportedVersion(u32),
+    /// The named request field (credentialBlob or encryptedSecret) is longer
+    /// than its TPM2B buffer allows; the request never reaches the TPM.
     #[error("{0} does not fit the TPM structure it is passed in")]
     TooLarge(&'static str),
     /// The TPM itself refused: wrong EK, an AK name other than the loaded
     /// AK's, or a tampered blob all end here (TPM_RC_INTEGRITY and kin).
     #[error("the TPM refused TPM2_ActivateCredential: {0}")]
     Refused(String),
+    /// A TPM failure that says nothing about the AK: loading the EK, the
+    /// policy session, or an ActivateCredential error other than a refusal.
     #[error(transparent)]
     Tpm(#[from] TpmError),
+    /// The thread that owns the TPM has exited, so nothing will answer the
+    /// request (returned by the enclave's TPM backend, not by [`activate`]).
     #[error("the TPM worker has stopped")]
     WorkerStopped,
 }

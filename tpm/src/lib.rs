@@ -15,6 +15,7 @@
 //! the endorsement key (EK) certificates and performs credential activation.
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
+#![warn(missing_docs)]
 
 pub mod endorsement;
 pub mod pcrs;

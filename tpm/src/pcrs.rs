@@ -71,10 +71,14 @@ impl PcrQuote {
 /// Why no consistent quote was produced.
 #[derive(Debug, thiserror::Error)]
 pub enum QuoteError {
+    /// Quoting or reading back the PCRs failed in the TPM itself.
     #[error(transparent)]
     Tpm(#[from] TpmError),
+    /// The quote's extraData, PCR selection or pcrDigest disagree with the
+    /// request or the values read back; the quote is never retaken for this.
     #[error("the quote does not match what was asked for: {0}")]
     Mismatch(String),
+    /// Every one of the [`QUOTE_ATTEMPTS`] quotes was overtaken by an extend.
     #[error("the quoted PCRs kept changing between the quote and reading them back ({QUOTE_ATTEMPTS} attempts)")]
     PcrsChanging,
 }

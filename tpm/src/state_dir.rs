@@ -14,10 +14,16 @@ pub enum StateDirError {
     /// Another process holds the directory's lock.
     #[error("state directory {0} is locked by another process")]
     Busy(PathBuf),
+    /// A filesystem call on the lock or state file failed.
     #[error("cannot {action} {path}: {source}")]
     Io {
+        /// The step that failed, as the message says it: "open", "lock",
+        /// "create", "write", "sync" or "replace".
         action: &'static str,
+        /// What the step acted on: the lock file, the temporary file, the
+        /// file being replaced, or the directory when it is fsynced.
         path: PathBuf,
+        /// What the operating system reported.
         source: io::Error,
     },
 }

@@ -53,30 +53,53 @@ const NAME_ALG_SHA256: [u8; 2] = [0x00, 0x0b];
 /// Why a TPM operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TpmError {
+    /// The TCTI string given to [`Tpm::open`] does not parse as a TCTI name
+    /// and configuration.
     #[error("invalid TCTI {tcti:?}: expected e.g. \"device:/dev/tpmrm0\" or \"swtpm:host=127.0.0.1,port=2321\"")]
     BadTcti {
+        /// The TCTI string as given.
         tcti: String,
+        /// Why tss-esapi rejected it.
         source: tss_esapi::Error,
     },
+    /// The TCTI parsed but no TPM answered through it.
     #[error("cannot reach the TPM through {tcti:?}: is the device present, or swtpm running and listening on that port and the next one (its control port)? ({})", describe(source))]
     Unreachable {
+        /// The TCTI string as given.
         tcti: String,
+        /// The connection failure tss-esapi reported.
         source: tss_esapi::Error,
     },
+    /// The configured AK handle is outside the persistent range.
     #[error("AK handle 0x{0:08x} is not a persistent handle (0x81000000..=0x81ffffff)")]
     BadAkHandle(u32),
+    /// Something other than aver's AK template already occupies the AK
+    /// handle; it is refused, never used or evicted.
     #[error("persistent handle 0x{handle:08x} holds a key that is not an aver attestation key ({reason}); choose another --ak-handle or evict it")]
-    UnexpectedAk { handle: u32, reason: String },
+    UnexpectedAk {
+        /// The persistent handle that was asked for.
+        handle: u32,
+        /// How its public area differs from the AK template.
+        reason: String,
+    },
+    /// A PCR index of [`PCR_COUNT`] or more was asked for.
     #[error("PCR {0} does not exist: PCRs are numbered 0 to 23")]
     BadPcr(u8),
+    /// The TPM (or tss-esapi) returned an error for a command.
     #[error("TPM2_{command} failed: {}", describe(source))]
     Command {
+        /// The command without its `TPM2_` prefix, e.g. "Quote".
         command: &'static str,
+        /// The response code or library error.
         source: tss_esapi::Error,
     },
+    /// A command succeeded but its response is not what the request
+    /// implies (wrong structure, name or selection), so it is not trusted.
     #[error("the TPM answered TPM2_{command} unexpectedly: {reason}")]
     UnexpectedResponse {
+        /// The command without its `TPM2_` prefix, e.g. "ReadPublic".
         command: &'static str,
+        /// What was wrong with the response.
         reason: String,
     },
 }

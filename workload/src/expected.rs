@@ -152,19 +152,36 @@ impl KubeletParams {
 /// Why the expected specs of a pod cannot be computed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExpectedError {
+    /// The pod itself cannot be rendered from the resource.
     #[error(transparent)]
     Workload(#[from] WorkloadError),
+    /// The resource uses `measurement: enclave`, whose pods aver-node does not
+    /// measure.
     #[error("the resource has measurement: enclave: aver-node does not measure its pods, so there are no container specs to allow")]
     NotNodeMeasured,
+    /// A container's image reference carries no `@sha256:` digest.
     #[error("container {container}: image {image:?} is not pinned by digest (repository@sha256:...), so no policy can name it")]
-    UnpinnedImage { container: String, image: String },
+    UnpinnedImage {
+        /// The container's name in the pod spec.
+        container: String,
+        /// The image reference as written.
+        image: String,
+    },
+    /// The pod uses something whose effect on the container cannot be computed
+    /// from the pod spec (init containers, a user namespace, raw block volumes…).
     #[error("container {container}: {what} cannot be in a spec digest computed from the pod spec")]
-    Unmeasurable { container: String, what: String },
+    Unmeasurable {
+        /// The container concerned (the first one, for pod-wide features).
+        container: String,
+        /// The feature, as the message names it.
+        what: String,
+    },
 }
 
 /// One container as aver-node will record it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExpectedContainer {
+    /// The container's name in the pod spec, as `allowed.pod` names it.
     pub name: String,
     /// The image reference of the pod spec.
     pub image: String,
@@ -179,6 +196,8 @@ pub struct ExpectedContainer {
 /// Every container of a pod, in pod spec order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExpectedPod {
+    /// One entry per container of the pod spec; init containers are refused,
+    /// not listed.
     pub containers: Vec<ExpectedContainer>,
 }
 

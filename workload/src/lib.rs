@@ -10,6 +10,7 @@
 //! - [`policy`]: the attestation policy of a node-measured model.
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
+#![warn(missing_docs)]
 
 pub mod expected;
 pub mod policy;

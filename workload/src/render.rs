@@ -118,16 +118,34 @@ pub struct WorkloadConfig {
 /// Why the workload for a resource cannot be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WorkloadError {
+    /// The resource lacks metadata.name or metadata.namespace (the payload says
+    /// which).
     #[error("the resource has no {0}")]
     MissingMetadata(&'static str),
+    /// metadata.name is not a valid Service name (a DNS-1035 label).
     #[error("name {0:?} cannot name a Service: use at most 63 lowercase letters, digits and '-', starting with a letter")]
     InvalidName(String),
+    /// spec.model.source sets none, or more than one, of its alternatives.
     #[error("spec.model.source must set exactly one of persistentVolumeClaim, image, hostPath")]
     ModelSource,
+    /// A hostPath model source is not a clean absolute path below one of
+    /// [`WorkloadConfig::allowed_model_host_paths`].
     #[error("spec.model.source.hostPath {path:?} is not below a directory the operator allows for model files ({allowed}); ask the operator to add it to --allowed-model-host-paths, or use a persistentVolumeClaim or image source")]
-    HostPathNotAllowed { path: String, allowed: String },
+    HostPathNotAllowed {
+        /// The hostPath as written in the resource.
+        path: String,
+        /// The allowed directories, comma-separated, or why there are none.
+        allowed: String,
+    },
+    /// With `measurement: node`, an engine variable takes its value from a
+    /// source outside the resource or one that differs between replicas.
     #[error("spec.engine.env {name}: {reason}; with measurement: node every value must be in the spec, because aver-node measures the environment the container gets and the evidence carries it")]
-    EngineEnv { name: String, reason: String },
+    EngineEnv {
+        /// The variable's name in spec.engine.env.
+        name: String,
+        /// Why its value cannot be known from the resource.
+        reason: String,
+    },
 }
 
 /// Labels of everything the controller creates for `name`.

@@ -10,6 +10,8 @@ use aver_crds::{
 
 use crate::WorkloadConfig;
 
+/// A digest of 32 copies of `byte`, so that fixtures tell digests apart by one
+/// number (in [`model`], `digest(1)` is the engine and `digest(2)` the model).
 pub fn digest(byte: u8) -> Sha256Digest {
     Sha256Digest([byte; 32])
 }
@@ -83,6 +85,9 @@ pub fn enclave_image() -> String {
     format!("aver/enclave@{}", digest(0xee))
 }
 
+/// Platform settings allowing model host paths below `/srv/models` (where
+/// [`node_model`] keeps its files), with an enclave image by tag, as
+/// `measurement: enclave` accepts.
 pub fn workload_config() -> WorkloadConfig {
     WorkloadConfig {
         enclave_image: "aver/enclave:test".into(),

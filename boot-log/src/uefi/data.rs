@@ -27,7 +27,10 @@ pub enum EventData {
     NoAction,
     /// EV_SEPARATOR: the end of pre-OS measurements into a PCR; `error`
     /// when firmware logged the error value instead.
-    Separator { error: bool },
+    Separator {
+        /// Firmware logged the error value (1 or 0xFFFFFFFF), not 0.
+        error: bool,
+    },
     /// EV_ACTION / EV_EFI_ACTION text.
     Action(String),
     /// EV_EFI_VARIABLE_DRIVER_CONFIG, _BOOT, _BOOT2, _AUTHORITY.
@@ -35,15 +38,28 @@ pub enum EventData {
     /// EV_EFI_BOOT_SERVICES_APPLICATION/DRIVER, _RUNTIME_SERVICES_DRIVER.
     ImageLoad(ImageLoad),
     /// EV_EVENT_TAG (TCG_PCClientTaggedEvent).
-    Tagged { id: u32, data: Vec<u8> },
+    Tagged {
+        /// taggedEventID, e.g. [`LINUX_INITRD_TAG`].
+        id: u32,
+        /// taggedEventData, taggedEventDataSize bytes.
+        data: Vec<u8>,
+    },
     /// EV_IPL: what a boot loader (grub) measured.
     Ipl(Vec<u8>),
     /// EV_EFI_PLATFORM_FIRMWARE_BLOB: a firmware volume by address.
-    FirmwareBlob { base: u64, length: u64 },
+    FirmwareBlob {
+        /// BlobBase: the volume's physical address.
+        base: u64,
+        /// BlobLength, in bytes.
+        length: u64,
+    },
     /// EV_EFI_PLATFORM_FIRMWARE_BLOB2: the same with a description.
     FirmwareBlob2 {
+        /// BlobDescription, as text (trailing NULs trimmed).
         description: String,
+        /// BlobBase: the volume's physical address.
         base: u64,
+        /// BlobLength, in bytes.
         length: u64,
     },
     /// EV_S_CRTM_VERSION: the CRTM's version string.
@@ -57,8 +73,11 @@ pub enum EventData {
 /// UEFI_IMAGE_LOAD_EVENT: a PE image firmware loaded and measured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageLoad {
+    /// ImageLocationInMemory: the physical address the image was loaded at.
     pub location_in_memory: u64,
+    /// ImageLengthInMemory, in bytes.
     pub length_in_memory: u64,
+    /// ImageLinkTimeAddress: the base address the PE image was linked for.
     pub link_time_address: u64,
     /// The raw device path the image was loaded from.
     pub device_path: Vec<u8>,

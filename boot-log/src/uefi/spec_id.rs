@@ -31,13 +31,17 @@ pub struct SpecId {
     pub signature: [u8; 16],
     /// 0 client, 1 server.
     pub platform_class: u32,
+    /// specVersionMinor of the PC Client spec the log follows (0 for 2.0).
     pub spec_version_minor: u8,
+    /// specVersionMajor of the PC Client spec the log follows (2 for 2.0).
     pub spec_version_major: u8,
+    /// specErrata: the errata revision of that spec version.
     pub spec_errata: u8,
     /// Size of UINTN in UINT32s (1 for 32-bit, 2 for 64-bit firmware).
     pub uintn_size: u8,
     /// Declared algorithms (empty for the legacy Event00/Event02 headers).
     pub algorithms: Vec<SpecIdAlgorithm>,
+    /// vendorInfo: opaque platform-vendor bytes (at most 255), not interpreted.
     pub vendor_info: Vec<u8>,
 }
 

@@ -100,6 +100,7 @@ pub enum SignatureKind {
 /// One EFI_SIGNATURE_DATA entry: an enrolled key, certificate or hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignatureEntry {
+    /// The list's SignatureType: what [`SignatureEntry::data`] holds.
     pub kind: SignatureKind,
     /// SignatureOwner: who enrolled it (e.g. Microsoft's GUID).
     pub owner: Guid,
