@@ -94,6 +94,25 @@ fn program_name() -> Option<String> {
     Some(name.to_string_lossy().into_owned())
 }
 
+/// The error and its causes on one line, each said once (library errors
+/// often repeat their cause's text in their own message): what a binary
+/// prints on stderr before it exits with a failure.
+pub fn error_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = String::new();
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        let text = current.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+        cause = current.source();
+    }
+    line
+}
+
 /// Keeps the TSS C libraries (under tss-esapi) quiet: they print their own
 /// multi-line diagnostics to stderr for every failure (e.g. an unreachable
 /// TPM simulator), which would drown the one-line error a binary reports.
@@ -154,6 +173,36 @@ fn build_filter(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn an_error_line_says_each_cause_once() {
+        let refused = Layer("connection refused", None);
+        let tpm = Layer(
+            "TPM unreachable: connection refused",
+            Some(Box::new(refused)),
+        );
+        let top = Layer("cannot open the TPM", Some(Box::new(tpm)));
+        assert_eq!(
+            error_line(&top),
+            "cannot open the TPM: TPM unreachable: connection refused"
+        );
+        assert_eq!(error_line(&Layer("alone", None)), "alone");
+    }
 
     fn os(value: &str) -> Option<&OsStr> {
         Some(OsStr::new(value))

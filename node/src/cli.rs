@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use aver_tpm::tpm::DEFAULT_AK_HANDLE;
+use aver_tpm::tpm::parse_persistent_handle as parse_handle;
 use clap::{Args, Parser, Subcommand};
 
 /// The format of `--log-format`, shared by every aver binary.
@@ -179,21 +179,6 @@ fn parse_nv_index(text: &str) -> Result<u32, String> {
     Ok(index)
 }
 
-fn parse_handle(text: &str) -> Result<u32, String> {
-    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
-        Some(hex) => u32::from_str_radix(hex, 16),
-        None => text.parse::<u32>(),
-    };
-    let handle = parsed
-        .map_err(|_| format!("{text:?} is not a TPM handle (e.g. 0x{DEFAULT_AK_HANDLE:08x})"))?;
-    if handle >> 24 != 0x81 {
-        return Err(format!(
-            "0x{handle:08x} is not a persistent handle (0x81000000 to 0x81ffffff)"
-        ));
-    }
-    Ok(handle)
-}
-
 /// PCRs 11 to 15 are for the OS; 0-9 are explained by the boot log, 10 by
 /// IMA, and 16-23 are resettable or dynamic-launch PCRs: none of those may
 /// hold the node log.
@@ -227,6 +212,7 @@ fn parse_unix_endpoint(text: &str) -> Result<PathBuf, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aver_tpm::tpm::DEFAULT_AK_HANDLE;
     use clap::CommandFactory as _;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {

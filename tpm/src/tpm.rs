@@ -40,6 +40,24 @@ use tss_esapi::{Context, TctiNameConf};
 /// template is refused, never used.
 pub const DEFAULT_AK_HANDLE: u32 = 0x8101_0100;
 
+/// A persistent handle (0x81000000 to 0x81ffffff) given in hex (`0x…`) or
+/// decimal, as the binaries' `--ak-handle` flags take it; the error is the
+/// message clap shows.
+pub fn parse_persistent_handle(text: &str) -> Result<u32, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse::<u32>(),
+    };
+    let handle = parsed
+        .map_err(|_| format!("{text:?} is not a TPM handle (e.g. 0x{DEFAULT_AK_HANDLE:08x})"))?;
+    if handle >> 24 != 0x81 {
+        return Err(format!(
+            "0x{handle:08x} is not a persistent handle (0x81000000 to 0x81ffffff)"
+        ));
+    }
+    Ok(handle)
+}
+
 /// Number of PCRs of a PC-client TPM (0..=23), the only kind aver supports.
 pub const PCR_COUNT: u8 = 24;
 

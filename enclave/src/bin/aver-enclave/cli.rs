@@ -22,7 +22,7 @@ use aver_enclave::launch_log::{
 };
 use aver_enclave::measure::WorkloadInputs;
 use aver_enclave::node_agent::NodeAgentConfig;
-use aver_enclave::tpm::{DEFAULT_AK_HANDLE, PCR_COUNT};
+use aver_enclave::tpm::{parse_persistent_handle as parse_handle, PCR_COUNT};
 
 /// The platform PCRs quoted by default (boot chain 0–9, IMA 10), to which
 /// the workload PCR is added.
@@ -397,21 +397,6 @@ fn parse_upstream(text: &str) -> Result<String, String> {
     aver_enclave::server::proxy::Proxy::check_upstream(text)
         .map(|_| text.to_owned())
         .map_err(|e| e.to_string())
-}
-
-fn parse_handle(text: &str) -> Result<u32, String> {
-    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
-        Some(hex) => u32::from_str_radix(hex, 16),
-        None => text.parse::<u32>(),
-    };
-    let handle = parsed
-        .map_err(|_| format!("{text:?} is not a TPM handle (e.g. 0x{DEFAULT_AK_HANDLE:08x})"))?;
-    if handle >> 24 != 0x81 {
-        return Err(format!(
-            "0x{handle:08x} is not a persistent handle (0x81000000 to 0x81ffffff)"
-        ));
-    }
-    Ok(handle)
 }
 
 /// A duration: a number with unit `ms`, `s`, `m` or `h`, or a bare number

@@ -28,27 +28,13 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("aver-enclave: error: {}", one_line(&error));
+            eprintln!(
+                "aver-enclave: error: {}",
+                aver_logging::error_line(error.as_ref())
+            );
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes on one line, each said once: library errors
-/// often repeat their cause's text in their own message.
-fn one_line(error: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
-        if line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line
 }
 
 fn run(command: Command) -> anyhow::Result<()> {
